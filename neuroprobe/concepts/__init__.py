@@ -1,0 +1,121 @@
+"""Concept sources: where labelled pixels (and fixations) come from.
+
+A *concept set* is a TOML file (shipped ones live in the top-level ``concepts/`` folder) with a
+``source`` key naming the reader and the reader's options, for example::
+
+    source = "synthetic"
+    seed = 0
+    n = 2000
+
+``open_concepts("synthetic")`` resolves a shipped name or a path to such a file and returns a
+:class:`~neuroprobe.concepts.base.ConceptDataset`.  Readers are registered by name in
+:data:`SOURCES` (``"module:callable"``); third-party packages add their own through the
+``neuroprobe.concepts`` entry-point group.  A reader is called as ``reader(spec, **overrides)``
+with the parsed TOML (plus ``spec["_path"]``, the file's path) and keyword overrides from the CLI
+(``limit``, ``root``, ``image_size`` ...).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import ConceptSetError, suggest
+from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable, collate
+
+__all__ = ["open_concepts", "list_concept_sets", "load_spec", "SOURCES", "ConceptDataset",
+           "Label", "LabelTable", "collate", "STUDY_CATEGORIES"]
+
+#: Built-in readers, by the ``source`` key of a concept-set file.
+SOURCES: dict[str, str] = {
+    "synthetic": "neuroprobe.concepts.synthetic:from_spec",
+    "broden": "neuroprobe.concepts.broden:from_spec",
+    "coco-parts": "neuroprobe.concepts.coco:from_spec",
+    "mask-folder": "neuroprobe.concepts.maskfolder:from_spec",
+    "eyecrowd": "neuroprobe.concepts.boxes:from_spec",
+}
+
+
+def _toml_load(path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise ConceptSetError(f"cannot read concept set {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConceptSetError(f"concept set {path} is not valid TOML: {err}") from None
+
+
+def _shipped() -> dict[str, Path]:
+    from ..resources import shipped_dir
+
+    try:
+        folder = shipped_dir("concepts")
+    except FileNotFoundError:
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def list_concept_sets() -> dict[str, Path]:
+    """Shipped concept-set names and their files."""
+    return _shipped()
+
+
+def load_spec(name_or_path: str) -> dict:
+    """Parse a concept-set file given by shipped name or path."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConceptSetError(f"concept-set file {path} does not exist")
+    else:
+        shipped = _shipped()
+        if name_or_path not in shipped:
+            raise ConceptSetError(
+                f"unknown concept set {name_or_path!r}",
+                hint=f"{suggest(name_or_path, shipped, 'concept set')}; "
+                "see `neuroprobe concepts list`, or pass the path of a .toml file")
+        path = shipped[name_or_path]
+    spec = _toml_load(path)
+    if "source" not in spec:
+        raise ConceptSetError(f"concept set {path} has no `source` key",
+                              hint=f"set source to one of {', '.join(sorted(_sources()))}")
+    spec["_path"] = str(path)
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def _sources() -> dict[str, str]:
+    found = dict(SOURCES)
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="neuroprobe.concepts"):
+            found.setdefault(ep.name, ep.value)
+    except Exception:  # pragma: no cover - broken metadata must not break built-ins
+        pass
+    return found
+
+
+def _resolve(target: str):
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def open_concepts(name_or_path: str, **overrides) -> ConceptDataset:
+    """Open a concept set by shipped name (``"synthetic"``, ``"broden"``, ``"coco-parts"`` ...)
+    or by the path of a concept-set TOML file.  ``overrides`` replace options of the file."""
+    spec = load_spec(name_or_path)
+    sources = _sources()
+    source = spec["source"]
+    if source not in sources:
+        raise ConceptSetError(f"concept set {spec['_path']} names unknown source {source!r}",
+                              hint=suggest(source, sources, "source"))
+    reader = _resolve(sources[source])
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return reader(spec, **overrides)
