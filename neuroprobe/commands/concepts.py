@@ -1,0 +1,75 @@
+"""``neuroprobe concepts list|info|export|show``."""
+from __future__ import annotations
+
+from . import add_command, add_subcommand_group
+
+
+def register(subparsers) -> None:
+    _, group = add_subcommand_group(subparsers, "concepts", "list, inspect, export and show "
+                                    "concept sets")
+    add_command(group, "list", "list the shipped concept sets", _list)
+    p = add_command(group, "info", "describe a concept set: source, labels, categories", _info)
+    p.add_argument("name", help="shipped name or path of a concept-set .toml file")
+    p.add_argument("--labels", action="store_true", help="print every label")
+    p = add_command(group, "export", "write a concept set to disk in a standard format", _export)
+    p.add_argument("name")
+    p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
+    p.add_argument("--out", required=True, help="output folder (created; must be empty)")
+    p.add_argument("--format", default="broden", choices=["broden"])
+    p.add_argument("--seed", type=int, default=None, help="world seed (synthetic sets)")
+    p = add_command(group, "show", "contact sheet of images with masks and fixations", _show)
+    p.add_argument("name")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _list(args) -> int:
+    from ..concepts import list_concept_sets, load_spec
+
+    for name, path in list_concept_sets().items():
+        spec = load_spec(str(path))
+        print(f"{name:<14} {spec['source']:<12} {spec.get('description', '')}")
+    return 0
+
+
+def _info(args) -> int:
+    from ..concepts import load_spec, open_concepts
+
+    spec = load_spec(args.name)
+    print(f"concept set: {spec['name']}  ({spec['_path']})")
+    print(f"source:      {spec['source']}")
+    if spec.get("description"):
+        print(f"about:       {spec['description']}")
+    ds = open_concepts(args.name)
+    print(f"images:      {len(ds)}  image size {tuple(ds.image_size)}  mask size "
+          f"{tuple(ds.mask_size)}  fixations: {'yes' if ds.has_fixations else 'no'}")
+    for cat in ds.categories:
+        labels = ds.labels.labels_of(cat)
+        print(f"category {cat!r}: {len(labels)} labels")
+        if args.labels:
+            for lab in labels:
+                print(f"  {lab.id:>5}  {lab.name}")
+    return 0
+
+
+def _overrides(args) -> dict:
+    return {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
+
+
+def _export(args) -> int:
+    from ..concepts import open_concepts
+    from ..concepts.export import export_broden
+
+    ds = open_concepts(args.name, **_overrides(args))
+    export_broden(ds, args.out, n=args.n)
+    return 0
+
+
+def _show(args) -> int:
+    from ..concepts import open_concepts
+    from ..concepts.sheet import contact_sheet
+
+    ds = open_concepts(args.name, **_overrides(args))
+    contact_sheet(ds, args.out, n=args.n)
+    return 0

@@ -1,0 +1,1 @@
+"""Saliency toolkit: fixation data, metrics (two protocols), classical models, pop-out arrays."""
