@@ -1,0 +1,58 @@
+"""``neuroprobe layers --model PATH``: every layer with its output shape."""
+from __future__ import annotations
+
+from . import add_command
+
+
+def add_model_options(parser, default: str | None = None) -> None:
+    """The options that say which model to load (shared by every command that loads one)."""
+    parser.add_argument("--model", default=default, required=default is None,
+                        help="checkpoint path, built-in name (demo, demo-scene, ...), or "
+                        "torchvision:NAME" + (f" (default: {default})" if default else ""))
+    parser.add_argument("--arch", default=None,
+                        help="architecture of a plain state dict (resnet18, saliency:vgg16, "
+                        "scene:resnet18:6, ...)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling arbitrary Python objects (only for files you trust)")
+
+
+def load_model_from_args(args):
+    from ..models import load
+    from ..utils import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    return load(args.model, arch=args.arch, trust=args.trust_checkpoint, device=device)
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "layers", "list every layer of a model with its output shape",
+                    _run)
+    add_model_options(p)
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="dummy input size (default: the model's own)")
+    p.add_argument("--depth", type=int, default=None, help="only names with at most this many dots")
+
+
+def _run(args) -> int:
+    from ..models import dry_run
+
+    module, meta = load_model_from_args(args)
+    size = tuple(args.input_size or meta.get("input_size") or (224, 224))
+    device = next((p.device for p in module.parameters()), "cpu")
+    rows = dry_run(module, size, device=device)
+    dissect = set(meta.get("layers") or [])
+    width = max((len(r[0]) for r in rows), default=10)
+    print(f"model: {args.model}  task: {meta.get('task')}  variant: {meta.get('variant')}  "
+          f"input: {size[0]}x{size[1]}")
+    print(f"{'layer':<{width}}  {'type':<18} output shape")
+    for name, kind, shape, ncalls in rows:
+        if args.depth is not None and name.count(".") > args.depth:
+            continue
+        mark = "  *" if name in dissect else ""
+        calls = f"  (called {ncalls}x)" if ncalls > 1 else ""
+        shape_s = "not run" if shape is None else "x".join(map(str, shape)) if isinstance(
+            shape, tuple) else shape
+        print(f"{name:<{width}}  {kind:<18} {shape_s}{calls}{mark}")
+    if dissect:
+        print("* = default layers for `neuroprobe dissect`")
+    return 0

@@ -1,0 +1,233 @@
+"""neuroprobe's checkpoint format and the safe loader behind ``--model``.
+
+One file (``torch.save`` of a dict) holds everything needed to rebuild a model::
+
+    {"format": "neuroprobe-checkpoint", "format_version": 1,
+     "arch": {"builder": "saliency", "kwargs": {"encoder": "vgg16", "decoder": "conv1x1"}},
+     "state_dict": {...},
+     "metadata": {"task": "saliency", "variant": "frozen", "input_size": [224, 224],
+                  "mean": [...], "std": [...], "layers": [...], "train_config": {...},
+                  "neuroprobe_version": "0.1.0", ...}}
+
+:func:`load` reads it with ``torch.load(weights_only=True)`` (no code runs while loading).  It also
+accepts a plain state dict together with an architecture (``arch="resnet18"``,
+``"saliency:vgg16"``), a TorchScript file, names such as ``torchvision:resnet50`` (ImageNet
+weights, ``torchvision:resnet50?weights=none`` for an explicit random one), and a fully pickled
+module only with ``trust=True`` (``--trust-checkpoint``).
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, suggest
+from .adapters import BUILDERS, default_layers
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict
+
+FORMAT = "neuroprobe-checkpoint"
+FORMAT_VERSION = 1
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load` returns: the module (in eval mode) and its metadata."""
+
+    module: nn.Module
+    metadata: dict
+
+
+def _builders() -> dict:
+    found = dict(BUILDERS)
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="neuroprobe.models"):
+            if ep.name not in found:
+                found[ep.name] = ep  # resolved on use
+    except Exception:  # pragma: no cover
+        pass
+    return found
+
+
+def build(arch: dict) -> nn.Module:
+    """Build a module from an architecture spec ``{"builder": NAME, "kwargs": {...}}``."""
+    builders = _builders()
+    name = arch.get("builder")
+    if name not in builders:
+        raise CheckpointError(f"unknown model builder {name!r}",
+                              hint=suggest(str(name), builders, "builder") +
+                              "; third-party builders register under the entry point "
+                              "group neuroprobe.models")
+    builder = builders[name]
+    if not callable(builder):  # an entry point of a third-party package
+        builder = builder.load()
+    kwargs = dict(arch.get("kwargs", {}))
+    kwargs.pop("weights", None)  # weights come from the checkpoint's state dict
+    try:
+        return builder(**kwargs)
+    except TypeError as err:
+        raise CheckpointError(f"cannot build {name!r} with {kwargs}: {err}") from None
+
+
+def parse_arch(text: str) -> dict:
+    """``--arch`` text -> spec.  ``resnet18`` / ``torchvision:resnet18`` = torchvision classifier,
+    ``saliency:vgg16``, ``scene:resnet18:6`` (6 classes), ``encoder:vgg16``."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        return {"builder": "torchvision", "kwargs": {"name": parts[0]}}
+    kind, rest = parts[0], parts[1:]
+    if kind == "torchvision":
+        return {"builder": "torchvision", "kwargs": {"name": rest[0]}}
+    if kind in ("saliency", "encoder"):
+        return {"builder": kind, "kwargs": {"encoder": rest[0]}}
+    if kind == "scene":
+        kw = {"encoder": rest[0]}
+        if len(rest) > 1:
+            kw["num_classes"] = int(rest[1])
+        return {"builder": "scene", "kwargs": kw}
+    return {"builder": kind, "kwargs": {"name": ":".join(rest)} if rest else {}}
+
+
+def _metadata_defaults(module: nn.Module, arch: dict | None, meta: dict | None) -> dict:
+    from .. import __version__
+
+    out = {"task": getattr(module, "task", "unknown"), "variant": None,
+           "input_size": [224, 224], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+           "layers": default_layers(module, arch), "arch": arch,
+           "neuroprobe_version": __version__}
+    norm = getattr(module, "normalize", None)
+    if norm is not None and hasattr(norm, "mean"):
+        out["mean"] = [round(float(v), 6) for v in norm.mean.flatten()]
+        out["std"] = [round(float(v), 6) for v in norm.std.flatten()]
+    out.update(meta or {})
+    return out
+
+
+def save(path, module: nn.Module, arch: dict, metadata: dict | None = None) -> Path:
+    """Write a neuroprobe checkpoint atomically and return its path."""
+    from ..io import atomic_path
+
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
+               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+               "metadata": _metadata_defaults(module, arch, metadata)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or n.endswith("/code/") or "/code/" in n
+                   for n in zf.namelist())
+
+
+def load(spec: str, *, arch: str | dict | None = None, trust: bool = False,
+         device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model given a path or a name (see the module docstring).  Returns
+    :class:`LoadedModel` ``(module, metadata)`` with the module in eval mode on ``device``."""
+    module, meta = _load(str(spec), arch, trust)
+    meta.setdefault("source", str(spec))
+    module.eval().to(device)
+    return LoadedModel(module, meta)
+
+
+def _load(spec: str, arch, trust: bool):
+    if spec.startswith("torchvision:"):
+        name, _, query = spec[len("torchvision:"):].partition("?")
+        weights = "imagenet"
+        if query.startswith("weights="):
+            weights = query.split("=", 1)[1]
+        a = {"builder": "torchvision", "kwargs": {"name": name}}
+        from .adapters import build_torchvision
+
+        module = build_torchvision(name, weights=weights)
+        return module, _metadata_defaults(module, a, {"variant": f"torchvision-{weights}"})
+    from . import zoo
+
+    if zoo.is_builtin(spec):
+        return _load(str(zoo.builtin_path(spec)), None, False)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"model file {path} does not exist",
+                              hint="pass a checkpoint path, a built-in name "
+                              f"({', '.join(zoo.builtin_names())}) or torchvision:NAME")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a model file")
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:
+            raise CheckpointError(f"{path} looks like TorchScript but does not load: "
+                                  f"{str(err).splitlines()[0][:160]}") from None
+        return module, _metadata_defaults(module, None, {"task": "unknown",
+                                                         "format": "torchscript"})
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust:
+            raise CheckpointError(
+                f"{path} contains pickled Python objects, which can run arbitrary code when "
+                "loaded, so it was not loaded",
+                hint="save a state dict or a neuroprobe checkpoint instead, or pass "
+                "--trust-checkpoint (trust=True) only if you trust where the file came from"
+            ) from None
+        obj = _load_trusted(path)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:120] if str(err) else ''})",
+                              hint="expected a file written by torch.save") from None
+    return _from_object(obj, path, arch)
+
+
+def _load_trusted(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path} could not be unpickled even with trust: "
+                              f"{type(err).__name__}: {err}") from None
+
+
+def _from_object(obj, path: Path, arch):
+    if isinstance(obj, nn.Module):
+        return obj, _metadata_defaults(obj, None, {"format": "pickled-module"})
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a model or state dict")
+    if obj.get("format") == FORMAT:
+        missing = [k for k in ("arch", "state_dict") if k not in obj]
+        if missing:
+            raise CheckpointError(f"{path} is a damaged neuroprobe checkpoint (no {missing})")
+        if obj.get("format_version", 1) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer neuroprobe (format "
+                                  f"{obj['format_version']})", hint="upgrade neuroprobe")
+        module = build(obj["arch"])
+        load_state_strict(module, obj["state_dict"], source=str(path))
+        return module, _metadata_defaults(module, obj["arch"], obj.get("metadata"))
+    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is neither a neuroprobe checkpoint nor a state dict",
+                              hint="expected torch.save(model.state_dict()) or a file written "
+                              "by neuroprobe")
+    if arch is None:
+        raise CheckpointError(f"{path} is a plain state dict without an architecture",
+                              hint="pass --arch (e.g. resnet18, saliency:vgg16, scene:resnet18:6)")
+    spec = parse_arch(arch) if isinstance(arch, str) else dict(arch)
+    module = build(spec)
+    if spec["builder"] == "torchvision" and not any(k.startswith("net.") for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}
+    load_state_strict(module, state, source=str(path))
+    return module, _metadata_defaults(module, spec, {"format": "state-dict"})
+
+
+def describe(spec: str, **kwargs) -> str:  # pragma: no cover - convenience
+    m, meta = load(spec, **kwargs)
+    buf = io.StringIO()
+    print(type(m).__name__, meta, file=buf)
+    return buf.getvalue()

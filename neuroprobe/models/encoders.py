@@ -1,0 +1,204 @@
+"""Encoders: the convolutional trunks that saliency and scene models share.
+
+Each encoder is an ``nn.Sequential`` whose children carry readable names, so that layers are
+addressed the way papers name them:
+
+* ``vgg16``: ``conv1_1, relu1_1, ..., pool4, conv5_1, ..., conv5_3, relu5_3`` (pool5 and the
+  fully-connected layers removed, as in He et al. 2019: a 224x224 input gives 14x14x512).
+* ``resnet18`` / ``resnet50``: ``conv1, bn1, relu, maxpool, layer1 .. layer4`` (no pooling or fc).
+* ``small``: a compact 5-stage CNN (``stem, block1 .. block4``; 256 channels at 1/16 resolution)
+  used for the built-in demo models, trainable on a laptop CPU.
+
+``weights`` is ``None`` (random initialisation, explicit), ``"imagenet"`` (torchvision's ImageNet
+weights, taken from the torch hub cache or downloaded; never silently replaced by random ones) or
+the path of a state-dict file.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, suggest
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    name: str
+    channels: int            # channels of the last layer
+    layers: tuple            # layers worth dissecting (names inside the encoder)
+    last_block: tuple        # children that form the last block (fine-tuned by finetune-last)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    torchvision_name: str | None = None
+
+
+_VGG16_CFG = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+
+ENCODERS: dict[str, EncoderInfo] = {
+    "vgg16": EncoderInfo("vgg16", 512, ("conv3_3", "conv4_3", "conv5_1", "conv5_2", "conv5_3"),
+                         ("conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3"),
+                         torchvision_name="vgg16"),
+    "resnet18": EncoderInfo("resnet18", 512, ("layer2", "layer3", "layer4"), ("layer4",),
+                            torchvision_name="resnet18"),
+    "resnet50": EncoderInfo("resnet50", 2048, ("layer2", "layer3", "layer4"), ("layer4",),
+                            torchvision_name="resnet50"),
+    "small": EncoderInfo("small", 256, ("block2", "block3", "block4"), ("block4",),
+                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+}
+
+
+def _vgg16() -> nn.Sequential:
+    mods: "OrderedDict[str, nn.Module]" = OrderedDict()
+    cin = 3
+    for b, widths in enumerate(_VGG16_CFG, start=1):
+        for i, cout in enumerate(widths, start=1):
+            mods[f"conv{b}_{i}"] = nn.Conv2d(cin, cout, 3, padding=1)
+            mods[f"relu{b}_{i}"] = nn.ReLU(inplace=True)
+            cin = cout
+        if b < 5:
+            mods[f"pool{b}"] = nn.MaxPool2d(2, 2)
+    return nn.Sequential(mods)
+
+
+def _vgg16_from_torchvision(state: dict) -> dict:
+    """Rename torchvision's ``features.N.*`` keys to the named VGG encoder (fc keys dropped)."""
+    names = [n for n in _vgg16()._modules]
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "features" and parts[1].isdigit():
+            out[f"{names[int(parts[1])]}.{parts[2]}"] = value
+    return out
+
+
+def _resnet(name: str) -> nn.Sequential:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    return nn.Sequential(OrderedDict(
+        (n, getattr(net, n)) for n in ("conv1", "bn1", "relu", "maxpool",
+                                       "layer1", "layer2", "layer3", "layer4")))
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> list:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
+
+
+def _small() -> nn.Sequential:
+    def block(cin, cout, stride):
+        conv1, bn1, relu1 = _conv_bn(cin, cout, stride)
+        conv2, bn2, relu2 = _conv_bn(cout, cout, 1)
+        return nn.Sequential(OrderedDict(conv1=conv1, bn1=bn1, relu1=relu1,
+                                         conv2=conv2, bn2=bn2, relu2=relu2))
+
+    stem = nn.Sequential(OrderedDict(zip(("conv", "bn", "relu"), _conv_bn(3, 32, 2))))
+    return nn.Sequential(OrderedDict(
+        stem=stem, block1=block(32, 64, 2), block2=block(64, 128, 2),
+        block3=block(128, 192, 2), block4=block(192, 256, 1)))
+
+
+def encoder_info(name: str) -> EncoderInfo:
+    if name not in ENCODERS:
+        raise CheckpointError(f"unknown encoder {name!r}", hint=suggest(name, ENCODERS, "encoder"))
+    return ENCODERS[name]
+
+
+def build_encoder(name: str, weights: str | os.PathLike | None = None) -> nn.Sequential:
+    """Build an encoder by name with ``weights`` = None | "imagenet" | path (see module doc)."""
+    info = encoder_info(name)
+    if name == "vgg16":
+        enc = _vgg16()
+    elif name.startswith("resnet"):
+        enc = _resnet(name)
+    else:
+        enc = _small()
+    if weights is None or str(weights).lower() == "none":
+        return enc
+    if str(weights).lower() == "imagenet":
+        if info.torchvision_name is None:
+            raise CheckpointError(f"encoder {name!r} has no ImageNet weights",
+                                  hint="use --weights none or a path")
+        state = imagenet_state_dict(info.torchvision_name)
+    else:
+        state = _read_state_file(Path(weights))
+    if name == "vgg16" and any(k.startswith("features.") for k in state):
+        state = _vgg16_from_torchvision(state)
+    elif name.startswith("resnet"):
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    # accept encoder state dicts saved from a whole model ("encoder.xxx")
+    if state and all(k.startswith("encoder.") for k in state if not k.startswith("decoder")):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    load_state_strict(enc, state, source=str(weights))
+    return enc
+
+
+def _read_state_file(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist",
+                              hint="pass --weights imagenet, none, or an existing file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a loadable state dict ({type(err).__name__})",
+                              hint="expected a file saved with torch.save(model.state_dict())")
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_state_strict(module: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with an error that names missing/unexpected keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if shape:
+            parts.append("shape mismatch at " + _few(
+                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape]))
+        raise CheckpointError(f"{source} does not fit the architecture: " + "; ".join(parts),
+                              hint="check --arch / the encoder name")
+    module.load_state_dict(state, strict=True)
+
+
+def _few(items: list, n: int = 4) -> str:
+    head = ", ".join(items[:n])
+    return f"[{head}{', ...' if len(items) > n else ''}] ({len(items)})"
+
+
+def imagenet_state_dict(tv_name: str) -> dict:
+    """torchvision's ImageNet weights for ``tv_name`` from the torch hub cache, else downloaded.
+
+    Raises :class:`CheckpointError` saying where to put the file when neither works.
+    """
+    from torch.hub import get_dir
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(tv_name).IMAGENET1K_V1
+    filename = weights.url.rsplit("/", 1)[-1]
+    cached = Path(get_dir()) / "checkpoints" / filename
+    if cached.is_file():
+        return _read_state_file(cached)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"ImageNet weights for {tv_name} are not in the torch cache ({cached}) and could not "
+            f"be downloaded ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
+            hint=f"download {weights.url} and put it at {cached}, or pass --weights PATH") from None
