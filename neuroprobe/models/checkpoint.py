@@ -169,9 +169,18 @@ def _load(spec: str, arch, trust: bool):
                                   f"{str(err).splitlines()[0][:160]}") from None
         return module, _metadata_defaults(module, None, {"task": "unknown",
                                                          "format": "torchscript"})
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if not zipfile.is_zipfile(path) and not (len(head) == 2 and head[0] == 0x80):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip "
+                              "archive nor a pickle)", hint="expected a file written by torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower() or "Unsupported operand" in str(err):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (unpickling failed: "
+                                  f"{str(err).splitlines()[0][:100]})",
+                                  hint="expected a file written by torch.save") from None
         if not trust:
             raise CheckpointError(
                 f"{path} contains pickled Python objects, which can run arbitrary code when "
