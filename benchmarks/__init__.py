@@ -1,0 +1,1 @@
+"""neuroprobe's speed and memory benchmarks (not part of the test run): ``python -m benchmarks``."""
