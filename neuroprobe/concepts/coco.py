@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,9 @@ def decode_segmentation(seg, height: int, width: int, where: str = "") -> np.nda
                 rle["counts"] = rle["counts"].encode("ascii")
         else:
             raise TypeError("neither polygons nor RLE")
-        m = mask_utils.decode(rle)
+        with warnings.catch_warnings():  # pycocotools vs numpy 2 "copy" keyword notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode(rle)
     except (TypeError, ValueError, KeyError, AssertionError) as err:
         raise DataFormatError(f"{where}: segmentation cannot be decoded ({err})",
                               hint="COCO segmentations are polygon lists or RLE dicts") from None
