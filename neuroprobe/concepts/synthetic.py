@@ -287,6 +287,15 @@ class SyntheticWorld(ConceptDataset):
                                       "scenes": self.scenes, "textures": self.textures}))
         return cfg
 
+    def with_size(self, n: int) -> "SyntheticWorld":
+        """The same world with ``n`` images (images are functions of ``(seed, index)``, so the
+        first ones are unchanged)."""
+        import copy
+
+        other = copy.copy(self)
+        other.n, other.limit = int(n), None
+        return other
+
     def __len__(self) -> int:
         return self.n if self.limit is None else min(self.n, self.limit)
 
