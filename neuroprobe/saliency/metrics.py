@@ -1,0 +1,813 @@
+"""Saliency metrics in two protocols: ``mit`` and ``exact``.
+
+Published saliency numbers come from two families of code that disagree in their details, so
+every function here takes ``protocol="mit"|"exact"`` and every table neuroprobe writes names the
+protocol it used.
+
+``mit``
+    The MIT saliency benchmark's MATLAB code (Bylinskii, Judd, Oliva, Torralba, Durand, "What do
+    different evaluation metrics tell us about saliency models?", TPAMI 2019; code
+    ``github.com/cvzoya/saliency``).  Fixations enter as a *binary* map (a pixel fixated twice
+    counts once); a saliency map of another size is resized to the fixation map (bilinear, with a
+    warning); the continuous ground truth is the binary map blurred by :func:`mit_blur`, the
+    Fourier-domain Gaussian at 8 cycles per image of ``antonioGaussian.m``.
+
+    * AUC-Judd: a uniform jitter of at most 1e-7 breaks ties; thresholds at the saliency values of
+      fixated pixels; negatives are the non-fixated pixels.
+    * AUC-Borji: 100 splits, as many uniformly drawn pixels (with replacement) as fixated pixels,
+      thresholds ``0:0.1:1`` on the min-max normalised map.
+    * shuffled AUC: as AUC-Borji, but the negatives are drawn (without replacement) from the
+      fixated pixels of other images (the union of ``n_other=10`` other images' binary maps).
+    * NSS: z-score with ``std`` of MATLAB (ddof=1), mean at fixated pixels.
+    * CC: Pearson correlation with the blurred binary map.
+    * KL: both maps divided by their sums, ``sum(g * log(eps + g / (s + eps)))``, eps = 2.2204e-16.
+    * SIM: both maps min-max normalised and divided by their sums, sum of the minima.
+    * IG: both maps (model and baseline) min-max normalised and divided by their sums,
+      ``mean(log2(eps + s) - log2(eps + b))`` at fixated pixels.
+
+``exact``
+    The conventions of the Tuebingen code (pysaliency; Kümmerer, Wallis, Bethge, "Saliency
+    benchmarking made easy", ECCV 2018): a list of fixations where every fixation counts, exact
+    ROC areas with ties scored 0.5, no resizing (maps of another size are refused).
+
+    * AUC-Judd: positives are the map's values at every fixation, negatives are all pixels.
+    * AUC-Borji: exact ROC against 100 splits of uniformly drawn pixels (as many as fixations).
+    * shuffled AUC: exact ROC with the fixations of *all* other images as negatives.
+    * NSS: z-score with ddof=0, mean over every fixation.
+    * CC, KL, SIM: against the fixation density, a plain Gaussian (sigma in pixels, see
+      :func:`gaussian_density`) over every fixation, normalised to sum 1.  KL is
+      ``sum(g * log((g + eps) / (s + eps)))`` with the model map shifted to minimum 0 and
+      normalised to sum 1.
+    * IG: as in ``mit`` but averaged over every fixation.
+
+Where the two definitions coincide (no pixel fixated twice, the same ground-truth density, a map
+without ties) the two protocols agree; the tests check that.  EMD is available when the
+optional package POT (``pip install pot``) is installed.
+
+Conventions shared by both protocols (and deliberately different from MATLAB, which returns NaN
+through a division by zero): a constant map has NSS 0 and CC 0 and is treated as the uniform
+distribution by KL, SIM and IG.  An image without fixations gives NaN with a warning; a map that
+contains NaN or infinity gives NaN with a warning.  Fixations outside the image are dropped with a
+warning.  Coordinates are 0-based pixels with pixel centres at integers
+(:mod:`neuroprobe.saliency.fixations`); a fixation at ``(x, y)`` lies in pixel
+``(round(y), round(x))``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+
+PROTOCOLS = ("mit", "exact")
+METRICS = ("auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig")
+OPTIONAL_METRICS = ("emd",)
+#: For each metric: True when larger is better.
+HIGHER_IS_BETTER = {"auc_judd": True, "auc_borji": True, "sauc": True, "nss": True, "cc": True,
+                    "kl": False, "sim": True, "ig": True, "emd": False}
+EPS = 2.2204e-16  # MATLAB eps, as used by the MIT benchmark code
+
+__all__ = [
+    "PROTOCOLS", "METRICS", "GroundTruth", "mit_blur", "mit_sigma", "gaussian_density",
+    "fixation_map", "auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig", "emd",
+    "evaluate_map", "evaluate_batch", "has_emd",
+]
+
+
+class SaliencyShapeError(UserError):
+    """A saliency map whose size differs from its fixation map where the protocol refuses it."""
+
+
+# --------------------------------------------------------------------------- ground truth
+def _check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown saliency protocol {protocol!r}", hint="use 'mit' or 'exact'")
+    return protocol
+
+
+def mit_transfer_size(shape: tuple[int, int]) -> int:
+    """FFT size of ``antonioGaussian.m``: max side, made even, rounded up to a power of two."""
+    n = max(shape)
+    n = n + n % 2
+    return int(2 ** math.ceil(math.log2(n)))
+
+
+def mit_sigma(shape: tuple[int, int], cycles: float = 8.0) -> float:
+    """Spatial sigma (pixels) equivalent to the MIT Fourier Gaussian for an image of ``shape``.
+
+    The transfer function ``exp(-f**2 / s**2)`` with ``s = cycles / sqrt(log 2)`` and ``f`` in
+    cycles per ``n`` pixels is a Gaussian of sigma ``n / (sqrt(2) * pi * s)`` pixels (about 24 px
+    for ``n = 1024``).
+    """
+    n = mit_transfer_size(shape)
+    s = cycles / math.sqrt(math.log(2.0))
+    return n / (math.sqrt(2.0) * math.pi * s)
+
+
+def _mit_kernel_1d(n: int, cycles: float) -> np.ndarray:
+    """Circular spatial kernel (length n) of the 1-D factor of the MIT transfer function."""
+    s = cycles / math.sqrt(math.log(2.0))
+    f = np.fft.fftfreq(n, d=1.0 / n)  # 0, 1, ..., n/2-1, -n/2, ..., -1 (= fftshift of -n/2..)
+    gf = np.exp(-(f ** 2) / s ** 2)
+    return np.real(np.fft.ifft(gf))
+
+
+def _circulant_block(h: np.ndarray, m: int, cols: np.ndarray) -> np.ndarray:
+    """Rows 0..m-1 of the circulant matrix of ``h`` at the given columns: h[(r - c) mod n]."""
+    n = len(h)
+    r = np.arange(m)[:, None]
+    return h[(r - cols[None, :]) % n]
+
+
+def mit_blur(fixmap: np.ndarray, cycles: float = 8.0) -> np.ndarray:
+    """Blur a map as ``antonioGaussian.m`` of the MIT benchmark does.
+
+    The map is zero-padded (bottom and right) to an ``n x n`` square (``n`` from
+    :func:`mit_transfer_size`), multiplied in the Fourier domain by
+    ``exp(-(fx**2 + fy**2) / s**2)`` with ``s = cycles / sqrt(log 2)`` and cropped back.  The
+    transfer function is separable, so the result is computed exactly as ``Ky @ map @ Kx.T`` with
+    the circulant kernels restricted to the image; for a sparse map (fixations) only the columns of
+    fixated pixels are needed, which makes this much cheaper than the FFT.
+
+    Parameters
+    ----------
+    fixmap : (H, W) array
+        Binary fixation map (or any map).
+    cycles : float
+        Cut-off frequency in cycles per image (8 in the MIT benchmark).
+
+    Returns
+    -------
+    (H, W) float64 array.
+    """
+    fixmap = np.asarray(fixmap, dtype=np.float64)
+    h_, w_ = fixmap.shape
+    n = mit_transfer_size(fixmap.shape)
+    k = _mit_kernel_1d(n, cycles)
+    rows, cols = np.nonzero(fixmap)
+    if len(rows) <= min(h_, w_) // 2:
+        weights = fixmap[rows, cols]
+        a = _circulant_block(k, h_, rows) * weights[None, :]
+        b = _circulant_block(k, w_, cols)
+        return a @ b.T
+    ky = _circulant_block(k, h_, np.arange(h_))
+    kx = _circulant_block(k, w_, np.arange(w_))
+    return ky @ fixmap @ kx.T
+
+
+def gaussian_density(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+                     sigma: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Fixation density: a sum of Gaussians (sigma in pixels) at pixels, normalised to sum 1.
+
+    Equivalent to ``scipy.ndimage.gaussian_filter(counts, sigma, mode='constant', truncate=inf)``
+    followed by division by the sum (mass falling outside the image is dropped before
+    normalising).  Computed separably from the fixation list.
+    """
+    h_, w_ = shape
+    rows = np.asarray(rows, dtype=np.float64)
+    cols = np.asarray(cols, dtype=np.float64)
+    if len(rows) == 0:
+        return np.full(shape, np.nan)
+    if weights is None:
+        weights = np.ones(len(rows))
+    gy = np.exp(-((np.arange(h_)[:, None] - rows[None, :]) ** 2) / (2 * sigma ** 2))
+    gx = np.exp(-((np.arange(w_)[:, None] - cols[None, :]) ** 2) / (2 * sigma ** 2))
+    # flush the far tails to zero: their products would be subnormal numbers, which are exact
+    # enough to be irrelevant and slow every later pass over the map by two orders of magnitude
+    gy[gy < 1e-100] = 0.0
+    gx[gx < 1e-100] = 0.0
+    dens = (gy * weights[None, :]) @ gx.T
+    total = dens.sum()
+    return dens / total if total > 0 else np.full(shape, 1.0 / (h_ * w_))
+
+
+def _to_pixels(x, y, shape, *, warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rounded (row, col) of coordinates, dropping those outside the image."""
+    c = np.round(np.asarray(x, dtype=np.float64)).astype(np.int64)
+    r = np.round(np.asarray(y, dtype=np.float64)).astype(np.int64)
+    ok = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+    if warn and not ok.all():
+        warnings.warn(f"{int((~ok).sum())} fixation(s) outside the {shape[1]}x{shape[0]} image "
+                      "were dropped", RuntimeWarning, stacklevel=3)
+    return r[ok], c[ok]
+
+
+def fixation_map(x, y, shape: tuple[int, int], counts: bool = False) -> np.ndarray:
+    """Binary fixation map (``counts=True``: number of fixations per pixel) from coordinates."""
+    r, c = _to_pixels(x, y, shape)
+    out = np.zeros(shape, dtype=np.int64 if counts else bool)
+    if counts:
+        np.add.at(out, (r, c), 1)
+    else:
+        out[r, c] = True
+    return out
+
+
+@dataclass
+class GroundTruth:
+    """The fixations of one image in the forms both protocols need, computed once and reused.
+
+    Build with :meth:`from_fixations` (coordinates) or :meth:`from_map` (a binary or count map).
+    The blurred densities are computed on first use and cached, so evaluating several models
+    against one image costs one blur per protocol.
+
+    Attributes
+    ----------
+    shape : (H, W)
+    rows, cols : int arrays
+        Pixel of every fixation (repeats kept; the ``exact`` protocol uses these).
+    sigma : float or None
+        Sigma (pixels) of the ``exact`` density; None -> :func:`mit_sigma` of the shape, so that
+        both protocols blur alike.
+    cycles : float
+        Cut-off of the ``mit`` blur (cycles per image).
+    density_map : (H, W) array or None
+        A continuous ground truth to use in both protocols instead of blurring the fixations (for
+        example the fixation maps distributed with SALICON or MIT1003).
+    """
+
+    shape: tuple[int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+    sigma: float | None = None
+    cycles: float = 8.0
+    image: str = ""
+    density_map: np.ndarray | None = field(default=None, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_fixations(cls, fixations, shape: tuple[int, int] | None = None, **kwargs):
+        """From a :class:`~neuroprobe.saliency.fixations.Fixations` or an ``(N, 2)`` x, y array."""
+        if hasattr(fixations, "x") and hasattr(fixations, "y"):
+            x, y = fixations.x, fixations.y
+            shape = shape or getattr(fixations, "size", None)
+            kwargs.setdefault("image", getattr(fixations, "image", ""))
+        else:
+            xy = np.asarray(fixations, dtype=np.float64).reshape(-1, 2)
+            x, y = xy[:, 0], xy[:, 1]
+        if shape is None:
+            raise UserError("the image size of the fixations is unknown",
+                            hint="pass shape=(height, width)")
+        shape = (int(shape[0]), int(shape[1]))
+        r, c = _to_pixels(x, y, shape)
+        return cls(shape, r, c, **kwargs)
+
+    @classmethod
+    def from_map(cls, fixmap, **kwargs):
+        """From a binary or count map (a count of 2 at a pixel is two fixations)."""
+        fixmap = np.asarray(fixmap)
+        if fixmap.dtype == bool:
+            fixmap = fixmap.astype(np.int64)
+        counts = np.round(fixmap).astype(np.int64)
+        r, c = np.nonzero(counts > 0)
+        reps = counts[r, c]
+        return cls(tuple(fixmap.shape), np.repeat(r, reps), np.repeat(c, reps), **kwargs)
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Flat pixel index of every fixation (repeats kept)."""
+        if "flat" not in self._cache:
+            self._cache["flat"] = self.rows * self.shape[1] + self.cols
+        return self._cache["flat"]
+
+    @property
+    def unique_flat(self) -> np.ndarray:
+        """Flat pixel indices of the fixated pixels (each once), as the MIT binary map."""
+        if "uflat" not in self._cache:
+            self._cache["uflat"] = np.unique(self.flat)
+        return self._cache["uflat"]
+
+    def binary_map(self) -> np.ndarray:
+        out = np.zeros(self.shape[0] * self.shape[1], dtype=bool)
+        out[self.unique_flat] = True
+        return out.reshape(self.shape)
+
+    def density(self, protocol: str) -> np.ndarray:
+        """The continuous ground truth of a protocol (cached)."""
+        key = "dens_" + _check_protocol(protocol)
+        if key not in self._cache:
+            if self.density_map is not None:
+                d = np.asarray(self.density_map, dtype=np.float64)
+                if d.shape != tuple(self.shape):
+                    raise SaliencyShapeError(f"density map {d.shape} differs from the fixation "
+                                             f"map {tuple(self.shape)}")
+                self._cache[key] = d
+            elif len(self) == 0:
+                self._cache[key] = np.full(self.shape, np.nan)
+            elif protocol == "mit":
+                # the Fourier filter rings slightly below zero far from fixations; clip as
+                # storing the map as an image (as the benchmark does) would
+                self._cache[key] = np.maximum(mit_blur(self.binary_map(), self.cycles), 0.0)
+            else:
+                sigma = self.sigma if self.sigma is not None else mit_sigma(self.shape, self.cycles)
+                self._cache[key] = gaussian_density(self.rows, self.cols, self.shape, sigma)
+        return self._cache[key]
+
+
+def _as_ground_truth(fixations, shape) -> GroundTruth:
+    if isinstance(fixations, GroundTruth):
+        return fixations
+    if hasattr(fixations, "x") and hasattr(fixations, "y"):
+        size = getattr(fixations, "size", None)
+        return GroundTruth.from_fixations(fixations, size or shape)
+    arr = np.asarray(fixations)
+    if arr.ndim == 2 and (arr.dtype == bool or (arr.shape == tuple(shape) and arr.shape[1] != 2)):
+        return GroundTruth.from_map(arr)
+    return GroundTruth.from_fixations(arr, shape)
+
+
+# --------------------------------------------------------------------------- map preparation
+def _resize(smap: np.ndarray, shape) -> np.ndarray:
+    from skimage.transform import resize
+
+    return resize(smap, shape, order=1, mode="edge", anti_aliasing=True, preserve_range=True)
+
+
+def _prepare(saliency, gt: GroundTruth, protocol: str) -> np.ndarray | None:
+    """float64 map of the ground truth's shape, or None (NaN result) with a warning."""
+    smap = saliency
+    if hasattr(smap, "detach"):
+        smap = smap.detach().cpu().numpy()
+    smap = np.asarray(smap, dtype=np.float64)
+    smap = np.squeeze(smap) if smap.ndim > 2 else smap
+    if smap.ndim != 2:
+        raise UserError(f"a saliency map must be 2-D (H, W); got shape {tuple(smap.shape)}")
+    if smap.shape != tuple(gt.shape):
+        if protocol == "exact":
+            raise SaliencyShapeError(
+                f"saliency map {smap.shape[1]}x{smap.shape[0]} differs from the fixation map "
+                f"{gt.shape[1]}x{gt.shape[0]}{' of ' + gt.image if gt.image else ''}",
+                hint="the exact protocol does not resize: resize the map yourself or use "
+                "protocol='mit'")
+        warnings.warn(f"saliency map {smap.shape[1]}x{smap.shape[0]} resized to the fixation map "
+                      f"{gt.shape[1]}x{gt.shape[0]} (mit protocol)", RuntimeWarning, stacklevel=3)
+        smap = _resize(smap, gt.shape)
+    if not np.isfinite(smap).all():
+        warnings.warn(f"saliency map{' of ' + gt.image if gt.image else ''} contains NaN or "
+                      "infinity; its scores are NaN", RuntimeWarning, stacklevel=3)
+        return None
+    return smap
+
+
+def _no_fixations(gt: GroundTruth) -> bool:
+    if len(gt) == 0:
+        warnings.warn(f"no fixations{' on ' + gt.image if gt.image else ''}; its scores are NaN",
+                      RuntimeWarning, stacklevel=3)
+        return True
+    return False
+
+
+class _Map:
+    """A prepared saliency map with the derived quantities several metrics share (computed once)."""
+
+    def __init__(self, smap: np.ndarray):
+        self.map = smap
+        self.flat = smap.ravel()
+        self._c: dict = {}
+
+    def get(self, key, fn):
+        if key not in self._c:
+            self._c[key] = fn()
+        return self._c[key]
+
+    @property
+    def dist(self):  # shifted to min 0, sum 1 (uniform if constant)
+        return self.get("dist", lambda: _as_distribution(self.flat))
+
+    @property
+    def mean(self):
+        return self.get("mean", lambda: float(self.flat.mean()))
+
+    @property
+    def centred(self):
+        return self.get("centred", lambda: self.flat - self.mean)
+
+    @property
+    def ss(self):  # sum of squared deviations
+        return self.get("ss", lambda: float(self.centred @ self.centred))
+
+    @property
+    def constant(self) -> bool:
+        return self.get("constant", lambda: bool(self.flat.min() == self.flat.max()))
+
+    @property
+    def minmax(self):
+        return self.get("minmax", lambda: _minmax(self.flat))
+
+
+def _as_distribution(v: np.ndarray) -> np.ndarray:
+    """Shift to minimum 0 and divide by the sum; a constant map becomes uniform."""
+    v = v - v.min()
+    total = v.sum()
+    return v / total if total > 0 else np.full_like(v, 1.0 / v.size)
+
+
+def _gt_get(gt: GroundTruth, key, fn):
+    if key not in gt._cache:
+        gt._cache[key] = fn()
+    return gt._cache[key]
+
+
+# --------------------------------------------------------------------------- ROC helpers
+def _auc_exact(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(pos > neg) + 0.5 P(pos == neg), exactly (the ROC area with ties scored 0.5).
+
+    The negatives are sorted once (a vectorised sort is far faster than locating every negative
+    among the positives); each positive then finds its count of smaller and equal negatives with
+    two binary searches.
+    """
+    srt = np.sort(neg)
+    less = np.searchsorted(srt, pos, side="left")
+    leq = np.searchsorted(srt, pos, side="right")
+    return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * len(neg)))
+
+
+def _auc_exact_splits(pos: np.ndarray, negs: np.ndarray) -> np.ndarray:
+    """:func:`_auc_exact` for several small negative sets at once: ``negs`` (S, M) -> (S,)."""
+    u, cnt = np.unique(pos, return_counts=True)
+    k = len(pos)
+    cum = np.concatenate([[0], np.cumsum(cnt)])
+    cnt_ext = np.concatenate([cnt, [0]])
+    u_ext = np.concatenate([u, [np.inf]])
+    idx = np.searchsorted(u, negs, side="left")
+    eq = u_ext[idx] == negs
+    ceq = np.where(eq, cnt_ext[idx], 0)
+    score = (k - cum[idx]) - 0.5 * ceq
+    return score.mean(axis=1) / k
+
+
+def _trapz(x, y, axis=-1):
+    fn = getattr(np, "trapezoid", None) or np.trapz
+    return fn(y, x, axis=axis)
+
+
+def _auc_thresholds(sth: np.ndarray, neg: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """MIT ROC at thresholds ``0:step:1`` for one or several splits of negatives.
+
+    ``sth``: (K,) positives; ``neg``: (M, S) negatives per split.  Returns (S,) areas.  The
+    MATLAB code stops the thresholds at the split's maximum; thresholds above it only add the
+    point (0, 0) again, which leaves the area unchanged, so a fixed ``0:step:1`` is exact.
+    """
+    th = np.arange(0, int(round(1 / step)) + 1)[::-1] * step
+    tp = (sth[None, :] >= th[:, None]).mean(axis=1)  # (T,)
+    fp = (neg[None, :, :] >= th[:, None, None]).mean(axis=1)  # (T, S)
+    s = neg.shape[1]
+    tp = np.concatenate([[0.0], tp, [1.0]])
+    tp = np.broadcast_to(tp[:, None], (len(tp), s))
+    fp = np.concatenate([np.zeros((1, s)), fp, np.ones((1, s))], axis=0)
+    return _trapz(fp, tp, axis=0)
+
+
+def _minmax(v: np.ndarray) -> np.ndarray:
+    lo, hi = v.min(), v.max()
+    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def _rng(rng) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+# --------------------------------------------------------------------------- metrics
+def _m_auc_judd(sm: _Map, gt, protocol, rng, **_):
+    flat = sm.flat
+    if protocol == "exact":
+        return _auc_exact(flat[gt.flat], flat)
+    # MIT: jitter, thresholds at fixated values, negatives = non-fixated pixels
+    jittered = flat + _rng(rng).random(flat.size) / 1e7
+    th = np.sort(jittered[gt.unique_flat])[::-1]  # descending, i = 1..k
+    k, n = len(th), flat.size
+    if n == k:
+        return float("nan")
+    ge = n - np.searchsorted(np.sort(jittered), th, side="left")  # pixels >= each threshold
+    i = np.arange(1, k + 1)
+    tp = np.concatenate([[0.0], i / k, [1.0]])
+    fp = np.concatenate([[0.0], (ge - i) / (n - k), [1.0]])
+    return float(_trapz(fp, tp))
+
+
+def _m_auc_borji(sm: _Map, gt, protocol, rng, n_splits=100, step=0.1, **_):
+    rng = _rng(rng)
+    if protocol == "mit":
+        flat = sm.minmax
+        sth = flat[gt.unique_flat]
+        r = rng.integers(0, flat.size, size=(len(sth), n_splits))
+        return float(_auc_thresholds(sth, flat[r], step).mean())
+    flat = sm.flat
+    pos = flat[gt.flat]
+    r = rng.integers(0, flat.size, size=(n_splits, len(pos)))
+    return float(_auc_exact_splits(pos, flat[r]).mean())
+
+
+def _m_sauc(sm: _Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_):
+    if other is None:
+        raise UserError("the shuffled AUC needs the fixations of other images (other=)")
+    other = other if isinstance(other, GroundTruth) else _as_ground_truth(other, gt.shape)
+    if other.shape != gt.shape:
+        raise UserError("other-image fixations must be given in this image's pixel frame")
+    if len(other) == 0:
+        warnings.warn("no other-image fixations for the shuffled AUC; NaN", RuntimeWarning)
+        return float("nan")
+    if protocol == "exact":
+        return _auc_exact(sm.flat[gt.flat], sm.flat[other.flat])
+    flat = sm.minmax
+    rng = _rng(rng)
+    sth = flat[gt.unique_flat]
+    ind = other.unique_flat
+    m = min(len(sth), len(ind))
+    picks = np.argsort(rng.random((len(ind), n_splits)), axis=0)[:m]  # a permutation per split
+    return float(_auc_thresholds(sth, flat[ind[picks]], step).mean())
+
+
+def _m_nss(sm: _Map, gt, protocol, **_):
+    ddof = 1 if protocol == "mit" else 0
+    n = sm.flat.size
+    if n - ddof <= 0 or sm.constant:
+        return 0.0
+    sd = math.sqrt(sm.ss / (n - ddof))
+    at = gt.unique_flat if protocol == "mit" else gt.flat
+    return float((sm.flat[at].mean() - sm.mean) / sd)
+
+
+def _m_cc(sm: _Map, gt, protocol, **_):
+    def centred():
+        d = gt.density(protocol).ravel()
+        c = d - d.mean()
+        return c, float(c @ c)
+
+    g, gss = _gt_get(gt, "centred_" + protocol, centred)
+    den = math.sqrt(sm.ss * gss)
+    return float(sm.centred @ g / den) if den > 0 and not sm.constant else 0.0
+
+
+def _gt_dist(gt, protocol):
+    return _gt_get(gt, "dist_" + protocol, lambda: _as_distribution(gt.density(protocol).ravel()))
+
+
+def _m_kl(sm: _Map, gt, protocol, **_):
+    if protocol == "mit":
+        flat = sm.flat
+        if flat.min() < 0:
+            warnings.warn("negative saliency values: the mit KL divides the raw map by its sum; "
+                          "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
+        if sm.constant:
+            q = np.full_like(flat, 1.0 / flat.size)
+        else:
+            q = sm.get("sum1", lambda: flat / flat.sum())
+        p = _gt_get(gt, "sum1_mit", lambda: (lambda d: d / d.sum())(gt.density("mit").ravel()))
+        return float(p @ np.log(EPS + p / (q + EPS)))
+    p = _gt_dist(gt, protocol)
+    return float(p @ np.log((p + EPS) / (sm.dist + EPS)))
+
+
+def _m_sim(sm: _Map, gt, protocol, **_):
+    return float(np.minimum(sm.dist, _gt_dist(gt, protocol)).sum())
+
+
+def _m_ig(sm: _Map, gt, protocol, baseline=None, **_):
+    if baseline is None:
+        from .classical import centre_bias
+
+        baseline = centre_bias(gt.shape)
+    if not isinstance(baseline, _Map):
+        b = np.asarray(baseline, dtype=np.float64)
+        if b.shape != tuple(gt.shape):
+            b = _resize(b, gt.shape)
+        baseline = _Map(b)
+    at = gt.unique_flat if protocol == "mit" else gt.flat
+    return float(np.mean(np.log2(EPS + sm.dist[at]) - np.log2(EPS + baseline.dist[at])))
+
+
+def has_emd() -> bool:
+    """True when the optional optimal-transport package POT is importable."""
+    try:
+        import ot  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _m_emd(sm: _Map, gt, protocol, emd_scale=1 / 32, **_):
+    """Earth mover's distance on maps downsampled by ``emd_scale`` (the MIT code uses 1/32).
+
+    Both maps are made distributions (sum 1); the ground distance is the Euclidean distance
+    between pixel centres of the downsampled grid, in downsampled pixels; solved exactly with POT.
+    """
+    if not has_emd():
+        raise UserError("the EMD metric needs the optional package POT", hint="pip install pot")
+    import ot
+
+    h_, w_ = gt.shape
+    small = (max(1, round(h_ * emd_scale)), max(1, round(w_ * emd_scale)))
+    a = _as_distribution(_resize(sm.map, small).ravel())
+    b = _as_distribution(_resize(np.nan_to_num(gt.density(protocol)), small).ravel())
+    yy, xx = np.mgrid[: small[0], : small[1]]
+    pts = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
+    cost = ot.dist(pts, pts, metric="euclidean")
+    return float(ot.emd2(a, b, cost))
+
+
+_FUNCS = {"auc_judd": _m_auc_judd, "auc_borji": _m_auc_borji, "sauc": _m_sauc, "nss": _m_nss,
+          "cc": _m_cc, "kl": _m_kl, "sim": _m_sim, "ig": _m_ig, "emd": _m_emd}
+
+
+def _check_metrics(metrics):
+    unknown = [m for m in metrics if m not in _FUNCS]
+    if unknown:
+        raise UserError(f"unknown saliency metric(s) {', '.join(unknown)}",
+                        hint="choose from " + ", ".join(METRICS + OPTIONAL_METRICS))
+
+
+def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS, *,
+                       baseline=None, other=None, rng=0, shape=None,
+                       **options) -> dict[str, dict[str, float]]:
+    """All requested metrics of one map in several protocols, sharing the work between them.
+
+    Arguments as :func:`evaluate_map`; ``other`` may be a dict ``protocol -> fixations``.
+    Returns ``{protocol: {metric: value}}``.
+    """
+    for p in protocols:
+        _check_protocol(p)
+    _check_metrics(metrics)
+    if shape is None and hasattr(saliency, "shape"):
+        shape = tuple(int(v) for v in saliency.shape)[-2:]
+    gt = _as_ground_truth(fixations, shape)
+    nan = {m: float("nan") for m in metrics}
+    if _no_fixations(gt):
+        return {p: dict(nan) for p in protocols}
+    if baseline is not None and not isinstance(baseline, _Map):
+        b = np.asarray(baseline, dtype=np.float64)
+        baseline = _Map(b if b.shape == tuple(gt.shape) else _resize(b, gt.shape))
+    seed = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    out = {}
+    prepared = {}
+    for p in protocols:
+        s = _prepare(saliency, gt, p)
+        if s is None:
+            out[p] = dict(nan)
+            continue
+        key = s.shape
+        sm = prepared.setdefault(key, _Map(s))
+        oth = other.get(p) if isinstance(other, dict) else other
+        # each protocol draws from its own stream so adding a protocol does not change another
+        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0]) \
+            if hasattr(seed.bit_generator, "seed_seq") else seed
+        out[p] = {m: _FUNCS[m](sm, gt, p, rng=prng, baseline=baseline, other=oth, **options)
+                  for m in metrics}
+    return out
+
+
+def evaluate_map(saliency, fixations, protocol: str = "mit", metrics=None, *,
+                 baseline=None, other=None, rng=0, shape=None, **options) -> dict[str, float]:
+    """All requested metrics of one saliency map against one image's fixations.
+
+    Parameters
+    ----------
+    saliency : (H, W) array or tensor
+    fixations : GroundTruth, Fixations, (N, 2) array of x, y, or an (H, W) binary/count map
+    protocol : "mit" or "exact"
+    metrics : names from :data:`METRICS` (and ``"emd"`` with POT installed); default all of
+        :data:`METRICS`, less ``sauc`` when ``other`` is not given
+    baseline : (H, W) map for the information gain (default: :func:`~.classical.centre_bias`)
+    other : fixations of other images in this image's frame (needed for ``sauc``)
+    rng : seed or Generator for the random parts (AUC-Judd jitter, AUC-Borji and sAUC splits)
+
+    Returns
+    -------
+    dict metric -> float (NaN where the image has no fixations or the map is not finite).
+    """
+    if metrics is None:
+        metrics = tuple(m for m in METRICS if other is not None or m != "sauc")
+    return evaluate_protocols(saliency, fixations, (protocol,), metrics, baseline=baseline,
+                              other=other, rng=rng, shape=shape, **options)[protocol]
+
+
+def _single(metric):
+    def fn(saliency, fixations, protocol: str = "mit", **kwargs) -> float:
+        return evaluate_map(saliency, fixations, protocol, (metric,), **kwargs)[metric]
+
+    fn.__name__ = metric
+    fn.__qualname__ = metric
+    fn.__doc__ = (f"``{metric}`` of one saliency map; see the module docstring for the "
+                  "definitions in each protocol.  Arguments as :func:`evaluate_map`.")
+    return fn
+
+
+auc_judd = _single("auc_judd")
+auc_borji = _single("auc_borji")
+sauc = _single("sauc")
+nss = _single("nss")
+cc = _single("cc")
+kl = _single("kl")
+sim = _single("sim")
+ig = _single("ig")
+emd = _single("emd")
+
+
+def other_fixations(gts: list[GroundTruth], i: int, protocol: str, n_other: int = 10,
+                    rng=0) -> GroundTruth:
+    """Fixations of other images, rescaled into image ``i``'s frame, for the shuffled AUC.
+
+    ``mit``: the union of ``n_other`` randomly chosen other images (as in Borji's code);
+    ``exact``: all other images, every fixation counted (as pysaliency).
+    """
+    target = gts[i]
+    others = [j for j in range(len(gts)) if j != i]
+    if protocol == "mit" and len(others) > n_other:
+        others = sorted(_rng(rng).choice(others, size=n_other, replace=False).tolist())
+    rows, cols = [], []
+    for j in others:
+        g = gts[j]
+        if g.shape == target.shape:
+            rows.append(g.rows)
+            cols.append(g.cols)
+            continue
+        sy, sx = target.shape[0] / g.shape[0], target.shape[1] / g.shape[1]
+        r = np.round((g.rows + 0.5) * sy - 0.5).astype(np.int64)
+        c = np.round((g.cols + 0.5) * sx - 0.5).astype(np.int64)
+        rows.append(np.clip(r, 0, target.shape[0] - 1))
+        cols.append(np.clip(c, 0, target.shape[1] - 1))
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return GroundTruth(target.shape, rows, cols)
+
+
+def ground_truths(fixations, shapes=None, **kwargs) -> list[GroundTruth]:
+    """:class:`GroundTruth` for each image (``shapes`` where the fixations carry no size)."""
+    out = []
+    for i, f in enumerate(fixations):
+        if isinstance(f, GroundTruth):
+            out.append(f)
+        else:
+            shape = shapes[i] if shapes is not None else getattr(f, "size", None)
+            out.append(GroundTruth.from_fixations(f, shape, **kwargs))
+    return out
+
+
+def evaluate_batch(maps, fixations, protocols=PROTOCOLS, metrics=METRICS, *, baseline=None,
+                   seed: int = 0, n_other: int = 10, progress: bool = False,
+                   **options) -> list[dict]:
+    """Evaluate a batch of saliency maps against their images' fixations, in several protocols.
+
+    Parameters
+    ----------
+    maps : sequence of (H, W) arrays, a (B, H, W) / (B, 1, H, W) array or tensor, or a callable
+        ``i -> map`` (maps made on the fly, e.g. by a model)
+    fixations : sequence of GroundTruth / Fixations (with ``size``) of the same length
+    protocols : protocols to compute ("mit", "exact")
+    metrics : metric names
+    baseline : map, or callable ``shape -> map``, for the information gain (default centre bias)
+    seed : the random parts of image ``i`` use ``default_rng([seed, i])``; reproducible
+    n_other : other images per shuffled-AUC negative set in the ``mit`` protocol
+
+    Returns
+    -------
+    list of dicts ``{"index", "image", "protocol", "n_fixations", <metric>: value}``, one per image
+    and protocol.  The ground-truth densities are computed once per image and shared by the
+    protocols and by every call that passes the same GroundTruth objects.
+    """
+    gts = ground_truths(fixations)
+    if hasattr(maps, "detach"):
+        maps = maps.detach().cpu().numpy()
+    if isinstance(maps, np.ndarray) and maps.ndim == 4:
+        maps = maps[:, 0]
+    get = maps if callable(maps) else (lambda i: maps[i])
+    n = len(gts)
+    if not callable(maps) and len(maps) != n:
+        raise UserError(f"{len(maps)} saliency maps for {n} fixation sets")
+    _check_metrics(metrics)
+    rows = []
+    it = range(n)
+    if progress:
+        from ..utils import progress as bar
+
+        it = bar(it, desc="saliency metrics", unit="img")
+    base_cache: dict = {}
+    for i in it:
+        gt = gts[i]
+        key = gt.shape
+        if key not in base_cache:
+            if baseline is None:
+                from .classical import centre_bias
+
+                b = centre_bias(key)
+            else:
+                b = baseline(key) if callable(baseline) else np.asarray(baseline, np.float64)
+            if b.shape != key:
+                b = _resize(b, key)
+            base_cache[key] = _Map(b)
+        other = None
+        if "sauc" in metrics:
+            other = _gt_get(gt, f"other_{n_other}_{seed}_{n}", lambda: {
+                p: other_fixations(gts, i, p, n_other, rng=[seed, i, 1]) for p in protocols})
+        res = evaluate_protocols(get(i), gt, protocols, metrics, baseline=base_cache[key],
+                                 other=other, rng=np.random.default_rng([seed, i]), **options)
+        for p in protocols:
+            rows.append({"index": i, "image": gt.image, "protocol": p, "n_fixations": len(gt),
+                         **res[p]})
+    return rows
