@@ -222,10 +222,11 @@ def itti_normalise(m: np.ndarray, top: float = 1.0) -> np.ndarray:
     3. multiply the map by ``(M - m̄)**2``.
 
     A map with one strong peak keeps its strength; a map with many comparable peaks is suppressed.
+    A numerically flat map (range below 1e-10, i.e. FFT round-off of a constant feature) is zero.
     """
     m = m - m.min()
     hi = m.max()
-    if not hi > 0:
+    if not hi > 1e-10:  # numerically flat (feature values are O(1) for images in [0, 1])
         return np.zeros_like(m)
     m = m * (top / hi)
     peaks = (m == ndimage.maximum_filter(m, size=3, mode="constant", cval=-1.0)) & (m > top / 10)
