@@ -1,0 +1,164 @@
+"""Streaming statistics against exact NumPy answers."""
+import numpy as np
+import pytest
+import torch
+
+from neuroprobe.stats import IoUTally, MinMax, NSSTally, Quantile, TopK
+
+
+def rank_error(data: np.ndarray, est: np.ndarray, q: float) -> float:
+    """Largest distance (over units) between q and the empirical CDF interval of the estimate."""
+    worst = 0.0
+    for u in range(data.shape[1]):
+        s = np.sort(data[:, u])
+        lo = np.searchsorted(s, est[u], side="left") / len(s)
+        hi = np.searchsorted(s, est[u], side="right") / len(s)
+        worst = max(worst, 0.0 if lo <= q <= hi else min(abs(lo - q), abs(hi - q)))
+    return worst
+
+
+def _data(kind, rng, n, u):
+    if kind == "uniform":
+        return rng.random((n, u))
+    if kind == "normal":
+        return rng.standard_normal((n, u))
+    if kind == "lognormal":
+        return rng.lognormal(0.0, 2.0, (n, u))
+    if kind == "pareto":
+        return rng.pareto(1.1, (n, u))
+    return np.maximum(rng.standard_normal((n, u)), 0.0)  # relu: many ties at 0
+
+
+@pytest.mark.parametrize("kind", ["uniform", "normal", "lognormal", "pareto", "relu"])
+def test_quantile_rank_error_at_0995(kind):
+    rng = np.random.default_rng(1)
+    data = _data(kind, rng, 200_000, 4).astype(np.float32)
+    sk = Quantile(capacity=1024)   # small capacity so that many compactions happen
+    x = torch.from_numpy(data)
+    for s in range(0, len(data), 7_000):
+        sk.add(x[s:s + 7_000])
+    assert not sk.exact and len(sk.levels) > 5
+    est = sk.quantile(0.995).numpy()
+    assert rank_error(data, est, 0.995) < 3e-4
+    # the documented worst-case bound really bounds every rank
+    for q in (0.5, 0.9):
+        assert rank_error(data, sk.quantile(q).numpy(), q) <= sk.rank_error_bound()
+
+
+def test_quantile_default_capacity_error_and_merge():
+    rng = np.random.default_rng(2)
+    data = rng.lognormal(0.0, 1.5, (400_000, 3)).astype(np.float32)
+    parts = [Quantile() for _ in range(3)]
+    for i, s in enumerate(range(0, len(data), 20_000)):
+        parts[i % 3].add(torch.from_numpy(data[s:s + 20_000]))
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.n == len(data)
+    for q in (0.99, 0.995):
+        assert rank_error(data, merged.quantile(q).numpy(), q) < 1e-4
+
+
+def test_quantile_exact_while_small_equals_numpy():
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((1000, 5))
+    sk = Quantile(capacity=4096)
+    sk.add(torch.from_numpy(data[:300]))
+    sk.add(torch.from_numpy(data[300:]))
+    assert sk.exact
+    qs = [0.0, 0.005, 0.5, 0.99, 0.995, 1.0]
+    np.testing.assert_allclose(sk.quantiles(qs).numpy(), np.quantile(data, qs, axis=0).T,
+                               rtol=0, atol=1e-12)
+
+
+def test_quantile_independent_of_batching_and_resumes_exactly():
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((50_000, 3)).astype(np.float32))
+    a = Quantile(capacity=256)
+    a.add(x)
+    b = Quantile(capacity=256)
+    for s in range(0, len(x), 999):
+        b.add(x[s:s + 999])
+    assert torch.equal(a.quantiles([0.1, 0.995]), b.quantiles([0.1, 0.995]))
+    c = Quantile(capacity=256)
+    c.add(x[:20_000])
+    d = Quantile()
+    d.load_state_dict(c.state_dict())
+    d.add(x[20_000:])
+    assert torch.equal(a.quantiles([0.3, 0.995]), d.quantiles([0.3, 0.995]))
+    assert torch.equal(torch.cat(a.levels, 1), torch.cat(d.levels, 1))
+
+
+def test_quantile_bad_input():
+    with pytest.raises(ValueError):
+        Quantile(capacity=6)
+    sk = Quantile()
+    with pytest.raises(ValueError):
+        sk.quantile(0.5)
+    sk.add(torch.zeros(3, 2))
+    with pytest.raises(ValueError):
+        sk.add(torch.zeros(3, 4))
+    with pytest.raises(ValueError):
+        sk.add(torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(ValueError):
+        sk.quantile(1.5)
+
+
+def test_minmax_and_merge():
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((500, 6)).astype(np.float32)
+    a, b = MinMax(), MinMax()
+    a.add(torch.from_numpy(data[:200]))
+    b.add(torch.from_numpy(data[200:]))
+    a.merge(b)
+    np.testing.assert_array_equal(a.min.numpy(), data.min(0))
+    np.testing.assert_array_equal(a.max.numpy(), data.max(0))
+    c = MinMax()
+    c.load_state_dict(a.state_dict())
+    assert torch.equal(c.max, a.max) and c.n == 500
+
+
+def test_topk_selection_ties_and_merge():
+    vals = torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 0.0], [2.0, 5.0]])   # 4 images, 2 units
+    ids = torch.tensor([10, 11, 12, 13])
+    t = TopK(k=2)
+    t.add(vals[:2], ids[:2])
+    t.add(vals[2:], ids[2:])
+    assert t.values.tolist() == [[3.0, 3.0], [5.0, 5.0]]
+    assert t.index.tolist() == [[11, 12], [10, 11]]          # ties -> smaller id first
+    a, b = TopK(k=2), TopK(k=2)
+    a.add(vals[2:], ids[2:])   # merged in the other order gives the same selection
+    b.add(vals[:2], ids[:2])
+    a.merge(b)
+    assert torch.equal(a.values, t.values) and torch.equal(a.index, t.index)
+
+
+def test_iou_tally_merge_is_exact():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand((6, 3, 4, 4), generator=g)
+    layers = torch.randint(0, 4, (6, 1, 8, 8), generator=g)
+    whole = torch.tensor([[4], [0], [4], [0], [0], [4]])
+    cats = torch.ones((6, 2), dtype=torch.bool)
+    cat_of = torch.tensor([-1, 0, 0, 1, 1])
+    thr = torch.full((3,), 0.6)
+    one = IoUTally(3, 5, cat_of, 2)
+    one.add(maps, thr, layers, whole, cats)
+    a, b = IoUTally(3, 5, cat_of, 2), IoUTally(3, 5, cat_of, 2)
+    a.add(maps[:2], thr, layers[:2], whole[:2], cats[:2])
+    b.add(maps[2:], thr, layers[2:], whole[2:], cats[2:])
+    a.merge(b)
+    for f in IoUTally.fields:
+        assert torch.equal(getattr(a, f), getattr(one, f))
+    iou = one.iou()
+    assert iou.shape == (3, 5) and (iou[:, 0] == 0).all() and (iou <= 1).all()
+
+
+def test_nss_tally_state_round_trip():
+    t = NSSTally(2, 3)
+    maps = torch.arange(8.0).reshape(1, 2, 2, 2)
+    layers = torch.zeros((1, 1, 4, 4), dtype=torch.int64)
+    layers[0, 0, :2, :2] = 1
+    t.add(maps, torch.zeros(2), torch.full((2,), 8.0), layers, [torch.tensor([[0.0, 0.0]])],
+          (4, 4))
+    s = NSSTally(2, 3)
+    s.load_state_dict(t.state_dict())
+    assert torch.equal(s.total, t.total) and s.regions.tolist() == [0, 1, 0]
+    assert torch.isnan(s.mean()[:, 0]).all()
