@@ -61,8 +61,9 @@ def colour_lut() -> np.ndarray:
     per channel, as a ``uint8`` array of length 32768 indexed by ``(r>>3)<<10 | (g>>3)<<5 | b>>3``.
 
     Rules on HSV (hue in degrees): value < 0.22 is black; saturation < 0.2 is white (value >
-    0.8) or grey; otherwise by hue, with dark reds/oranges/yellows named brown and dark pinks
-    purple.
+    0.8) or grey; otherwise by hue (red < 15 or >= 345, orange < 40, yellow < 70, green < 165,
+    blue < 255, purple < 315, pink), with dark reds/oranges/yellows named brown, dark pinks
+    purple and pale bright reds pink.
     """
     q = (np.arange(32) * 8 + 4) / 255.0
     r, g, b = np.meshgrid(q, q, q, indexing="ij")
@@ -77,13 +78,14 @@ def colour_lut() -> np.ndarray:
     idx = COLOUR_NAMES.index
     chroma = s >= 0.2
     hue_name = np.select(
-        [(h < 15) | (h >= 345), h < 40, h < 70, h < 165, h < 255, h < 290],
+        [(h < 15) | (h >= 345), h < 40, h < 70, h < 165, h < 255, h < 315],
         [idx("red"), idx("orange"), idx("yellow"), idx("green"), idx("blue"), idx("purple")],
         idx("pink"))
     brownish = (((h < 15) | (h >= 345)) & (v < 0.5)) | ((h >= 15) & (h < 40) & (v < 0.7)) | \
         ((h >= 40) & (h < 70) & (v < 0.5))
     hue_name = np.where(brownish, idx("brown"), hue_name)
     hue_name = np.where((hue_name == idx("pink")) & (v < 0.5), idx("purple"), hue_name)
+    hue_name = np.where((hue_name == idx("red")) & (s < 0.5) & (v > 0.8), idx("pink"), hue_name)
     name = np.where(chroma, hue_name, np.where(v > 0.8, idx("white"), idx("grey")))
     name = np.where(v < 0.22, idx("black"), name)
     return name.astype(np.uint8).reshape(-1)
@@ -124,9 +126,19 @@ def font(path: str, size: int):
     return ImageFont.truetype(path, size)
 
 
+#: glyph pixels with at least this coverage (of 255) are drawn and labelled; fainter
+#: anti-aliasing fringes are dropped so that every changed pixel is labelled text
+GLYPH_ALPHA = 64
+
+
 @lru_cache(maxsize=1)
 def threshold_table() -> list[int]:
-    return [255 if v >= 128 else 0 for v in range(256)]
+    return [255 if v >= GLYPH_ALPHA else 0 for v in range(256)]
+
+
+@lru_cache(maxsize=1)
+def fringe_table() -> list[int]:
+    return [v if v >= GLYPH_ALPHA else 0 for v in range(256)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,8 +270,8 @@ class Painter:
 
     def text(self, word: str, x: float, y: float, size_px: int, font_path: str, fill,
              code: int, rot_deg: float = 0.0, plate=None, pad: float = 0.25) -> tuple:
-        """Write ``word`` centred at image position ``(x, y)``; glyph pixels (alpha >= 50%) and the
-        optional plate get ``code``.  Returns the bounding box."""
+        """Write ``word`` centred at image position ``(x, y)``; glyph pixels (coverage >= 25%,
+        fainter fringes are not drawn) and the optional plate get ``code``.  Returns the box."""
         f = font(font_path, int(size_px))
         l, t, r, b = f.getbbox(word)
         pw = int(round(pad * size_px)) if plate is not None else 1
@@ -276,6 +288,7 @@ class Painter:
             self.code.paste(code, box + (box[0] + pl.width, box[1] + pl.height), pl)
         if rot_deg:
             alpha = alpha.rotate(rot_deg, resample=Image.BILINEAR, expand=True)
+        alpha = alpha.point(fringe_table())
         if box is None:
             box = (int(round(x - alpha.width / 2)), int(round(y - alpha.height / 2)))
         full = box + (box[0] + alpha.width, box[1] + alpha.height)
@@ -613,7 +626,7 @@ def drink(p: Painter, rng, code: int, kind: str):
         p.ellipse(0.0, 0.45, 0.18, 0.04, (200, 210, 220), code)
         p.poly([(-0.22, -0.5), (0.22, -0.5), (0.16, -0.1), (0.0, 0.02), (-0.16, -0.1)],
                (215, 225, 235), code)
-        p.poly([(-0.2, -0.32), (0.2, -0.32), (0.15, -0.1), (0.0, 0.0), (-0.15, -0.1)], wine)
+        p.poly([(-0.17, -0.32), (0.17, -0.32), (0.13, -0.11), (0.0, -0.02), (-0.13, -0.11)], wine)
         return wine
     if kind == "can":
         col = rand_colour(rng, (0.6, 1.0), (0.5, 1.0))
