@@ -58,12 +58,14 @@ KNOWN: dict[str, dict] = {
                   "folder": "broden1_384", "about": "Broden 384x384 (about 2 GB)"},
     "coco-annotations-2017": {
         "url": "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-        "folder": "annotations", "about": "COCO 2017 instance + keypoint annotations (241 MB)"},
+        "folder": "annotations_trainval2017", "inner": "annotations",
+        "about": "COCO 2017 instance + keypoint annotations (241 MB)"},
     "coco-val2017": {"url": "http://images.cocodataset.org/zips/val2017.zip",
                      "folder": "val2017", "about": "COCO 2017 validation images (5,000; 778 MB)"},
     "coco-annotations-2014": {
         "url": "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
-        "folder": "annotations", "about": "COCO 2014 annotations (SALICON images are COCO 2014)"},
+        "folder": "annotations_trainval2014", "inner": "annotations",
+        "about": "COCO 2014 annotations (SALICON images are COCO 2014)"},
 }
 
 
@@ -427,7 +429,7 @@ def fetch(name: str, out: str | os.PathLike, *, mirror: str | None = None,
     if unpacked.exists():
         shutil.rmtree(unpacked)
     extract(archive, unpacked)
-    inner = unpacked / entry["folder"]
+    inner = unpacked / entry.get("inner", entry["folder"])
     source = inner if inner.is_dir() else unpacked
     os.rename(source, folder)
     shutil.rmtree(unpacked, ignore_errors=True)

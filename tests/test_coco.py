@@ -4,7 +4,8 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
+from http.server import ThreadingHTTPServer as _Server
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ KP_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shou
 H, W = 30, 40
 MAP = {"vehicle": ["car"], "drink": ["bottle"], "animal part": ["dog"]}
 DISC = {"aspect": 1.0, "margin": 1.0}  # head = a disc of radius breadth / 2
+
+
+class ThreadingHTTPServer(_Server):
+    """The test server; client hang-ups (expected here) are not printed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict:
@@ -327,3 +337,29 @@ def test_real_sample_heads_sit_on_heads():
     batch = collate([ds[i] for i in range(len(ds))])
     assert batch["image"].shape == (4, 3, 224, 224) and batch["layers"].shape == (4, 2, 224, 224)
     assert set(batch["layers"].unique().tolist()) == {0, 1, 10}
+
+
+def test_download_annotation_archive_via_mirror(coco, tmp_path, monkeypatch):
+    import zipfile
+
+    path, want = coco
+    site = tmp_path / "site" / "annotations"
+    site.mkdir(parents=True)
+    with zipfile.ZipFile(site / "annotations_trainval2017.zip", "w") as zf:
+        zf.write(path, "annotations/person_keypoints_val2017.json")
+        zf.writestr("annotations/instances_val2017.json", json.dumps(
+            {"images": [], "annotations": [], "categories": [{"id": 3, "name": "car"}]}))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler.log_message = lambda *a: None
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("NEUROPROBE_MIRROR", f"http://127.0.0.1:{srv.server_address[1]}")
+        monkeypatch.setenv("NEUROPROBE_CACHE", str(tmp_path / "cache"))
+        ds = open_concepts("coco-parts", download=True, root=str(tmp_path / "imgs"),
+                           image_size=(H, W))
+        assert (tmp_path / "cache/data/coco/annotations_trainval2017").is_dir()
+        assert np.array_equal(ds.masks(7)[0], want["objects"])
+    finally:
+        srv.shutdown()
+        srv.server_close()

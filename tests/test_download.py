@@ -8,7 +8,8 @@ import tarfile
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer as _Server
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ from neuroprobe.download import download, extract, fetch, mirror_url, KNOWN
 from neuroprobe.errors import DownloadError
 
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
+
+
+class ThreadingHTTPServer(_Server):
+    """The test server; client hang-ups (expected here) are not printed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):

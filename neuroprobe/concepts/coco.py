@@ -445,7 +445,7 @@ def from_spec(spec: dict, **overrides) -> CocoParts:
     else:
         from ..resources import cache_dir
 
-        folder = cache_dir() / "data" / "coco" / "annotations"
+        folder = cache_dir() / "data" / "coco" / f"annotations_trainval{year}"
         files = [folder / f"instances_{split}{year}.json",
                  folder / f"person_keypoints_{split}{year}.json"]
         if not all(f.is_file() for f in files):
