@@ -508,7 +508,10 @@ class SyntheticWorld(ConceptDataset):
         nreg = len(regions)
         flat = cs.reshape(-1)
         area = np.bincount(flat, minlength=nreg + 1)[1:].astype(np.float64)
-        yy, xx = np.divmod(np.arange(flat.size), mw)
+        if getattr(self, "_grid", None) is None or self._grid[0].size != flat.size:
+            yy, xx = np.divmod(np.arange(flat.size), mw)
+            self._grid = (xx.astype(np.float64), yy.astype(np.float64))
+        xx, yy = self._grid
         sx = np.bincount(flat, weights=xx, minlength=nreg + 1)[1:]
         sy = np.bincount(flat, weights=yy, minlength=nreg + 1)[1:]
         codes = np.flatnonzero(area > 0)
@@ -581,6 +584,7 @@ class SyntheticWorld(ConceptDataset):
         start = np.concatenate([[0], np.cumsum(area)[:-1]])
         p = np.tile(base, (n_obs, 1))
         rows = np.arange(n_obs)
+        codes_ext = np.append(codes, 0)
         xs = np.empty((n_obs, steps))
         ys = np.empty((n_obs, steps))
         for t in range(steps):
@@ -588,7 +592,7 @@ class SyntheticWorld(ConceptDataset):
             cum = np.cumsum(p, axis=1)
             j = np.minimum((cum < (u[:, :1] * cum[:, -1:])).sum(axis=1), bg)
             on_bg = j == bg
-            c = np.where(on_bg, 0, np.append(codes, 0)[j])
+            c = np.where(on_bg, 0, codes_ext[j])
             pix = order[start[c] + np.minimum((u[:, 1] * area[c]).astype(np.int64),
                                               np.maximum(area[c] - 1, 0))]
             my, mx = np.divmod(pix, mw)
