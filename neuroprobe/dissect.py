@@ -1,0 +1,523 @@
+"""The dissection engine: label the units of any layers with concepts.
+
+The path of one unit through neuroprobe::
+
+    load     concepts: a ConceptDataset yields images, label masks, whole-image labels, fixations
+    record   pass 1 (here): every requested layer in one forward pass per batch; per-unit
+             statistics (neuroprobe.stats: Quantile for the IoU threshold, MinMax for region-NSS,
+             TopK images for galleries); on the CPU the maps are kept in a spool on disk
+    tally    pass 2 (here + neuroprobe.tally): thresholds -> active pixels -> (unit, label)
+             counts (IoU) or z-scored maps at fixations (region-NSS), in stats.IoUTally/NSSTally
+    score    neuroprobe.results: IoU per label, best label per category and overall; region-NSS
+             table (mean of the top units, units above the NSS threshold)
+    report   neuroprobe.results: units.csv, summary.json, a bar plot, region_nss.csv
+
+Methods: Network Dissection (Bau, Zhou, Khosla, Oliva & Torralba, CVPR 2017) with its two
+published denominators (NetDissect and NetDissect-Lite) and the unrestricted variant of
+Bau et al. (PNAS 2020); region-based NSS of He, Tavakoli, Borji, Mi & Pugeault (CVPR 2019).
+
+Runs are resumable: statistics are checkpointed into ``<out>/.state/`` every few batches,
+keyed by a hash of the whole configuration; a killed run started again continues from the last
+checkpoint and gives results identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import UserError
+from .io import atomic_path, config_hash, write_json
+from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
+from .tally import upsample
+
+__all__ = ["dissect", "DissectionResult", "MODES", "SCORES", "DENOMINATOR_CHOICES"]
+
+#: Defaults of each mode: top fraction of activations above threshold, where the quantile is
+#: taken, and the IoU denominator.
+MODES = {
+    "netdissect": {"quantile": 0.005, "quantile_on": "raw maps", "denominator": "netdissect"},
+    "unrestricted": {"quantile": 0.01, "quantile_on": "upsampled maps", "denominator": "all"},
+}
+SCORES = ("iou", "region-nss")
+DENOMINATOR_CHOICES = ("netdissect", "lite")
+STATE_VERSION = 1
+
+#: test hook: called as ``_AFTER_BATCH(phase, batch_index)`` after every batch
+_AFTER_BATCH: Callable | None = None
+
+
+@dataclass
+class DissectionResult:
+    """What a dissection produced.
+
+    ``units``: one dict per unit (the rows of units.csv); ``summary``: configuration, versions,
+    counts of detector units per concept and layer; ``nss_table``: rows of the region-NSS table
+    (``None`` for IoU scoring); ``thresholds``: per layer ``(U,)`` activation thresholds (IoU);
+    ``top_images``: per layer ``(values, image indices)`` of the top-k images of every unit;
+    ``stats``: per layer the statistic objects (``quantile``, ``tally`` / ``minmax``, ``nss``,
+    ``top``), e.g. to merge runs over shards.
+    """
+
+    units: list
+    summary: dict
+    nss_table: list | None = None
+    thresholds: dict = field(default_factory=dict)
+    top_images: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict, repr=False)
+
+    def save(self, out_dir) -> Path:
+        from .results import write_results
+
+        return write_results(self, out_dir)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of a module's class name and state (for models not loaded from a file)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        t = t.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
+                   batch_size):
+    if mode not in MODES:
+        raise UserError(f"unknown dissection mode {mode!r}", hint="use netdissect or unrestricted")
+    if score not in SCORES:
+        raise UserError(f"unknown score {score!r}", hint="use iou or region-nss")
+    if not 0 < quantile < 1:
+        raise UserError(f"--quantile {quantile} must lie strictly between 0 and 1",
+                        hint="it is the top fraction of activations, e.g. 0.005")
+    if not 0 <= iou_threshold <= 1:
+        raise UserError(f"--iou-threshold {iou_threshold} must lie in [0, 1]")
+    if denominator is not None and denominator not in DENOMINATOR_CHOICES:
+        raise UserError(f"unknown denominator {denominator!r}", hint="use netdissect or lite")
+    if mode == "unrestricted" and denominator is not None:
+        raise UserError("--denominator applies to --mode netdissect only (the unrestricted mode "
+                        "counts every pixel)")
+    if top_units < 1:
+        raise UserError("--top-units must be at least 1")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+
+
+# -- recording -------------------------------------------------------------------------------
+
+def _forward(model, images, layers, amp, device):
+    from .hooks import Recorder
+
+    ctx = contextlib.nullcontext()
+    if amp:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        ctx = torch.autocast(device_type=device.type, dtype=dtype)
+    with torch.no_grad(), ctx, Recorder(model, layers, stop=True) as rec:
+        model(images)
+    out = {}
+    for name in layers:
+        calls = rec.calls(name)
+        if not calls:
+            raise UserError(f"layer {name!r} did not run in the forward pass",
+                            hint="choose a layer that the model's forward uses")
+        out[name] = calls[-1]
+    return out
+
+
+def _probe(model, dataset, layers, amp, device):
+    """Run one image; check that every layer gives spatial maps.  Returns ``{layer: (U, h, w)}``."""
+    from .concepts.base import collate
+
+    sample = collate([dataset[0]])
+    images = sample["image"].to(device)
+    try:
+        acts = _forward(model, images, layers, amp, device)
+    except UserError:
+        raise
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"the model fails on {tuple(images.shape[-2:])} images of concept set "
+            f"{getattr(dataset, 'name', '?')!r}: {first}",
+            hint="the model and the image size do not fit; use a concept set with the model's "
+            "input size (e.g. image_size=... in the concept-set file)") from None
+    shapes = {}
+    for name, a in acts.items():
+        if not isinstance(a, torch.Tensor):
+            raise UserError(f"layer {name!r} outputs a {type(a).__name__}, not a tensor",
+                            hint="choose a layer whose output is a (batch, channels, H, W) tensor")
+        if a.dim() != 4:
+            what = {2: "(batch, channels): pooled or fully connected",
+                    3: "(batch, tokens, channels): transformer tokens"}.get(a.dim(), "")
+            raise UserError(
+                f"layer {name!r} outputs shape {tuple(a.shape)} {what}, not spatial maps",
+                hint="dissection needs (batch, channels, H, W); pick a convolutional layer, or "
+                "reshape tokens to a grid (neuroprobe.hooks.Recorder(tokens_to_grid=True))")
+        shapes[name] = tuple(a.shape[1:])
+    return shapes
+
+
+def _check_finite(name, a, ids):
+    if torch.isfinite(a).all():
+        return
+    bad = ~torch.isfinite(a)
+    b, u = bad.flatten(2).any(2).nonzero()[0].tolist()
+    kind = "NaN" if torch.isnan(a[b, u]).any() else "infinite"
+    raise UserError(f"{kind} activations in layer {name!r}, unit {u}, image {ids[b]!r}",
+                    hint="check the model's weights and input normalisation, or try without "
+                    "--amp")
+
+
+class _State:
+    """Checkpoints of a run in ``<out>/.state/``: config, statistics and the activation spool."""
+
+    def __init__(self, out_dir: Path | None, config: dict, key: str):
+        self.dir = None if out_dir is None else Path(out_dir) / ".state"
+        self.config, self.key = config, key
+
+    @property
+    def enabled(self) -> bool:
+        return self.dir is not None
+
+    def load(self) -> dict | None:
+        if not self.enabled or not (self.dir / "state.pt").is_file():
+            return None
+        try:
+            state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+        if state.get("key") != self.key or state.get("version") != STATE_VERSION:
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.dir / "config.json", {"key": self.key, "config": self.config})
+        state = {**state, "key": self.key, "version": STATE_VERSION}
+        with atomic_path(self.dir / "state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def spool_path(self, j: int) -> Path:
+        return self.dir / "spool" / f"{j:07d}.pt"
+
+    def write_spool(self, j: int, obj: dict) -> None:
+        path = self.spool_path(j)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+
+    def read_spool(self, j: int) -> dict:
+        return torch.load(self.spool_path(j), map_location="cpu", weights_only=True)
+
+    def drop_spool(self) -> None:
+        if self.enabled:
+            shutil.rmtree(self.dir / "spool", ignore_errors=True)
+
+
+def _check_out_dir(out_dir: Path, key: str, overwrite: bool) -> None:
+    """Refuse an output folder holding a run of another configuration (unless overwrite)."""
+    found = None
+    for path in (out_dir / ".state" / "config.json", out_dir / "summary.json"):
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text()).get("key") or json.loads(
+                    path.read_text()).get("config_hash")
+            except (OSError, ValueError):
+                found = "unreadable"
+            if found:
+                break
+    if found is None or found == key:
+        return
+    if not overwrite:
+        raise UserError(f"output folder {out_dir} holds a dissection of another configuration "
+                        f"({found}, this one is {key})",
+                        hint="choose another --out folder or pass --overwrite")
+    shutil.rmtree(out_dir / ".state", ignore_errors=True)
+    for name in ("units.csv", "summary.json", "region_nss.csv", "concepts.png"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,
+            mode: str = "netdissect", score: str = "iou", quantile: float | None = None,
+            iou_threshold: float = 0.04, denominator: str | None = None,
+            nss_threshold: float = 1.5, top_units: int = 10, batch_size: int = 32,
+            device=None, amp: str | None = None, limit: int | None = None,
+            out_dir=None, resume: bool = True, overwrite: bool = False,
+            keep: str = "auto", checkpoint_every: int = 20, num_workers: int = 0,
+            model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
+            progress: bool = True) -> DissectionResult:
+    """Dissect ``layers`` of ``model`` on a concept dataset.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Takes images in ``[0, 1]`` (adapters normalise themselves).
+    dataset : ConceptDataset
+    layers : names of layers with spatial outputs ``(B, C, H, W)`` (default: the ``layers``
+        attribute of ``model_info`` if given).
+    mode : ``"netdissect"`` (threshold: top ``quantile`` = 0.005 of the raw maps; IoU with the
+        per-category denominator) or ``"unrestricted"`` (top 0.01 of the upsampled maps; IoU
+        over all pixels; Bau et al. 2020).
+    score : ``"iou"`` or ``"region-nss"`` (needs fixations).
+    quantile : top fraction of activations above the threshold (default by mode).
+    iou_threshold : IoU at which a unit counts as a detector of its best label (0.04).
+    denominator : ``"netdissect"`` (default) or ``"lite"`` (NetDissect-Lite's rule), see
+        :func:`neuroprobe.tally.iou_counts`.
+    nss_threshold, top_units : region-NSS table: units with NSS above the threshold are counted;
+        the mean NSS of the ``top_units`` best units is reported.
+    batch_size, device, amp : batching, device (default: the model's) and optional autocast
+        (``"bf16"`` / ``"fp16"``) of the forward pass.
+    limit : use the first ``limit`` images only.
+    out_dir : where results and checkpoints go (``None``: nothing is written, no resume).
+    resume, overwrite : continue a matching run in ``out_dir``; replace a run of another
+        configuration there instead of refusing.
+    keep : ``"disk"`` keeps the maps of pass 1 in a spool under ``out_dir/.state`` (or a
+        temporary folder) so pass 2 needs no second forward pass; ``"recompute"`` runs the model
+        again; ``"auto"``: disk on the CPU, recompute on a GPU.
+    checkpoint_every : batches between checkpoints.
+    model_info : identity of the model written into the results (``{"spec", "sha256", ...}``);
+        computed from the weights when not given.
+
+    Returns
+    -------
+    DissectionResult (also written to ``out_dir`` when given).
+    """
+    import tempfile
+
+    from .concepts.base import collate
+    from .hooks import resolve_layers
+    from .utils import info, progress as bar, versions
+
+    if quantile is None:
+        quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
+    _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
+                   batch_size)
+    if score == "region-nss" and not getattr(dataset, "has_fixations", False):
+        raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "
+                        "--score region-nss needs them",
+                        hint="use --score iou, or a concept set with fixations (synthetic, "
+                        "eyecrowd, a mask folder with OSIE fixations)")
+    model_info = dict(model_info or {})
+    if layers is None:
+        layers = model_info.get("layers") or []
+    if isinstance(layers, str):
+        layers = [s for s in layers.split(",") if s]
+    if not layers:
+        raise UserError("no layers to dissect", hint="name them with --layers a,b")
+    layers = list(resolve_layers(model, layers))
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    model = model.to(device).eval()
+    n_total = len(dataset)
+    n = n_total if limit is None else min(int(limit), n_total)
+    if n < 1:
+        raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no images")
+    source = dataset
+    if n < n_total:
+        dataset = torch.utils.data.Subset(source, range(n))
+    if keep == "auto":
+        keep = "disk" if device.type == "cpu" else "recompute"
+    if keep not in ("disk", "recompute"):
+        raise UserError(f"unknown keep option {keep!r}", hint="disk, recompute or auto")
+    shapes = _probe(model, dataset, layers, amp, device)
+    mask_size = tuple(source.mask_size)
+    denom = MODES[mode]["denominator"] if denominator is None else denominator
+    if "sha256" not in model_info:
+        model_info["sha256"] = model_fingerprint(model)
+    config = {
+        "model": model_info, "layers": layers, "concepts": {**source.config(), "n": n},
+        "mode": mode, "score": score, "quantile": quantile,
+        "quantile_on": MODES[mode]["quantile_on"], "iou_threshold": iou_threshold,
+        "denominator": denom if score == "iou" else None,
+        "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": 1,
+        "image_size": list(source.image_size), "mask_size": list(mask_size), "amp": amp,
+        "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
+        "top_k": top_k,
+    }
+    key = config_hash(config)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_out_dir(out, key, overwrite)
+    state_io = _State(out, config, key)
+    state = state_io.load() if resume else None
+    tmp_spool = None
+    if keep == "disk" and not state_io.enabled:
+        tmp_spool = tempfile.TemporaryDirectory(prefix="neuroprobe-spool-")
+        state_io.dir = Path(tmp_spool.name)
+
+    labels = source.labels
+    num_labels = labels.max_id + 1
+    report_cat = torch.from_numpy(labels.category_index())
+    if denom == "all":
+        tally_cat = torch.where(report_cat >= 0, 0, -1)
+        n_cat = 1
+    else:
+        tally_cat, n_cat = report_cat, len(labels.categories)
+
+    def new_stats():
+        st = {}
+        for name in layers:
+            s = {"top": TopK(top_k)}
+            if score == "iou":
+                s["quantile"] = Quantile(sketch_capacity)
+                s["tally"] = IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom)
+            else:
+                s["minmax"] = MinMax()
+                s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=1)
+            st[name] = s
+        return st
+
+    stats = new_stats()
+    phase, next_batch = "record", 0
+    if state is not None:
+        phase, next_batch = state["phase"], int(state["next_batch"])
+        for name in layers:
+            for k, sd in state["stats"][name].items():
+                stats[name][k].load_state_dict(sd)
+                stats[name][k].to(device)
+        if phase != "done":
+            info(f"resuming the {phase} pass at batch {next_batch} from {state_io.dir}")
+    per_batch = batch_size
+    if state is not None and phase != "done":
+        per_batch = int(state.get("batch_size", batch_size))  # keep the run's batching
+    n_batches = (n + per_batch - 1) // per_batch
+
+    def checkpoint(phase_, next_):
+        if not state_io.enabled or tmp_spool is not None:
+            return
+        state_io.save({"phase": phase_, "next_batch": next_, "batch_size": per_batch,
+                       "stats": {name: {k: s.state_dict() for k, s in st.items()}
+                                 for name, st in stats.items()}})
+
+    def loader(start):
+        sub = torch.utils.data.Subset(dataset, range(start * per_batch, n))
+        return torch.utils.data.DataLoader(sub, batch_size=per_batch, shuffle=False,
+                                           num_workers=num_workers, collate_fn=collate)
+
+    # -- pass 1: record -------------------------------------------------------------------
+    if phase == "record":
+        it = loader(next_batch)
+        pbar = bar(total=n_batches, initial=next_batch, desc="dissect: record", unit="batch",
+                   disable=None if progress else True)
+        for j, batch in enumerate(it, start=next_batch):
+            images = batch["image"].to(device, non_blocking=True)
+            acts = _forward(model, images, layers, amp, device)
+            first = j * per_batch
+            idx = torch.arange(first, first + len(images), device=device)
+            for name in layers:
+                a = acts[name].float()
+                _check_finite(name, a, batch["id"])
+                u = a.shape[1]
+                st = stats[name]
+                st["top"].add(a.flatten(2).amax(2), idx)
+                if score == "iou":
+                    if mode == "netdissect":
+                        st["quantile"].add(a.transpose(0, 1).reshape(u, -1).t())
+                    else:
+                        for s in range(0, len(a), 4):   # bounded memory: 4 images at a time
+                            up = upsample(a[s:s + 4], mask_size)
+                            st["quantile"].add(up.transpose(0, 1).reshape(u, -1).t())
+                else:
+                    st["minmax"].add(a.transpose(0, 1).reshape(u, -1).t())
+                acts[name] = a
+            if keep == "disk":
+                state_io.write_spool(j, _spool_record(acts, batch))
+            pbar.update(1)
+            done = j + 1
+            if done == n_batches:
+                phase, next_batch = "tally", 0
+                checkpoint(phase, 0)
+            elif done % checkpoint_every == 0:
+                checkpoint("record", done)
+            if _AFTER_BATCH is not None:
+                _AFTER_BATCH("record", j)
+        pbar.close()
+        phase, next_batch = "tally", 0
+
+    thresholds = {}
+    if score == "iou":
+        thresholds = {name: stats[name]["quantile"].quantile(1.0 - quantile).float()
+                      for name in layers}
+
+    # -- pass 2: tally --------------------------------------------------------------------
+    if phase == "tally":
+        pbar = bar(total=n_batches, initial=next_batch, desc="dissect: tally", unit="batch",
+                   disable=None if progress else True)
+        if keep == "disk":
+            source_iter = ((j, state_io.read_spool(j)) for j in range(next_batch, n_batches))
+        else:
+            source_iter = enumerate(loader(next_batch), start=next_batch)
+        for j, batch in source_iter:
+            if keep == "disk":
+                acts = {k: v.to(device) for k, v in batch["acts"].items()}
+            else:
+                acts = _forward(model, batch["image"].to(device), layers, amp, device)
+            lay = batch["layers"].to(device).long()
+            whole = batch["whole"].to(device).long()
+            for name in layers:
+                a = acts[name].float()
+                st = stats[name]
+                if score == "iou":
+                    st["tally"].add(a, thresholds[name], lay, whole, batch["categories"])
+                else:
+                    mm = st["minmax"]
+                    st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
+                                  tuple(source.image_size))
+            pbar.update(1)
+            done = j + 1
+            if done == n_batches:
+                checkpoint("done", 0)
+            elif done % checkpoint_every == 0:
+                checkpoint("tally", done)
+            if _AFTER_BATCH is not None:
+                _AFTER_BATCH("tally", j)
+        pbar.close()
+        state_io.drop_spool()
+    if tmp_spool is not None:
+        tmp_spool.cleanup()
+
+    # -- score and report -----------------------------------------------------------------
+    from .results import score_iou, score_nss, summarise
+
+    units, table = [], None
+    for name in layers:
+        if score == "iou":
+            units += score_iou(name, stats[name]["tally"], thresholds[name], labels,
+                               iou_threshold)
+        else:
+            rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold, top_units)
+            units += rows
+            table = (table or []) + trows
+    summary = summarise(units, config, key, versions(), layers, labels, table)
+    result = DissectionResult(
+        units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
+        {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
+         for name in layers}, stats)
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def _spool_record(acts: dict, batch: dict) -> dict:
+    lay = batch["layers"]
+    top = int(lay.max()) if lay.numel() else 0
+    small = torch.int16 if top < 2 ** 15 else torch.int32
+    return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
+            "layers": lay.to(small), "whole": batch["whole"],
+            "categories": batch["categories"], "fixations": batch["fixations"],
+            "id": list(batch["id"])}

@@ -1,0 +1,201 @@
+"""Score tallies into unit labels, and write the results of a dissection.
+
+score
+    :func:`score_iou`: IoU of every (unit, label); per category the best label with its
+    intersection / activation / truth counts; overall the best label over categories; a unit
+    is a detector when its IoU reaches the threshold (Bau et al., CVPR 2017).
+    :func:`score_nss`: mean region-NSS per (unit, label), the best label per unit, and the
+    study's table per label: mean NSS of the top units and the number of units above the NSS
+    threshold (He et al., CVPR 2019).
+report
+    :func:`write_results`: ``units.csv``, ``summary.json``, ``region_nss.csv`` (when scored)
+    and ``concepts.png`` (detector units per concept and layer), each written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_open, atomic_path, write_json
+
+__all__ = ["score_iou", "score_nss", "summarise", "write_results"]
+
+
+def _f(x) -> float:
+    return float(x)
+
+
+def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float) -> list[dict]:
+    """One row per unit of ``layer`` from an :class:`~neuroprobe.stats.IoUTally`."""
+    iou = tally.iou().cpu().numpy()
+    inter = tally.inter.cpu().numpy()
+    act = tally.act.cpu().numpy()
+    truth = tally.label.cpu().numpy()
+    tcat = tally.category_of_label.cpu().numpy()
+    cat_idx = labels.category_index()
+    thr = thresholds.cpu().numpy()
+    units = iou.shape[0]
+    best = {}
+    for ci, cat in enumerate(labels.categories):
+        cols = np.nonzero(cat_idx == ci)[0]
+        if len(cols):
+            j = cols[np.argmax(iou[:, cols], axis=1)]
+            best[cat] = j
+    rows = []
+    for u in range(units):
+        row = {"layer": layer, "unit": u, "label": "", "category": "", "score": 0.0,
+               "threshold": _f(thr[u]), "detector": 0}
+        top = -1.0
+        per = {}
+        for cat in labels.categories:
+            if cat not in best:
+                per.update({f"{cat}-label": "", f"{cat}-iou": 0.0, f"{cat}-intersection": 0,
+                            f"{cat}-activation": 0, f"{cat}-truth": 0})
+                continue
+            j = int(best[cat][u])
+            value = _f(iou[u, j])
+            per.update({f"{cat}-label": labels.name(j), f"{cat}-iou": value,
+                        f"{cat}-intersection": int(inter[u, j]),
+                        f"{cat}-activation": int(act[u, tcat[j]]) if tcat[j] >= 0 else 0,
+                        f"{cat}-truth": int(truth[j])})
+            if value > top:
+                top = value
+                row.update(label=labels.name(j), category=cat, score=value)
+        row["detector"] = int(row["score"] >= iou_threshold and row["score"] > 0)
+        row.update(per)
+        rows.append(row)
+    return rows
+
+
+def score_nss(layer: str, tally, labels, nss_threshold: float, top_units: int):
+    """Unit rows and region-NSS table rows of ``layer`` from a
+    :class:`~neuroprobe.stats.NSSTally`."""
+    mean = tally.mean().cpu().numpy()
+    regions = tally.regions.cpu().numpy()
+    cat_idx = labels.category_index()
+    scored = np.nonzero(regions > 0)[0]
+    filled = np.where(np.isnan(mean), -np.inf, mean)
+    rows = []
+    for u in range(mean.shape[0]):
+        row = {"layer": layer, "unit": u, "label": "", "category": "", "score": 0.0,
+               "threshold": float(nss_threshold), "detector": 0}
+        per = {}
+        top = -math.inf
+        for ci, cat in enumerate(labels.categories):
+            cols = scored[cat_idx[scored] == ci]
+            if not len(cols):
+                per.update({f"{cat}-label": "", f"{cat}-nss": ""})
+                continue
+            j = int(cols[np.argmax(filled[u, cols])])
+            per.update({f"{cat}-label": labels.name(j), f"{cat}-nss": _f(mean[u, j])})
+            if mean[u, j] > top:
+                top = mean[u, j]
+                row.update(label=labels.name(j), category=cat, score=_f(mean[u, j]))
+        row["detector"] = int(row["score"] > nss_threshold)
+        row.update(per)
+        rows.append(row)
+    table = []
+    for j in scored:
+        col = np.sort(mean[:, j])[::-1]
+        k = min(top_units, len(col))
+        table.append({"layer": layer, "label": labels.name(int(j)),
+                      "category": labels.category(int(j)), "regions": int(regions[j]),
+                      "top_units": k, "top_mean_nss": _f(col[:k].mean()),
+                      "units_above": int((col > nss_threshold).sum()),
+                      "nss_threshold": float(nss_threshold),
+                      "best_unit": int(np.argmax(mean[:, j])), "best_nss": _f(col[0])})
+    return rows, table
+
+
+def summarise(units, config, key, versions, layers, labels, table=None) -> dict:
+    """The summary: configuration, versions, and detector counts per concept and layer."""
+    per_label = {layer: {} for layer in layers}
+    per_cat = {layer: {} for layer in layers}
+    for row in units:
+        if row["detector"]:
+            per_label[row["layer"]][row["label"]] = per_label[row["layer"]].get(
+                row["label"], 0) + 1
+            per_cat[row["layer"]][row["category"]] = per_cat[row["layer"]].get(
+                row["category"], 0) + 1
+    per_label = {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0])))
+                 for k, v in per_label.items()}
+    units_per_layer = Counter(row["layer"] for row in units)
+    out = {
+        "config_hash": key,
+        "config": config,
+        "versions": versions,
+        "units": {layer: units_per_layer[layer] for layer in layers},
+        "detectors": {layer: sum(per_cat[layer].values()) for layer in layers},
+        "detectors_per_concept": per_label,
+        "detectors_per_category": per_cat,
+        "unique_concepts": {layer: len(per_label[layer]) for layer in layers},
+    }
+    if table is not None:
+        out["region_nss"] = table
+    note = (config.get("model") or {}).get("note")
+    if note:
+        out["note"] = note
+    return out
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    fields = list(rows[0]) if rows else ["layer", "unit", "label", "category", "score",
+                                         "threshold"]
+    with atomic_open(path, "w") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def plot_counts(path: Path, summary: dict, title: str = "") -> None:
+    """Bar plot of detector units per concept, one panel per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = summary["detectors_per_concept"]
+    layers = list(per)
+    fig, axes = plt.subplots(len(layers), 1, figsize=(9, 2.2 + 0.9 * len(layers) * 2),
+                             squeeze=False)
+    for ax, layer in zip(axes[:, 0], layers):
+        items = list(per[layer].items())[:30]
+        if items:
+            ax.bar(range(len(items)), [v for _, v in items], color="tab:blue")
+            ax.set_xticks(range(len(items)))
+            ax.set_xticklabels([k for k, _ in items], rotation=60, ha="right", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no detector units", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_xticks([])
+        ax.set_ylabel("units")
+        ax.set_title(f"{layer}: {summary['detectors'][layer]} of {summary['units'][layer]} "
+                     "units are detectors", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_results(result, out_dir) -> Path:
+    """Write ``units.csv``, ``summary.json``, ``concepts.png`` and, for region-NSS,
+    ``region_nss.csv`` into ``out_dir`` (atomically each)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _csv(out / "units.csv", result.units)
+    if result.nss_table is not None:
+        _csv(out / "region_nss.csv", result.nss_table)
+    cfg = result.summary["config"]
+    what = "IoU >= {}".format(cfg["iou_threshold"]) if cfg["score"] == "iou" else \
+        "region-NSS > {}".format(cfg["nss_threshold"])
+    plot_counts(out / "concepts.png", result.summary,
+                f"detector units per concept ({cfg['mode']} mode, {what})")
+    write_json(out / "summary.json", result.summary)
+    return out

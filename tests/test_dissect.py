@@ -1,0 +1,323 @@
+"""The dissection engine against brute-force references and known answers."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuroprobe.concepts.base import ConceptDataset, Label, LabelTable
+from neuroprobe.dissect import dissect
+from neuroprobe.errors import UserError
+from neuroprobe.tally import fixation_pixels, iou_counts, region_nss
+
+CATS = ["object", "part", "scene"]
+LABELS = [Label(1, "box", "object"), Label(2, "disc", "object"), Label(3, "handle", "part"),
+          Label(4, "street", "scene"), Label(5, "office", "scene"), Label(7, "lid", "part")]
+
+
+class Tiny(ConceptDataset):
+    """Random images with two label layers (object, part), whole-image scene labels; some
+    images carry no part annotation at all (their part flag is False)."""
+
+    name = "tiny"
+
+    def __init__(self, n=24, image=16, mask=8, seed=0, fixations=False):
+        self.labels = LabelTable(LABELS, CATS)
+        self.image_size, self.mask_size = (image, image), (mask, mask)
+        self.n, self.seed, self.has_fixations = n, seed, fixations
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 1000 + i)
+        h, w = self.mask_size
+        image = torch.rand((3, *self.image_size), generator=g)
+        obj = torch.randint(0, 3, (h, w), generator=g)
+        obj[: h // 2] = 0                                   # unlabelled half
+        part = torch.zeros((h, w), dtype=torch.int64)
+        has_part = i % 3 != 0
+        if has_part:
+            part[obj > 0] = torch.where(torch.rand((h, w), generator=g) > 0.5, 3, 7)[obj > 0]
+        whole = torch.tensor([4 + i % 2]) if i % 4 else torch.zeros(0, dtype=torch.int64)
+        cats = torch.tensor([True, has_part, bool(i % 4)])
+        item = {"image": image, "layers": torch.stack([obj, part]), "whole": whole,
+                "categories": cats, "id": f"tiny:{i}", "fixations": None, "observers": None}
+        if self.has_fixations:
+            item["fixations"] = torch.rand((5, 2), generator=g) * (self.image_size[0] - 1)
+            item["observers"] = torch.zeros(5, dtype=torch.int64)
+        return item
+
+
+def tiny_model(units=5, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(3, units, 1), nn.ReLU()).eval()
+
+
+def run_tiny(out_dir=None, **kw):
+    """The configuration the resume test runs in a subprocess (and in-process)."""
+    kw.setdefault("batch_size", 4)
+    return dissect(tiny_model(), Tiny(), ["1"], out_dir=out_dir, progress=False, **kw)
+
+
+# -- brute-force reference ---------------------------------------------------------------------
+
+def reference(ds, model, layer, thresholds, mode, denominator):
+    """Per image, per unit, per pixel loops in NumPy (upsampling by torch's interpolate)."""
+    U = None
+    L = ds.labels.max_id + 1
+    cat_of = ds.labels.category_index()
+    C = len(CATS)
+    for i in range(len(ds)):
+        item = ds[i]
+        with torch.no_grad():
+            a = model[:2](item["image"][None])[0]
+        U = a.shape[0]
+        if i == 0:
+            inter = np.zeros((U, L), np.int64)
+            act = np.zeros((U, C if mode == "netdissect" else 1), np.int64)
+            truth = np.zeros(L, np.int64)
+        layers = item["layers"].numpy()
+        whole = [int(x) for x in item["whole"] if x > 0]
+        hw = layers.shape[1] * layers.shape[2]
+        for lay in layers:
+            for lab in lay.ravel():
+                if lab > 0:
+                    truth[lab] += 1
+        for lab in whole:
+            truth[lab] += hw
+        for u in range(U):
+            up = F.interpolate(a[u][None, None], size=ds.mask_size, mode="bilinear",
+                               align_corners=False)[0, 0].numpy()
+            on = up > thresholds[u]
+            touched = set()
+            for lay in layers:
+                for y in range(on.shape[0]):
+                    for x in range(on.shape[1]):
+                        if on[y, x] and lay[y, x] > 0:
+                            inter[u, lay[y, x]] += 1
+                            touched.add(cat_of[lay[y, x]])
+            count = int(on.sum())
+            for lab in whole:
+                inter[u, lab] += count
+                if count:
+                    touched.add(cat_of[lab])
+            if mode == "unrestricted":
+                act[u, 0] += count
+            else:
+                for c in range(C):
+                    use = c in touched if denominator == "lite" else bool(item["categories"][c])
+                    if use:
+                        act[u, c] += count
+    return inter, act, truth
+
+
+@pytest.mark.parametrize("mode,denominator", [("netdissect", None), ("netdissect", "lite"),
+                                              ("unrestricted", None)])
+def test_engine_tallies_equal_brute_force(mode, denominator):
+    ds, model = Tiny(n=10), tiny_model()
+    res = dissect(model, ds, ["1"], mode=mode, denominator=denominator, batch_size=3,
+                  progress=False)
+    thr = res.thresholds["1"].numpy()
+    tally = res.stats["1"]["tally"]
+    inter, act, truth = reference(ds, model, "1", thr, mode, denominator or "netdissect")
+    assert inter.sum() > 0
+    np.testing.assert_array_equal(tally.inter.numpy(), inter)
+    np.testing.assert_array_equal(tally.act.numpy(), act)
+    np.testing.assert_array_equal(tally.label.numpy(), truth)
+    # thresholds: exact quantiles (the sketch has not compacted this little data)
+    with torch.no_grad():
+        a = torch.cat([model[:2](ds[i]["image"][None]) for i in range(len(ds))])
+    if mode == "netdissect":
+        vals = a.transpose(0, 1).reshape(a.shape[1], -1).numpy()
+        expect = np.quantile(vals, 0.995, axis=1)
+    else:
+        up = F.interpolate(a, size=ds.mask_size, mode="bilinear", align_corners=False)
+        vals = up.transpose(0, 1).reshape(a.shape[1], -1).numpy()
+        assert vals.shape[1] < 4096
+        expect = np.quantile(vals, 0.99, axis=1)
+    np.testing.assert_allclose(thr, expect, rtol=1e-6, atol=1e-6)
+    # IoU and the best labels follow from the tallies
+    cat_of = ds.labels.category_index()
+    row = res.units[0]
+    j = max((lab.id for lab in LABELS if lab.category == "object"),
+            key=lambda l: (tally.iou()[0, l].item(), -l))
+    a_ = act[0, cat_of[j]] if mode == "netdissect" else act[0, 0]
+    iou = inter[0, j] / (a_ + truth[j] - inter[0, j])
+    assert row["object-iou"] == pytest.approx(iou)
+    assert row["object-label"] == ds.labels.name(j)
+
+
+def test_known_answer_planted_unit():
+    class Planted(ConceptDataset):
+        name = "planted"
+
+        def __init__(self):
+            self.labels = LabelTable([Label(1, "ground", "object"), Label(2, "X", "part")],
+                                     ["object", "part"])
+            self.image_size, self.mask_size = (40, 40), (20, 20)
+
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            obj = torch.zeros((20, 20), dtype=torch.int64)
+            obj[10:] = 1
+            part = torch.zeros((20, 20), dtype=torch.int64)
+            y, x = torch.randint(0, 19, (2,), generator=g).tolist()
+            part[y, x: x + 2] = 2                               # 2 of 400 pixels: 0.5 %
+            image = torch.zeros((3, 40, 40))
+            image[0] = (part == 2).float().repeat_interleave(2, 0).repeat_interleave(2, 1)
+            image[1] = torch.rand((40, 40), generator=g)
+            return {"image": image, "layers": torch.stack([obj, part]),
+                    "whole": torch.zeros(0, dtype=torch.int64),
+                    "categories": torch.tensor([True, True]), "id": str(i),
+                    "fixations": None, "observers": None}
+
+    conv = nn.Conv2d(3, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0      # unit 0 = the mask of X
+        conv.weight[1, 1] = 1.0      # unit 1 = noise
+    model = nn.Sequential(nn.AvgPool2d(2), conv)
+    res = dissect(model, Planted(), ["1"], progress=False)
+    u0, u1 = res.units
+    assert (u0["label"], u0["category"]) == ("X", "part")
+    assert u0["score"] >= 0.99 and u0["detector"] == 1
+    assert u1["score"] < 0.04 and u1["detector"] == 0
+
+
+def test_whole_image_labels_label_zero_and_denominators():
+    # 2 images, 1 unit active on every pixel (4 pixels each)
+    maps = torch.ones((2, 1, 2, 2))
+    layers = torch.zeros((2, 1, 2, 2), dtype=torch.int64)
+    layers[0, 0, 0, 0] = 1                       # image 0: one pixel of label 1 (category 0)
+    whole = torch.tensor([[0], [3]])             # image 1: whole-image label 3 (category 1)
+    cats = torch.tensor([[True, True], [False, True]])
+    cat_of = torch.tensor([-1, 0, 0, 1])
+    thr = torch.tensor([0.5])
+    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "netdissect")
+    assert inter.tolist() == [[0, 1, 0, 4]]      # label 0 ignored; whole label: all 4 pixels
+    assert act.tolist() == [[4, 8]]              # image 1 carries no category-0 annotation
+    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "lite")
+    assert act.tolist() == [[4, 4]]              # image 0 touches no category-1 label
+    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "all")
+    assert act.tolist() == [[8, 8]]
+    # a unit whose maximum stays below threshold contributes nothing
+    inter, act = iou_counts(maps * 0.4, thr, layers, whole, cats, cat_of, 4, 2, "netdissect")
+    assert inter.sum() == 0 and act.sum() == 0
+
+
+def test_region_nss_hand_computed():
+    maps = torch.tensor([[[[0.0, 1.0], [2.0, 5.0]]]])               # 1 image, 1 unit, 2x2
+    layers = torch.tensor([[[[1, 0], [2, 2]]]])                      # mask 2x2, image 4x4
+    fix = [torch.tensor([[0.0, 0.0], [3.0, 3.0], [1.0, 2.0], [3.0, 0.0]])]
+    assert fixation_pixels(fix[0], (4, 4), (2, 2)).tolist() == [0, 3, 2, 1]
+    total, regions = region_nss(maps, torch.tensor([0.0]), torch.tensor([5.0]), layers, fix,
+                                (4, 4), 3)
+    # normalised map 0, .2, .4, 1: mean .4, std (ddof 1) sqrt(.56 / 3)
+    std = np.sqrt(0.56 / 3)
+    assert regions.tolist() == [0, 1, 1]
+    assert total[0, 1].item() == pytest.approx(-0.4 / std)
+    assert total[0, 2].item() == pytest.approx((0.6 / std + 0.0) / 2)
+    assert total[0, 0].item() == 0.0
+
+
+def test_region_nss_engine_table(tmp_path):
+    res = dissect(tiny_model(), Tiny(n=8, fixations=True), ["1"], score="region-nss",
+                  top_units=2, nss_threshold=0.5, batch_size=3, out_dir=tmp_path, progress=False)
+    tab = list(csv.DictReader(open(tmp_path / "region_nss.csv")))
+    assert tab and {"label", "top_mean_nss", "units_above", "regions"} <= set(tab[0])
+    nss = res.stats["1"]["nss"].mean().numpy()
+    for row in tab:
+        col = nss[:, ds_id(row["label"])]
+        assert float(row["top_mean_nss"]) == pytest.approx(np.sort(col)[::-1][:2].mean())
+        assert int(row["units_above"]) == int((col > 0.5).sum())
+    with pytest.raises(UserError, match="no fixations"):
+        dissect(tiny_model(), Tiny(n=4), ["1"], score="region-nss", progress=False)
+
+
+def ds_id(name):
+    return next(lab.id for lab in LABELS if lab.name == name)
+
+
+def test_results_files_and_config_guard(tmp_path):
+    res = run_tiny(tmp_path, iou_threshold=0.01)
+    rows = list(csv.DictReader(open(tmp_path / "units.csv")))
+    assert len(rows) == 5
+    for col in ("layer", "unit", "label", "category", "score", "threshold", "object-label",
+                "object-iou", "part-label", "part-iou", "scene-iou"):
+        assert col in rows[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["iou_threshold"] == 0.01 and summary["config"]["quantile"] == 0.005
+    assert summary["config"]["model"]["sha256"] and summary["versions"]["torch"]
+    assert sum(summary["detectors"].values()) == sum(int(r["detector"]) for r in rows)
+    assert (tmp_path / "concepts.png").stat().st_size > 1000
+    assert not (tmp_path / ".state" / "spool").exists()
+    again = run_tiny(tmp_path, iou_threshold=0.01)      # same config: from the stored state
+    assert again.units == res.units
+    with pytest.raises(UserError, match="another configuration"):
+        run_tiny(tmp_path, iou_threshold=0.05)
+    run_tiny(tmp_path, iou_threshold=0.05, overwrite=True)
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["iou_threshold"] == 0.05
+
+
+def test_bad_input():
+    model, ds = tiny_model(), Tiny(n=4)
+    with pytest.raises(UserError, match="unknown layer '1x'.*closest names: 1"):
+        dissect(model, ds, ["1x"], progress=False)
+    flat = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+    with pytest.raises(UserError, match="not spatial"):
+        dissect(flat, ds, ["2"], progress=False)
+    fixed = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4), nn.Unflatten(1, (4, 1, 1)))
+    with pytest.raises(UserError, match="do not fit"):
+        dissect(fixed, ds, ["2"], progress=False)
+    nan = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(3, 3, 1))
+    with torch.no_grad():
+        nan[1].bias[2] = float("nan")
+    with pytest.raises(UserError, match="NaN activations in layer '1', unit 2"):
+        dissect(nan, ds, ["1"], progress=False)
+    with pytest.raises(UserError, match="quantile"):
+        dissect(model, ds, ["1"], quantile=1.5, progress=False)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import test_dissect as T
+from neuroprobe import dissect as D
+def hook(phase, j):
+    if phase == {phase!r} and j == {batch}:
+        os.kill(os.getpid(), signal.SIGKILL)
+D._AFTER_BATCH = hook
+T.run_tiny({out!r}, checkpoint_every=2)
+"""
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    ref = tmp_path / "ref"
+    run_tiny(ref, checkpoint_every=2)
+    out = tmp_path / "run"
+    env = {**os.environ, "NEUROPROBE_QUIET": "1"}
+    tests = str(Path(__file__).parent)
+    for phase, batch in (("record", 4), ("tally", 2)):
+        script = _KILL_SCRIPT.format(tests=tests, phase=phase, batch=batch, out=str(out))
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        state = torch.load(out / ".state" / "state.pt", weights_only=True)
+        assert state["phase"] == phase and state["next_batch"] > 0
+    assert not (out / "units.csv").exists()
+    run_tiny(out, checkpoint_every=2)
+    assert (out / "units.csv").read_text() == (ref / "units.csv").read_text()
