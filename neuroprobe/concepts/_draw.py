@@ -269,7 +269,7 @@ class Painter:
             self.dc.line(p, fill=code, width=wd, joint="curve")
 
     def text(self, word: str, x: float, y: float, size_px: int, font_path: str, fill,
-             code: int, rot_deg: float = 0.0, plate=None, pad: float = 0.25) -> tuple:
+             code: int | None, rot_deg: float = 0.0, plate=None, pad: float = 0.25) -> tuple:
         """Write ``word`` centred at image position ``(x, y)``; glyph pixels (coverage >= 25%,
         fainter fringes are not drawn) and the optional plate get ``code``.  Returns the box."""
         f = font(font_path, int(size_px))
@@ -293,7 +293,7 @@ class Painter:
             box = (int(round(x - alpha.width / 2)), int(round(y - alpha.height / 2)))
         full = box + (box[0] + alpha.width, box[1] + alpha.height)
         self.img.paste(fill, full, alpha)
-        if plate is None:
+        if plate is None and code is not None:
             self.code.paste(code, full, alpha.point(threshold_table()))
         return full
 
@@ -476,7 +476,8 @@ def symbol(p: Painter, rng, code: int, kind: str):
         red = (200, 20, 30)
         p.poly(_OCT, white, code)
         p.poly([(0.9 * x, 0.9 * y) for x, y in _OCT], red)
-        p.rect(-0.3, -0.07, 0.3, 0.07, white)
+        (cx, cy), = p.tp([(0.0, 0.0)])
+        p.text("STOP", cx, cy, max(6, int(0.27 * p.s)), font_files()[1], white, None, -p.rot)
         return red
     if kind == "warning":
         border = (200, 20, 30) if rng.random() < 0.6 else (20, 20, 20)
@@ -537,9 +538,15 @@ def food(p: Painter, rng, code: int, kind: str):
         return col
     if kind == "banana":
         col = (245, 215, 50)
-        p.poly([(-0.5, -0.2), (-0.2, 0.15), (0.2, 0.2), (0.5, -0.1), (0.45, -0.15), (0.15, 0.05),
-                (-0.2, 0.0), (-0.45, -0.28)], col, code)
-        p.ellipse(-0.48, -0.24, 0.04, 0.04, (80, 60, 20))
+        ts = np.linspace(math.radians(30), math.radians(150), 12)
+        thick = 0.05 + 0.2 * np.sin(np.pi * (ts - ts[0]) / (ts[-1] - ts[0]))
+        outer = [(0.7 * math.cos(t), -0.55 + 0.7 * math.sin(t)) for t in ts]
+        inner = [((0.7 - d) * math.cos(t), -0.55 + (0.7 - d) * math.sin(t))
+                 for t, d in zip(ts[::-1], thick[::-1])]
+        p.poly(outer + inner, col, code)
+        p.line([(0.7 * math.cos(ts[0]) - 0.05, -0.55 + 0.7 * math.sin(ts[0]) - 0.03),
+                (0.7 * math.cos(ts[0]) + 0.04, -0.55 + 0.7 * math.sin(ts[0]) - 0.12)],
+               (90, 70, 20), 0.05, code)
         return col
     if kind == "pizza":
         crust, cheese = (200, 140, 60), (250, 200, 80)

@@ -88,14 +88,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def image_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``uint8 (H, W, 3)`` -> ``float32 (3, h, w)`` in [0, 1], resized bilinearly to ``size``
-    (antialiased when shrinking, half-pixel aligned)."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-    if tuple(t.shape[-2:]) != tuple(size):
-        t = torch.nn.functional.interpolate(t[None], size=tuple(size), mode="bilinear",
-                                            align_corners=False, antialias=True)[0]
-        t = t.clamp_(0.0, 1.0)
-    return t.contiguous()
+    """``uint8 (H, W, 3)`` -> ``float32 (3, h, w)`` in [0, 1], resized bilinearly to ``size``.
+
+    Resizing uses PIL's bilinear filter, which widens its support when shrinking (antialiased)
+    and samples at pixel centres (half-pixel aligned, like ``align_corners=False``).
+    """
+    from PIL import Image
+
+    rgb = np.asarray(rgb)
+    if rgb.shape[:2] != tuple(size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((int(size[1]), int(size[0])),
+                                                     Image.BILINEAR))
+    # converted in numpy: cheaper than torch's elementwise kernels for one small image
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    chw *= np.float32(1.0 / 255.0)
+    return torch.from_numpy(chw)
 
 
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:

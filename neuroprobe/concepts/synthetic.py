@@ -86,6 +86,10 @@ SUBKINDS = {
 GROUNDED = {"standing", "dog", "cat", "car", "bus", "bicycle", "tree", "bush", "potted",
             "cactus", "flower", "chair", "table", "lamp", "box", "pole", "bin", "hydrant"}
 
+#: grounded sub-kinds that never lean
+UPRIGHT = {"standing", "pole", "tree", "lamp", "table", "chair", "cactus", "hydrant", "bin",
+           "bus"}
+
 FIXATION_DEFAULTS = {
     "per_observer": [3, 7], "background": 0.08, "area_exponent": 0.5, "centre_sigma": 0.3,
     "ior": 0.3, "singleton_gain": 3.0, "colour_singleton_distance": 0.45,
@@ -389,8 +393,8 @@ class SyntheticWorld(ConceptDataset):
                     size = s * persp * _SIZE[sub](rng)
                     obj.update(x=w * rng.uniform(0.08, 0.92), y=foot, size=size, depth=foot,
                                side=rng.random() < 0.35)
-                    if rng.random() < 0.3:
-                        obj["rot"] = float(np.clip(rng.normal(0, 6), -12, 12))
+                    if sub not in UPRIGHT and rng.random() < 0.3:
+                        obj["rot"] = float(np.clip(rng.normal(0, 4), -8, 8))
                 else:
                     size = s * _SIZE[sub](rng)
                     obj.update(x=w * rng.uniform(0.12, 0.88), y=h * rng.uniform(0.1, 0.88),
