@@ -35,6 +35,11 @@ class ThreadingHTTPServer(_Server):
         pass
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 def _uncompressed_rle(mask: np.ndarray) -> dict:
     """COCO's uncompressed RLE written independently: run lengths of the column-major pixels,
     starting with a run of zeros."""
@@ -185,8 +190,7 @@ def test_salicon_join_by_image_id(coco, tmp_path):
 
 def test_fetch_images_from_the_official_host_url(coco, tmp_path):
     path, want = coco
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "imgs"))
-    handler.log_message = lambda *a: None
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path / "imgs"))
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
@@ -349,8 +353,7 @@ def test_download_annotation_archive_via_mirror(coco, tmp_path, monkeypatch):
         zf.write(path, "annotations/person_keypoints_val2017.json")
         zf.writestr("annotations/instances_val2017.json", json.dumps(
             {"images": [], "annotations": [], "categories": [{"id": 3, "name": "car"}]}))
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
-    handler.log_message = lambda *a: None
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path / "site"))
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
