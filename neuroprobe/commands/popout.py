@@ -27,7 +27,7 @@ def _popout(args) -> int:
     from ..io import write_json, write_text
     from ..saliency import popout as P
     from ..saliency.evaluate import _write_csv, resolve_models
-    from ..utils import info, progress, resolve_device, versions
+    from ..utils import info, progress, versions
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
@@ -38,7 +38,7 @@ def _popout(args) -> int:
     for s in specs:
         if s.strip() in ("observers", "prior", "uniform"):
             raise UserError(f"{s} needs fixation data; it is not a model for pop-out arrays")
-    models = resolve_models(specs, str(resolve_device(getattr(args, "device", "auto"))))
+    models = resolve_models(specs, getattr(args, "device", "auto"))
     from pathlib import Path
 
     out = Path(args.out)

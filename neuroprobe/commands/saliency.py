@@ -33,7 +33,7 @@ def _eval(args) -> int:
     from ..saliency.data import open_dataset
     from ..saliency.evaluate import evaluate_dataset, resolve_models, summarise, write_results
     from ..saliency.metrics import METRICS, PROTOCOLS, _check_metrics
-    from ..utils import info, resolve_device
+    from ..utils import info
 
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     bad = [p for p in protocols if p not in PROTOCOLS]
@@ -50,8 +50,7 @@ def _eval(args) -> int:
     if args.n is not None and args.n < 1:
         raise UserError("--n must be at least 1")
     ds = open_dataset(args.data, root=args.root, images=args.images).subset(args.n)
-    device = str(resolve_device(getattr(args, "device", "auto")))
-    models = resolve_models(args.models.split(","), device)
+    models = resolve_models(args.models.split(","), getattr(args, "device", "auto"))
     info(f"{ds.name}: {len(ds)} images, models {', '.join(models)}, protocols "
          f"{', '.join(protocols)}")
     with warnings.catch_warnings(record=True) as caught:

@@ -39,8 +39,9 @@ def checkpoint_model(spec: str, device: str = "cpu"):
     import torch.nn.functional as F
 
     from ..models import load
+    from ..utils import resolve_device
 
-    module, meta = load(spec, device=device)
+    module, meta = load(spec, device=resolve_device(device))
     task = meta.get("task")
     if task not in (None, "saliency"):
         raise UserError(f"model {spec} is a {task} model, not a saliency model",
@@ -68,7 +69,7 @@ def checkpoint_model(spec: str, device: str = "cpu"):
     return run
 
 
-def resolve_models(specs, device: str = "cpu") -> dict:
+def resolve_models(specs, device: str = "auto") -> dict:
     """``name -> callable(image) -> map`` for each spec; baselines map to None (handled apart)."""
     out = {}
     for spec in specs:
