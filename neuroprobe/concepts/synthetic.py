@@ -643,8 +643,8 @@ def _u(a, b):
 
 #: size of each sub-kind in units of the smaller image side (before perspective)
 _SIZE = {
-    "standing": _u(0.4, 0.7), "dog": _u(0.2, 0.38), "cat": _u(0.18, 0.3), "bird": _u(0.1, 0.2),
-    "car": _u(0.38, 0.62), "bus": _u(0.55, 0.9), "bicycle": _u(0.25, 0.4),
+    "standing": _u(0.32, 0.58), "dog": _u(0.16, 0.3), "cat": _u(0.13, 0.22),
+    "bird": _u(0.1, 0.2), "car": _u(0.45, 0.7), "bus": _u(0.7, 1.0), "bicycle": _u(0.3, 0.42),
     "word": _u(0.05, 0.15),
     **{k: _u(0.1, 0.24) for k in D.SYMBOL_KINDS},
     **{k: _u(0.09, 0.18) for k in D.FOOD_KINDS},
