@@ -130,9 +130,9 @@ def test_eyecrowd_bad_input(tmp_path):
 
 @needs_eyecrowd
 def test_real_eyecrowd():
-    ds = open_concepts("eyecrowd", root=str(EYECROWD), limit=4)
-    assert len(ds) == 4 and ds.has_fixations
-    batch = collate([ds[i] for i in range(4)])
+    full = open_concepts("eyecrowd", root=str(EYECROWD))
+    assert len(full) == 200 and full.has_fixations
+    batch = collate([full[i] for i in range(4)])
     assert batch["image"].shape == (4, 3, 224, 224) and batch["layers"].shape == (4, 1, 224, 224)
     assert set(batch["layers"].unique().tolist()) == {0, 1}
     assert batch["id"] == ["001", "002", "003", "004"]
@@ -144,8 +144,6 @@ def test_real_eyecrowd():
         layer = batch["layers"][k, 0]
         on = layer[fx[:, 1].round().long().clamp(0, 223), fx[:, 0].round().long().clamp(0, 223)]
         assert (on == 1).float().mean() > (layer == 1).float().mean()
-    full = open_concepts("eyecrowd", root=str(EYECROWD))
-    assert len(full) == 200
     n = sum(len(full.boxes(i)) for i in range(len(full)))
     assert n > 2000
     assert all(isinstance(b.flags["isOccluded"], bool) for b in full.boxes(0))
