@@ -284,3 +284,21 @@ def test_fetch_known_dataset_via_mirror(server, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="unknown data set"):
         fetch("brodn", tmp_path)
     assert "broden" in KNOWN
+
+
+def test_cli_download(server, tmp_path, monkeypatch, capsys):
+    from neuroprobe.cli import main
+
+    assert main(["download", "--list"]) == 0
+    assert "broden1_224.zip" in capsys.readouterr().out
+    assert main(["download", "brodn", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuroprobe: error: unknown data set 'brodn'") and err.count("\n") == 1
+    server.files["data/broden1_227.zip"] = _zip_bytes({"broden1_227/index.csv": b"image\n"})
+    assert main(["download", "broden227", "--out", str(tmp_path), "--mirror", server.url]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "broden1_227")
+    assert main(["download", "broden", "--out", str(tmp_path / "x"), "--mirror",
+                 server.url + "/nothing", "--timeout", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and err.count("\n") == 1
+    assert not any((tmp_path / "x").glob("*.part"))
