@@ -87,7 +87,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         t = t.detach().cpu().contiguous()
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -1,0 +1,195 @@
+"""``neuroprobe dissect``: label the units of a model's layers with concepts.
+
+With no arguments it dissects the built-in demo model on the synthetic world (the first
+``DEMO_LIMIT`` images), which takes a few minutes at most on a 2-core laptop CPU.
+"""
+from __future__ import annotations
+
+from . import add_command
+from .layers import add_model_options
+
+#: images of the synthetic world used when --concepts is not given (keeps the default run short)
+DEMO_LIMIT = 200
+DEFAULT_CONCEPTS = "synthetic"
+
+
+def register(subparsers) -> None:
+    p = add_command(
+        subparsers, "dissect", "label units with concepts (Network-Dissection IoU or region-NSS)",
+        _run, description="Dissect layers of a model on a concept set: per-unit thresholds "
+        "from pass 1, IoU or region-NSS tallies in pass 2, results in --out (units.csv, "
+        "summary.json, concepts.png, region_nss.csv).  Resumes a killed run of the same "
+        "configuration.")
+    add_model_options(p, default="demo")
+    p.set_defaults(model=None)   # None = the demo model, or its stand-in until it is installed
+    p.description += ("  Without --model: the built-in demo model (until the demo models are "
+                      "installed, a documented stand-in, see summary.json).")
+    p.add_argument("--concepts", default=None, metavar="NAME",
+                   help=f"concept set: shipped name or .toml path (default: {DEFAULT_CONCEPTS}, "
+                   f"first {DEMO_LIMIT} images unless --limit)")
+    p.add_argument("--root", default=None, help="data folder of the concept set (e.g. Broden)")
+    p.add_argument("--layers", default=None, help="comma-separated layer names "
+                   "(default: the model's dissection layers; see `neuroprobe layers`)")
+    p.add_argument("--mode", choices=["netdissect", "unrestricted"], default="netdissect",
+                   help="netdissect: top 0.005 of raw maps, per-category IoU denominator; "
+                   "unrestricted (Bau et al. 2020): top 0.01 of upsampled maps, all pixels")
+    p.add_argument("--score", choices=["iou", "region-nss"], default="iou",
+                   help="iou (Network Dissection) or region-nss (He et al. 2019; needs fixations)")
+    p.add_argument("--denominator", choices=["netdissect", "lite"], default=None,
+                   help="netdissect mode: count a unit's activation for category c on images "
+                   "annotated with c (netdissect, default) or only where its active pixels "
+                   "touch a label of c (lite = NetDissect-Lite)")
+    p.add_argument("--quantile", type=float, default=None,
+                   help="top fraction of activations above the unit threshold "
+                   "(default 0.005 netdissect, 0.01 unrestricted)")
+    p.add_argument("--iou-threshold", type=float, default=0.04,
+                   help="IoU at which a unit is a detector (default 0.04)")
+    p.add_argument("--nss-threshold", type=float, default=1.5,
+                   help="region-NSS above which a unit counts for a concept (default 1.5)")
+    p.add_argument("--top-units", type=int, default=10,
+                   help="region-NSS table: mean NSS of this many best units (default 10)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--out", default=None, help="output folder (default: dissection/<model>-"
+                   "<concepts>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run of another configuration in --out")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start from scratch even if --out holds a checkpoint of this run")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="autocast the forward pass (GPU)")
+    p.add_argument("--keep", choices=["auto", "disk", "recompute"], default="auto",
+                   help="pass 2 reads pass 1's maps from disk (CPU default) or reruns the model "
+                   "(GPU default)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading worker processes (default: 1 on a multi-core CPU)")
+
+
+def _stand_in():
+    """The documented stand-in for the demo model: the study's architecture on the small
+    encoder (``saliency:small``) with random weights from ``torch.manual_seed(0)``."""
+    import torch
+
+    from ..models import build_saliency
+    from ..models.adapters import default_layers
+
+    arch = {"builder": "saliency", "kwargs": {"encoder": "small", "decoder": "conv1x1"}}
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        module = build_saliency("small").eval()
+    finally:
+        torch.random.set_rng_state(state)
+    meta = {"task": "saliency", "variant": "stand-in", "input_size": [224, 224],
+            "layers": default_layers(module, arch)}
+    note = ("stand-in model: saliency:small with random weights (torch.manual_seed(0)), used "
+            "because the built-in demo models are not installed yet; results show the "
+            "pipeline, not a trained model")
+    return module, meta, {"spec": "stand-in:saliency:small:seed0", "note": note}
+
+
+def _demo_available() -> bool:
+    try:
+        from ..resources import cache_dir
+        from ..train.demo import SHIPPED, demo_file
+    except ImportError:
+        return False
+    folders = [SHIPPED, cache_dir() / "models"]
+    try:
+        from ..train.demo import _cache_folder
+
+        folders.append(_cache_folder())
+    except ImportError:
+        pass
+    return any(demo_file("frozen", f).is_file() for f in folders)
+
+
+def _run(args) -> int:
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from ..concepts import open_concepts
+    from ..dissect import dissect
+    from ..errors import UserError
+    from ..io import sha256_file
+    from ..utils import info, resolve_device
+    from .layers import load_model_from_args
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    if args.model is None and not _demo_available():
+        module, meta, model_info = _stand_in()
+        module = module.to(device)
+        info(f"neuroprobe: {model_info['note']}")
+        model_name = "stand-in"
+    else:
+        if args.model is None:
+            args.model = "demo"
+        module, meta = load_model_from_args(args)
+        model_info = {"spec": args.model, "arch": args.arch}
+        path = Path(args.model)
+        if not path.is_file():
+            try:
+                from ..models import zoo
+
+                if zoo.is_builtin(args.model):
+                    path = Path(zoo.builtin_path(args.model))
+            except Exception:  # pragma: no cover - reported by the loader already
+                pass
+        if path.is_file():
+            model_info["file"] = str(path)
+            model_info["sha256"] = sha256_file(path)
+        model_name = path.stem if path.is_file() else args.model.replace(":", "-").split("?")[0]
+    model_info.update({k: meta.get(k) for k in ("task", "variant", "input_size")})
+    concepts = args.concepts or DEFAULT_CONCEPTS
+    limit = args.limit
+    if args.concepts is None and limit is None:
+        limit = DEMO_LIMIT
+    overrides = {"root": args.root} if args.root else {}
+    dataset = open_concepts(concepts, **overrides)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else \
+        list(meta.get("layers") or [])
+    if not layers:
+        raise UserError(f"model {args.model or model_name!r} names no default layers to dissect",
+                        hint="pass --layers a,b (see `neuroprobe layers --model ...`)")
+    size = meta.get("input_size")
+    if size and tuple(size) != tuple(dataset.image_size):
+        info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
+             f"{tuple(dataset.image_size)} images")
+    out = Path(args.out) if args.out else Path("dissection") / (
+        f"{model_name}-{Path(concepts).stem}")
+    workers = args.workers
+    if workers is None:
+        workers = 1 if (os.cpu_count() or 1) > 1 else 0
+    result = dissect(
+        module, dataset, layers, mode=args.mode, score=args.score, quantile=args.quantile,
+        iou_threshold=args.iou_threshold, denominator=args.denominator,
+        nss_threshold=args.nss_threshold, top_units=args.top_units,
+        batch_size=args.batch_size, device=device, amp=args.amp, limit=limit, out_dir=out,
+        resume=not args.no_resume, overwrite=args.overwrite, keep=args.keep,
+        num_workers=workers, model_info=model_info)
+    _print_summary(result, out)
+    return 0
+
+
+def _print_summary(result, out) -> None:
+    s = result.summary
+    cfg = s["config"]
+    what = "IoU >= {}".format(cfg["iou_threshold"]) if cfg["score"] == "iou" else \
+        "region-NSS > {}".format(cfg["nss_threshold"])
+    print(f"dissected {cfg['concepts']['n']} images of {cfg['concepts'].get('name')} "
+          f"({cfg['mode']} mode, {cfg['score']}; detectors: {what})")
+    for layer in s["units"]:
+        top = ", ".join(f"{k} {v}" for k, v in list(s["detectors_per_concept"][layer].items())[:6])
+        print(f"  {layer}: {s['detectors'][layer]}/{s['units'][layer]} units, "
+              f"{s['unique_concepts'][layer]} concepts" + (f" ({top})" if top else ""))
+    if result.nss_table:
+        print("  region-NSS table: label, layer, mean NSS of top units, units above threshold")
+        for row in result.nss_table:
+            print(f"    {row['label']:<14} {row['layer']:<16} {row['top_mean_nss']:6.3f} "
+                  f"{row['units_above']:4d}")
+    if s.get("note"):
+        print(f"  note: {s['note']}")
+    print(f"results in {out}/ (units.csv, summary.json, concepts.png"
+          + (", region_nss.csv)" if result.nss_table else ")"))
