@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io as sio
-import torch
 from PIL import Image
 
 from neuroprobe.concepts import collate, open_concepts
 from neuroprobe.concepts.boxes import Box, BoxDataset, BoxRecord, box_mask, from_spec
-from neuroprobe.errors import ConceptSetError, DataFormatError, UserError
+from neuroprobe.errors import ConceptSetError, DataFormatError
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 EYECROWD = SHARED / "eyecrowd"

@@ -10,7 +10,6 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer as _Server
-from pathlib import Path
 
 import pytest
 

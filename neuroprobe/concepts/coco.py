@@ -354,11 +354,13 @@ class CocoParts(ConceptDataset):
                 obj_list.append(ann)
         where = f"COCO image {image_id}"
         for ann in sorted(obj_list, key=lambda a: -float(a.get("area", 0))):
-            m = decode_segmentation(ann["segmentation"], h, w, f"{where}, annotation {ann.get('id')}")
+            m = decode_segmentation(ann["segmentation"], h, w,
+                                    f"{where}, annotation {ann.get('id')}")
             objects[m] = self._label_of[self.cat_names[int(ann["category_id"])]]
         heads = []
         for ann in sorted(person_list, key=lambda a: -float(a.get("area", 0))):
-            m = decode_segmentation(ann["segmentation"], h, w, f"{where}, annotation {ann.get('id')}")
+            m = decode_segmentation(ann["segmentation"], h, w,
+                                    f"{where}, annotation {ann.get('id')}")
             people[m] = STUDY_CATEGORIES["person part"]
             if ann.get("keypoints") and not ann.get("iscrowd", 0) and self.keypoint_names:
                 hm = head_mask(ann["keypoints"], self.keypoint_names, h, w, **self.head)
@@ -463,8 +465,9 @@ def from_spec(spec: dict, **overrides) -> CocoParts:
                                     hint="pass --root = the folder of the COCO images",
                                     must_exist=not opts.get("fetch_images"))
     text = opts.get("coco_text")
-    text = resolve_data_path(text, spec, what="COCO-Text file",
-                             hint="set coco_text to cocotext.v2.json or remove it") if text else None
+    if text:
+        text = resolve_data_path(text, spec, what="COCO-Text file",
+                                 hint="set coco_text to cocotext.v2.json or remove it")
     return CocoParts(paths, mapping, images=img_dir, fetch_images=bool(opts.get("fetch_images")),
                      coco_text=text, crowd=opts.get("crowd", "include"), head=spec.get("head"),
                      image_size=as_size(opts.get("image_size"), (224, 224)),
