@@ -11,17 +11,27 @@ def register(subparsers) -> None:
     p = add_command(group, "info", "describe a concept set: source, labels, categories", _info)
     p.add_argument("name", help="shipped name or path of a concept-set .toml file")
     p.add_argument("--labels", action="store_true", help="print every label")
+    _source_options(p)
     p = add_command(group, "export", "write a concept set to disk in a standard format", _export)
     p.add_argument("name")
     p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
     p.add_argument("--out", required=True, help="output folder (created; must be empty)")
     p.add_argument("--format", default="broden", choices=["broden"])
     p.add_argument("--seed", type=int, default=None, help="world seed (synthetic sets)")
+    _source_options(p)
     p = add_command(group, "show", "contact sheet of images with masks and fixations", _show)
     p.add_argument("name")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
     p.add_argument("--seed", type=int, default=None)
+    _source_options(p)
+
+
+def _source_options(p) -> None:
+    p.add_argument("--root", help="local data folder (Broden folder or zip, COCO images, "
+                   "EyeCrowd, mask folder)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--split", default=None, help="data split where the source has one")
 
 
 def _list(args) -> int:
@@ -41,7 +51,7 @@ def _info(args) -> int:
     print(f"source:      {spec['source']}")
     if spec.get("description"):
         print(f"about:       {spec['description']}")
-    ds = open_concepts(args.name)
+    ds = open_concepts(args.name, **_overrides(args))
     print(f"images:      {len(ds)}  image size {tuple(ds.image_size)}  mask size "
           f"{tuple(ds.mask_size)}  fixations: {'yes' if ds.has_fixations else 'no'}")
     for cat in ds.categories:
@@ -54,7 +64,8 @@ def _info(args) -> int:
 
 
 def _overrides(args) -> dict:
-    return {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
+    keys = ("seed", "root", "limit", "split")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def _export(args) -> int:
