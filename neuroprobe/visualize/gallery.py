@@ -371,32 +371,67 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
     return entries
 
 
-def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device):
+def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
+            arch: str | None = None, trust: bool = False):
     """Model and concept set of a run (from ``summary.json`` unless given)."""
     from ..concepts import open_concepts
     from ..models import load
 
+    device = device or "cpu"
     cfg = summary.get("config", {})
-    spec = model_spec or (cfg.get("model") or {}).get("spec")
+    minfo = cfg.get("model") or {}
+    spec = model_spec or minfo.get("spec")
     if not spec:
         raise UserError("summary.json does not name the model of this run",
                         hint="pass --model PATH")
-    model, meta = load(spec, device=device)
+    if spec.startswith("stand-in:") and not model_spec:
+        try:   # the dissect command's documented stand-in (random weights, fixed seed)
+            from ..commands.dissect import _stand_in
+
+            model = _stand_in()[0].to(device)
+        except (ImportError, AttributeError):
+            raise UserError(f"cannot rebuild the run's stand-in model {spec!r}",
+                            hint="pass --model PATH") from None
+    else:
+        model, _ = load(spec, arch=arch or (None if model_spec else minfo.get("arch")),
+                        trust=trust, device=device)
     ccfg = cfg.get("concepts") or {}
     name = concepts or ccfg.get("spec") or ccfg.get("path") or ccfg.get("name")
     if not name:
         raise UserError("summary.json does not name the concept set of this run",
                         hint="pass --concepts NAME")
-    overrides = {}
+    dataset = None
     if not concepts:
-        for key in ("seed", "n", "split", "root"):
-            if key in ccfg:
-                overrides[key] = ccfg[key]
-    try:
-        dataset = open_concepts(name, **overrides)
-    except TypeError:
+        overrides = {k: ccfg[k] for k in ("seed", "n", "image_size", "mask_size", "observers",
+                                          "root", "split") if ccfg.get(k) is not None}
+        try:
+            dataset = open_concepts(name, **overrides)
+        except UserError:
+            dataset = None
+    if dataset is None:
         dataset = open_concepts(name)
+    n = ccfg.get("n")
+    if n is not None and len(dataset) > int(n):   # the run used the first n images
+        dataset = _Subset(dataset, int(n))
     return model.eval(), dataset
+
+
+class _Subset(torch.utils.data.Dataset):
+    """The first ``n`` items of a concept dataset, keeping its attributes."""
+
+    def __init__(self, dataset, n: int):
+        self.dataset, self.n = dataset, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["dataset"], name)
 
 
 def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
@@ -405,8 +440,8 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
                  attribution: str = "integrated_gradients", n_steps: int = 16,
                  tile: int = 96, batch_size: int = 32, device=None, seed: int = 0,
                  top: dict | None = None, model_spec: str | None = None,
-                 concepts: str | None = None, report: bool = True,
-                 show_progress: bool = True) -> GalleryResult:
+                 concepts: str | None = None, arch: str | None = None, trust: bool = False,
+                 report: bool = True, show_progress: bool = True) -> GalleryResult:
     """Gallery and HTML report of a dissection run folder.
 
     Parameters
@@ -444,7 +479,7 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     if not rows:
         raise UserError(f"no units to draw from {run}", hint="check --units / --detectors-only")
     if model is None or dataset is None:
-        m, d = _reopen(summary, model_spec, concepts, device)
+        m, d = _reopen(summary, model_spec, concepts, device, arch, trust)
         model = model if model is not None else m
         dataset = dataset if dataset is not None else d
     model.eval()

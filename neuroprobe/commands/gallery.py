@@ -1,0 +1,61 @@
+"""``neuroprobe gallery RUN_DIR``: one PNG per unit and the HTML report of a dissection run."""
+from __future__ import annotations
+
+from . import add_command
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "gallery", "draw every unit of a dissection run (top images with "
+                    "the activation region outlined, maximization, attribution) and write the "
+                    "HTML report", _run)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `neuroprobe dissect`")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/gallery)")
+    p.add_argument("--model", default=None,
+                   help="model of the run (default: the one named in summary.json)")
+    p.add_argument("--arch", default=None, help="architecture of a plain state dict")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling arbitrary Python objects (only for files you trust)")
+    p.add_argument("--concepts", default=None,
+                   help="concept set of the run (default: the one named in summary.json)")
+    p.add_argument("--units", default=None,
+                   help="only these units, e.g. layer4:12,layer4:40 or layer4:0-15")
+    p.add_argument("--detectors-only", action="store_true", help="only detector units")
+    p.add_argument("--max-units", type=int, default=None, help="only the best N units by score")
+    p.add_argument("--top-k", type=int, default=8, help="top images per unit (default 8)")
+    p.add_argument("--steps", type=int, default=128,
+                   help="activation-maximization steps (0 = no maximization image; default 128)")
+    p.add_argument("--size", type=int, default=None,
+                   help="maximization image size (default: the concept set's image size)")
+    p.add_argument("--attribution", default="integrated_gradients",
+                   choices=["integrated_gradients", "ig", "gradient", "none"],
+                   help="attribution map on each unit's top image (default integrated_gradients)")
+    p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
+    p.add_argument("--tile", type=int, default=96, help="tile size in pixels (default 96)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-report", action="store_true", help="only the PNGs, no index.html")
+
+
+def _run(args) -> int:
+    from ..errors import UserError
+    from ..utils import resolve_device
+    from ..visualize.gallery import make_gallery
+
+    for name in ("top_k", "tile", "batch_size", "ig_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.steps < 0:
+        raise UserError("--steps must be >= 0")
+    device = resolve_device(getattr(args, "device", "auto"))
+    res = make_gallery(args.run_dir, args.out, units=args.units,
+                       detectors_only=args.detectors_only, max_units=args.max_units,
+                       top_k=args.top_k, maximize_steps=args.steps, maximize_size=args.size,
+                       attribution=args.attribution, n_steps=args.ig_steps, tile=args.tile,
+                       batch_size=args.batch_size, device=device, seed=args.seed,
+                       model_spec=args.model, concepts=args.concepts, arch=args.arch,
+                       trust=args.trust_checkpoint, report=not args.no_report,
+                       show_progress=True)
+    print(f"{len(res.pngs)} unit images in {res.out_dir / 'units'}")
+    if res.report is not None:
+        print(f"report: {res.report}  (open it in a browser; it works from file://)")
+    return 0

@@ -1,0 +1,151 @@
+"""``neuroprobe visualize --model PATH --units layer4:12,layer4:40 --out DIR``.
+
+Activation-maximization images of the given units (one PNG each plus a sheet) and, with
+``--image``, attribution maps of each unit on the given images.
+"""
+from __future__ import annotations
+
+from . import add_command
+from .layers import add_model_options
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "visualize", "activation-maximization images (and attributions) "
+                    "of units of a model", _run)
+    add_model_options(p)
+    p.add_argument("--units", required=True,
+                   help="units as LAYER:INDEX, comma-separated (layer4:12,layer4:40; "
+                   "layer4:0-7 is a range); a layer may be named by its last part")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=int, default=256, help="optimisation steps (default 256)")
+    p.add_argument("--size", type=int, default=128, help="image size (default 128)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
+                   help="image parameterization (default fourier)")
+    p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
+                   help="channel mean (default) or the centre neuron")
+    p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
+    p.add_argument("--no-transforms", action="store_true",
+                   help="no pad/jitter/scale/rotate robustness transforms")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="units optimised together")
+    p.add_argument("--image", action="append", default=[],
+                   help="an image file to attribute each unit on (repeatable)")
+    p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient", "gradcam"],
+                   default="integrated_gradients")
+    p.add_argument("--ig-steps", type=int, default=32)
+
+
+def _load_image(path, size):
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import UserError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as err:
+        raise UserError(f"cannot read image {path}: {err}",
+                        hint="give a PNG or JPEG file") from None
+    return torch.from_numpy(a).permute(2, 0, 1)
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..errors import UserError
+    from ..io import atomic_path, write_json
+    from ..utils import info, progress, versions
+    from ..visualize import attribute as at
+    from ..visualize import maximize as am
+    from ..visualize.gallery import parse_units, resolve_layer_name, unit_filename
+    from .layers import load_model_from_args
+
+    if args.steps < 0 or args.size < 8 or args.batch_size < 1:
+        raise UserError("--steps must be >= 0, --size >= 8 and --batch-size >= 1")
+    units = parse_units(args.units)
+    images = [(Path(p), None) for p in args.image]
+    for p, _ in images:
+        if not p.is_file():
+            raise UserError(f"image {p} does not exist")
+    model, meta = load_model_from_args(args)
+    model.eval()
+    by_layer: dict[str, list[int]] = {}
+    for layer, u in units:
+        by_layer.setdefault(resolve_layer_name(model, layer), []).append(u)
+    from ..hooks import record
+
+    with torch.no_grad():   # check every unit against its layer's width before optimising
+        probe = record(model, torch.zeros(1, 3, args.size, args.size,
+                                          device=next(model.parameters()).device),
+                       list(by_layer), clone=False)
+    for layer, lunits in by_layer.items():
+        width = probe[layer].shape[1] if probe[layer].dim() > 1 else 1
+        bad = [u for u in lunits if not 0 <= u < width]
+        if bad:
+            raise UserError(f"unit {bad[0]} is out of range for layer {layer!r} with "
+                            f"{width} channels")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    in_size = tuple(meta.get("input_size") or (args.size, args.size))
+    pics = torch.stack([_load_image(p, in_size) for p, _ in images]) if images else None
+    records = []
+    sheet = []
+    bar = progress(total=len(units), desc="visualize")
+    for layer, lunits in by_layer.items():
+        res = am.maximize_units(model, layer, lunits, size=args.size, steps=args.steps,
+                                lr=args.lr, param=args.param, objective=args.objective,
+                                decorrelate=not args.no_decorrelate,
+                                transforms=None if args.no_transforms else "standard",
+                                seed=args.seed, batch_size=args.batch_size)
+        for j, u in enumerate(lunits):
+            img = (res.images[j].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            name = unit_filename(layer, u)
+            with atomic_path(out / name) as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
+            sheet.append(img)
+            rec = {"layer": layer, "unit": u, "png": name,
+                   "activation": float(res.activations[j]), "attributions": []}
+            if pics is not None:
+                if args.attribution == "gradcam":
+                    heat = at.gradcam(model, layer, pics, unit=u)[:, 0].detach().cpu()
+                else:
+                    attr = at.attribute_unit(model, layer, u, pics, method=args.attribution,
+                                             n_steps=args.ig_steps)
+                    heat = at.attribution_map(attr).cpu()
+                for k, (path, _) in enumerate(images):
+                    aname = name[:-4] + f"-attr-{k:02d}-{path.stem[:40]}.png"
+                    aname = "".join(c if c.isalnum() or c in "._-" else "_" for c in aname)
+                    with atomic_path(out / aname) as tmp:
+                        Image.fromarray(at.overlay(pics[k], heat[k])).save(tmp, format="PNG")
+                    rec["attributions"].append({"image": str(path), "png": aname})
+            records.append(rec)
+            bar.update(1)
+        config = res.config
+    bar.close()
+    if sheet:
+        gap = np.full((args.size, 4, 3), 255, np.uint8)
+        row = np.concatenate(sum(([s, gap] for s in sheet), [])[:-1], axis=1)
+        with atomic_path(out / "maximization.png") as tmp:
+            Image.fromarray(row).save(tmp, format="PNG")
+    write_json(out / "visualize.json", {
+        "config": {"model": args.model, "arch": args.arch, "units": args.units,
+                   "steps": args.steps, "size": args.size, "lr": args.lr, "param": args.param,
+                   "objective": args.objective, "decorrelate": not args.no_decorrelate,
+                   "transforms": not args.no_transforms, "seed": args.seed,
+                   "batch_size": args.batch_size, "attribution": args.attribution,
+                   "ig_steps": args.ig_steps, "images": [str(p) for p, _ in images],
+                   "maximize": config},
+        "versions": versions(), "units": records})
+    for r in records:
+        print(f"{r['layer']}:{r['unit']}  activation reached {r['activation']:.4g}  "
+              f"-> {out / r['png']}")
+    info(f"sheet: {out / 'maximization.png'}")
+    return 0
