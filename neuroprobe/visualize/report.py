@@ -240,7 +240,7 @@ def summary_plot(path, entries: list[dict], score_name: str = "IoU") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     for layer in layers:
         axes[0].hist([float(e["score"]) for e in entries if e["layer"] == layer], bins=30,
-                     alpha=0.6, label=layer)
+                     alpha=0.6, label=layer.replace("$", r"\$"))
     axes[0].set_xlabel(score_name)
     axes[0].set_ylabel("units")
     axes[0].set_title(f"{score_name} of every unit, per layer", fontsize=10)
@@ -250,7 +250,8 @@ def summary_plot(path, entries: list[dict], score_name: str = "IoU") -> None:
     if top:
         axes[1].barh(range(len(top)), [c for _, c in top][::-1], color="tab:orange")
         axes[1].set_yticks(range(len(top)))
-        axes[1].set_yticklabels([n for n, _ in top][::-1], fontsize=7)
+        # a "$" in a label would start matplotlib mathtext
+        axes[1].set_yticklabels([n.replace("$", r"\$") for n, _ in top][::-1], fontsize=7)
     axes[1].set_xlabel("units whose best label it is")
     axes[1].set_title("most frequent unit labels", fontsize=10)
     fig.tight_layout()
