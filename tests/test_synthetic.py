@@ -268,6 +268,10 @@ def test_open_concepts_and_overrides():
         SyntheticWorld(scenes=bad)
     with pytest.raises(ConceptSetError, match="unknown categories"):
         SyntheticWorld(fixations={"weights": {"faces": 3.0}})
+    with pytest.raises(ConceptSetError, match="per_observer"):
+        SyntheticWorld(fixations={"per_observer": [5, 2]})
+    with pytest.raises(ConceptSetError, match="unknown fixation parameter"):
+        SyntheticWorld(fixations={"inhibition": 0.5})
 
 
 def test_contact_sheet(tmp_path, monkeypatch):
@@ -281,3 +285,16 @@ def test_contact_sheet(tmp_path, monkeypatch):
     with Image.open(out) as im:
         assert im.width > 500 and "Description" in im.info
     assert main(["concepts", "show", "synthetic", "--out", str(tmp_path / "x.jpg")]) == 2
+
+
+def test_scene_is_learnable_from_content(items):
+    """Scenes decide which objects appear: a nearest-class-mean classifier on which object kinds
+    are visible names the scene far above chance (1 / number of scenes)."""
+    x = np.array([[float((it["layers"][0] == lab).any()) for lab in KIND_LABEL.values()]
+                  for it in items])
+    y = np.array([int(it["whole"][0]) for it in items])
+    train, test = slice(0, 140), slice(140, None)
+    classes = np.unique(y[train])
+    means = np.stack([x[train][y[train] == c].mean(axis=0) for c in classes])
+    pred = classes[np.argmin(((x[test][:, None, :] - means[None]) ** 2).sum(-1), axis=1)]
+    assert (pred == y[test]).mean() > 0.55  # chance is 1/6

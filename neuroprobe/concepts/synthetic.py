@@ -173,7 +173,9 @@ class SyntheticWorld(ConceptDataset):
         Use only the first ``limit`` images.
     fixations, scenes, textures : dict, optional
         Priority-model parameters, scene table and texture ids (default: the shipped
-        ``concepts/synthetic.toml``).
+        ``concepts/synthetic.toml``).  A ``fixations`` table given here replaces the shipped
+        one key by key (missing keys take :data:`FIXATION_DEFAULTS`; ``weights`` missing
+        categories take weight 1).
     """
 
     name = "synthetic"
@@ -214,7 +216,10 @@ class SyntheticWorld(ConceptDataset):
             raise ConceptSetError(f"fixation weights name unknown categories {unknown}",
                                   hint=f"use the study categories {list(STUDY_CATEGORIES)}")
         self.fix = fx
-        self.weights = {c: float(weights.get(c, 1.0)) for c in STUDY_CATEGORIES}
+        # categories the weights table leaves out get weight 1
+        full = {c: weights.get(c, 1.0) for c in STUDY_CATEGORIES}
+        self._check_fixations(full)
+        self.weights = {c: float(v) for c, v in full.items()}
         self.textures = dict((shipped or {}).get("textures", {}) if textures is None
                              else textures)
         self.scenes = dict((shipped or {}).get("scenes", {}) if scenes is None else scenes)
@@ -235,6 +240,33 @@ class SyntheticWorld(ConceptDataset):
             self._strides = ((h // mh // 2, h // mh), (w_ // mw // 2, w_ // mw))
         self._tile = 2 * max(h, w_)
         self._fonts = D.font_files()
+
+    def _check_fixations(self, weights: dict) -> None:
+        fx = self.fix
+        unknown = sorted(set(fx) - set(FIXATION_DEFAULTS))
+        if unknown:
+            raise ConceptSetError(f"unknown fixation parameter(s) {', '.join(unknown)} in the "
+                                  "synthetic concept set",
+                                  hint=f"valid: {', '.join(FIXATION_DEFAULTS)}, weights")
+        try:
+            lo, hi = (int(v) for v in fx["per_observer"])
+            values = {k: float(fx[k]) for k in FIXATION_DEFAULTS if k != "per_observer"}
+            wts = [float(v) for v in weights.values()]
+        except (TypeError, ValueError):
+            raise ConceptSetError("synthetic fixation parameters must be numbers "
+                                  "(per_observer a pair of integers)") from None
+        if not 1 <= lo <= hi:
+            raise ConceptSetError(f"fixations.per_observer must be [min, max] with "
+                                  f"1 <= min <= max, got {fx['per_observer']!r}")
+        if not 0.0 < values["ior"] <= 1.0 or values["centre_sigma"] <= 0:
+            raise ConceptSetError("fixations.ior must lie in (0, 1] and centre_sigma be > 0")
+        if min(wts + [values["background"], values["area_exponent"],
+                      values["singleton_gain"]]) < 0:
+            raise ConceptSetError("fixation weights, background, area_exponent and "
+                                  "singleton_gain must be >= 0")
+        if sum(wts) + values["background"] <= 0:
+            raise ConceptSetError("fixation weights and background are all zero: observers "
+                                  "would have nothing to look at")
 
     # -- tables -------------------------------------------------------------------------
     def _check_tables(self) -> None:
