@@ -181,7 +181,8 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
         score = float(e.get("score") or 0.0)
         extra = ""
         if e.get("am_activation") is not None and e.get("top_activation"):
-            extra = (f" &middot; maximization {float(e['am_activation']):.3g} vs best image "
+            extra = (f" &middot; maximization image: mean activation "
+                     f"{float(e['am_activation']):.3g}; best data-set image: peak "
                      f"{float(e['top_activation']):.3g}")
         cards.append(
             f'<div class="card" id="u-{i}" data-layer="{_e(e["layer"])}" '

@@ -1,0 +1,227 @@
+"""Per-unit gallery cards, top images, the gallery of a run folder and both CLI commands."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from neuroprobe.concepts.base import ConceptDataset, Label, LabelTable
+from neuroprobe.errors import UserError
+from neuroprobe.visualize import gallery as G
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Squares(ConceptDataset):
+    """Image i: grey with a white square of side 4 + i at a position that moves with i."""
+
+    name = "squares"
+    image_size = (32, 32)
+    mask_size = (16, 16)
+
+    def __init__(self, n=6):
+        self.n = n
+        self.labels = LabelTable([Label(1, "square", "object")], ["object"])
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        img = torch.full((3, 32, 32), 0.2)
+        s = 4 + i
+        y, x = 2 + i, 3 + 2 * i
+        img[:, y:y + s, x:x + s] = 1.0
+        layers = torch.zeros(1, 16, 16, dtype=torch.int64)
+        layers[0, y // 2:(y + s) // 2, x // 2:(x + s) // 2] = 1
+        return {"image": img, "layers": layers, "whole": torch.zeros(0, dtype=torch.int64),
+                "categories": torch.tensor([True]), "fixations": None, "observers": None,
+                "id": f"sq{i}"}
+
+
+def _model():
+    """conv 'bright' (unit 0 = mean brightness - 0.5, unit 1 = its negative), 2x downsampled."""
+    conv = nn.Conv2d(3, 2, 2, stride=2)
+    with torch.no_grad():
+        conv.weight[:] = 0
+        conv.weight[0] = 1 / 12
+        conv.weight[1] = -1 / 12
+        conv.bias[:] = torch.tensor([-0.5, 0.5])
+    model = nn.Sequential()
+    model.add_module("bright", conv)
+    model.add_module("relu", nn.ReLU())
+    return model.eval()
+
+
+def test_outline_is_the_boundary_ring():
+    m = np.zeros((10, 10), bool)
+    m[2:6, 3:7] = True
+    ring = G.outline(m)
+    assert ring.sum() == 12 and ring[2:6, 3:7].sum() == 12
+    assert not ring[3:5, 4:6].any()
+    assert not G.outline(np.zeros((4, 4), bool)).any()
+
+
+def test_unit_card_outlines_the_thresholded_region():
+    images = torch.zeros(2, 3, 16, 16)
+    maps = torch.zeros(2, 16, 16)
+    maps[0, 4:8, 4:8] = 1.0
+    card = G.unit_card(images, maps, 0.5, title="layer:0 square", subtitle="IoU 0.5",
+                       am_image=torch.ones(3, 8, 8), attribution=np.zeros((16, 16, 3), np.uint8),
+                       tile=16, scores=[1.0, 0.0])
+    a = np.asarray(card)
+    pad, head = 4, 38
+    assert card.size == (pad + 4 * (16 + pad) + 8, head + 16 + 14 + pad)
+    tile0 = a[head:head + 16, pad:pad + 16]
+    yellow = np.all(tile0 == G.OUTLINE_RGB, axis=-1)
+    assert yellow[4:8, 4:8].sum() == 12 and yellow.sum() == 12
+    tile1 = a[head:head + 16, 2 * pad + 16:2 * pad + 32]
+    assert not np.all(tile1 == G.OUTLINE_RGB, axis=-1).any()   # nothing above threshold
+    am_tile = a[head:head + 16, 3 * pad + 32 + 8:3 * pad + 48 + 8]
+    assert (am_tile == 255).all()
+
+
+def test_parse_units():
+    assert G.parse_units("layer4:12, layer4:40") == [("layer4", 12), ("layer4", 40)]
+    assert G.parse_units("a.b:2-4") == [("a.b", 2), ("a.b", 3), ("a.b", 4)]
+    for bad in ("layer4", "layer4:x", ":3", ""):
+        with pytest.raises(UserError):
+            G.parse_units(bad)
+
+
+def test_top_images_match_brute_force():
+    model, data = _model(), Squares(6)
+    top = G.top_images(model, data, ["relu"], k=3, batch_size=4, show_progress=False)
+    values, index = top["relu"]
+    x = torch.stack([data[i]["image"] for i in range(6)])
+    with torch.no_grad():
+        peak = model(x).amax((2, 3))                  # (6, 2)
+    ref_v, ref_i = peak.t().sort(dim=1, descending=True, stable=True)
+    torch.testing.assert_close(values, ref_v[:, :3])
+    assert index[0].tolist() == ref_i[0, :3].tolist()
+
+
+def _write_run(run, units, score="iou", spec="tiny"):
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "units.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["layer", "unit", "label", "category", "score", "threshold",
+                                "detector"])
+        w.writeheader()
+        for row in units:
+            w.writerow(row)
+    (run / "summary.json").write_text(json.dumps({
+        "config": {"model": {"spec": spec}, "concepts": {"name": "squares", "n": 6},
+                   "mode": "netdissect", "score": score, "iou_threshold": 0.04},
+        "versions": {"neuroprobe": "test"}}))
+
+
+def test_make_gallery_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, [
+        {"layer": "relu", "unit": 0, "label": "square", "category": "object", "score": 0.4,
+         "threshold": 0.1, "detector": 1},
+        {"layer": "relu", "unit": 1, "label": "<b>grey</b>", "category": "object",
+         "score": 0.01, "threshold": "", "detector": 0}])
+    res = G.make_gallery(run, model=_model(), dataset=Squares(6), top_k=3, maximize_steps=6,
+                         maximize_size=16, n_steps=4, tile=32, show_progress=False)
+    assert res.out_dir == run / "gallery"
+    assert [p.name for p in res.pngs] == ["relu-0000.png", "relu-0001.png"]
+    with Image.open(res.pngs[0]) as im:
+        assert im.size[0] > 5 * 32 and im.mode == "RGB"
+    e0, e1 = res.entries
+    # unit 0 = mean of a white 2x2 patch - 0.5: every square holds one, so the peak is 0.5
+    assert e0["top_activation"] == pytest.approx(0.5, abs=1e-5)
+    # a few maximization steps already brighten the image: its mean activation exceeds the
+    # mean activation of the best data-set image (a few white pixels on grey gives 0)
+    assert e0["am_activation"] > 0.05
+    assert e1["threshold"] >= 0                           # no threshold: taken from the maps
+    meta = json.loads((res.out_dir / "gallery.json").read_text())
+    assert meta["versions"]["neuroprobe"] and meta["config"]["top_k"] == 3
+    page = res.report.read_text()
+    assert "&lt;b&gt;grey&lt;/b&gt;" in page and "<b>grey</b>" not in page
+    # only some units; a unit the run does not have is one clear error
+    res = G.make_gallery(run, tmp_path / "g2", model=_model(), dataset=Squares(6),
+                         units="relu:1", top_k=2, maximize_steps=0, attribution="none",
+                         show_progress=False, report=False)
+    assert [p.name for p in res.pngs] == ["relu-0001.png"] and res.report is None
+    with pytest.raises(UserError, match="relu:7 is not in"):
+        G.make_gallery(run, model=_model(), dataset=Squares(6), units="relu:7",
+                       show_progress=False)
+
+
+def test_gallery_top_images_file_is_used(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, [{"layer": "relu", "unit": 0, "label": "square", "category": "object",
+                      "score": 0.4, "threshold": 0.1, "detector": 1}])
+    torch.save({"relu": {"values": torch.tensor([[9.0, 8.0], [1.0, 0.0]]),
+                         "index": torch.tensor([[2, 4], [0, 1]])}}, run / "top_images.pt")
+    res = G.make_gallery(run, model=_model(), dataset=Squares(6), maximize_steps=0,
+                         attribution="none", show_progress=False, report=False)
+    assert res.entries[0]["top_activation"] == 9.0
+
+
+def test_read_run_errors(tmp_path):
+    with pytest.raises(UserError, match="no units.csv"):
+        G.read_run(tmp_path)
+    (tmp_path / "units.csv").write_text("layer,unit,label,score\nx,notanint,a,0.1\n")
+    with pytest.raises(UserError, match="bad number"):
+        G.read_run(tmp_path)
+
+
+def test_cli_gallery_and_visualize(tmp_path, capsys):
+    """Both commands on a saved small saliency model and a tiny synthetic world."""
+    from neuroprobe.cli import main
+    from neuroprobe.models import build_saliency, save
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "small.pt"
+    save(ckpt, build_saliency("small"), {"builder": "saliency",
+                                         "kwargs": {"encoder": "small", "decoder": "conv1x1"}},
+         {"input_size": [32, 32]})
+    run = tmp_path / "run"
+    _write_run(run, [{"layer": "encoder.block4", "unit": u, "label": "x", "category": "object",
+                      "score": 0.1 * u, "threshold": 0.0, "detector": 1} for u in range(3)],
+               spec=str(ckpt))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["config"]["concepts"] = {"name": "synthetic", "n": 5, "seed": 0,
+                                     "image_size": [32, 32], "mask_size": [16, 16]}
+    (run / "summary.json").write_text(json.dumps(summary))
+    rc = main(["--quiet", "--device", "cpu", "gallery", str(run), "--top-k", "2", "--steps", "3",
+               "--ig-steps", "2", "--tile", "24"])
+    assert rc == 0
+    assert sorted(p.name for p in (run / "gallery" / "units").iterdir()) == [
+        "encoder.block4-0000.png", "encoder.block4-0001.png", "encoder.block4-0002.png"]
+    assert (run / "gallery" / "index.html").is_file()
+
+    img = tmp_path / "pic.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "vis"
+    rc = main(["--quiet", "visualize", "--model", str(ckpt), "--units", "block4:3,block4:7",
+               "--out", str(out), "--steps", "3", "--size", "24", "--image", str(img),
+               "--ig-steps", "2"])
+    assert rc == 0
+    meta = json.loads((out / "visualize.json").read_text())
+    assert [(u["layer"], u["unit"]) for u in meta["units"]] == [("encoder.block4", 3),
+                                                                ("encoder.block4", 7)]
+    assert meta["versions"]["torch"] and meta["config"]["steps"] == 3
+    for u in meta["units"]:
+        with Image.open(out / u["png"]) as im:
+            assert im.size == (24, 24)
+        assert (out / u["attributions"][0]["png"]).is_file()
+    assert (out / "maximization.png").is_file()
+    capsys.readouterr()
+    assert main(["visualize", "--model", str(ckpt), "--units", "block4:999", "--out",
+                 str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of range" in err[0]
+    assert main(["gallery", str(tmp_path / "nope")]) == 2
+    assert "no units.csv" in capsys.readouterr().err
