@@ -10,6 +10,15 @@ from neuroprobe.visualize import attribute as at
 H = W = 12
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _linear_unit_model():
     """conv1x1 3->2 without bias: unit 0 = sum_c w_c x_c per pixel."""
     conv = nn.Conv2d(3, 2, 1, bias=False)
