@@ -59,10 +59,7 @@ def contact_sheet(dataset, out_png, n: int = 8, columns: int = 2, start: int = 0
     n : number of images (from ``start``).
     columns : images per row.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
     from matplotlib.patches import Patch
 
     if n < 1:
