@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
     p.add_argument("--out", required=True, help="output folder (created; must be empty)")
     p.add_argument("--format", default="broden", choices=["broden"])
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes drawing images in parallel (output identical)")
     p.add_argument("--seed", type=int, default=None, help="world seed (synthetic sets)")
     _source_options(p)
     p = add_command(group, "show", "contact sheet of images with masks and fixations", _show)
@@ -73,7 +75,7 @@ def _export(args) -> int:
     from ..concepts.export import export_broden
 
     ds = open_concepts(args.name, **_overrides(args))
-    export_broden(ds, args.out, n=args.n)
+    export_broden(ds, args.out, n=args.n, workers=args.workers)
     return 0
 
 
