@@ -3,35 +3,120 @@
 Plain functions on tensors (any device); :class:`neuroprobe.stats.IoUTally` and
 :class:`neuroprobe.stats.NSSTally` accumulate what they return.
 
-No one-hot of the label set is ever built at mask resolution.  For IoU, only ``(image, unit)``
-pairs whose raw map maximum exceeds the unit's threshold are upsampled at all -- bilinear
-interpolation is a convex combination of raw values, so the upsampled map of any other pair has
-no active pixel -- and the label ids under the active pixels are counted with ``bincount`` on
-the key ``unit * L + label``.
+No one-hot of the label set is ever built at mask resolution, and no activation map is upsampled
+in full for IoU: bilinear interpolation is a convex combination of the four raw values around a
+pixel, so only the cells of the upsampled map with a raw corner above the unit's threshold can
+hold active pixels (for a threshold at the top 0.5 %, a few percent of the cells).  Those cells
+are evaluated, and the label ids under their active pixels are counted with ``bincount`` on the
+key ``unit * L + label``.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import functools
 
-__all__ = ["upsample", "iou_counts", "label_counts", "region_nss", "fixation_pixels",
+import torch
+
+__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "region_nss", "fixation_pixels",
            "DENOMINATORS"]
 
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
 DENOMINATORS = ("netdissect", "lite", "all")
 
-#: pairs upsampled at once (bounds the memory of a tally step: chunk x mask pixels floats)
-PAIR_CHUNK = 512
+#: hot cells evaluated at once (bounds the memory of a tally step)
+CELL_CHUNK = 1 << 16
+
+
+@functools.lru_cache(maxsize=64)
+def _axis(n_in: int, n_out: int, device: str = "cpu"):
+    """Source indices and weights of linear interpolation along one axis, pixel centres
+    aligned and edges clamped (the ``align_corners=False`` rule of PyTorch and OpenCV):
+    ``src = max(0, (dst + 0.5) * n_in / n_out - 0.5)``, ``i0 = floor(src)``,
+    ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = src - i0``, ``w0 = 1 - w1``."""
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+    src = torch.clamp(scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5, min=0)
+    i0 = src.to(torch.int64).clamp(max=n_in - 1)
+    w1 = torch.clamp(src - i0.to(torch.float32), 0, 1)
+    i1 = torch.clamp(i0 + 1, max=n_in - 1)
+    dev = torch.device(device)
+    return i0.to(dev), i1.to(dev), (1 - w1).to(dev), w1.to(dev)
+
+
+@functools.lru_cache(maxsize=64)
+def _cells(n_in: int, n_out: int, device: str = "cpu"):
+    """Output positions grouped by their first source index (the "cell" they lie in):
+    ``pos (n_in, m)`` (padded with 0), ``valid (n_in, m)``, and their weights ``w0, w1``."""
+    i0, _, w0, w1 = (t.cpu() for t in _axis(n_in, n_out))
+    m = int(torch.bincount(i0, minlength=n_in).max())
+    pos = torch.zeros((n_in, m), dtype=torch.int64)
+    valid = torch.zeros((n_in, m), dtype=torch.bool)
+    for c in range(n_in):
+        idx = torch.nonzero(i0 == c).squeeze(1)
+        pos[c, : len(idx)] = idx
+        valid[c, : len(idx)] = True
+    dev = torch.device(device)
+    return pos.to(dev), valid.to(dev), w0[pos].to(dev), w1[pos].to(dev)
 
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear upsampling of ``(..., h, w)`` maps to ``size`` with pixel centres aligned and
-    edges clamped (``F.interpolate(..., mode="bilinear", align_corners=False)``), in float32."""
+    """Bilinear upsampling of ``(..., h, w)`` maps to ``size`` in float32.
+
+    Pixel centres are aligned and edges clamped, the definition of
+    ``F.interpolate(mode="bilinear", align_corners=False)``; neuroprobe evaluates it as
+    ``(a00 wx0 + a01 wx1) wy0 + (a10 wx0 + a11 wx1) wy1`` with separate IEEE operations (no
+    fused multiply-add), so that :func:`iou_counts`, which evaluates only the cells around hot
+    raw pixels, sees exactly the same values on every device.  It differs from PyTorch's
+    kernel by at most a few ulp.
+    """
     shape = maps.shape
-    x = maps.reshape(-1, 1, shape[-2], shape[-1]).float()
-    if tuple(shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    return x.reshape(*shape[:-2], *x.shape[-2:])
+    x = maps.reshape(-1, shape[-2], shape[-1]).float()
+    H, W = int(size[0]), int(size[1])
+    y0, y1, wy0, wy1 = _axis(shape[-2], H, str(x.device))
+    x0, x1, wx0, wx1 = _axis(shape[-1], W, str(x.device))
+    r0, r1 = x[:, y0, :], x[:, y1, :]
+    t0 = r0[:, :, x0] * wx0 + r0[:, :, x1] * wx1
+    t1 = r1[:, :, x0] * wx0 + r1[:, :, x1] * wx1
+    out = t0 * wy0[:, None] + t1 * wy1[:, None]
+    return out.reshape(*shape[:-2], H, W)
+
+
+def active_pixels(maps: torch.Tensor, thresholds: torch.Tensor, size):
+    """Active pixels ``upsample(map) > threshold`` of every (image, unit), as index triples.
+
+    Only the cells of the upsampled map that have a raw corner above the threshold are
+    evaluated (an upsampled value is a convex combination of its four raw corners, so no other
+    pixel can be active; a margin of a few ulp keeps this exact under rounding).
+
+    Returns ``(b, u, p)``: image, unit and flat mask pixel of every active pixel.
+    """
+    b_, u_, h, w = maps.shape
+    H, W = int(size[0]), int(size[1])
+    dev = maps.device
+    a = maps.float()
+    thr = thresholds.to(device=dev, dtype=torch.float32)
+    margin = thr - (thr.abs() * 1e-6 + 1e-30)
+    hot = a > margin[None, :, None, None]
+    hot = hot | torch.cat([hot[:, :, 1:], hot[:, :, -1:]], dim=2)      # row below (clamped)
+    hot = hot | torch.cat([hot[:, :, :, 1:], hot[:, :, :, -1:]], dim=3)  # column right
+    bi, ui, ri, ci = hot.nonzero(as_tuple=True)
+    rpos, rval, wy0, wy1 = _cells(h, H, str(dev))
+    cpos, cval, wx0, wx1 = _cells(w, W, str(dev))
+    out_b, out_u, out_p = [], [], []
+    for s in range(0, len(bi), CELL_CHUNK):
+        b, u, r, c = (t[s: s + CELL_CHUNK] for t in (bi, ui, ri, ci))
+        r1, c1 = (r + 1).clamp(max=h - 1), (c + 1).clamp(max=w - 1)
+        a00, a01, a10, a11 = a[b, u, r, c], a[b, u, r, c1], a[b, u, r1, c], a[b, u, r1, c1]
+        t0 = a00[:, None] * wx0[c] + a01[:, None] * wx1[c]          # (n, mc)
+        t1 = a10[:, None] * wx0[c] + a11[:, None] * wx1[c]
+        val = t0[:, None, :] * wy0[r][:, :, None] + t1[:, None, :] * wy1[r][:, :, None]
+        on = (val > thr[u][:, None, None]) & rval[r][:, :, None] & cval[c][:, None, :]
+        ni, ry, cx = on.nonzero(as_tuple=True)
+        out_b.append(b[ni])
+        out_u.append(u[ni])
+        out_p.append(rpos[r[ni], ry] * W + cpos[c[ni], cx])
+    if not out_b:
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        return empty, empty, empty
+    return torch.cat(out_b), torch.cat(out_u), torch.cat(out_p)
 
 
 def _check_labels(layers: torch.Tensor, whole: torch.Tensor, num_labels: int) -> None:
@@ -85,59 +170,50 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     """
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
-    b, u = maps.shape[:2]
+    B, U = maps.shape[:2]
     k = layers.shape[1]
     size = layers.shape[-2:]
-    p = size[0] * size[1]
+    P = size[0] * size[1]
     L, C = int(num_labels), int(num_categories)
     dev = maps.device
     _check_labels(layers, whole, L)
-    inter = torch.zeros(u * L, dtype=torch.int64, device=dev)
-    act = torch.zeros((u, C), dtype=torch.int64, device=dev)
-    thresholds = thresholds.to(device=dev, dtype=torch.float32)
-    hot = maps.flatten(2).amax(2).float() > thresholds[None]
-    bi, ui = hot.nonzero(as_tuple=True)
-    if not len(bi):
-        return inter.view(u, L), act
-    flat_layers = layers.reshape(b, k, p)
-    cats = categories.to(dev)
+    inter = torch.zeros(U * L, dtype=torch.int64, device=dev)
+    bi, ui, pix = active_pixels(maps, thresholds, size)
+    pair = bi * U + ui
+    cnt = torch.bincount(pair, minlength=B * U).view(B, U)          # active pixels per pair
+    flat_layers = layers.reshape(B, k, P).to(dev)
     cat_of = category_of_label.to(dev)
-    for s in range(0, len(bi), PAIR_CHUNK):
-        cb, cu = bi[s: s + PAIR_CHUNK], ui[s: s + PAIR_CHUNK]
-        up = upsample(maps[cb, cu], size).reshape(len(cb), p)
-        on = up > thresholds[cu][:, None]
-        cnt = on.sum(1)
-        pi, pix = on.nonzero(as_tuple=True)
-        touched = None
-        if denominator == "lite":
-            touched = torch.zeros(len(cb) * max(C, 1), dtype=torch.bool, device=dev)
-        for layer in range(k):
-            lab = flat_layers[cb[pi], layer, pix]
-            keep = lab > 0
-            lab_k, pi_k = lab[keep], pi[keep]
-            inter += torch.bincount(cu[pi_k] * L + lab_k, minlength=u * L)
+    touched = torch.zeros(B * U * C, dtype=torch.bool, device=dev) if denominator == "lite" \
+        else None
+    for layer in range(k):
+        lab = flat_layers[bi, layer, pix]
+        keep = lab > 0
+        lab_k = lab[keep]
+        inter += torch.bincount(ui[keep] * L + lab_k, minlength=U * L)
+        if touched is not None:
+            c = cat_of[lab_k]
+            ok = c >= 0
+            touched[pair[keep][ok] * C + c[ok]] = True
+    whole = whole.to(dev)
+    on = cnt > 0
+    for j in range(whole.shape[1]):
+        lab = whole[:, j][:, None].expand(B, U)
+        m = on & (lab > 0)
+        if m.any():
+            b, u = m.nonzero(as_tuple=True)
+            inter.index_add_(0, u * L + lab[b, u], cnt[b, u])
             if touched is not None:
-                c = cat_of[lab_k]
+                c = cat_of[lab[b, u]]
                 ok = c >= 0
-                touched[pi_k[ok] * C + c[ok]] = True
-        nz = cnt > 0
-        for j in range(whole.shape[1]):
-            lab = whole[cb, j].to(dev)
-            m = (lab > 0) & nz
-            if m.any():
-                inter.index_add_(0, cu[m] * L + lab[m], cnt[m])
-                if touched is not None:
-                    c = cat_of[lab[m]]
-                    ok = c >= 0
-                    touched[torch.nonzero(m).squeeze(1)[ok] * C + c[ok]] = True
-        if denominator == "netdissect":
-            weight = cats[cb].to(torch.int64)
-        elif denominator == "lite":
-            weight = touched.view(len(cb), C).to(torch.int64)
-        else:
-            weight = torch.ones((len(cb), C), dtype=torch.int64, device=dev)
-        act.index_add_(0, cu, cnt[:, None] * weight)
-    return inter.view(u, L), act
+                touched[(b[ok] * U + u[ok]) * C + c[ok]] = True
+    if denominator == "netdissect":
+        weight = categories.to(dev, torch.float64)                   # (B, C)
+        act = (cnt.t().to(torch.float64) @ weight).round().to(torch.int64)
+    elif denominator == "lite":
+        act = (cnt[:, :, None] * touched.view(B, U, C)).sum(0)
+    else:
+        act = cnt.sum(0)[:, None].expand(U, C).clone()
+    return inter.view(U, L), act
 
 
 def fixation_pixels(fixations: torch.Tensor, image_size, mask_size) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from neuroprobe.concepts.base import ConceptDataset, Label, LabelTable
 from neuroprobe.dissect import dissect
 from neuroprobe.errors import UserError
-from neuroprobe.tally import fixation_pixels, iou_counts, region_nss
+from neuroprobe.tally import fixation_pixels, iou_counts, region_nss, upsample
 
 CATS = ["object", "part", "scene"]
 LABELS = [Label(1, "box", "object"), Label(2, "disc", "object"), Label(3, "handle", "part"),
@@ -72,8 +72,45 @@ def run_tiny(out_dir=None, **kw):
 
 # -- brute-force reference ---------------------------------------------------------------------
 
+def np_bilinear(a: np.ndarray, size) -> np.ndarray:
+    """Bilinear upsampling, pixel centres aligned, edges clamped, in float32 NumPy."""
+    def axis(n_in, n_out):
+        scale = np.float32(n_in) / np.float32(n_out)
+        src = np.maximum(scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5))
+                         - np.float32(0.5), np.float32(0))
+        i0 = np.minimum(src.astype(np.int64), n_in - 1)
+        w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+        return i0, np.minimum(i0 + 1, n_in - 1), np.float32(1) - w1, w1
+    y0, y1, wy0, wy1 = axis(a.shape[0], size[0])
+    x0, x1, wx0, wx1 = axis(a.shape[1], size[1])
+    out = np.zeros(size, np.float32)
+    for y in range(size[0]):
+        for x in range(size[1]):
+            t0 = a[y0[y], x0[x]] * wx0[x] + a[y0[y], x1[x]] * wx1[x]
+            t1 = a[y1[y], x0[x]] * wx0[x] + a[y1[y], x1[x]] * wx1[x]
+            out[y, x] = t0 * wy0[y] + t1 * wy1[y]
+    return out
+
+
+def test_upsample_definition_and_active_cells():
+    from neuroprobe.tally import active_pixels, upsample
+
+    g = torch.Generator().manual_seed(0)
+    for h, H in ((4, 8), (7, 112), (5, 13), (14, 112)):
+        a = torch.randn((3, 4, h, h), generator=g)
+        up = upsample(a, (H, H))
+        ref = F.interpolate(a, size=(H, H), mode="bilinear", align_corners=False)
+        assert (up - ref).abs().max() < 1e-5
+        np.testing.assert_array_equal(up[1, 2].numpy(), np_bilinear(a[1, 2].numpy(), (H, H)))
+        thr = torch.quantile(a.transpose(0, 1).reshape(4, -1), 0.9, dim=1)
+        b, u, p = active_pixels(a, thr, (H, H))
+        full = (up > thr[None, :, None, None]).reshape(3, 4, -1).nonzero(as_tuple=True)
+        got = sorted(zip(b.tolist(), u.tolist(), p.tolist()))
+        assert got == sorted(zip(*(t.tolist() for t in full))) and got
+
+
 def reference(ds, model, layer, thresholds, mode, denominator):
-    """Per image, per unit, per pixel loops in NumPy (upsampling by torch's interpolate)."""
+    """Per image, per unit, per pixel loops in NumPy."""
     U = None
     L = ds.labels.max_id + 1
     cat_of = ds.labels.category_index()
@@ -97,8 +134,7 @@ def reference(ds, model, layer, thresholds, mode, denominator):
         for lab in whole:
             truth[lab] += hw
         for u in range(U):
-            up = F.interpolate(a[u][None, None], size=ds.mask_size, mode="bilinear",
-                               align_corners=False)[0, 0].numpy()
+            up = np_bilinear(a[u].numpy(), ds.mask_size)
             on = up > thresholds[u]
             touched = set()
             for lay in layers:
@@ -142,7 +178,7 @@ def test_engine_tallies_equal_brute_force(mode, denominator):
         vals = a.transpose(0, 1).reshape(a.shape[1], -1).numpy()
         expect = np.quantile(vals, 0.995, axis=1)
     else:
-        up = F.interpolate(a, size=ds.mask_size, mode="bilinear", align_corners=False)
+        up = upsample(a, ds.mask_size)
         vals = up.transpose(0, 1).reshape(a.shape[1], -1).numpy()
         assert vals.shape[1] < 4096
         expect = np.quantile(vals, 0.99, axis=1)
