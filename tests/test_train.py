@@ -1,8 +1,6 @@
 """Tests of the training recipe, its losses and the built-in demo models (fast: tiny images)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,23 +241,53 @@ def _write_folder(root: Path, n=6):
     (root / "fixations.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_cli_trains_from_a_folder_and_resumes(tmp_path):
+def test_cli_trains_from_a_folder_and_resumes(tmp_path, monkeypatch, capsys):
+    from neuroprobe.cli import main
+
+    monkeypatch.setenv("NEUROPROBE_QUIET", "1")
     folder = tmp_path / "imgs"
     _write_folder(folder)
     out = tmp_path / "sal.pt"
-    cmd = [sys.executable, "-m", "neuroprobe", "--quiet", "train", "saliency", "--encoder",
-           "small", "--weights", "none", "--data", f"folder:{folder}", "--input-size", str(S),
-           "--epochs", "1", "--batch-size", "2", "--val", "2", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert out.is_file() and "1 epochs" in r.stdout
+    cmd = ["--quiet", "train", "saliency", "--encoder", "small", "--weights", "none", "--data",
+           f"folder:{folder}", "--input-size", str(S), "--epochs", "1", "--batch-size", "2",
+           "--val", "2", "--out", str(out)]
+    assert main(cmd) == 0
+    assert out.is_file() and "1 epochs" in capsys.readouterr().out
     cmd[cmd.index("--epochs") + 1] = "2"
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "2 epochs" in r.stdout, r.stderr
-    bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "x.pt"), "--loss", "mse"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1 and "mse" in bad.stderr
+    assert main(cmd + ["--resume"]) == 0
+    assert "2 epochs" in capsys.readouterr().out
+    assert main(cmd[:-2] + ["--out", str(tmp_path / "x.pt"), "--loss", "mse"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "mse" in err
+    assert main(["train", "scene", "--encoder", "small", "--weights", "none", "--data",
+                 f"folder:{folder}"]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+
+def test_salicon_2017_layout(tmp_path):
+    import scipy.io as sio
+    from PIL import Image
+
+    from neuroprobe.train.data import load_task_data
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "fixations" / split).mkdir(parents=True)
+        for k in range(2):
+            name = f"COCO_{split}_{k}"
+            Image.new("RGB", (64, 48), (k * 50, 0, 0)).save(tmp_path / "images" / split /
+                                                           f"{name}.jpg")
+            gaze = np.empty(2, dtype=object)
+            gaze[0] = {"fixations": np.array([[1.0, 1.0], [64.0, 48.0]])}
+            gaze[1] = {"fixations": np.array([[33.0, 25.0]])}
+            sio.savemat(tmp_path / "fixations" / split / f"{name}.mat",
+                        {"image": name, "resolution": np.array([48, 64]), "gaze": gaze})
+    tr, va, desc = load_task_data(f"salicon:{tmp_path}", "saliency", (24, 32))
+    assert len(tr) == 2 and len(va) == 2 and desc["kind"] == "salicon"
+    o = tr.original[0]
+    assert o.size == (48, 64) and sorted(o.x.tolist()) == [0.0, 32.0, 63.0]
+    # 64x48 -> 32x24: 1-based (1, 1) -> 0-based (0, 0) -> (0 + 0.5) / 2 - 0.5 = -0.25
+    assert min(tr.fixations[0][:, 0]) == pytest.approx(-0.25)
 
 
 # -- the demo models ----------------------------------------------------------------------------

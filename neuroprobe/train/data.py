@@ -222,34 +222,7 @@ def load_osie(arg: str | None, size, n_train: int = 500, limit: int | None = Non
     return out[0], out[1]
 
 
-# -- SALICON (2017 release) -------------------------------------------------------------------
-
-def _read_salicon_mat(path: Path) -> Fixations:
-    import scipy.io as sio
-
-    try:
-        mat = sio.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except Exception as err:
-        raise DataFormatError(f"{path} is not a readable SALICON .mat file ({err})") from None
-    if "gaze" not in mat:
-        raise DataFormatError(f"{path} has no 'gaze' variable",
-                              hint="expected the SALICON 2017 fixation files")
-    gaze = mat["gaze"]
-    gaze = list(gaze.reshape(-1)) if isinstance(gaze, np.ndarray) else [gaze]
-    xs, ys, obs = [], [], []
-    for j, g in enumerate(gaze):
-        f = np.asarray(getattr(g, "fixations", np.zeros((0, 2))), dtype=np.float64).reshape(-1, 2)
-        xs.append(f[:, 0] - 1.0)
-        ys.append(f[:, 1] - 1.0)
-        obs.append(np.full(len(f), j, np.int64))
-    size = None
-    if "resolution" in mat:
-        r = np.asarray(mat["resolution"]).reshape(-1)
-        size = (int(r[0]), int(r[1]))
-    return Fixations(path.stem + ".jpg", np.concatenate(xs) if xs else np.zeros(0),
-                     np.concatenate(ys) if ys else np.zeros(0),
-                     np.concatenate(obs) if obs else np.zeros(0, np.int64), None, size)
-
+# -- SALICON (2017 release; files read by neuroprobe.saliency.data) ---------------------------
 
 def load_salicon(arg: str, size, limit=None, val_limit=None):
     root = Path(arg).expanduser()
@@ -259,13 +232,12 @@ def load_salicon(arg: str, size, limit=None, val_limit=None):
         if not img_dir.is_dir() or not fix_dir.is_dir():
             raise DataFormatError(f"{root} lacks images/{split} or fixations/{split}",
                                   hint="expected the SALICON 2017 layout")
-        mats = sorted(fix_dir.glob("*.mat"))[:lim] if lim else sorted(fix_dir.glob("*.mat"))
-        paths, fixes = [], []
-        for m in mats:
-            p = img_dir / (m.stem + ".jpg")
-            if p.is_file():
-                paths.append(p)
-                fixes.append(_read_salicon_mat(m))
+        from ..saliency.data import read_salicon_mat
+
+        ds = read_salicon_mat(fix_dir, images_root=img_dir).subset(lim)
+        keep = [i for i, p in enumerate(ds.image_paths) if p is not None and p.is_file()]
+        paths = [ds.image_paths[i] for i in keep]
+        fixes = [ds.fixations[i] for i in keep]
         out.append(_from_files(paths, fixes, size, f"SALICON {split}"))
     return out[0], out[1]
 
