@@ -321,6 +321,11 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
         values, index = top[layer]
         kk = min(k or index.shape[1], index.shape[1])
         units = [r["unit"] for r in lrows]
+        bad = [u for u in units if not 0 <= u < index.shape[0]]
+        if bad:
+            raise UserError(f"unit {layer}:{bad[0]} does not exist: the layer has "
+                            f"{index.shape[0]} units in the top images",
+                            hint="was units.csv made with another model?")
         needed = sorted({int(i) for u in units for i in index[u, :kk].tolist() if i >= 0})
         images, maps = unit_maps(model, dataset, layer, needed, batch_size)
         pos = {i: j for j, i in enumerate(needed)}
