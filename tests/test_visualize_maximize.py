@@ -80,7 +80,9 @@ def test_optimised_images_beat_best_dataset_image(trained):
     best = acts.max(0).values
     units = [u for u in range(16) if best[u] > 1e-3]
     assert len(units) >= 8
-    res = am.maximize_units(model, "relu2", units, size=32, steps=96, lr=0.05, seed=0,
+    # the setting: 256 steps, Fourier parameterization, standard transforms (the mean
+    # ratio is ~1.2 for seeds 0-3; units that the data barely drive stay below 1)
+    res = am.maximize_units(model, "relu2", units, size=32, steps=256, lr=0.05, seed=0,
                             batch_size=16)
     assert res.images.shape == (len(units), 3, 32, 32)
     assert res.images.min() >= 0 and res.images.max() <= 1

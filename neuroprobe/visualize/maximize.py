@@ -115,8 +115,9 @@ class FourierImage(nn.Module):
         fx = torch.fft.rfftfreq(width)[None, :]
         freqs = torch.sqrt(fx * fx + fy * fy)
         scale = 1.0 / torch.clamp(freqs, min=1.0 / max(height, width)) ** decay_power
-        # energy correction so that the spatial image has roughly unit scale (as in lucid)
-        scale = scale * math.sqrt(height * width)
+        # with the orthonormal inverse FFT below the transform is unitary, so learning rates
+        # are comparable with the pixel parameterization (lucid multiplies by sqrt(H*W)
+        # instead because its inverse FFT is unnormalised)
         self.register_buffer("scale", scale.to(device or "cpu"), persistent=False)
         init = torch.randn(batch, 3, *freqs.shape, 2, generator=generator) * sd
         self.spectrum = nn.Parameter(init.to(device or "cpu"))
