@@ -54,9 +54,14 @@ warning.  Coordinates are 0-based pixels with pixel centres at integers
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import math
+import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -122,6 +127,16 @@ def _circulant_block(h: np.ndarray, m: int, cols: np.ndarray) -> np.ndarray:
     return h[(r - cols[None, :]) % n]
 
 
+@lru_cache(maxsize=8)
+def _mit_circulant(size: int, n: int, cycles: float) -> np.ndarray:
+    """The ``size x size`` corner of the circulant MIT blur matrix, transposed (row ``c`` is
+    the kernel centred at pixel ``c``), cached per image side."""
+    out = np.ascontiguousarray(_circulant_block(_mit_kernel_1d(n, cycles), size,
+                                                np.arange(size)).T)
+    out.flags.writeable = False
+    return out
+
+
 def mit_blur(fixmap: np.ndarray, cycles: float = 8.0) -> np.ndarray:
     """Blur a map as ``antonioGaussian.m`` of the MIT benchmark does.
 
@@ -129,8 +144,9 @@ def mit_blur(fixmap: np.ndarray, cycles: float = 8.0) -> np.ndarray:
     :func:`mit_transfer_size`), multiplied in the Fourier domain by
     ``exp(-(fx**2 + fy**2) / s**2)`` with ``s = cycles / sqrt(log 2)`` and cropped back.  The
     transfer function is separable, so the result is computed exactly as ``Ky @ map @ Kx.T`` with
-    the circulant kernels restricted to the image; for a sparse map (fixations) only the columns of
-    fixated pixels are needed, which makes this much cheaper than the FFT.
+    the circulant kernels restricted to the image (cached per image side); for a sparse map
+    (fixations) only the columns of fixated pixels are needed, which makes this much cheaper than
+    the FFT.
 
     Parameters
     ----------
@@ -144,18 +160,38 @@ def mit_blur(fixmap: np.ndarray, cycles: float = 8.0) -> np.ndarray:
     (H, W) float64 array.
     """
     fixmap = np.asarray(fixmap, dtype=np.float64)
-    h_, w_ = fixmap.shape
-    n = mit_transfer_size(fixmap.shape)
-    k = _mit_kernel_1d(n, cycles)
     rows, cols = np.nonzero(fixmap)
+    return _mit_blur_points(fixmap.shape, rows, cols, fixmap[rows, cols], cycles, fixmap)
+
+
+def _mit_blur_points(shape, rows, cols, weights, cycles: float = 8.0, dense=None) -> np.ndarray:
+    """:func:`mit_blur` of the map with ``weights`` at pixels ``(rows, cols)`` (sorted row-major,
+    each pixel once); ``dense`` is the map itself where the caller has it."""
+    h_, w_ = shape
+    n = mit_transfer_size(shape)
+    kyt = _mit_circulant(h_, n, float(cycles))
+    kxt = _mit_circulant(w_, n, float(cycles))
     if len(rows) <= min(h_, w_) // 2:
-        weights = fixmap[rows, cols]
-        a = _circulant_block(k, h_, rows) * weights[None, :]
-        b = _circulant_block(k, w_, cols)
-        return a @ b.T
-    ky = _circulant_block(k, h_, np.arange(h_))
-    kx = _circulant_block(k, w_, np.arange(w_))
-    return ky @ fixmap @ kx.T
+        # rank-k sum of outer products of the kernels at the fixated rows and columns
+        a = kyt[rows] * weights[:, None]
+        return a.T @ kxt[cols]
+    if dense is None:
+        dense = np.zeros(shape)
+        dense[rows, cols] = weights
+    return kyt.T @ dense @ kxt
+
+
+@lru_cache(maxsize=16)
+def _gauss_table(n: int, sigma: float) -> np.ndarray:
+    """``exp(-d**2 / (2 sigma**2))`` for integer offsets ``d = -(n-1) .. n-1`` (tails < 1e-100
+    flushed to zero), indexed by ``d + n - 1``."""
+    d = np.arange(-(n - 1), n, dtype=np.float64)[:, None]
+    g = np.exp(-(d ** 2) / (2 * sigma ** 2))[:, 0]
+    # flush the far tails to zero: their products would be subnormal numbers, which are exact
+    # enough to be irrelevant and slow every later pass over the map by two orders of magnitude
+    g[g < 1e-100] = 0.0
+    g.flags.writeable = False
+    return g
 
 
 def gaussian_density(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
@@ -167,21 +203,31 @@ def gaussian_density(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
     normalising).  Computed separably from the fixation list.
     """
     h_, w_ = shape
-    rows = np.asarray(rows, dtype=np.float64)
-    cols = np.asarray(cols, dtype=np.float64)
     if len(rows) == 0:
         return np.full(shape, np.nan)
+    rows = np.asarray(rows, dtype=np.float64)
+    cols = np.asarray(cols, dtype=np.float64)
     if weights is None:
         weights = np.ones(len(rows))
-    gy = np.exp(-((np.arange(h_)[:, None] - rows[None, :]) ** 2) / (2 * sigma ** 2))
-    gx = np.exp(-((np.arange(w_)[:, None] - cols[None, :]) ** 2) / (2 * sigma ** 2))
-    # flush the far tails to zero: their products would be subnormal numbers, which are exact
-    # enough to be irrelevant and slow every later pass over the map by two orders of magnitude
-    gy[gy < 1e-100] = 0.0
-    gx[gx < 1e-100] = 0.0
-    dens = (gy * weights[None, :]) @ gx.T
+    ri, ci = rows.astype(np.int64), cols.astype(np.int64)
+    if np.array_equal(ri, rows) and np.array_equal(ci, cols):
+        # integer pixels (the usual case): gather the exponentials from a table of offsets
+        # (row j of the sliding window at h - 1 - r is the Gaussian centred at r)
+        wy = np.lib.stride_tricks.sliding_window_view(_gauss_table(h_, float(sigma)), h_)
+        wx = np.lib.stride_tricks.sliding_window_view(_gauss_table(w_, float(sigma)), w_)
+        gy = wy[(h_ - 1) - ri]  # (k, H)
+        gx = wx[(w_ - 1) - ci]  # (k, W)
+    else:
+        gy = np.exp(-((np.arange(h_)[None, :] - rows[:, None]) ** 2) / (2 * sigma ** 2))
+        gx = np.exp(-((np.arange(w_)[None, :] - cols[:, None]) ** 2) / (2 * sigma ** 2))
+        gy[gy < 1e-100] = 0.0
+        gx[gx < 1e-100] = 0.0
+    dens = (gy * weights[:, None]).T @ gx
     total = dens.sum()
-    return dens / total if total > 0 else np.full(shape, 1.0 / (h_ * w_))
+    if total > 0:
+        dens /= total
+        return dens
+    return np.full(shape, 1.0 / (h_ * w_))
 
 
 def _to_pixels(x, y, shape, *, warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -283,6 +329,27 @@ class GroundTruth:
             self._cache["uflat"] = np.unique(self.flat)
         return self._cache["uflat"]
 
+    @property
+    def unique_counts(self) -> np.ndarray:
+        """Number of fixations at each pixel of :attr:`unique_flat`."""
+        if "ucount" not in self._cache:
+            u, cnt = np.unique(self.flat, return_counts=True)
+            self._cache["uflat"] = u
+            self._cache["ucount"] = cnt
+        return self._cache["ucount"]
+
+    def release(self) -> None:
+        """Drop the cached image-sized arrays (densities and what is derived from them).
+
+        A cached density costs ``8 * H * W`` bytes per array and several are kept per image
+        (about 27 MB for 800x600), so a loop over a data set releases each image once all its
+        models are scored; they are rebuilt on the next use."""
+        for key in [k for k, v in self._cache.items()
+                    if isinstance(v, np.ndarray) and v.size == self.shape[0] * self.shape[1]
+                    or isinstance(v, tuple) and any(isinstance(a, np.ndarray) and a.ndim and
+                                                    a.size > 1024 for a in v)]:
+            del self._cache[key]
+
     def binary_map(self) -> np.ndarray:
         out = np.zeros(self.shape[0] * self.shape[1], dtype=bool)
         out[self.unique_flat] = True
@@ -303,10 +370,16 @@ class GroundTruth:
             elif protocol == "mit":
                 # the Fourier filter rings slightly below zero far from fixations; clip as
                 # storing the map as an image (as the benchmark does) would
-                self._cache[key] = np.maximum(mit_blur(self.binary_map(), self.cycles), 0.0)
+                r, c = np.divmod(self.unique_flat, self.shape[1])
+                d = _mit_blur_points(self.shape, r, c, np.ones(len(r)), self.cycles)
+                self._cache[key] = np.maximum(d, 0.0, out=d)
             else:
                 sigma = self.sigma if self.sigma is not None else mit_sigma(self.shape, self.cycles)
-                self._cache[key] = gaussian_density(self.rows, self.cols, self.shape, sigma)
+                # every fixation counts: each fixated pixel once, weighted by its count
+                cnt = self.unique_counts
+                r, c = np.divmod(self.unique_flat, self.shape[1])
+                self._cache[key] = gaussian_density(r, c, self.shape, sigma,
+                                                    weights=cnt.astype(np.float64))
         return self._cache[key]
 
 
@@ -329,8 +402,8 @@ def _resize(smap: np.ndarray, shape) -> np.ndarray:
     return resize(smap, shape, order=1, mode="edge", anti_aliasing=True, preserve_range=True)
 
 
-def _prepare(saliency, gt: GroundTruth, protocol: str) -> np.ndarray | None:
-    """float64 map of the ground truth's shape, or None (NaN result) with a warning."""
+def _as_map_array(saliency) -> np.ndarray:
+    """A 2-D float64 array from an array or tensor (leading axes of length 1 squeezed)."""
     smap = saliency
     if hasattr(smap, "detach"):
         smap = smap.detach().cpu().numpy()
@@ -338,7 +411,17 @@ def _prepare(saliency, gt: GroundTruth, protocol: str) -> np.ndarray | None:
     smap = np.squeeze(smap) if smap.ndim > 2 else smap
     if smap.ndim != 2:
         raise UserError(f"a saliency map must be 2-D (H, W); got shape {tuple(smap.shape)}")
-    if smap.shape != tuple(gt.shape):
+    return smap
+
+
+def _prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None) -> _Map | None:
+    """The float64 map of the ground truth's shape as a :class:`_Map`, or None (NaN result)
+    with a warning.  ``cache`` shares the prepared map between the protocols of one call."""
+    smap = _as_map_array(saliency)
+    same = smap.shape == tuple(gt.shape)
+    if cache is not None and same in cache:
+        return cache[same]
+    if not same:
         if protocol == "exact":
             raise SaliencyShapeError(
                 f"saliency map {smap.shape[1]}x{smap.shape[0]} differs from the fixation map "
@@ -348,11 +431,14 @@ def _prepare(saliency, gt: GroundTruth, protocol: str) -> np.ndarray | None:
         warnings.warn(f"saliency map {smap.shape[1]}x{smap.shape[0]} resized to the fixation map "
                       f"{gt.shape[1]}x{gt.shape[0]} (mit protocol)", RuntimeWarning, stacklevel=3)
         smap = _resize(smap, gt.shape)
-    if not np.isfinite(smap).all():
+    sm = _Map(smap)
+    if not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):  # min/max propagate NaN
         warnings.warn(f"saliency map{' of ' + gt.image if gt.image else ''} contains NaN or "
                       "infinity; its scores are NaN", RuntimeWarning, stacklevel=3)
-        return None
-    return smap
+        sm = None
+    if cache is not None:
+        cache[same] = sm
+    return sm
 
 
 def _no_fixations(gt: GroundTruth) -> bool:
@@ -364,7 +450,12 @@ def _no_fixations(gt: GroundTruth) -> bool:
 
 
 class _Map:
-    """A prepared saliency map with the derived quantities several metrics share (computed once)."""
+    """A prepared saliency map with the derived quantities several metrics share (computed once).
+
+    The minimum and maximum are found once; the map shifted to minimum 0 is shared by the
+    min-max normalised map (AUC-Borji, sAUC) and the distribution (SIM, KL, IG), so each derived
+    map costs one pass over the pixels.
+    """
 
     def __init__(self, smap: np.ndarray):
         self.map = smap
@@ -377,8 +468,20 @@ class _Map:
         return self._c[key]
 
     @property
+    def lo(self) -> float:
+        return self.get("lo", lambda: float(self.flat.min()))
+
+    @property
+    def hi(self) -> float:
+        return self.get("hi", lambda: float(self.flat.max()))
+
+    @property
+    def shifted(self):  # map - min
+        return self.get("shifted", lambda: self.flat - self.lo)
+
+    @property
     def dist(self):  # shifted to min 0, sum 1 (uniform if constant)
-        return self.get("dist", lambda: _as_distribution(self.flat))
+        return self.get("dist", lambda: _as_distribution(self.flat, self.shifted))
 
     @property
     def mean(self):
@@ -390,22 +493,99 @@ class _Map:
 
     @property
     def ss(self):  # sum of squared deviations
-        return self.get("ss", lambda: float(self.centred @ self.centred))
+        return self.get("ss", lambda: _dot(self.centred, self.centred))
 
     @property
     def constant(self) -> bool:
-        return self.get("constant", lambda: bool(self.flat.min() == self.flat.max()))
+        return self.lo == self.hi
+
+    def minmax_at(self, index) -> np.ndarray:
+        """The min-max normalised map ``(map - min) / (max - min)`` at the given flat indices
+        (zeros for a constant map); only these values are ever needed, so the full normalised
+        map is never formed."""
+        if self.hi > self.lo:
+            return self.shifted[index] / (self.hi - self.lo)
+        return np.zeros(np.shape(index))
 
     @property
-    def minmax(self):
-        return self.get("minmax", lambda: _minmax(self.flat))
+    def scratch(self) -> np.ndarray:
+        """A work array of the map's size, reused by the metrics (its content is undefined)."""
+        return self.get("scratch", lambda: np.empty_like(self.flat))
 
 
-def _as_distribution(v: np.ndarray) -> np.ndarray:
-    """Shift to minimum 0 and divide by the sum; a constant map becomes uniform."""
-    v = v - v.min()
-    total = v.sum()
-    return v / total if total > 0 else np.full_like(v, 1.0 / v.size)
+def _as_distribution(v: np.ndarray, shifted: np.ndarray | None = None) -> np.ndarray:
+    """Shift to minimum 0 and divide by the sum; a constant map becomes uniform.
+
+    ``shifted`` is ``v - v.min()`` where the caller already has it.
+    """
+    if shifted is None:
+        v = v - v.min()
+        total = v.sum()
+        if total > 0:
+            v /= total  # v is a fresh array here
+            return v
+        return np.full_like(v, 1.0 / v.size)
+    total = shifted.sum()
+    return shifted / total if total > 0 else np.full_like(shifted, 1.0 / shifted.size)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two flat float64 arrays."""
+    return float(a @ b)
+
+
+# OpenBLAS starts a thread per core for a long inner product or a mid-sized matrix product; on a
+# loaded machine (more runnable processes than cores) those threads wait for each other and an
+# 800x600 inner product takes 30 times longer than on one thread.  The metric loop is
+# single-threaded by nature, so :func:`blas_single_thread` pins OpenBLAS to one thread for its
+# duration (as threadpoolctl would, which is not a dependency).
+_BLAS_FUNCS: list | None = None
+
+
+def _openblas_thread_funcs() -> list:
+    global _BLAS_FUNCS
+    if _BLAS_FUNCS is not None:
+        return _BLAS_FUNCS
+    funcs = []
+    paths = set()
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and "/" in ln}
+    except OSError:
+        libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+        paths = set(glob.glob(os.path.join(libdir, "*openblas*")))
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype = ctypes.c_int
+                put.argtypes = [ctypes.c_int]
+                funcs.append((get, put))
+                break
+    _BLAS_FUNCS = funcs
+    return funcs
+
+
+@contextmanager
+def blas_single_thread():
+    """Run the block with OpenBLAS on one thread (restored afterwards); a no-op without it."""
+    try:
+        funcs = _openblas_thread_funcs()
+        saved = [(put, get()) for get, put in funcs]
+    except Exception:  # pragma: no cover - an unusual BLAS build; run as is
+        saved = []
+    try:
+        for put, _ in saved:
+            put(1)
+        yield
+    finally:
+        for put, n in saved:
+            put(n)
 
 
 def _gt_get(gt: GroundTruth, key, fn):
@@ -426,6 +606,13 @@ def _auc_exact(pos: np.ndarray, neg: np.ndarray) -> float:
     less = np.searchsorted(srt, pos, side="left")
     leq = np.searchsorted(srt, pos, side="right")
     return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * len(neg)))
+
+
+def _auc_exact_sorted(pos: np.ndarray, srt: np.ndarray) -> float:
+    """:func:`_auc_exact` with the negatives already sorted in ascending order."""
+    less = np.searchsorted(srt, pos, side="left")
+    leq = np.searchsorted(srt, pos, side="right")
+    return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * len(srt)))
 
 
 def _auc_exact_splits(pos: np.ndarray, negs: np.ndarray) -> np.ndarray:
@@ -477,14 +664,21 @@ def _rng(rng) -> np.random.Generator:
 def _m_auc_judd(sm: _Map, gt, protocol, rng, **_):
     flat = sm.flat
     if protocol == "exact":
-        return _auc_exact(flat[gt.flat], flat)
+        srt = sm.scratch
+        srt[:] = flat
+        srt.sort()
+        return _auc_exact_sorted(flat[gt.flat], srt)
     # MIT: jitter, thresholds at fixated values, negatives = non-fixated pixels
-    jittered = flat + _rng(rng).random(flat.size) / 1e7
+    jittered = _rng(rng).random(out=sm.scratch)
+    jittered /= 1e7
+    jittered += flat  # = flat + rand / 1e7, in place
     th = np.sort(jittered[gt.unique_flat])[::-1]  # descending, i = 1..k
     k, n = len(th), flat.size
     if n == k:
         return float("nan")
-    ge = n - np.searchsorted(np.sort(jittered), th, side="left")  # pixels >= each threshold
+    jittered.sort()
+    # pixels >= each threshold: one sort and k binary searches replace MATLAB's threshold loop
+    ge = n - np.searchsorted(jittered, th, side="left")
     i = np.arange(1, k + 1)
     tp = np.concatenate([[0.0], i / k, [1.0]])
     fp = np.concatenate([[0.0], (ge - i) / (n - k), [1.0]])
@@ -494,10 +688,9 @@ def _m_auc_judd(sm: _Map, gt, protocol, rng, **_):
 def _m_auc_borji(sm: _Map, gt, protocol, rng, n_splits=100, step=0.1, **_):
     rng = _rng(rng)
     if protocol == "mit":
-        flat = sm.minmax
-        sth = flat[gt.unique_flat]
-        r = rng.integers(0, flat.size, size=(len(sth), n_splits))
-        return float(_auc_thresholds(sth, flat[r], step).mean())
+        sth = sm.minmax_at(gt.unique_flat)
+        r = rng.integers(0, sm.flat.size, size=(len(sth), n_splits))
+        return float(_auc_thresholds(sth, sm.minmax_at(r), step).mean())
     flat = sm.flat
     pos = flat[gt.flat]
     r = rng.integers(0, flat.size, size=(n_splits, len(pos)))
@@ -515,13 +708,16 @@ def _m_sauc(sm: _Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_
         return float("nan")
     if protocol == "exact":
         return _auc_exact(sm.flat[gt.flat], sm.flat[other.flat])
-    flat = sm.minmax
     rng = _rng(rng)
-    sth = flat[gt.unique_flat]
+    sth = sm.minmax_at(gt.unique_flat)
     ind = other.unique_flat
     m = min(len(sth), len(ind))
-    picks = np.argsort(rng.random((len(ind), n_splits)), axis=0)[:m]  # a permutation per split
-    return float(_auc_thresholds(sth, flat[ind[picks]], step).mean())
+    keys = rng.random((len(ind), n_splits))
+    # the first m of a random permutation per split (MATLAB: randperm); only the set matters
+    # to the ROC, so a partition (linear time) gives what a full argsort would
+    picks = (np.argpartition(keys, m - 1, axis=0)[:m] if m < len(ind)
+             else np.broadcast_to(np.arange(m)[:, None], (m, n_splits)))
+    return float(_auc_thresholds(sth, sm.minmax_at(ind[picks]), step).mean())
 
 
 def _m_nss(sm: _Map, gt, protocol, **_):
@@ -538,35 +734,56 @@ def _m_cc(sm: _Map, gt, protocol, **_):
     def centred():
         d = gt.density(protocol).ravel()
         c = d - d.mean()
-        return c, float(c @ c)
+        return c, _dot(c, c)
 
     g, gss = _gt_get(gt, "centred_" + protocol, centred)
     den = math.sqrt(sm.ss * gss)
-    return float(sm.centred @ g / den) if den > 0 and not sm.constant else 0.0
+    return _dot(sm.centred, g) / den if den > 0 and not sm.constant else 0.0
+
+
+def _gt_sum1_mit(gt):
+    """The mit ground truth divided by its sum (KL)."""
+    return _gt_get(gt, "sum1_mit", lambda: (lambda d: d / d.sum())(gt.density("mit").ravel()))
 
 
 def _gt_dist(gt, protocol):
-    return _gt_get(gt, "dist_" + protocol, lambda: _as_distribution(gt.density(protocol).ravel()))
+    def make():
+        d = gt.density(protocol).ravel()
+        if protocol == "mit" and d.min() == 0:
+            # shifting by a minimum of 0 changes nothing: the distribution is the map over its
+            # sum, which KL has already computed (the same operations, the same numbers)
+            return _gt_sum1_mit(gt)
+        return _as_distribution(d)
+
+    return _gt_get(gt, "dist_" + protocol, make)
 
 
 def _m_kl(sm: _Map, gt, protocol, **_):
     if protocol == "mit":
         flat = sm.flat
-        if flat.min() < 0:
+        if sm.lo < 0:
             warnings.warn("negative saliency values: the mit KL divides the raw map by its sum; "
                           "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
+
+        p = _gt_sum1_mit(gt)
+        r = sm.scratch  # r = eps + p / (q + eps), q = map / sum(map), without temporaries
         if sm.constant:
-            q = np.full_like(flat, 1.0 / flat.size)
+            r.fill(1.0 / flat.size)
         else:
-            q = sm.get("sum1", lambda: flat / flat.sum())
-        p = _gt_get(gt, "sum1_mit", lambda: (lambda d: d / d.sum())(gt.density("mit").ravel()))
-        return float(p @ np.log(EPS + p / (q + EPS)))
+            np.divide(flat, flat.sum(), out=r)
+        r += EPS
+        np.divide(p, r, out=r)
+        r += EPS
+        return _dot(p, np.log(r, out=r))  # sum(p * log(eps + p / (q + eps)))
     p = _gt_dist(gt, protocol)
-    return float(p @ np.log((p + EPS) / (sm.dist + EPS)))
+    pe = _gt_get(gt, "dist_eps_" + protocol, lambda: p + EPS)
+    r = np.add(sm.dist, EPS, out=sm.scratch)
+    np.divide(pe, r, out=r)
+    return _dot(p, np.log(r, out=r))  # sum(p * log((p + eps) / (q + eps)))
 
 
 def _m_sim(sm: _Map, gt, protocol, **_):
-    return float(np.minimum(sm.dist, _gt_dist(gt, protocol)).sum())
+    return float(np.minimum(sm.dist, _gt_dist(gt, protocol), out=sm.scratch).sum())
 
 
 def _m_ig(sm: _Map, gt, protocol, baseline=None, **_):
@@ -645,20 +862,20 @@ def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS
         baseline = _Map(b if b.shape == tuple(gt.shape) else _resize(b, gt.shape))
     seed = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     out = {}
-    prepared = {}
-    for p in protocols:
-        s = _prepare(saliency, gt, p)
-        if s is None:
-            out[p] = dict(nan)
-            continue
-        key = s.shape
-        sm = prepared.setdefault(key, _Map(s))
-        oth = other.get(p) if isinstance(other, dict) else other
-        # each protocol draws from its own stream so adding a protocol does not change another
-        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0]) \
-            if hasattr(seed.bit_generator, "seed_seq") else seed
-        out[p] = {m: _FUNCS[m](sm, gt, p, rng=prng, baseline=baseline, other=oth, **options)
-                  for m in metrics}
+    prepared: dict = {}
+    saliency = _as_map_array(saliency)
+    with blas_single_thread():
+        for p in protocols:
+            sm = _prepare(saliency, gt, p, prepared)
+            if sm is None:
+                out[p] = dict(nan)
+                continue
+            oth = other.get(p) if isinstance(other, dict) else other
+            # each protocol draws from its own stream so adding a protocol does not change another
+            prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0]) \
+                if hasattr(seed.bit_generator, "seed_seq") else seed
+            out[p] = {m: _FUNCS[m](sm, gt, p, rng=prng, baseline=baseline, other=oth, **options)
+                      for m in metrics}
     return out
 
 
@@ -769,8 +986,11 @@ def evaluate_batch(maps, fixations, protocols=PROTOCOLS, metrics=METRICS, *, bas
     -------
     list of dicts ``{"index", "image", "protocol", "n_fixations", <metric>: value}``, one per image
     and protocol.  The ground-truth densities are computed once per image and shared by the
-    protocols and by every call that passes the same GroundTruth objects.
+    protocols and by every call that passes the same GroundTruth objects; those built here from
+    other fixation records are released after their image, so memory stays bounded.
     """
+    fixations = list(fixations)
+    given = [isinstance(f, GroundTruth) for f in fixations]
     gts = ground_truths(fixations)
     if hasattr(maps, "detach"):
         maps = maps.detach().cpu().numpy()
@@ -810,4 +1030,6 @@ def evaluate_batch(maps, fixations, protocols=PROTOCOLS, metrics=METRICS, *, bas
         for p in protocols:
             rows.append({"index": i, "image": gt.image, "protocol": p, "n_fixations": len(gt),
                          **res[p]})
+        if not given[i]:
+            gt.release()  # ours: free its densities (the caller's objects keep their caches)
     return rows
