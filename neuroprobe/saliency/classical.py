@@ -148,10 +148,11 @@ def _small_size(h: int, w: int, side: int = 64) -> tuple[int, int]:
 _BURT = np.array([1, 4, 6, 4, 1], dtype=np.float64) / 16.0
 
 
-def _reduce(a: np.ndarray) -> np.ndarray:
+def _reduce(a: np.ndarray, axes=(0, 1)) -> np.ndarray:
     """One level of the Gaussian pyramid: 5-tap Burt-Adelson filter [1 4 6 4 1]/16 (reflect
-    borders), evaluated only at the kept samples, i.e. followed by decimation by 2."""
-    for axis in (0, 1):
+    borders), evaluated only at the kept samples, i.e. followed by decimation by 2 along
+    ``axes`` (the image axes: ``(0, 1)`` for ``(H, W, C)``, ``(1, 2)`` for ``(C, H, W)``)."""
+    for axis in axes:
         n = a.shape[axis]
         pad = [(0, 0)] * a.ndim
         pad[axis] = (2, 2)
@@ -163,18 +164,27 @@ def _reduce(a: np.ndarray) -> np.ndarray:
             idx[axis] = slice(k, k + 2 * m - 1, 2)
             return p[tuple(idx)]
 
-        a = (tap(0) + tap(4) + 4.0 * (tap(1) + tap(3)) + 6.0 * tap(2)) * (1.0 / 16.0)
+        # (tap0 + tap4 + 4 (tap1 + tap3) + 6 tap2) / 16, evaluated in that order in place
+        acc = np.add(tap(0), tap(4))
+        t = np.add(tap(1), tap(3))
+        t *= 4.0
+        acc += t
+        np.multiply(tap(2), 6.0, out=t)
+        acc += t
+        acc *= 1.0 / 16.0
+        a = acc
     return a
 
 
-def gaussian_pyramid(a: np.ndarray, levels: int = 9) -> list[np.ndarray]:
-    """Dyadic Gaussian pyramid, level 0 = input (works on ``(H, W)`` or ``(H, W, C)``)."""
+def gaussian_pyramid(a: np.ndarray, levels: int = 9, axes=(0, 1)) -> list[np.ndarray]:
+    """Dyadic Gaussian pyramid, level 0 = input (``(H, W)`` or ``(H, W, C)``; ``axes=(1, 2)``
+    for a channel-first ``(C, H, W)`` stack, which is faster for large images)."""
     out = [a]
     for _ in range(levels - 1):
-        if min(out[-1].shape[:2]) < 2:
+        if min(out[-1].shape[axes[0]], out[-1].shape[axes[1]]) < 2:
             out.append(out[-1])
         else:
-            out.append(_reduce(out[-1]))
+            out.append(_reduce(out[-1], axes))
     return out
 
 
@@ -198,19 +208,30 @@ def _gabor_kernels(period: float = 7.0, sigma: float = 7.0 / 3.0, size: int = 13
     return tuple(out)
 
 
-def _gabor_energy(level: np.ndarray, kernels) -> list[np.ndarray]:
-    """Magnitude of the complex Gabor responses of one pyramid level (FFT, reflect padding)."""
+@lru_cache(maxsize=64)
+def _gabor_spectra(shape: tuple[int, int], period: float = 7.0, sigma: float = 7.0 / 3.0,
+                   size: int = 13, n_orient: int = 4) -> np.ndarray:
+    """FFTs of the Gabor kernels zero-padded to ``shape``: ``(n_orient, H, W)`` complex."""
+    kernels = _gabor_kernels(period, sigma, size, n_orient)
+    out = np.stack([np.fft.fft2(k, s=shape) for k in kernels])
+    out.flags.writeable = False
+    return out
+
+
+def _gabor_energy(level: np.ndarray, kernels=None) -> np.ndarray:
+    """Magnitude of the complex Gabor responses of one pyramid level (FFT, reflect padding):
+    ``(H, W, n_orient)``, one channel per orientation of :func:`_gabor_kernels`."""
+    default = kernels is None
+    if default:
+        kernels = _gabor_kernels()
     r = kernels[0].shape[0] // 2
     pad = np.pad(level, r, mode="reflect") if min(level.shape) > r else np.pad(level, r, "edge")
-    sh = pad.shape
-    f = np.fft.fft2(pad)
-    out = []
-    for k in kernels:
-        kf = np.fft.fft2(k, s=sh)
-        resp = np.fft.ifft2(f * kf)
-        # kernel origin at (0, 0): output pixel p holds the response centred at p - r
-        out.append(np.abs(resp[2 * r: 2 * r + level.shape[0], 2 * r: 2 * r + level.shape[1]]))
-    return out
+    spectra = _gabor_spectra(pad.shape) if default else \
+        np.stack([np.fft.fft2(k, s=pad.shape) for k in kernels])
+    resp = np.fft.ifft2(np.fft.fft2(pad)[None] * spectra, axes=(-2, -1))
+    # kernel origin at (0, 0): output pixel p holds the response centred at p - r
+    resp = resp[:, 2 * r: 2 * r + level.shape[0], 2 * r: 2 * r + level.shape[1]]
+    return np.moveaxis(np.abs(resp), 0, -1)
 
 
 def itti_normalise(m: np.ndarray, top: float = 1.0) -> np.ndarray:
@@ -240,6 +261,30 @@ def itti_normalise(m: np.ndarray, top: float = 1.0) -> np.ndarray:
     return m * (top - mbar) ** 2
 
 
+def _itti_normalise_stack(m: np.ndarray, top: float = 1.0) -> np.ndarray:
+    """:func:`itti_normalise` applied to each channel of an ``(H, W, C)`` stack at once (the
+    same operations channel by channel, so the same numbers)."""
+    m = m - m.min(axis=(0, 1))
+    hi = m.max(axis=(0, 1))
+    flat = ~(hi > 1e-10)
+    m = m * (top / np.where(flat, 1.0, hi))
+    peaks = (m == ndimage.maximum_filter(m, size=(3, 3, 1), mode="constant", cval=-1.0)) \
+        & (m > top / 10)
+    gain = np.empty(m.shape[2])
+    for ch in range(m.shape[2]):
+        if flat[ch]:
+            gain[ch] = 0.0
+            continue
+        vals = m[:, :, ch][peaks[:, :, ch]]
+        if vals.size > 1:
+            vals = np.delete(vals, int(np.argmax(vals)))
+            mbar = vals.mean()
+        else:
+            mbar = 0.0
+        gain[ch] = (top - mbar) ** 2
+    return m * gain
+
+
 def _centre_surround(pyr, centres=(2, 3, 4), deltas=(3, 4)) -> list[tuple[int, np.ndarray]]:
     """|F(c) - interp(F(s))| for c in centres, s = c + delta (Itti's across-scale difference)."""
     out = []
@@ -260,7 +305,7 @@ def _across_scale_sum(maps: list[np.ndarray], shape) -> np.ndarray:
 
 
 def itti_koch(image, *, levels: int = 9, centres=(2, 3, 4), deltas=(3, 4), map_level: int = 4,
-              return_maps: bool = False):
+              blur_sigma: float = 0.0, return_maps: bool = False):
     """Itti-Koch-Niebur (1998) saliency.
 
     Follows the paper step by step:
@@ -292,48 +337,90 @@ def itti_koch(image, *, levels: int = 9, centres=(2, 3, 4), deltas=(3, 4), map_l
     -------
     (H, W) map, or ``(map, dict)`` with ``return_maps=True``.
     """
-    img = as_image(image).astype(np.float32)
-    h, w = img.shape[:2]
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    inten = (r + g + b) / 3.0
+    planes = _planes32(image)  # (3, H, W) float32, our own copy
+    h, w = planes.shape[1:]
+    # the features (intensity, RG, BY) go straight into one (3, H, W) stack; the arithmetic
+    # is that of the formulas in the docstring, in the same order, with in-place temporaries
+    st = np.empty_like(planes)
+    inten = st[0]
+    np.add(planes[0], planes[1], out=inten)
+    inten += planes[2]
+    inten /= 3.0
     lit = inten > inten.max() / 10.0
-    safe = np.where(lit, inten, 1.0)
-    rn, gn, bn = (np.where(lit, ch / safe, 0.0) for ch in (r, g, b))
-    R = np.maximum(rn - (gn + bn) / 2, 0)
-    G = np.maximum(gn - (rn + bn) / 2, 0)
-    B = np.maximum(bn - (rn + gn) / 2, 0)
-    Y = np.maximum((rn + gn) / 2 - np.abs(rn - gn) / 2 - bn, 0)
-    stack = np.stack([inten, R - G, B - Y], axis=2)
-    pyr = [p.astype(np.float64) for p in gaussian_pyramid(stack, levels)]
-    ipyr = [p[..., 0] for p in pyr]
-    rgpyr = [p[..., 1] for p in pyr]
-    bypyr = [p[..., 2] for p in pyr]
-    level = min(map_level, len(pyr) - 1)
-    shape = ipyr[level].shape
-
-    i_maps = [itti_normalise(m) for _, m in _centre_surround(ipyr, centres, deltas)]
-    c_maps = [itti_normalise(a) + itti_normalise(bm) for (_, a), (_, bm) in
-              zip(_centre_surround(rgpyr, centres, deltas), _centre_surround(bypyr, centres, deltas))]
-    kernels = _gabor_kernels()
+    # hue normalised by the intensity where it exceeds a tenth of its maximum, zero elsewhere
+    np.divide(planes, inten, out=planes, where=lit)
+    np.copyto(planes, 0.0, where=~lit)
+    rn, gn, bn = planes
+    t1 = np.add(gn, bn)  # R = max(rn - (gn + bn)/2, 0)
+    t1 /= 2
+    np.subtract(rn, t1, out=t1)
+    np.maximum(t1, 0, out=t1)
+    t2 = np.add(rn, bn)  # G = max(gn - (rn + bn)/2, 0)
+    t2 /= 2
+    np.subtract(gn, t2, out=t2)
+    np.maximum(t2, 0, out=t2)
+    np.subtract(t1, t2, out=st[1])  # RG = R - G
+    half = np.add(rn, gn, out=t1)  # (rn + gn)/2
+    half /= 2
+    np.subtract(bn, half, out=t2)  # B = max(bn - (rn + gn)/2, 0)
+    np.maximum(t2, 0, out=t2)
+    t3 = np.subtract(rn, gn)  # Y = max((rn + gn)/2 - |rn - gn|/2 - bn, 0)
+    np.abs(t3, out=t3)
+    t3 /= 2
+    np.subtract(half, t3, out=t3)
+    t3 -= bn
+    np.maximum(t3, 0, out=t3)
+    np.subtract(t2, t3, out=st[2])  # BY = B - Y
+    del t1, t2, t3, half, planes
+    # channel-first pyramid (contiguous rows), then (H, W, C) stacks from the first centre on
+    cpyr = gaussian_pyramid(st, levels, axes=(1, 2))
     first = min(centres)
-    gab = {lv: _gabor_energy(ipyr[lv], kernels) for lv in range(first, len(ipyr))}
+    level = min(map_level, len(cpyr) - 1)
+    # features per level: intensity, RG, BY, then Gabor energy at each orientation
+    feats = {}
+    for lv in range(first, len(cpyr)):
+        lvl = np.moveaxis(cpyr[lv], 0, -1).astype(np.float64)
+        feats[lv] = np.concatenate([lvl, _gabor_energy(lvl[:, :, 0])], axis=2)
+    shape = feats[level].shape[:2] if level in feats else np.moveaxis(cpyr[level], 0, -1).shape[:2]
+    n_orient = feats[first].shape[2] - 3
+    # centre-surround differences of all seven features at once, each normalised by N(.);
+    # the colour maps of a pair are N(RG) + N(BY)
+    acc = np.zeros(shape + (2 + n_orient,))
+    for c in centres:
+        for d in deltas:
+            s_ = c + d
+            if s_ >= len(cpyr) or c not in feats:
+                continue
+            cs = np.abs(feats[c] - resize_map(feats[s_], feats[c].shape[:2]))
+            nm = _itti_normalise_stack(cs)
+            pair = np.concatenate([nm[:, :, :1], nm[:, :, 1:2] + nm[:, :, 2:3], nm[:, :, 3:]],
+                                  axis=2)
+            acc += resize_map(pair, shape)  # across-scale addition at the map level
     o_bar = np.zeros(shape)
-    for t in range(len(kernels)):
-        opyr = [None] * len(ipyr)
-        for lv in gab:
-            opyr[lv] = gab[lv][t]
-        o_maps = [itti_normalise(m) for _, m in _centre_surround(opyr, centres, deltas)]
-        o_bar += itti_normalise(_across_scale_sum(o_maps, shape))
-    i_bar = _across_scale_sum(i_maps, shape)
-    c_bar = _across_scale_sum(c_maps, shape)
-    consp = {"intensity": itti_normalise(i_bar), "colour": itti_normalise(c_bar),
+    for t in range(n_orient):
+        o_bar += itti_normalise(acc[:, :, 2 + t])
+    consp = {"intensity": itti_normalise(acc[:, :, 0]), "colour": itti_normalise(acc[:, :, 1]),
              "orientation": itti_normalise(o_bar)}
     sal = (consp["intensity"] + consp["colour"] + consp["orientation"]) / 3.0
     out = _normalise01(np.maximum(resize_map(sal, (h, w)), 0))
+    if blur_sigma:
+        out = _normalise01(ndimage.gaussian_filter(out, blur_sigma, mode="nearest"))
     if return_maps:
         return out, {k: _normalise01(np.maximum(resize_map(v, (h, w)), 0))
                      for k, v in consp.items()}
     return out
+
+
+_LUT32 = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+def _planes32(image) -> np.ndarray:
+    """The image as ``(3, H, W)`` float32 planes, exactly ``as_image(image).astype(float32)``
+    (uint8 through a 256-entry table, which skips the float64 copy of the image)."""
+    arr = image if isinstance(image, np.ndarray) else None
+    if arr is not None and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return _LUT32[np.ascontiguousarray(np.moveaxis(arr[:, :, :3], -1, 0))]
+    return np.ascontiguousarray(np.moveaxis(as_image(image).astype(np.float32), -1, 0))
 
 
 # --------------------------------------------------------------------------- spectral methods
