@@ -83,7 +83,7 @@ def test_loss_gradients_are_finite():
     total, terms = L.combined_loss(pred, fm, dens, L.parse_loss("nss+0.5*kl+2*cc"))
     total.backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
-    assert float(total) == pytest.approx(terms["nss"] + 0.5 * terms["kl"] + 2 * terms["cc"])
+    assert float(total.detach()) == pytest.approx(terms["nss"] + 0.5 * terms["kl"] + 2 * terms["cc"])
 
 
 def test_parse_loss():
@@ -104,7 +104,7 @@ def test_mean_average_precision_known_values():
 
 # -- a tiny, learnable saliency task ----------------------------------------------------------
 
-def _toy(n=12, seed=0) -> ImageSet:
+def _toy(n=8, seed=0) -> ImageSet:
     """Grey noise with one bright square per image; every fixation lies inside the square."""
     rng = np.random.default_rng(seed)
     imgs = (rng.random((n, 3, S, S)) * 80).astype(np.uint8)
@@ -133,16 +133,36 @@ def _fit(cfg, tmp_path, name="m.pt", data=None, resume=False):
     tr = data or _toy()
     model, arch = build_model(cfg, 2 if cfg.task == "scene" else 3)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = fit(model, arch, cfg, tr, _toy(4, seed=1), tmp_path / name, resume=resume,
+    summary = fit(model, arch, cfg, tr, _toy(2, seed=1), tmp_path / name, resume=resume,
                   plot=False)
     return model, start, summary
 
 
-def test_a_few_steps_reduce_the_loss(tmp_path):
-    cfg = _cfg(variant="finetune-all", epochs=4, lr=3e-3)
-    model, _, summary = _fit(cfg, tmp_path)
-    losses = [h["train_loss"] for h in summary["history"]]
-    assert losses[-1] < losses[0] - 0.2, losses
+@pytest.mark.parametrize("task,variant", [("saliency", "frozen"), ("saliency", "finetune-all"),
+                                          ("scene", "finetune-last")])
+def test_a_few_steps_reduce_the_loss(task, variant):
+    from neuroprobe.train.recipe import compute_loss, set_modes, setup_variant
+
+    cfg = _cfg(task=task, variant=variant)
+    model, _ = build_model(cfg, 2)
+    data = _toy()
+    idx = torch.arange(len(data))
+    opt = torch.optim.Adam(setup_variant(model, variant, "small"), lr=1e-2)
+    weights = L.parse_loss("nss")
+
+    def loss():
+        set_modes(model, variant, "small")
+        return compute_loss(model, cfg, data, idx, weights)
+
+    with torch.no_grad():
+        before = float(loss())
+    for _ in range(6):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(loss())
+    assert after < before - 0.05, (before, after)
 
 
 def test_frozen_leaves_every_encoder_tensor_unchanged(tmp_path):
@@ -173,10 +193,10 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full, _, hist_full = _fit(_cfg(variant="finetune-all", epochs=3), tmp_path, "full.pt")
+    full, _, hist_full = _fit(_cfg(variant="finetune-all", epochs=2), tmp_path, "full.pt")
     _fit(_cfg(variant="finetune-all", epochs=1), tmp_path, "part.pt")
     assert resume_path(tmp_path / "part.pt").is_file()
-    part, _, hist = _fit(_cfg(variant="finetune-all", epochs=3), tmp_path, "part.pt",
+    part, _, hist = _fit(_cfg(variant="finetune-all", epochs=2), tmp_path, "part.pt",
                          resume=True)
     sf, sp = full.state_dict(), part.state_dict()
     assert all(torch.equal(sf[k], sp[k]) for k in sf)

@@ -80,9 +80,12 @@ def _config(args, task: str):
 def _run(args, task: str) -> int:
     from ..train.recipe import train
 
+    from ..utils import resolve_device
+
     cfg = _config(args, task)
+    device = resolve_device(getattr(args, "device", "auto"))
     out = args.out or f"{task}-{cfg.encoder}-{cfg.variant}.pt"
-    summary = train(cfg, out, resume=args.resume)
+    summary = train(cfg, out, resume=args.resume, device=device)
     last = summary["history"][-1] if summary["history"] else {}
     scores = ", ".join(f"{k[4:]}={v:.4g}" for k, v in last.items() if k.startswith("val_"))
     print(f"wrote {out} ({task}, {cfg.encoder}, {cfg.variant}, {len(summary['history'])} "

@@ -246,8 +246,13 @@ def densities(fixations: list, size: tuple[int, int], sigma: float | None) -> to
     return out
 
 
-def _batch_images(data, idx) -> torch.Tensor:
-    return data.images[idx].float().div_(255.0)
+def _batch_images(data, idx, device=None) -> torch.Tensor:
+    x = data.images[idx]
+    return (x if device is None else x.to(device)).float().div_(255.0)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -256,18 +261,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def compute_loss(model, cfg: TrainConfig, data, idx, loss_weights=None):
-    x = _batch_images(data, idx)
+    dev = _device(model)
+    x = _batch_images(data, idx, dev)
     if cfg.task == "saliency":
         pred = model(x)
         fx = [data.fixations[i] for i in idx.tolist()]
-        fm = fixation_maps(fx, tuple(x.shape[-2:]))
-        dens = densities(fx, tuple(x.shape[-2:]), cfg.density_sigma) \
+        fm = fixation_maps(fx, tuple(x.shape[-2:])).to(dev)
+        dens = densities(fx, tuple(x.shape[-2:]), cfg.density_sigma).to(dev) \
             if L.needs_density(loss_weights) else None
         return L.combined_loss(pred, fm, dens, loss_weights, ddof=cfg.nss_ddof)[0]
     logits = model(x)
     if cfg.task == "scene":
-        return F.cross_entropy(logits, data.labels[idx])
-    return F.binary_cross_entropy_with_logits(logits, data.targets[idx])
+        return F.cross_entropy(logits, data.labels[idx].to(dev))
+    return F.binary_cross_entropy_with_logits(logits, data.targets[idx].to(dev))
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -284,8 +290,8 @@ def predict(model: nn.Module, data, batch_size: int = 16, desc: str | None = Non
         starts = progress(starts, desc=desc, unit="batch", leave=False)
     for s in starts:
         idx = torch.arange(s, min(s + batch_size, len(data)))
-        out = model(_batch_images(data, idx))
-        outs.append(out[:, 0] if out.dim() == 4 else out)
+        out = model(_batch_images(data, idx, _device(model)))
+        outs.append((out[:, 0] if out.dim() == 4 else out).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -350,7 +356,7 @@ def _same_recipe(a: dict, b: dict) -> list[str]:
 
 def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *,
         resume: bool = False, metadata: dict | None = None, plot: bool = True,
-        save_dtype: torch.dtype | None = None, desc: str = "train") -> dict:
+        save_dtype: torch.dtype | None = None, desc: str = "train", device=None) -> dict:
     """Train ``model`` per ``cfg`` on ``train``, validate on ``val`` after every epoch, and
     write the checkpoint ``out`` (plus ``out.resume.pt`` and ``out.curve.png``).
 
@@ -361,6 +367,8 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
     from ..utils import info, progress, versions
 
     out = Path(out)
+    if device is not None:
+        model.to(device)
     params = setup_variant(model, cfg.variant, cfg.encoder)
     if not params:
         raise UserError("nothing to train: every parameter is frozen")
@@ -379,7 +387,7 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
         if diff:
             raise UserError(f"{rpath} was written with a different recipe ({', '.join(diff)})",
                             hint="resume with the same options (only --epochs may grow)")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])  # keeps the model's device
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -487,7 +495,7 @@ def plot_curve(history: list[dict], path: Path, title: str = "") -> Path:
 
 
 def train(cfg: TrainConfig, out, *, resume: bool = False, data=None, metadata=None,
-          plot: bool = True, save_dtype=None) -> dict:
+          plot: bool = True, save_dtype=None, device=None) -> dict:
     """Load the data named by ``cfg.data``, build the model and :func:`fit` it.
 
     ``data`` = ``(train, val, description)`` skips loading (used by the demo builder).
@@ -513,4 +521,4 @@ def train(cfg: TrainConfig, out, *, resume: bool = False, data=None, metadata=No
         meta["variant"] = "pretrained"
     meta.update(metadata or {})
     return fit(model, arch, cfg, tr, va, Path(out), resume=resume, metadata=meta, plot=plot,
-               save_dtype=save_dtype, desc=f"{cfg.task}/{cfg.variant}")
+               save_dtype=save_dtype, desc=f"{cfg.task}/{cfg.variant}", device=device)
