@@ -502,6 +502,9 @@ def train(cfg: TrainConfig, out, *, resume: bool = False, data=None, metadata=No
     """
     from .data import load_task_data
 
+    early = None
+    if cfg.task == "saliency":  # weights problems surface before minutes of data loading
+        early = build_model(cfg)
     if data is None:
         task = cfg.task
         data = load_task_data(cfg.data, task, cfg.input_size, limit=cfg.limit, val=cfg.val,
@@ -514,7 +517,7 @@ def train(cfg: TrainConfig, out, *, resume: bool = False, data=None, metadata=No
         ncls = len(tr.classes) or int(tr.labels.max()) + 1
     elif cfg.task == "recognition":
         ncls = tr.targets.shape[1]
-    model, arch = build_model(cfg, ncls)
+    model, arch = early or build_model(cfg, ncls)
     meta = {"data": desc, "classes": list(tr.classes) if cfg.task == "scene" else None,
             "weights_source": cfg.weights}
     if cfg.task == "recognition":
