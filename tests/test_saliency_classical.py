@@ -168,3 +168,55 @@ def test_popout_metrics_hand_cases():
         P.gsi(s, np.zeros_like(t), d)
     with pytest.raises(UserError, match="differ"):
         P.gsi(s[:10], t, d)
+
+
+# ------------------------------------------------------------------ fast paths vs literal versions
+def test_itti_stacked_normalise_equals_per_channel():
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    stack = ndimage.gaussian_filter(rng.random((5, 30, 40)), (0, 2, 2))
+    stack[3] = 0.25  # a flat map -> zeros
+    stack[1, 12, 17] = 5.0  # a single strong peak
+    got = C._itti_normalise_stack(stack.copy())
+    for ch in range(stack.shape[0]):
+        assert np.array_equal(got[ch], C.itti_normalise(stack[ch]))
+    small = rng.random((3, 7, 9))
+    grown = C._resize_stack(small, (20, 25))
+    shrunk = C._resize_stack(rng.random((3, 40, 50)), (9, 11))
+    assert np.array_equal(grown[1], C.resize_map(small[1], (20, 25)))
+    assert shrunk.shape == (3, 9, 11)
+
+
+def test_gabor_energy_matches_direct_convolution():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    level = ndimage.gaussian_filter(rng.random((24, 31)), 1)
+    got = C._gabor_energy(level)
+    assert got.shape == (24, 31, 4)
+    for t, k in enumerate(C._gabor_kernels()):
+        re = ndimage.convolve(level, k.real, mode="mirror")
+        im = ndimage.convolve(level, k.imag, mode="mirror")
+        assert np.abs(got[:, :, t] - np.hypot(re, im)).max() < 1e-12
+
+
+def test_pyramid_channel_first_equals_channel_last():
+    rng = np.random.default_rng(2)
+    a = rng.random((37, 50, 3)).astype(np.float32)
+    last = C.gaussian_pyramid(a, 6)
+    first = C.gaussian_pyramid(np.ascontiguousarray(np.moveaxis(a, -1, 0)), 6, axes=(1, 2))
+    for x, y in zip(last, first):
+        assert np.array_equal(x, np.moveaxis(y, 0, -1))
+
+
+def test_itti_uint8_and_float_inputs_agree_and_blur_option():
+    rng = np.random.default_rng(3)
+    img = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
+    a = C.itti_koch(img)
+    b = C.itti_koch(img.astype(np.float64) / 255.0)
+    assert np.array_equal(a, b)  # the uint8 table is exactly the float path
+    blurred = C.itti_koch(img, blur_sigma=6.0)
+    assert blurred.max() == pytest.approx(1.0)
+    # a blur spreads the peaks: more of the map is near its maximum
+    assert (blurred > 0.5).mean() > (a > 0.5).mean()

@@ -292,3 +292,94 @@ def test_emd_optional():
     b = np.zeros(shape)
     b[10:14, 30:34] = 1  # the same blob 20 px (5 cells at 1/4 scale) to the right
     assert M.emd(b, gt, "exact", emd_scale=1 / 4) == pytest.approx(5.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------ fast paths vs literal versions
+def test_fast_auc_judd_both_protocols_match_brute_force_on_tied_maps():
+    """The sorted / searchsorted AUC-Judd against the pairwise definition and MATLAB's threshold
+    loop, on maps with many ties (values quantised to 5 levels) and repeated fixations."""
+    rng = np.random.default_rng(11)
+    for trial in range(5):
+        smap = rng.integers(0, 5, size=(20, 30)).astype(float) / 4
+        fix = rng.integers(0, [30, 20], size=(40, 2)).astype(float)  # repeats likely
+        gt = M.GroundTruth.from_fixations(fix, (20, 30))
+        ex = M.evaluate_map(smap, gt, "exact", ("auc_judd",))["auc_judd"]
+        assert ex == pytest.approx(brute_auc(smap.ravel()[gt.flat], smap.ravel()))
+        got = M.evaluate_map(smap, gt, "mit", ("auc_judd",), rng=np.random.default_rng(trial))
+        seed = np.random.default_rng(trial)
+        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0])
+        jitter = prng.random(smap.size).reshape(smap.shape) / 1e7
+        assert got["auc_judd"] == pytest.approx(matlab_auc_judd(smap, gt.binary_map(), jitter))
+
+
+def literal_sauc_mit(smap, gt, other, rng, n_splits=100, step=0.1):
+    """shuffled AUC of Borji's code: a full random permutation per split, threshold loop."""
+    s = (smap - smap.min()) / (smap.max() - smap.min())
+    flat = s.ravel()
+    sth = flat[gt.unique_flat]
+    ind = other.unique_flat
+    m = min(len(sth), len(ind))
+    keys = rng.random((len(ind), n_splits))
+    out = []
+    for j in range(n_splits):
+        neg = flat[ind[np.argsort(keys[:, j])[:m]]]
+        tp, fp = [0.0], [0.0]
+        for t in np.arange(0, int(round(1 / step)) + 1)[::-1] * step:
+            tp.append((sth >= t).mean())
+            fp.append((neg >= t).mean())
+        tp.append(1.0)
+        fp.append(1.0)
+        out.append(np.trapezoid(tp, fp) if hasattr(np, "trapezoid") else np.trapz(tp, fp))
+    return float(np.mean(out))
+
+
+def test_fast_sauc_mit_matches_argsort_loop():
+    rng = np.random.default_rng(2)
+    smap = ndimage.gaussian_filter(rng.random((40, 50)), 2)
+    gt = M.GroundTruth.from_fixations(rng.integers(0, [50, 40], size=(30, 2)).astype(float),
+                                      (40, 50))
+    for n_other in (12, 200):  # fewer and more negatives than positives
+        other = M.GroundTruth.from_fixations(
+            rng.integers(0, [50, 40], size=(n_other, 2)).astype(float), (40, 50))
+        got = M.evaluate_map(smap, gt, "mit", ("sauc",), other=other,
+                             rng=np.random.default_rng(4))["sauc"]
+        seed = np.random.default_rng(4)
+        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0])
+        assert got == pytest.approx(literal_sauc_mit(smap, gt, other, prng), abs=1e-12)
+
+
+def test_gaussian_density_table_path_equals_exponential_path():
+    rows, cols = np.array([3, 3, 17, 30]), np.array([0, 0, 25, 47])
+    fast = M.gaussian_density(rows, cols, (32, 48), 4.0)
+    # non-integer coordinates take the direct exponential path; an offset of 1e-12 px is nothing
+    slow = M.gaussian_density(rows + 1e-12, cols + 1e-12, (32, 48), 4.0)
+    assert np.abs(fast - slow).max() < 1e-12
+    weighted = M.gaussian_density(np.array([3, 17, 30]), np.array([0, 25, 47]), (32, 48), 4.0,
+                                  weights=np.array([2.0, 1.0, 1.0]))
+    assert np.abs(fast - weighted).max() < 1e-15
+
+
+def test_release_rebuilds_the_same_densities_and_batch_bounds_memory(scene):
+    shape, fix, smap = scene
+    gt = M.GroundTruth.from_fixations(fix, shape)
+    before = {p: gt.density(p).copy() for p in M.PROTOCOLS}
+    M.evaluate_protocols(smap, gt, M.PROTOCOLS, ("cc", "kl", "sim"))
+    gt.release()
+    assert not any(isinstance(v, np.ndarray) and v.size == smap.size for v in gt._cache.values())
+    for p in M.PROTOCOLS:
+        assert np.array_equal(gt.density(p), before[p])
+    # evaluate_batch keeps the caller's GroundTruth caches and frees the ones it builds
+    fx = [Fixations(f"{i}.jpg", fix[:, 0], fix[:, 1], np.arange(len(fix)) % 3, size=shape)
+          for i in range(3)]
+    rows = M.evaluate_batch([smap] * 3, [gt] + fx[1:], M.PROTOCOLS, ("cc",))
+    assert "dens_mit" in gt._cache
+    assert rows[0]["cc"] == pytest.approx(rows[2]["cc"])
+
+
+def test_blas_single_thread_restores_the_thread_count():
+    funcs = M._openblas_thread_funcs()
+    before = [get() for get, _ in funcs]
+    with M.blas_single_thread():
+        assert all(get() == 1 for get, _ in funcs)
+        np.ones((64, 64)) @ np.ones((64, 64))
+    assert [get() for get, _ in funcs] == before
