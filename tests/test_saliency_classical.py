@@ -220,3 +220,15 @@ def test_itti_uint8_and_float_inputs_agree_and_blur_option():
     assert blurred.max() == pytest.approx(1.0)
     # a blur spreads the peaks: more of the map is near its maximum
     assert (blurred > 0.5).mean() > (a > 0.5).mean()
+
+
+def test_reduce_without_padding_equals_the_padded_formula():
+    rng = np.random.default_rng(4)
+    for n in range(3, 21):
+        x = rng.random((n, 4))
+        p = np.pad(x, ((2, 2), (0, 0)), mode="reflect")
+        m = (n + 1) // 2
+        t = [p[k: k + 2 * m - 1: 2] for k in range(5)]
+        ref = (t[0] + t[4] + 4.0 * (t[1] + t[3]) + 6.0 * t[2]) * (1.0 / 16.0)
+        assert np.array_equal(C._reduce_axis(x, 0), ref), n
+        assert np.array_equal(C._reduce_axis(x.T.copy(), 1), ref.T), n

@@ -92,7 +92,14 @@ def _interp_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     shape = [1] * a.ndim
     shape[axis] = n_out
     w = w.reshape(shape)
-    return np.take(a, lo, axis=axis) * (1 - w) + np.take(a, hi, axis=axis) * w
+    if a.dtype != np.float64:
+        return np.take(a, lo, axis=axis) * (1 - w) + np.take(a, hi, axis=axis) * w
+    out = np.take(a, lo, axis=axis)  # the same sum, without temporaries
+    out *= 1 - w
+    t = np.take(a, hi, axis=axis)
+    t *= w
+    out += t
+    return out
 
 
 def resize_map(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -131,10 +138,19 @@ def _sparse_matrix(n_in: int, n_out: int):
     return sparse.csr_matrix(_resample_matrix(n_in, n_out))
 
 
-def _normalise01(m: np.ndarray) -> np.ndarray:
-    m = m - m.min()
+def _normalise01(m: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """``(m - min) / (max - min)``; zeros for a constant map (``inplace``: m is overwritten)."""
+    if inplace:
+        m -= m.min()
+    else:
+        m = m - m.min()
     top = m.max()
-    return m / top if top > 0 else np.zeros_like(m)
+    if top > 0:
+        if inplace:
+            m /= top
+            return m
+        return m / top
+    return np.zeros_like(m)
 
 
 def _small_size(h: int, w: int, side: int = 64) -> tuple[int, int]:
@@ -148,31 +164,57 @@ def _small_size(h: int, w: int, side: int = 64) -> tuple[int, int]:
 _BURT = np.array([1, 4, 6, 4, 1], dtype=np.float64) / 16.0
 
 
+def _five_tap(taps, out=None) -> np.ndarray:
+    """``(t0 + t4 + 4 (t1 + t3) + 6 t2) / 16``, evaluated in that order with in-place
+    temporaries."""
+    acc = np.add(taps[0], taps[4], out=out)
+    t = np.add(taps[1], taps[3])
+    t *= 4.0
+    acc += t
+    np.multiply(taps[2], 6.0, out=t)
+    acc += t
+    acc *= 1.0 / 16.0
+    return acc
+
+
+def _reduce_axis(a: np.ndarray, axis: int) -> np.ndarray:
+    """Burt-Adelson 5-tap filter with reflect borders at the even samples of one axis."""
+    n = a.shape[axis]
+
+    def sl(start, stop, step=1):
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(start, stop, step)
+        return tuple(idx)
+
+    m = (n + 1) // 2
+    if n < 8:  # short axes: pad (a small copy) and take the taps from the padded array
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (2, 2)
+        p = np.pad(a, pad, mode="reflect" if n > 2 else "edge")
+        return _five_tap([p[sl(k, k + 2 * m - 1, 2)] for k in range(5)])
+    # interior outputs j = 1 .. m-2 read samples 2j-2 .. 2j+2 directly (no padded copy);
+    # the first and last outputs come from reflect-padded five-sample slabs at the borders
+    shape = list(a.shape)
+    shape[axis] = m
+    out = np.empty(shape, dtype=a.dtype)
+    _five_tap([a[sl(k, k + 2 * (m - 2) - 1, 2)] for k in range(5)], out=out[sl(1, m - 1)])
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (2, 0)
+    head = np.pad(a[sl(0, 3)], pad, mode="reflect")  # x[2], x[1], x[0], x[1], x[2]
+    _five_tap([head[sl(k, k + 1)] for k in range(5)], out=out[sl(0, 1)])
+    pad[axis] = (0, 2)
+    tail = np.pad(a[sl(n - 5, n)], pad, mode="reflect")  # x[n-5 .. n-1], x[n-2], x[n-3]
+    first = 2 * (m - 1) - 2 - (n - 5)  # slab index of sample 2(m-1) - 2
+    _five_tap([tail[sl(first + k, first + k + 1)] for k in range(5)], out=out[sl(m - 1, m)])
+    return out
+
+
 def _reduce(a: np.ndarray, axes=(0, 1)) -> np.ndarray:
     """One level of the Gaussian pyramid: 5-tap Burt-Adelson filter [1 4 6 4 1]/16 (reflect
     borders), evaluated only at the kept samples, i.e. followed by decimation by 2 along
     ``axes`` (the image axes: ``(0, 1)`` for ``(H, W, C)``, ``(1, 2)`` for ``(C, H, W)``)."""
     for axis in axes:
-        n = a.shape[axis]
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (2, 2)
-        p = np.pad(a, pad, mode="reflect" if n > 2 else "edge")
-        m = (n + 1) // 2
-
-        def tap(k):
-            idx = [slice(None)] * a.ndim
-            idx[axis] = slice(k, k + 2 * m - 1, 2)
-            return p[tuple(idx)]
-
-        # (tap0 + tap4 + 4 (tap1 + tap3) + 6 tap2) / 16, evaluated in that order in place
-        acc = np.add(tap(0), tap(4))
-        t = np.add(tap(1), tap(3))
-        t *= 4.0
-        acc += t
-        np.multiply(tap(2), 6.0, out=t)
-        acc += t
-        acc *= 1.0 / 16.0
-        a = acc
+        a = _reduce_axis(a, axis)
     return a
 
 
@@ -270,7 +312,7 @@ def _itti_normalise_stack(m: np.ndarray, top: float = 1.0) -> np.ndarray:
     hi = m.max(axis=(1, 2), keepdims=True)
     flat = ~(hi > 1e-10)
     m *= top / np.where(flat, 1.0, hi)
-    peaks = (m == ndimage.maximum_filter(m, size=(1, 3, 3), mode="constant", cval=-1.0))
+    peaks = m == _max3x3(m)
     peaks &= m > top / 10
     gain = np.empty((m.shape[0], 1, 1))
     for ch in range(m.shape[0]):
@@ -286,6 +328,17 @@ def _itti_normalise_stack(m: np.ndarray, top: float = 1.0) -> np.ndarray:
         gain[ch] = (top - mbar) ** 2
     m *= gain
     return m
+
+
+def _max3x3(m: np.ndarray) -> np.ndarray:
+    """3x3 maximum filter of each map of a ``(C, H, W)`` stack, outside the map counting as -1
+    (``ndimage.maximum_filter(m, (1, 3, 3), mode="constant", cval=-1)``, by shifted maxima)."""
+    p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=-1.0)
+    r = np.maximum(p[:, :, :-2], p[:, :, 1:-1])
+    np.maximum(r, p[:, :, 2:], out=r)
+    c = np.maximum(r[:, :-2], r[:, 1:-1])
+    np.maximum(c, r[:, 2:], out=c)
+    return c
 
 
 def _resize_stack(a: np.ndarray, shape) -> np.ndarray:
@@ -440,7 +493,8 @@ def itti_koch(image, *, levels: int = 9, centres=(2, 3, 4), deltas=(3, 4), map_l
     consp = {"intensity": itti_normalise(acc[0]), "colour": itti_normalise(acc[1]),
              "orientation": itti_normalise(o_bar)}
     sal = (consp["intensity"] + consp["colour"] + consp["orientation"]) / 3.0
-    out = _normalise01(np.maximum(resize_map(sal, (h, w)), 0))
+    out = resize_map(sal, (h, w))
+    out = _normalise01(np.maximum(out, 0, out=out if out is not sal else None), inplace=True)
     if blur_sigma:
         out = _normalise01(ndimage.gaussian_filter(out, blur_sigma, mode="nearest"))
     if return_maps:
@@ -457,7 +511,7 @@ def _planes32(image) -> np.ndarray:
     (uint8 through a 256-entry table, which skips the float64 copy of the image)."""
     arr = image if isinstance(image, np.ndarray) else None
     if arr is not None and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] in (3, 4):
-        return _LUT32[np.ascontiguousarray(np.moveaxis(arr[:, :, :3], -1, 0))]
+        return np.take(_LUT32, np.ascontiguousarray(np.moveaxis(arr[:, :, :3], -1, 0)))
     return np.ascontiguousarray(np.moveaxis(as_image(image).astype(np.float32), -1, 0))
 
 
