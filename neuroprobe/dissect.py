@@ -413,7 +413,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     if phase == "record":
         it = loader(next_batch)
         pbar = bar(total=n_batches, initial=next_batch, desc="dissect: record", unit="batch",
-                   disable=None if progress else True)
+                   **({} if progress else {"disable": True}))
         for j, batch in enumerate(it, start=next_batch):
             images = batch["image"].to(device, non_blocking=True)
             acts = _forward(model, images, layers, amp, device)
@@ -456,8 +456,11 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
 
     # -- pass 2: tally --------------------------------------------------------------------
     if phase == "tally":
+        if keep == "disk" and not all(state_io.spool_path(j).is_file()
+                                      for j in range(next_batch, n_batches)):
+            keep = "recompute"   # a run resumed after one that did not keep its maps
         pbar = bar(total=n_batches, initial=next_batch, desc="dissect: tally", unit="batch",
-                   disable=None if progress else True)
+                   **({} if progress else {"disable": True}))
         if keep == "disk":
             source_iter = ((j, state_io.read_spool(j)) for j in range(next_batch, n_batches))
         else:
