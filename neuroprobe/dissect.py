@@ -45,7 +45,7 @@ MODES = {
     "netdissect": {"quantile": 0.005, "quantile_on": "raw maps", "denominator": "netdissect"},
     "unrestricted": {"quantile": 0.01, "quantile_on": "upsampled maps", "denominator": "all"},
 }
-SCORES = ("iou", "region-nss")
+SCORES = ("iou", "region-nss", "both")
 DENOMINATOR_CHOICES = ("netdissect", "lite")
 STATE_VERSION = 1
 
@@ -96,7 +96,7 @@ def _check_options(mode, score, quantile, iou_threshold, denominator, nss_thresh
     if mode not in MODES:
         raise UserError(f"unknown dissection mode {mode!r}", hint="use netdissect or unrestricted")
     if score not in SCORES:
-        raise UserError(f"unknown score {score!r}", hint="use iou or region-nss")
+        raise UserError(f"unknown score {score!r}", hint="use iou, region-nss or both")
     if not 0 < quantile < 1:
         raise UserError(f"--quantile {quantile} must lie strictly between 0 and 1",
                         hint="it is the top fraction of activations, e.g. 0.005")
@@ -272,7 +272,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     mode : ``"netdissect"`` (threshold: top ``quantile`` = 0.005 of the raw maps; IoU with the
         per-category denominator) or ``"unrestricted"`` (top 0.01 of the upsampled maps; IoU
         over all pixels; Bau et al. 2020).
-    score : ``"iou"`` or ``"region-nss"`` (needs fixations).
+    score : ``"iou"``, ``"region-nss"`` (needs fixations) or ``"both"`` (one run; units.csv
+        holds the IoU labels with the region-NSS label of each unit beside them).
     quantile : top fraction of activations above the threshold (default by mode).
     iou_threshold : IoU at which a unit counts as a detector of its best label (0.04).
     denominator : ``"netdissect"`` (default) or ``"lite"`` (NetDissect-Lite's rule), see
@@ -306,7 +307,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
     _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
                    batch_size)
-    if score == "region-nss" and not getattr(dataset, "has_fixations", False):
+    use_iou, use_nss = score in ("iou", "both"), score in ("region-nss", "both")
+    if use_nss and not getattr(dataset, "has_fixations", False):
         raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "
                         "--score region-nss needs them",
                         hint="use --score iou, or a concept set with fixations (synthetic, "
@@ -343,7 +345,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         "model": model_info, "layers": layers, "concepts": {**source.config(), "n": n},
         "mode": mode, "score": score, "quantile": quantile,
         "quantile_on": MODES[mode]["quantile_on"], "iou_threshold": iou_threshold,
-        "denominator": denom if score == "iou" else None,
+        "denominator": denom if use_iou else None,
         "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": 1,
         "image_size": list(source.image_size), "mask_size": list(mask_size), "amp": amp,
         "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
@@ -373,10 +375,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         st = {}
         for name in layers:
             s = {"top": TopK(top_k)}
-            if score == "iou":
+            if use_iou:
                 s["quantile"] = Quantile(sketch_capacity)
                 s["tally"] = IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom)
-            else:
+            if use_nss:
                 s["minmax"] = MinMax()
                 s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=1)
             st[name] = s
@@ -425,14 +427,14 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
                 u = a.shape[1]
                 st = stats[name]
                 st["top"].add(a.flatten(2).amax(2), idx)
-                if score == "iou":
+                if use_iou:
                     if mode == "netdissect":
                         st["quantile"].add(a.transpose(0, 1).reshape(u, -1).t())
                     else:
                         for s in range(0, len(a), 4):   # bounded memory: 4 images at a time
                             up = upsample(a[s:s + 4], mask_size)
                             st["quantile"].add(up.transpose(0, 1).reshape(u, -1).t())
-                else:
+                if use_nss:
                     st["minmax"].add(a.transpose(0, 1).reshape(u, -1).t())
                 acts[name] = a
             if keep == "disk":
@@ -450,7 +452,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         phase, next_batch = "tally", 0
 
     thresholds = {}
-    if score == "iou":
+    if use_iou:
         thresholds = {name: stats[name]["quantile"].quantile(1.0 - quantile).float()
                       for name in layers}
 
@@ -475,9 +477,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             for name in layers:
                 a = acts[name].float()
                 st = stats[name]
-                if score == "iou":
+                if use_iou:
                     st["tally"].add(a, thresholds[name], lay, whole, batch["categories"])
-                else:
+                if use_nss:
                     mm = st["minmax"]
                     st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
                                   tuple(source.image_size))
@@ -499,13 +501,21 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
 
     units, table = [], None
     for name in layers:
-        if score == "iou":
-            units += score_iou(name, stats[name]["tally"], thresholds[name], labels,
-                               iou_threshold)
-        else:
-            rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold, top_units)
-            units += rows
+        rows = []
+        if use_iou:
+            rows = score_iou(name, stats[name]["tally"], thresholds[name], labels,
+                             iou_threshold)
+        if use_nss:
+            nss_rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold,
+                                        top_units)
             table = (table or []) + trows
+            if use_iou:   # both: the unit's region-NSS label beside its IoU label
+                for r, q in zip(rows, nss_rows):
+                    r.update({"nss-label": q["label"], "nss-category": q["category"],
+                              "nss-score": q["score"], "nss-detector": q["detector"]})
+            else:
+                rows = nss_rows
+        units += rows
     summary = summarise(units, config, key, versions(), layers, labels, table)
     result = DissectionResult(
         units, summary, table, {k: v.cpu() for k, v in thresholds.items()},

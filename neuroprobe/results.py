@@ -193,8 +193,8 @@ def write_results(result, out_dir) -> Path:
     if result.nss_table is not None:
         _csv(out / "region_nss.csv", result.nss_table)
     cfg = result.summary["config"]
-    what = "IoU >= {}".format(cfg["iou_threshold"]) if cfg["score"] == "iou" else \
-        "region-NSS > {}".format(cfg["nss_threshold"])
+    what = "region-NSS > {}".format(cfg["nss_threshold"]) if cfg["score"] == "region-nss" \
+        else "IoU >= {}".format(cfg["iou_threshold"])
     plot_counts(out / "concepts.png", result.summary,
                 f"detector units per concept ({cfg['mode']} mode, {what})")
     write_json(out / "summary.json", result.summary)

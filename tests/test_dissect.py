@@ -280,6 +280,13 @@ def test_region_nss_engine_table(tmp_path):
         col = nss[:, ds_id(row["label"])]
         assert float(row["top_mean_nss"]) == pytest.approx(np.sort(col)[::-1][:2].mean())
         assert int(row["units_above"]) == int((col > 0.5).sum())
+    both = dissect(tiny_model(), Tiny(n=8, fixations=True), ["1"], score="both", top_units=2,
+                   nss_threshold=0.5, batch_size=3, progress=False)
+    iou = dissect(tiny_model(), Tiny(n=8, fixations=True), ["1"], batch_size=3, progress=False)
+    assert both.nss_table == res.nss_table
+    for b, i, r in zip(both.units, iou.units, res.units):
+        assert {k: v for k, v in b.items() if not k.startswith("nss-")} == i
+        assert (b["nss-label"], b["nss-score"]) == (r["label"], r["score"])
     with pytest.raises(UserError, match="no fixations"):
         dissect(tiny_model(), Tiny(n=4), ["1"], score="region-nss", progress=False)
 

@@ -25,6 +25,8 @@ def test_default_command_on_the_synthetic_world(demo_run, capsys):
     assert cfg["concepts"]["name"] == "synthetic" and cfg["concepts"]["n"] == 6
     assert cfg["mode"] == "netdissect" and cfg["quantile"] == 0.005
     assert cfg["iou_threshold"] == 0.04 and cfg["denominator"] == "netdissect"
+    assert cfg["score"] == "both" and (out / "region_nss.csv").is_file()
+    assert {"nss-label", "nss-score", "object-iou"} <= set(rows[0])
     assert len(rows) == sum(summary["units"].values()) and set(summary["units"]) == set(
         cfg["layers"])
     if cfg["model"].get("variant") == "stand-in":
@@ -41,7 +43,7 @@ def test_region_nss_table_from_the_cli(tmp_path, capsys):
     table = list(csv.DictReader(open(out / "region_nss.csv")))
     assert table and all(int(r["top_units"]) == 3 for r in table)
     assert json.loads((out / "summary.json").read_text())["config"]["nss_threshold"] == 1.0
-    assert "region-NSS table" in capsys.readouterr().out
+    assert "region-NSS (mean NSS of the top 3 units" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line(demo_run, tmp_path, capsys):

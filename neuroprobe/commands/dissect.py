@@ -33,8 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=["netdissect", "unrestricted"], default="netdissect",
                    help="netdissect: top 0.005 of raw maps, per-category IoU denominator; "
                    "unrestricted (Bau et al. 2020): top 0.01 of upsampled maps, all pixels")
-    p.add_argument("--score", choices=["iou", "region-nss"], default="iou",
-                   help="iou (Network Dissection) or region-nss (He et al. 2019; needs fixations)")
+    p.add_argument("--score", choices=["auto", "iou", "region-nss", "both"], default="auto",
+                   help="iou (Network Dissection), region-nss (He et al. 2019; needs fixations) "
+                   "or both; auto (default): both where the concept set has fixations, else iou")
     p.add_argument("--denominator", choices=["netdissect", "lite"], default=None,
                    help="netdissect mode: count a unit's activation for category c on images "
                    "annotated with c (netdissect, default) or only where its active pixels "
@@ -50,8 +51,8 @@ def register(subparsers) -> None:
                    help="region-NSS table: mean NSS of this many best units (default 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    p.add_argument("--out", default=None, help="output folder (default: dissection/<model>-"
-                   "<concepts>)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/dissect-<model>, "
+                   "runs/dissect-<model>-<concepts> with --concepts)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run of another configuration in --out")
     p.add_argument("--no-resume", action="store_true",
@@ -157,13 +158,16 @@ def _run(args) -> int:
     if size and tuple(size) != tuple(dataset.image_size):
         info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
              f"{tuple(dataset.image_size)} images")
-    out = Path(args.out) if args.out else Path("dissection") / (
-        f"{model_name}-{Path(concepts).stem}")
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"dissect-{model_name}" + ("" if args.concepts is None else f"-{Path(concepts).stem}"))
     workers = args.workers
     if workers is None:
         workers = 1 if (os.cpu_count() or 1) > 1 else 0
+    score = args.score
+    if score == "auto":
+        score = "both" if getattr(dataset, "has_fixations", False) else "iou"
     result = dissect(
-        module, dataset, layers, mode=args.mode, score=args.score, quantile=args.quantile,
+        module, dataset, layers, mode=args.mode, score=score, quantile=args.quantile,
         iou_threshold=args.iou_threshold, denominator=args.denominator,
         nss_threshold=args.nss_threshold, top_units=args.top_units,
         batch_size=args.batch_size, device=device, amp=args.amp, limit=limit, out_dir=out,
@@ -176,8 +180,8 @@ def _run(args) -> int:
 def _print_summary(result, out) -> None:
     s = result.summary
     cfg = s["config"]
-    what = "IoU >= {}".format(cfg["iou_threshold"]) if cfg["score"] == "iou" else \
-        "region-NSS > {}".format(cfg["nss_threshold"])
+    what = "region-NSS > {}".format(cfg["nss_threshold"]) if cfg["score"] == "region-nss" \
+        else "IoU >= {}".format(cfg["iou_threshold"])
     print(f"dissected {cfg['concepts']['n']} images of {cfg['concepts'].get('name')} "
           f"({cfg['mode']} mode, {cfg['score']}; detectors: {what})")
     for layer in s["units"]:
@@ -185,10 +189,18 @@ def _print_summary(result, out) -> None:
         print(f"  {layer}: {s['detectors'][layer]}/{s['units'][layer]} units, "
               f"{s['unique_concepts'][layer]} concepts" + (f" ({top})" if top else ""))
     if result.nss_table:
-        print("  region-NSS table: label, layer, mean NSS of top units, units above threshold")
-        for row in result.nss_table:
-            print(f"    {row['label']:<14} {row['layer']:<16} {row['top_mean_nss']:6.3f} "
-                  f"{row['units_above']:4d}")
+        layers = list(s["units"])
+        print(f"  region-NSS (mean NSS of the top {cfg['top_units']} units / units with NSS > "
+              f"{cfg['nss_threshold']}):")
+        print("    " + f"{'label':<16}" + "".join(f"{l[-16:]:>18}" for l in layers))
+        cell = {(r["label"], r["layer"]): r for r in result.nss_table}
+        for label in dict.fromkeys(r["label"] for r in result.nss_table):
+            parts = []
+            for layer in layers:
+                r = cell.get((label, layer))
+                parts.append(f"{r['top_mean_nss']:>12.3f} /{r['units_above']:>4d}" if r
+                             else f"{'-':>18}")
+            print(f"    {label:<16}" + "".join(parts))
     if s.get("note"):
         print(f"  note: {s['note']}")
     print(f"results in {out}/ (units.csv, summary.json, concepts.png"
