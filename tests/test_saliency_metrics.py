@@ -383,3 +383,23 @@ def test_blas_single_thread_restores_the_thread_count():
         assert all(get() == 1 for get, _ in funcs)
         np.ones((64, 64)) @ np.ones((64, 64))
     assert [get() for get, _ in funcs] == before
+
+
+def test_leave_out_density_equals_the_direct_blur_of_the_rest():
+    rng = np.random.default_rng(9)
+    shape = (40, 56)
+    xy = rng.integers(0, [56, 40], size=(60, 2)).astype(float)
+    xy[30:35] = xy[:5]  # pixels fixated by several observers (and twice by one)
+    obs = np.arange(60) % 6
+    for sigma in (None, 3.0):
+        gt = M.GroundTruth.from_fixations(xy, shape, sigma=sigma)
+        for o in range(6):
+            held = M.GroundTruth.from_fixations(xy[obs == o], shape, sigma=sigma)
+            rest = M.GroundTruth.from_fixations(xy[obs != o], shape, sigma=sigma)
+            for p in M.PROTOCOLS:
+                got = M.leave_out_density(gt, held, p)
+                ref = rest.density(p)
+                assert np.abs(got - ref).max() < 1e-14 * ref.max()
+    with pytest.raises(UserError, match="subset"):
+        M.leave_out_density(M.GroundTruth.from_fixations(xy[:3], shape),
+                            M.GroundTruth.from_fixations(xy[3:9], shape), "mit")

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import UserError
 from . import classical
-from .metrics import METRICS, PROTOCOLS, GroundTruth, _Map, evaluate_protocols, other_fixations
+from .metrics import (METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
+                      evaluate_protocols, leave_out_density, other_fixations)
 
 BASELINES = ("observers", "prior", "uniform")
 
@@ -99,7 +100,8 @@ def _observer_scores(fx, gt, protocols, metrics, others, baseline, rng) -> dict:
     acc = {p: {m: [] for m in metrics} for p in protocols}
     for _, rest, held in inter_observer(fx, gt.shape, sigma=gt.sigma, cycles=gt.cycles):
         for p in protocols:
-            pred = rest.density(p)
+            # = rest.density(p), from the image's blur less the held-out observer's (linear)
+            pred = leave_out_density(gt, held, p)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 r = evaluate_protocols(pred, held, (p,), metrics, baseline=baseline,
@@ -118,9 +120,16 @@ def evaluate_dataset(dataset, models: dict, protocols=PROTOCOLS, metrics=METRICS
     truth of each image is built once and shared by all models and protocols; the random parts of
     image ``i`` use ``default_rng([seed, i])`` for every model, so models see the same splits.
     """
+    gts = [GroundTruth.from_fixations(f, f.size) for f in dataset.fixations]
+    with blas_single_thread():  # see neuroprobe.saliency.metrics.blas_single_thread
+        return _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
+                              show_progress)
+
+
+def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
+                   show_progress) -> list[dict]:
     from ..utils import progress
 
-    gts = [GroundTruth.from_fixations(f, f.size) for f in dataset.fixations]
     rows = []
     base_cache: dict = {}
     for i in progress(range(len(gts)), desc=f"{dataset.name}: evaluating", unit="img",
