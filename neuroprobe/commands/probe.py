@@ -1,0 +1,36 @@
+"""``neuroprobe probe RECIPE --out DIR``: run one of the study's analyses end to end."""
+from __future__ import annotations
+
+from . import add_command
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "probe", "run a probe recipe (probes/*.toml): the study's "
+                    "findings on the built-in models, or on your own", _run)
+    p.add_argument("recipe", help="probe name (concepts-in-pretrained, finetune-shift, popout, "
+                   "task-vs-domain) or path of a .toml recipe")
+    p.add_argument("--out", required=True, help="output folder (report.md, CSVs, plots, runs/)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                   help="replace or add a model of the recipe (repeatable), e.g. "
+                   "--model frozen=my_frozen.pt")
+    p.add_argument("--concepts", default=None, help="concept set instead of the recipe's")
+    p.add_argument("--root", default=None, help="data folder of the concept set")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+
+
+def _run(args) -> int:
+    from ..errors import UserError
+    from ..probes import run_probe
+    from ..utils import info, resolve_device
+
+    models = {}
+    for item in args.model:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise UserError(f"--model {item!r} is not NAME=SPEC", hint="e.g. --model frozen=a.pt")
+        models[name] = spec
+    report = run_probe(args.recipe, args.out, models=models, concepts=args.concepts,
+                       root=args.root, limit=args.limit, device=resolve_device(args.device))
+    info(f"wrote {report}")
+    print(report.read_text())
+    return 0

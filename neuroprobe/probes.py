@@ -1,0 +1,414 @@
+"""The study's findings as runnable probes (``neuroprobe probe probes/NAME.toml --out DIR``).
+
+A probe is a TOML recipe naming models, a concept set, the scoring and the comparisons.  Four
+kinds reproduce the four findings of He et al. (CVPR 2019):
+
+``concepts``        finding 1: which concepts have detector units in the (pre)trained encoder,
+                    next to a randomly initialised control of the same architecture.
+``finetune-shift``  finding 2: frozen vs fine-tuned saliency models: detector counts with a
+                    paired image bootstrap, units that changed label, the region-NSS table and
+                    the category preference of each model's saliency next to the fixations'.
+``popout``          finding 3: deep vs classical saliency models on P3-style pop-out search arrays
+                    and on natural images with fixations (the synthetic world's observers).
+``task-vs-domain``  finding 4: linear CKA per layer between pretrained, saliency-tuned and
+                    scene-tuned encoders on the same images, with an optional domain control
+                    (the same task trained on another image domain).
+
+Every run a probe makes lives in ``<out>/runs/<name>/`` (dissections are resumable there), and the
+markdown report names the run behind every number.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .io import write_json, write_text
+
+KINDS = ("concepts", "finetune-shift", "popout", "task-vs-domain")
+
+
+def _toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise UserError(f"cannot read probe {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"probe {path} is not valid TOML: {err}") from None
+
+
+def resolve_probe(name_or_path: str) -> Path:
+    """A probe file by path, or by name among the shipped ``probes/``."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    from .resources import shipped_dir
+
+    try:
+        shipped = {q.stem: q for q in shipped_dir("probes").glob("*.toml")}
+    except FileNotFoundError:
+        shipped = {}
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    from .errors import suggest
+
+    raise UserError(f"probe {name_or_path!r} not found",
+                    hint=suggest(p.stem, shipped, "probe") + "; pass a .toml path")
+
+
+def load_probe(name_or_path: str) -> dict:
+    path = resolve_probe(name_or_path)
+    spec = _toml(path)
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise UserError(f"probe {path} has kind {kind!r}", hint="one of " + ", ".join(KINDS))
+    if kind != "popout" and not spec.get("models"):
+        raise UserError(f"probe {path} names no [models]")
+    spec["_path"] = str(path)
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+
+def _open_concepts(spec: dict, root=None, limit=None):
+    from .concepts import open_concepts
+
+    c = dict(spec.get("concepts", {"name": "synthetic"}))
+    name = c.pop("name", "synthetic")
+    if root:
+        c["root"] = root
+    if limit:
+        c["limit"] = int(limit)
+    return name, open_concepts(name, **c)
+
+
+def _load(model_spec: str, device):
+    from .models import load
+
+    return load(model_spec, device=device)
+
+
+def _dissect_runs(spec, models: dict, out: Path, dataset, concept_name, device, score):
+    """Dissect each model (resumable) and return ``{name: run folder}``."""
+    from .dissect import dissect
+    from .io import sha256_file
+
+    d = spec.get("dissect", {})
+    runs = {}
+    for name, mspec in models.items():
+        module, meta = _load(mspec, device)
+        layers = d.get("layers") or meta.get("layers")
+        run_dir = out / "runs" / name
+        info = {"spec": mspec, "variant": meta.get("variant"), "task": meta.get("task")}
+        p = Path(mspec)
+        if p.is_file():
+            info["sha256"] = sha256_file(p)
+        result = dissect(module, dataset, layers, mode=d.get("mode", "netdissect"), score=score,
+                         iou_threshold=float(d.get("iou_threshold", 0.04)),
+                         nss_threshold=float(d.get("nss_threshold", 1.5)),
+                         batch_size=int(d.get("batch_size", 32)), device=device,
+                         out_dir=run_dir, model_info=info, overwrite=True,
+                         progress=True)
+        result.save(run_dir)
+        runs[name] = run_dir
+    return runs
+
+
+def _md_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_(none)_\n"
+    columns = columns or list(rows[0])
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    from .io import atomic_open
+
+    if not rows:
+        return
+    with atomic_open(path, "w") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _runs_section(runs: dict, out: Path) -> str:
+    rows = []
+    for name, path in runs.items():
+        s = json.loads((path / "summary.json").read_text())
+        cfg = s.get("config", {})
+        model = cfg.get("model", {})
+        rows.append({"run": f"`{path.relative_to(out)}`", "model": model.get("spec", ""),
+                     "variant": model.get("variant", ""),
+                     "images": (cfg.get("concepts") or {}).get("n", ""),
+                     "config hash": s.get("config_hash", "")})
+    return "## Runs\n\n" + _md_table(rows)
+
+
+def _bar_plot(path: Path, labels, series: dict, title: str, ylabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) * max(1, len(series))), 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(labels))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + i * width, values, width, label=name)
+    ax.set_xticks(x + width * (len(series) - 1) / 2)
+    ax.set_xticklabels(labels, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+# -- kinds ---------------------------------------------------------------------------------------
+
+def _kind_concepts(spec, models, out, dataset, concept_name, device) -> str:
+    from .compare import count_table, load_run
+
+    runs = _dissect_runs(spec, models, out, dataset, concept_name, device, "iou")
+    loaded = [load_run(p) for p in runs.values()]
+    table = count_table(loaded)
+    _csv(out / "counts.csv", table)
+    focus = spec.get("focus", [])
+    names = [r.name for r in loaded]
+    per_label: dict = {}
+    for r in table:
+        per_label.setdefault(r["label"], {n: 0 for n in names})
+        for n in names:
+            per_label[r["label"]][n] += r[n]
+    labels = sorted(per_label, key=lambda k: -max(per_label[k].values()))
+    _bar_plot(out / "counts.png", labels, {n: [per_label[k][n] for k in labels] for n in names},
+              "detector units per concept (all dissected layers)", "units")
+    focus_rows = [{"concept": f, **{n: per_label.get(f, {}).get(n, 0) for n in names}}
+                  for f in focus]
+    text = [_runs_section(runs, out), "## Detector units per concept and layer\n",
+            f"Counts from `units.csv` of each run (IoU >= the run's threshold). "
+            f"Source: `counts.csv`; plot `counts.png`.\n", _md_table(table)]
+    if focus:
+        text += ["\n## The study's focus concepts (all layers)\n", _md_table(focus_rows)]
+    return "\n".join(text)
+
+
+def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> str:
+    from .compare import (bootstrap_count_difference, category_preference, changed_units,
+                          count_table, fixation_preference, load_run, per_image_tallies)
+
+    runs = _dissect_runs(spec, models, out, dataset, concept_name, device, "both")
+    loaded = [load_run(p) for p in runs.values()]
+    names = [r.name for r in loaded]
+    table = count_table(loaded)
+    _csv(out / "counts.csv", table)
+    text = [_runs_section(runs, out), "## Detector units per concept and layer (IoU)\n",
+            _md_table(table)]
+    # paired bootstrap over images, first model vs each other
+    cmp = spec.get("compare", {})
+    n_boot = int(cmp.get("bootstrap", 200))
+    base = loaded[0]
+    label_ids = {lab.name: lab.id for lab in dataset.labels}
+    layers = sorted({r["layer"] for r in base.units})
+
+    def tallies(run, layer):
+        rows = [r for r in run.units if r["layer"] == layer]
+        rows.sort(key=lambda r: r["unit"])
+        module, _ = _load(models[run.name], device)
+        thr = np.array([float(r["threshold"]) for r in rows])
+        labs = np.array([label_ids.get(r["label"], 0) for r in rows])
+        t = per_image_tallies(module, dataset, layer, thr, labs, device=device,
+                              denominator=run.summary["config"].get("denominator", "netdissect"))
+        return t, [r["label"] for r in rows]
+
+    boot_rows = []
+    if n_boot > 0:
+        for other in loaded[1:]:
+            for layer in layers:
+                ta, la = tallies(base, layer)
+                tb, lb = tallies(other, layer)
+                for row in bootstrap_count_difference(ta, tb, la, lb, base.iou_threshold,
+                                                      n_boot=n_boot):
+                    boot_rows.append({"layer": layer, "comparison": f"{other.name} - {base.name}",
+                                      **row})
+        _csv(out / "bootstrap.csv", boot_rows)
+        text += [f"\n## Count differences with 95% bootstrap intervals ({n_boot} paired "
+                 "resamples of the images; each unit keeps its run's label)\n",
+                 _md_table([r for r in boot_rows if r["difference"] or r["ci_low"] or
+                            r["ci_high"]],
+                           ["layer", "comparison", "concept", "difference", "ci_low",
+                            "ci_high"])]
+    changed = []
+    for other in loaded[1:]:
+        for c in changed_units(base, other):
+            changed.append({"comparison": f"{base.name} -> {other.name}", **c})
+    _csv(out / "changed_units.csv", changed)
+    text += [f"\n## Units that changed label\n\n{len(changed)} units (all rows in "
+             "`changed_units.csv`).\n"]
+    # region-NSS tables side by side
+    nss_rows = []
+    for r in loaded:
+        f = r.path / "region_nss.csv"
+        if f.is_file():
+            with open(f, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    nss_rows.append({"run": r.name, **row})
+    if nss_rows:
+        _csv(out / "region_nss.csv", nss_rows)
+        text += ["\n## Region-NSS table (He et al. 2019, Table 2 layout)\n",
+                 _md_table(nss_rows)]
+    # category preference
+    if cmp.get("preference", True) and dataset.has_fixations:
+        limit = int(cmp.get("preference_images", 200))
+        prefs = {}
+        for name, mspec in models.items():
+            module, meta = _load(mspec, device)
+            if meta.get("task") == "saliency":
+                prefs[name] = category_preference(module, dataset, limit=limit, device=device)
+        prefs["fixations"] = fixation_preference(dataset, limit=limit)
+        ids = sorted(set().union(*[set(p) for p in prefs.values()]))
+        rows = [{"label": dataset.labels.name(i), **{n: p.get(i, float("nan"))
+                                                      for n, p in prefs.items()}} for i in ids]
+        _csv(out / "preference.csv", rows)
+        _bar_plot(out / "preference.png", [r["label"] for r in rows],
+                  {n: [r[n] for r in rows] for n in prefs},
+                  "saliency (or fixation) share over area share", "preference (1 = area)")
+        text += [f"\n## Category preference (first {limit} images; 1 = as much as the "
+                 "region's area)\n", _md_table(rows)]
+    return "\n".join(text)
+
+
+def _kind_task_vs_domain(spec, models, out, dataset, concept_name, device) -> str:
+    from .compare import cka_matrix, collect_activations
+
+    layers = spec.get("layers")
+    limit = int(spec.get("images", 300))
+    acts = {}
+    for name, mspec in models.items():
+        module, meta = _load(mspec, device)
+        lays = layers or meta.get("layers")
+        acts[name] = collect_activations(module, dataset, lays, limit=limit, device=device,
+                                         reduce=spec.get("reduce", "flatten"))
+    rows = []
+    common = sorted(set.intersection(*[set(a) for a in acts.values()]))
+    for layer in common:
+        for r in cka_matrix({n: a[layer] for n, a in acts.items()},
+                            unbiased=bool(spec.get("unbiased", True))):
+            rows.append({"layer": layer, **r})
+    _csv(out / "cka.csv", rows)
+    text = [f"## Linear CKA between variants ({limit} images of `{concept_name}`, "
+            f"{'unbiased' if spec.get('unbiased', True) else 'biased'} HSIC)\n",
+            "Models: " + ", ".join(f"`{n}` = {m}" for n, m in models.items()) + "\n",
+            _md_table(rows, ["layer", "a", "b", "cka", "n_images"])]
+    q = spec.get("question")
+    if q:
+        by = {(r["layer"], frozenset((r["a"], r["b"]))): r["cka"] for r in rows}
+        lines = []
+        for layer in common:
+            vals = {f"{a}~{b}": by.get((layer, frozenset((a, b)))) for a, b in q}
+            lines.append(f"- `{layer}`: " + ", ".join(
+                f"CKA({k}) = {v:.3f}" for k, v in vals.items() if v is not None))
+        text += ["\n## The task-vs-domain question\n", "\n".join(lines) + "\n"]
+    return "\n".join(text)
+
+
+def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
+    from .cli import main as cli_main
+
+    p = spec.get("popout", {})
+    model_list = list(p.get("classical", ["itti", "spectral", "signature", "centre"]))
+    deep = dict(models)
+    paths = {}
+    for name, mspec in deep.items():
+        from .models.zoo import builtin_path, is_builtin
+
+        paths[name] = str(builtin_path(mspec)) if is_builtin(mspec) else mspec
+    argv = ["--quiet", "--device", str(device), "popout", "--models",
+            ",".join(model_list + list(paths.values())), "--n", str(int(p.get("n", 60))),
+            "--out", str(out / "runs" / "popout"), "--seed", str(int(p.get("seed", 0)))]
+    code = cli_main(argv)
+    if code:
+        raise UserError("the pop-out evaluation failed (see above)")
+    summary = (out / "runs" / "popout" / "summary.md").read_text()
+    # natural images: the dataset's own fixations
+    from .saliency import classical
+    from .saliency.evaluate import checkpoint_model
+    from .saliency.metrics import evaluate_map
+
+    n = int(p.get("natural_images", 100))
+    fns = {m: classical.get_model(m) for m in model_list}
+    for name, path in paths.items():
+        fns[name] = checkpoint_model(path, str(device))
+    scores = {m: {"nss": [], "auc_judd": []} for m in fns}
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        if item.get("fixations") is None:
+            raise UserError(f"concept set {concept_name} has no fixations for the natural-image "
+                            "part of the pop-out probe")
+        img = item["image"].permute(1, 2, 0).numpy()
+        fx = item["fixations"].numpy()
+        for m, fn in fns.items():
+            r = evaluate_map(fn(img), fx, "exact", ["nss", "auc_judd"], rng=i)
+            for k in scores[m]:
+                scores[m][k].append(r[k])
+    nat = [{"model": m, "NSS": float(np.nanmean(v["nss"])),
+            "AUC-Judd": float(np.nanmean(v["auc_judd"])), "images": len(v["nss"])}
+           for m, v in scores.items()]
+    _csv(out / "natural.csv", nat)
+    return "\n".join([
+        "## Pop-out search arrays (run `runs/popout`)\n", summary,
+        f"\n## Natural images with fixations ({concept_name}, first {n} images, "
+        "protocol `exact`)\n", _md_table(nat)])
+
+
+def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
+              concepts: str | None = None, root=None, limit: int | None = None,
+              device="cpu") -> Path:
+    """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path."""
+    from .utils import info, versions
+
+    spec = load_probe(name_or_path)
+    if concepts:
+        spec["concepts"] = {"name": concepts}
+    spec_models = dict(spec.get("models", {}))
+    for name, mspec in (models or {}).items():
+        spec_models[name] = mspec
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    concept_name, dataset = _open_concepts(spec, root,
+                                           limit or spec.get("concepts", {}).get("limit"))
+    kind = spec["kind"]
+    fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,
+          "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain}[kind]
+    info(f"probe {spec['name']} ({kind}) on {concept_name}, {len(dataset)} images")
+    body = fn(spec, spec_models, out, dataset, concept_name, device)
+    head = [f"# Probe: {spec['name']}\n", spec.get("description", "").strip() + "\n",
+            f"Recipe `{spec['_path']}`; concept set `{concept_name}` ({len(dataset)} images); "
+            f"neuroprobe {versions()['neuroprobe']}.\n"]
+    if spec.get("expectation"):
+        head.append(f"What the study found: {spec['expectation'].strip()}\n")
+    write_text(out / "report.md", "\n".join(head) + "\n" + body)
+    write_json(out / "probe.json", {"probe": {k: v for k, v in spec.items()},
+                                    "models": spec_models, "versions": versions()})
+    return out / "report.md"
