@@ -519,9 +519,10 @@ def _no_fixations(gt: GroundTruth) -> bool:
 class _Map:
     """A prepared saliency map with the derived quantities several metrics share (computed once).
 
-    The minimum and maximum are found once; the map shifted to minimum 0 is shared by the
-    min-max normalised map (AUC-Borji, sAUC) and the distribution (SIM, KL, IG), so each derived
-    map costs one pass over the pixels.
+    The minimum and maximum are found once; the min-max normalised map (AUC-Borji, sAUC) is
+    only formed at the pixels those metrics sample.  Image-sized temporaries go to one reused
+    work array (:attr:`scratch`): allocating a fresh 800x600 float64 array costs about as much
+    as a pass over it (the kernel maps and zeroes its pages).
     """
 
     def __init__(self, smap: np.ndarray):
@@ -543,12 +544,8 @@ class _Map:
         return self.get("hi", lambda: float(self.flat.max()))
 
     @property
-    def shifted(self):  # map - min
-        return self.get("shifted", lambda: self.flat - self.lo)
-
-    @property
     def dist(self):  # shifted to min 0, sum 1 (uniform if constant)
-        return self.get("dist", lambda: _as_distribution(self.flat, self.shifted))
+        return self.get("dist", lambda: _as_distribution(self.flat))
 
     @property
     def mean(self):
@@ -571,7 +568,7 @@ class _Map:
         (zeros for a constant map); only these values are ever needed, so the full normalised
         map is never formed."""
         if self.hi > self.lo:
-            return self.shifted[index] / (self.hi - self.lo)
+            return (self.flat[index] - self.lo) / (self.hi - self.lo)
         return np.zeros(np.shape(index))
 
     @property
@@ -580,20 +577,14 @@ class _Map:
         return self.get("scratch", lambda: np.empty_like(self.flat))
 
 
-def _as_distribution(v: np.ndarray, shifted: np.ndarray | None = None) -> np.ndarray:
-    """Shift to minimum 0 and divide by the sum; a constant map becomes uniform.
-
-    ``shifted`` is ``v - v.min()`` where the caller already has it.
-    """
-    if shifted is None:
-        v = v - v.min()
-        total = v.sum()
-        if total > 0:
-            v /= total  # v is a fresh array here
-            return v
-        return np.full_like(v, 1.0 / v.size)
-    total = shifted.sum()
-    return shifted / total if total > 0 else np.full_like(shifted, 1.0 / shifted.size)
+def _as_distribution(v: np.ndarray) -> np.ndarray:
+    """Shift to minimum 0 and divide by the sum; a constant map becomes uniform."""
+    v = v - v.min()
+    total = v.sum()
+    if total > 0:
+        v /= total  # v is a fresh array here
+        return v
+    return np.full_like(v, 1.0 / v.size)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -718,11 +709,6 @@ def _auc_thresholds(sth: np.ndarray, neg: np.ndarray, step: float = 0.1) -> np.n
     return _trapz(fp, tp, axis=0)
 
 
-def _minmax(v: np.ndarray) -> np.ndarray:
-    lo, hi = v.min(), v.max()
-    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
-
-
 def _rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
@@ -798,12 +784,10 @@ def _m_nss(sm: _Map, gt, protocol, **_):
 
 
 def _m_cc(sm: _Map, gt, protocol, **_):
-    def centred():
-        d = gt.density(protocol).ravel()
-        c = d - d.mean()
-        return c, _dot(c, c)
-
-    g, gss = _gt_get(gt, "centred_" + protocol, centred)
+    d = gt.density(protocol).ravel()
+    mean = _gt_get(gt, "mean_" + protocol, lambda: d.mean())
+    g = np.subtract(d, mean, out=sm.scratch)  # the centred ground truth, in the work array
+    gss = _gt_get(gt, "gss_" + protocol, lambda: _dot(g, g))
     den = math.sqrt(sm.ss * gss)
     return _dot(sm.centred, g) / den if den > 0 and not sm.constant else 0.0
 
@@ -842,11 +826,18 @@ def _m_kl(sm: _Map, gt, protocol, **_):
         np.divide(p, r, out=r)
         r += EPS
         return _dot(p, np.log(r, out=r))  # sum(p * log(eps + p / (q + eps)))
+    # sum(p * log((p + eps) / (q + eps))) = sum(p * log(p + eps)) - sum(p * log(q + eps)): the
+    # first sum belongs to the image (cached), the second needs one pass in the work array
     p = _gt_dist(gt, protocol)
-    pe = _gt_get(gt, "dist_eps_" + protocol, lambda: p + EPS)
-    r = np.add(sm.dist, EPS, out=sm.scratch)
-    np.divide(pe, r, out=r)
-    return _dot(p, np.log(r, out=r))  # sum(p * log((p + eps) / (q + eps)))
+    r = sm.scratch
+
+    def entropy_term():
+        np.add(p, EPS, out=r)
+        return _dot(p, np.log(r, out=r))
+
+    own = _gt_get(gt, "plogp_" + protocol, entropy_term)
+    np.add(sm.dist, EPS, out=r)
+    return own - _dot(p, np.log(r, out=r))
 
 
 def _m_sim(sm: _Map, gt, protocol, **_):
