@@ -44,6 +44,15 @@ Where the two definitions coincide (no pixel fixated twice, the same ground-trut
 without ties) the two protocols agree; the tests check that.  EMD is available when the
 optional package POT (``pip install pot``) is installed.
 
+Speed (800x600 maps): everything is vectorised; ROC areas use one sort of the pixel values and
+binary searches (no threshold loops); the blurred ground truths are separable products computed
+from the fixation list (the MIT Fourier blur as products with cached circulant kernels, the
+Gaussian from a cached table), cached per image and shared by all models and protocols, and
+released by the batch loops once the image is done; the inter-observer baseline subtracts the
+held-out observer's blur from the image's (:func:`leave_out_density`); OpenBLAS runs on one
+thread inside the metric loops (:func:`blas_single_thread`).  Results equal a literal
+implementation to about 1e-14 (the tests compare with brute-force and MATLAB-loop references).
+
 Conventions shared by both protocols (and deliberately different from MATLAB, which returns NaN
 through a division by zero): a constant map has NSS 0 and CC 0 and is treated as the uniform
 distribution by KL, SIM and IG.  An image without fixations gives NaN with a warning; a map that
