@@ -1068,7 +1068,6 @@ def evaluate_batch(maps, fixations, protocols=PROTOCOLS, metrics=METRICS, *, bas
     if not callable(maps) and len(maps) != n:
         raise UserError(f"{len(maps)} saliency maps for {n} fixation sets")
     _check_metrics(metrics)
-    rows = []
     it = range(n)
     if progress:
         from ..utils import progress as bar
