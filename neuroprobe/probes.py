@@ -207,7 +207,8 @@ def _kind_concepts(spec, models, out, dataset, concept_name, device) -> str:
     focus_rows = [{"concept": f, **{n: per_label.get(f, {}).get(n, 0) for n in names}}
                   for f in focus]
     text = [_runs_section(runs, out), "## Detector units per concept and layer\n",
-            f"Counts from `units.csv` of each run (IoU >= the run's threshold). "
+            "Counts from `units.csv` of each run (IoU >= the run's threshold); difference = "
+            f"{names[-1]} - {names[0]}. "
             f"Source: `counts.csv`; plot `counts.png`.\n", _md_table(table)]
     if focus:
         text += ["\n## The study's focus concepts (all layers)\n", _md_table(focus_rows)]

@@ -18,6 +18,7 @@ BUILTIN = {
     "demo-finetune-last": "finetune-last",
     "demo-finetune-all": "finetune-all",
     "demo-scene": "scene",
+    "demo-random": "random",
 }
 
 
@@ -34,8 +35,35 @@ def builtin_path(name: str) -> Path:
     if name not in BUILTIN:
         raise CheckpointError(f"unknown built-in model {name!r}",
                               hint="one of " + ", ".join(BUILTIN))
+    if BUILTIN[name] == "random":
+        return random_control()
     try:
         from ..train.demo import build_demo
     except ImportError as err:  # pragma: no cover - the training module ships with neuroprobe
         raise CheckpointError(f"built-in model {name!r} needs neuroprobe.train ({err})") from None
     return build_demo(BUILTIN[name])
+
+
+def random_control(seed: int = 0) -> Path:
+    """The demo encoder's architecture with seeded random weights (a control for dissection:
+    what an untrained network of the same shape already 'detects').  Written once into the cache."""
+    import torch
+
+    from ..resources import cache_dir
+    from .adapters import build_encoder_only
+    from .checkpoint import load, save
+
+    pretrained_meta = load("demo-pretrained").metadata
+    path = cache_dir() / "models" / f"demo-random-seed{seed}.pt"
+    if not path.is_file():
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            module = build_encoder_only("small")
+        finally:
+            torch.random.set_rng_state(state)
+        save(path, module, {"builder": "encoder", "kwargs": {"encoder": "small"}},
+             {"variant": "random", "task": "encoder", "seed": seed,
+              "input_size": pretrained_meta.get("input_size"),
+              "note": "random initialisation (seeded), the control for demo-pretrained"})
+    return path
