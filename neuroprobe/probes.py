@@ -318,7 +318,8 @@ def _kind_task_vs_domain(spec, models, out, dataset, concept_name, device) -> st
                             unbiased=bool(spec.get("unbiased", True))):
             rows.append({"layer": layer, **r})
     _csv(out / "cka.csv", rows)
-    text = [f"## Linear CKA between variants ({limit} images of `{concept_name}`, "
+    n_used = min(limit, len(dataset))
+    text = [f"## Linear CKA between variants ({n_used} images of `{concept_name}`, "
             f"{'unbiased' if spec.get('unbiased', True) else 'biased'} HSIC)\n",
             "Models: " + ", ".join(f"`{n}` = {m}" for n, m in models.items()) + "\n",
             _md_table(rows, ["layer", "a", "b", "cka", "n_images"])]
