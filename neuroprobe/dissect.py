@@ -351,7 +351,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
         "top_k": top_k,
     }
-    key = config_hash(config)
+    # the key names what determines the numbers: the model by its weights, not by its path
+    key = config_hash({**config, "model": {k: v for k, v in model_info.items()
+                                           if k not in ("file", "spec", "note")}})
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_out_dir(out, key, overwrite)

@@ -16,8 +16,8 @@ import functools
 
 import torch
 
-__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "region_nss", "fixation_pixels",
-           "DENOMINATORS"]
+__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "region_nss",
+           "fixation_pixels", "interpolation_matrix", "DENOMINATORS"]
 
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
 DENOMINATORS = ("netdissect", "lite", "all")
@@ -231,6 +231,16 @@ def fixation_pixels(fixations: torch.Tensor, image_size, mask_size) -> torch.Ten
     return my * w + mx
 
 
+def interpolation_matrix(n_in: int, n_out: int, device="cpu", dtype=torch.float64):
+    """``(n_out, n_in)`` matrix ``R`` of :func:`upsample` along one axis (``up = Ry A Rx^T``)."""
+    i0, i1, w0, w1 = (t.cpu() for t in _axis(n_in, n_out))
+    r = torch.zeros((n_out, n_in), dtype=torch.float64)
+    rows = torch.arange(n_out)
+    r.index_put_((rows, i0), w0.double(), accumulate=True)
+    r.index_put_((rows, i1), w1.double(), accumulate=True)
+    return r.to(device=device, dtype=dtype)
+
+
 def region_nss(maps: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, layers: torch.Tensor,
                fixations, image_size, num_labels: int, ddof: int = 1):
     """Region-based NSS of every unit in one batch (He et al., CVPR 2019).
@@ -242,38 +252,50 @@ def region_nss(maps: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, layers: t
     region of ``l`` (all pixels of ``l`` in that image; a fixation is inside when any label
     layer carries ``l`` at its mask pixel).  Whole-image labels are not regions and are skipped.
 
+    The upsampled map is never materialised: with the interpolation matrices ``Ry``, ``Rx``
+    (``up = Ry A Rx^T``) its sum is ``ry^T A rx`` (``ry = Ry^T 1``), its sum of squares
+    ``<A, (Ry^T Ry) A (Rx^T Rx)>`` and its value at a fixation ``Ry[y] A Rx[x]^T``, all in
+    float64.
+
     Returns ``total`` (U, L) float64, the sum over regions of the unit's NSS, and ``regions``
     (L,) int64, the number of regions summed.
     """
-    b, u = maps.shape[:2]
-    size = layers.shape[-2:]
-    p = size[0] * size[1]
+    b, u, h, w = maps.shape
+    H, W = layers.shape[-2:]
+    p = H * W
     L = int(num_labels)
     dev = maps.device
     total = torch.zeros((u, L), dtype=torch.float64, device=dev)
     regions = torch.zeros(L, dtype=torch.int64, device=dev)
-    lo = lo.to(dev, torch.float32)
-    rng = hi.to(dev, torch.float32) - lo
-    scale = torch.where(rng > 0, 1.0 / rng.clamp(min=1e-30), torch.zeros_like(rng))
+    lo = lo.to(dev, torch.float64)
+    rng = hi.to(dev, torch.float64) - lo
+    scale = torch.where(rng > 0, 1.0 / rng.clamp(min=1e-300), torch.zeros_like(rng))
+    ry, rx = interpolation_matrix(h, H, dev), interpolation_matrix(w, W, dev)
+    gy, gx = ry.t() @ ry, rx.t() @ rx
+    sy, sx = ry.sum(0), rx.sum(0)
     for i in range(b):
         fx = fixations[i] if fixations is not None else None
         if fx is None or len(fx) == 0:
             continue
-        pix = fixation_pixels(fx, image_size, size).to(dev)
+        pix = fixation_pixels(fx, image_size, (H, W)).to(dev)
         labs = layers[i].reshape(layers.shape[1], p)[:, pix].to(dev)        # (K, N)
         present = labs[labs > 0].unique()
         if not len(present):
             continue
         if int(present.max()) >= L:
             raise ValueError(f"label id {int(present.max())} is outside the label table")
-        norm = (maps[i].float() - lo[:, None, None]) * scale[:, None, None]
-        flat = upsample(norm, size).reshape(u, p)
-        mean = flat.mean(1, keepdim=True)
-        std = flat.std(1, correction=ddof, keepdim=True)
-        z = torch.where(std > 0, (flat[:, pix] - mean) / std.clamp(min=1e-30),
-                        torch.zeros((u, len(pix)), device=dev))
+        a = (maps[i].double() - lo[:, None, None]) * scale[:, None, None]   # (U, h, w)
+        s1 = torch.einsum("h,uhw,w->u", sy, a, sx)
+        s2 = (a * (gy @ a @ gx)).sum((1, 2))
+        mean = s1 / p
+        var = ((s2 - s1 * mean) / (p - ddof)).clamp(min=0)
+        std = var.sqrt()
+        at = torch.einsum("nh,uhw,nw->un", ry[pix // W], a, rx[pix % W])    # (U, N)
+        ok = std > 1e-12 * (mean.abs() + 1e-300)
+        z = torch.where(ok[:, None], (at - mean[:, None]) / torch.where(ok, std, 1.0)[:, None],
+                        torch.zeros_like(at))
         member = (labs[:, :, None] == present[None, None, :]).any(0).to(torch.float64)  # (N, R)
-        nss = (z.double() @ member) / member.sum(0)[None]
+        nss = (z @ member) / member.sum(0)[None]
         total[:, present] += nss
         regions[present] += 1
     return total, regions

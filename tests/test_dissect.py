@@ -270,6 +270,26 @@ def test_region_nss_hand_computed():
     assert total[0, 0].item() == 0.0
 
 
+def test_region_nss_equals_explicit_upsampled_maps():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand((2, 3, 4, 5), generator=g)
+    layers = torch.randint(0, 4, (2, 2, 16, 20), generator=g)
+    fix = [torch.rand((7, 2), generator=g) * torch.tensor([39.0, 31.0]), None]
+    lo, hi = maps.amin((0, 2, 3)), maps.amax((0, 2, 3))
+    total, regions = region_nss(maps, lo, hi, layers, fix, (32, 40), 4)
+    up = upsample((maps[0] - lo[:, None, None]) / (hi - lo)[:, None, None], (16, 20))
+    z = (up - up.mean((1, 2), keepdim=True)) / up.std((1, 2), keepdim=True)
+    pix = fixation_pixels(fix[0], (32, 40), (16, 20))
+    zf = z.reshape(3, -1)[:, pix]
+    labs = layers[0].reshape(2, -1)[:, pix]
+    for lab in range(1, 4):
+        inside = (labs == lab).any(0)
+        assert regions[lab] == int(inside.any())
+        if inside.any():
+            np.testing.assert_allclose(total[:, lab].numpy(), zf[:, inside].mean(1).numpy(),
+                                       atol=1e-5)
+
+
 def test_region_nss_engine_table(tmp_path):
     res = dissect(tiny_model(), Tiny(n=8, fixations=True), ["1"], score="region-nss",
                   top_units=2, nss_threshold=0.5, batch_size=3, out_dir=tmp_path, progress=False)

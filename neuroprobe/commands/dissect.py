@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                    help=f"concept set: shipped name or .toml path (default: {DEFAULT_CONCEPTS}, "
                    f"first {DEMO_LIMIT} images unless --limit)")
     p.add_argument("--root", default=None, help="data folder of the concept set (e.g. Broden)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="draw / resize the concept set's images to N x N, masks to N/2 (default: "
+                   "the set's own size; without --concepts the model's input size)")
     p.add_argument("--layers", default=None, help="comma-separated layer names "
                    "(default: the model's dissection layers; see `neuroprobe layers`)")
     p.add_argument("--mode", choices=["netdissect", "unrestricted"], default="netdissect",
@@ -141,20 +144,27 @@ def _run(args) -> int:
         if path.is_file():
             model_info["file"] = str(path)
             model_info["sha256"] = sha256_file(path)
-        model_name = path.stem if path.is_file() else args.model.replace(":", "-").split("?")[0]
+        model_name = args.model.replace(":", "-").split("?")[0]
+        if path.is_file() and Path(args.model).is_file():
+            model_name = path.stem
     model_info.update({k: meta.get(k) for k in ("task", "variant", "input_size")})
     concepts = args.concepts or DEFAULT_CONCEPTS
     limit = args.limit
     if args.concepts is None and limit is None:
         limit = DEMO_LIMIT
     overrides = {"root": args.root} if args.root else {}
+    size = meta.get("input_size")
+    image_size = args.image_size
+    if image_size is None and args.concepts is None and size and size[0] == size[1]:
+        image_size = int(size[0])   # the procedural world is drawn at the model's input size
+    if image_size:
+        overrides.update(image_size=image_size, mask_size=image_size // 2)
     dataset = open_concepts(concepts, **overrides)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else \
         list(meta.get("layers") or [])
     if not layers:
         raise UserError(f"model {args.model or model_name!r} names no default layers to dissect",
                         hint="pass --layers a,b (see `neuroprobe layers --model ...`)")
-    size = meta.get("input_size")
     if size and tuple(size) != tuple(dataset.image_size):
         info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
              f"{tuple(dataset.image_size)} images")
