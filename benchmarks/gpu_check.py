@@ -95,7 +95,7 @@ def _timing(root: Path, device, amp, batch: int, workers: int) -> dict:
     model, _ = load("torchvision:resnet50?weights=none", device=device)
     model = model.to(memory_format=torch.channels_last)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
-                                         collate_fn=collate, pin_memory=True)
+                                         collate_fn=collate, pin_memory=torch.cuda.is_available())
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu",
                                                                                  enabled=False)
     if torch.cuda.is_available():
