@@ -387,6 +387,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         return st
 
     stats = new_stats()
+    thresholds: dict = {}
     phase, next_batch = "record", 0
     if state is not None:
         phase, next_batch = state["phase"], int(state["next_batch"])
@@ -404,8 +405,12 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     def checkpoint(phase_, next_):
         if not state_io.enabled or tmp_spool is not None:
             return
+        # a finished run keeps its thresholds instead of the (larger) quantile sketches
+        drop = ("quantile",) if phase_ == "done" else ()
         state_io.save({"phase": phase_, "next_batch": next_, "batch_size": per_batch,
-                       "stats": {name: {k: s.state_dict() for k, s in st.items()}
+                       "thresholds": {k: v.cpu() for k, v in thresholds.items()},
+                       "stats": {name: {k: s.state_dict() for k, s in st.items()
+                                        if k not in drop}
                                  for name, st in stats.items()}})
 
     def loader(start):
@@ -453,8 +458,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         pbar.close()
         phase, next_batch = "tally", 0
 
-    thresholds = {}
-    if use_iou:
+    if use_iou and phase == "done":
+        thresholds = {k: v.to(device) for k, v in state["thresholds"].items()}
+    elif use_iou:
         thresholds = {name: stats[name]["quantile"].quantile(1.0 - quantile).float()
                       for name in layers}
 
