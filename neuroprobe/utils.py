@@ -49,7 +49,7 @@ def versions() -> dict:
     out = {"neuroprobe": __version__, "python": platform.python_version()}
     for mod in ("torch", "torchvision", "numpy", "captum"):
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = str(__import__(mod).__version__)
         except Exception:  # pragma: no cover - optional
             out[mod] = None
     return out

@@ -115,8 +115,12 @@ def save(path, module: nn.Module, arch: dict, metadata: dict | None = None) -> P
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                "metadata": _metadata_defaults(module, arch, metadata)}
+    # serialise in memory: torch.save names the archive after the file it writes, so writing
+    # the temporary file directly would make identical models give different bytes
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buf.getvalue())
     return Path(path)
 
 

@@ -1,8 +1,10 @@
 """Built-in demo models, addressed by name (``--model demo``).
 
 The demo models (a small encoder pretrained on the synthetic world, and its frozen,
-fine-tuned and scene-tuned variants) are built on first use by :mod:`neuroprobe.train.demo`
-and cached in ``neuroprobe.resources.cache_dir() / "models"``.
+fine-tuned and scene-tuned variants) are shipped in ``neuroprobe/_models/`` (regenerated bit for
+bit by ``python -m neuroprobe.train.demo --rebuild``); :mod:`neuroprobe.train.demo` rebuilds them
+into ``neuroprobe.resources.cache_dir() / "models"`` only if the shipped files are missing.
+``demo-random`` is the demo encoder with seeded random weights, a control for dissection.
 """
 from __future__ import annotations
 
