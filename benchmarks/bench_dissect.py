@@ -25,7 +25,7 @@ from pathlib import Path
 
 LAYERS = ["net.layer3", "net.layer4"]
 MODEL = "torchvision:resnet18?weights=none"
-BATCH = 32
+BATCH = 16
 
 _CHILD = r"""
 import json, resource, sys, time, torch

@@ -224,13 +224,8 @@ class Quantile:
             return 0.0
         return sum(c * 2 ** h for h, c in enumerate(self.compactions)) / self.n
 
-    def _sorted(self):
-        vals = torch.cat(self.levels, dim=1)
-        weights = torch.cat([torch.full((b.shape[1],), 2 ** h, dtype=torch.int64,
-                                        device=vals.device) for h, b in enumerate(self.levels)])
-        vals, order = torch.sort(vals, dim=1)
-        cum = torch.cumsum(weights[order], dim=1)
-        return vals, cum
+    #: units answered at once by :meth:`quantiles` (bounds the memory of a query)
+    QUERY_CHUNK = 32
 
     def quantiles(self, qs: Sequence[float] | float) -> torch.Tensor:
         """Quantiles ``qs`` (in ``[0, 1]``) of every unit: a ``(U, len(qs))`` tensor.
@@ -245,18 +240,25 @@ class Quantile:
         q = torch.as_tensor([qs] if scalar else list(qs), dtype=torch.float64)
         if ((q < 0) | (q > 1)).any():
             raise ValueError("quantiles must lie in [0, 1]")
-        vals, cum = self._sorted()
+        dev = self.levels[0].device
+        weights = torch.cat([torch.full((b.shape[1],), 2 ** h, dtype=torch.int64, device=dev)
+                             for h, b in enumerate(self.levels)])
         pos = q * (self.n - 1)
         lo = torch.floor(pos).to(torch.int64)
-        frac = (pos - lo).to(vals.dtype).to(vals.device)
         hi = torch.clamp(lo + 1, max=self.n - 1)
-        ranks = torch.cat([lo, hi]).to(vals.device)
-        idx = torch.searchsorted(cum, ranks[None].expand(self.units, -1).contiguous(), right=True)
-        idx = idx.clamp(max=vals.shape[1] - 1)
-        picked = torch.gather(vals, 1, idx)
-        a, b = picked[:, : len(q)], picked[:, len(q):]
-        out = a + frac[None] * (b - a)
-        return out
+        ranks = torch.cat([lo, hi]).to(dev)
+        out = []
+        for s in range(0, self.units, self.QUERY_CHUNK):
+            vals = torch.cat([b[s: s + self.QUERY_CHUNK] for b in self.levels], dim=1)
+            vals, order = torch.sort(vals, dim=1)
+            cum = torch.cumsum(weights[order], dim=1)
+            idx = torch.searchsorted(cum, ranks[None].expand(len(vals), -1).contiguous(),
+                                     right=True).clamp(max=vals.shape[1] - 1)
+            picked = torch.gather(vals, 1, idx)
+            a, b = picked[:, : len(q)], picked[:, len(q):]
+            frac = (pos - lo).to(vals.dtype).to(dev)
+            out.append(a + frac[None] * (b - a))
+        return torch.cat(out)
 
     def quantile(self, q: float) -> torch.Tensor:
         """The ``q`` quantile of every unit, a ``(U,)`` tensor."""
@@ -266,7 +268,7 @@ class Quantile:
     def state_dict(self) -> dict:
         return {"kind": "Quantile", "capacity": self.capacity, "seed": self.seed,
                 "hra": self.hra, "n": self.n,
-                "units": self.units, "levels": [b.clone() for b in self.levels],
+                "units": self.units, "levels": list(self.levels),
                 "compactions": list(self.compactions)}
 
     def load_state_dict(self, state: dict) -> None:
