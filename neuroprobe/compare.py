@@ -112,9 +112,9 @@ def changed_units(a: Run, b: Run) -> list[dict]:
             la = ra["label"] if ra["detector"] else ""
             lb = rb["label"] if rb["detector"] else ""
             if la != lb:
-                out.append({"layer": ra["layer"], "unit": ra["unit"], f"label_{a.name}": la,
-                            f"score_{a.name}": ra["score"], f"label_{b.name}": lb,
-                            f"score_{b.name}": rb["score"]})
+                out.append({"layer": ra["layer"], "unit": ra["unit"], "run_a": a.name,
+                            "label_a": la, "score_a": ra["score"], "run_b": b.name,
+                            "label_b": lb, "score_b": rb["score"]})
     return out
 
 

@@ -142,8 +142,9 @@ def _csv(path: Path, rows: list[dict]) -> None:
 
     if not rows:
         return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_open(path, "w") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
 
@@ -397,7 +398,17 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
     for name, mspec in (models or {}).items():
         spec_models[name] = mspec
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} is a file", hint="choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    concepts_spec = dict(spec.get("concepts", {"name": "synthetic"}))
+    if concepts_spec.get("name", "synthetic") == "synthetic" and "image_size" not in \
+            concepts_spec and spec_models:
+        # the procedural world is drawn at the models' input size (as `neuroprobe dissect` does)
+        size = _load(next(iter(spec_models.values())), "cpu").metadata.get("input_size")
+        if size and size[0] == size[1]:
+            concepts_spec.update(image_size=int(size[0]), mask_size=int(size[0]) // 2)
+    spec["concepts"] = concepts_spec
     concept_name, dataset = _open_concepts(spec, root,
                                            limit or spec.get("concepts", {}).get("limit"))
     kind = spec["kind"]

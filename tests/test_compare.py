@@ -85,7 +85,7 @@ def test_count_table_and_changed_units(tmp_path):
     assert table["text"]["frozen"] == 2 and table["text"]["tuned"] == 1
     assert table["head"]["difference"] == 2
     changed = compare.changed_units(a, b)
-    assert [(c["unit"], c["label_frozen"], c["label_tuned"]) for c in changed] == [
+    assert [(c["unit"], c["label_a"], c["label_b"]) for c in changed] == [
         (0, "text", "head"), (2, "", "head")]
     with pytest.raises(Exception, match="not a dissection run"):
         compare.load_run(tmp_path)
