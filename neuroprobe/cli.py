@@ -11,6 +11,7 @@ non-zero status; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -69,8 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             raise
-        print(f"neuroprobe: error: {err.one_line()}", file=sys.stderr)
+        print(f"neuroprobe: error: {_user_message(err)}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        # a full disk, a read-only or forbidden output folder: the user can fix these
+        if debug or err.errno not in _USER_ERRNOS:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"neuroprobe: error: {os.strerror(err.errno).lower()}{where} "
+              f"({_USER_ERRNOS[err.errno]}; results written before are kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if debug:
             raise
@@ -82,6 +91,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("neuroprobe: error: out of memory (lower --batch-size)", file=sys.stderr)
         return 3
+
+
+#: OSErrors a user can fix, with the fix.
+_USER_ERRNOS = {
+    errno.ENOSPC: "free disk space or choose another --out folder",
+    errno.EDQUOT: "free disk space or choose another --out folder",
+    errno.EACCES: "check the permissions or choose another --out folder",
+    errno.EPERM: "check the permissions or choose another --out folder",
+    errno.EROFS: "the file system is read-only: choose another --out folder",
+}
+
+
+def _user_message(err: UserError) -> str:
+    """The one-line message; a UserError re-raised by a DataLoader worker carries the worker's
+    traceback in its text, of which only the last line (the original message) is kept."""
+    text = err.one_line()
+    if "Original Traceback" in err.message:
+        last = err.message.strip().splitlines()[-1]
+        text = " ".join((last.split(": ", 1)[1] if ": " in last else last).split())
+    return text
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper

@@ -282,8 +282,9 @@ MATRIX = [
                                     "--data", "folder:{d}/imgfolder", "--labels",
                                     "{d}/labels_wrong.csv", "--epochs", "1",
                                     "--out", "{out}/m.pt"], ["labels_wrong.csv"]),
-    ("broden-index-columns", ["dissect", "--concepts", "broden", "--root", "{d}/broden-badcsv",
-                              "--limit", "2", "--out", "{out}"], ["index.csv"]),
+    ("broden-incomplete-folder", ["dissect", "--concepts", "broden", "--root",
+                                  "{d}/broden-badcsv", "--limit", "2", "--out", "{out}"],
+     ["label.csv", "download"]),
     ("compare-broken-units-csv", ["compare", "{d}/run", "{d}/run-broken-units",
                                   "--out", "{out}"], ["units.csv"]),
     # JSON
@@ -309,12 +310,12 @@ MATRIX = [
     ("dissect-nan-activations", ["dissect", "--model", "{d}/nan.pt", "--limit", "2",
                                  "--out", "{out}"], ["nan"]),
     ("dissect-inf-activations", ["dissect", "--model", "{d}/inf.pt", "--limit", "2",
-                                 "--out", "{out}"], ["inf"]),
+                                 "--out", "{out}"], ["activations", "weights"]),
     # outputs that cannot be written where asked
     ("concepts-export-nonempty", ["concepts", "export", "synthetic", "--n", "2",
                                   "--out", "{out}"], ["not empty"]),
     ("gallery-not-a-run", ["gallery", "{d}", "--out", "{out}"], ["units.csv"]),
-    ("compare-one-run", ["compare", "{d}/run"], ["2"]),
+    ("compare-one-run", ["compare", "{d}/run"], ["two run folders"]),
 ]
 
 
@@ -376,6 +377,8 @@ def test_malicious_pickle_is_refused(world, tmp_path, capsys, kind, argv):
     ckpt = world["d"] / f"{kind}.pt"
     argv = [a.format(ckpt=ckpt, out=out, run=world["run"]) for a in argv]
     rc, _, err = cli(argv, capsys)
-    assert_one_line(rc, err, f"{kind}.pt", "--trust-checkpoint")
+    # train has no --trust-checkpoint: it only ever takes plain state dicts
+    assert_one_line(rc, err, f"{kind}.pt", "pickle",
+                    "state dict" if argv[0] == "train" else "--trust-checkpoint")
     assert not world["marker"].exists()
     assert_intact(out)

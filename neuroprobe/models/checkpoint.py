@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -179,12 +180,22 @@ def _load(spec: str, arch, trust: bool):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip "
                               "archive nor a pickle)", hint="expected a file written by torch.save")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": not for users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower() or "Unsupported operand" in str(err):
+        if "weights only" not in str(err).lower():
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (unpickling failed: "
                                   f"{str(err).splitlines()[0][:100]})",
                                   hint="expected a file written by torch.save") from None
+        if not trust and "Unsupported operand" in str(err):
+            # a pickle the safe unpickler cannot parse: it may hold arbitrary objects
+            raise CheckpointError(
+                f"{path} is a pickle that the safe loader cannot read (it may hold Python "
+                "objects, which can run arbitrary code when loaded), so it was not loaded",
+                hint="save it with torch.save(state_dict) instead, or pass "
+                "--trust-checkpoint (trust=True) only if you trust where the file came from"
+            ) from None
         if not trust:
             raise CheckpointError(
                 f"{path} contains pickled Python objects, which can run arbitrary code when "

@@ -140,8 +140,19 @@ def encoder_state(weights: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist",
                               hint="pass --weights imagenet, none, demo or an existing file")
+    import pickle
+    import warnings
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch's pickle-protocol notes are not for users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects (or a pickle the safe loader cannot read), "
+            "which can run arbitrary code when loaded, so it was not loaded",
+            hint="save the encoder as a plain state dict: "
+            "torch.save(model.state_dict(), PATH)") from None
     except Exception as err:
         raise CheckpointError(f"{path} is not a loadable weights file ({type(err).__name__})",
                               hint="expected a state dict or a neuroprobe checkpoint") from None

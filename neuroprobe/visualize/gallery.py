@@ -161,10 +161,15 @@ def read_run(run_dir) -> tuple[list[dict], dict]:
     try:
         with open(units_csv, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
+    except (OSError, ValueError, csv.Error) as err:
+        raise DataFormatError(f"cannot read {units_csv}: {err}",
+                              hint="rerun `neuroprobe dissect` into this folder") from None
+    try:
         summary = json.loads(summary_json.read_text(encoding="utf-8")) \
             if summary_json.is_file() else {}
-    except (OSError, ValueError, csv.Error) as err:
-        raise DataFormatError(f"cannot read the run in {run}: {err}") from None
+    except (OSError, ValueError) as err:
+        raise DataFormatError(f"cannot read {summary_json}: {err}",
+                              hint="rerun `neuroprobe dissect` into this folder") from None
     missing = {"layer", "unit", "label", "score"} - set(rows[0] if rows else {})
     if rows and missing:
         raise DataFormatError(f"{units_csv} lacks the columns {sorted(missing)}")
