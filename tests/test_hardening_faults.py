@@ -1,0 +1,296 @@
+"""Hardening, part 2: faults while running (full disk, interrupted download, SIGINT/SIGKILL and
+resume, two runs in one folder) and the security of untrusted inputs (archives escaping the
+target folder, HTML in label names, writes outside the output and cache folders).
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from neuroprobe.cli import main
+
+from test_hardening import SENTINEL, assert_intact, assert_one_line, cli, debris, seed_folder
+
+REPO = Path(__file__).resolve().parents[1]
+DISSECT = ["dissect", "--limit", "6", "--batch-size", "1", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """An uninterrupted dissection of the demo model (the reference of the resume tests)."""
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    assert main(["--quiet", *DISSECT, "--out", str(out)]) == 0
+    return out
+
+
+def _results(run: Path) -> dict:
+    return {name: (run / name).read_bytes() for name in ("units.csv", "region_nss.csv")}
+
+
+# -- disk full / unwritable ------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["replace", "fsync"])
+def test_disk_full_keeps_the_earlier_run(baseline, tmp_path, capsys, monkeypatch, where):
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    (run / "earlier.txt").write_bytes(SENTINEL)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, where, full)
+    rc, _, err = cli([*DISSECT, "--no-resume", "--out", run], capsys)
+    monkeypatch.undo()
+    assert_one_line(rc, err, "no space left", "free disk space")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert_intact(run)
+
+
+def test_disk_full_in_other_writers(tmp_path, capsys, monkeypatch):
+    for argv in (["popout", "--models", "centre", "--n", "2", "--size", "64"],
+                 ["saliency", "eval", "--data", "csv:{csv}", "--images", "{img}",
+                  "--models", "centre"]):
+        out = seed_folder(tmp_path / argv[0])
+        img = tmp_path / "img"
+        img.mkdir(exist_ok=True)
+        import numpy as np
+        from PIL import Image
+
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img / "a.png")
+        (tmp_path / "f.csv").write_text("image,x,y,observer\na.png,3,4,0\na.png,10,9,1\n")
+        argv = [a.format(csv=tmp_path / "f.csv", img=img) for a in argv]
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "replace", full)
+        rc, _, err = cli([*argv, "--out", out], capsys)
+        monkeypatch.undo()
+        assert_one_line(rc, err, "no space left")
+        assert_intact(out)
+
+
+def test_read_only_output_folder(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    out = seed_folder(tmp_path / "ro")
+    out.chmod(0o500)
+    try:
+        rc, _, err = cli(["popout", "--models", "centre", "--n", "2", "--size", "64",
+                          "--out", out], capsys)
+    finally:
+        out.chmod(0o700)
+    assert_one_line(rc, err, "permission")
+    assert_intact(out)
+
+
+# -- downloads -------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        data = self.server.files.get(self.path.lstrip("/"))
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.server.cut:   # the connection drops after a few bytes, every time
+            self.wfile.write(data[:10])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
+
+
+@pytest.fixture()
+def server():
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.files, srv.cut = {}, False
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _zip(entries) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _tar_symlink() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("broden1_224/evil")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("entries", [
+    {"broden1_224/index.csv": b"x", "broden1_224/../../escaped.txt": b"x"},
+    {"broden1_224/index.csv": b"x", "/tmp/neuroprobe-absolute-escape.txt": b"x"},
+], ids=["dotdot", "absolute"])
+def test_download_refuses_escaping_archives(server, tmp_path, capsys, entries):
+    server.files["data/broden1_224.zip"] = _zip(entries)
+    out = seed_folder(tmp_path / "data")
+    rc, _, err = cli(["download", "broden", "--out", out, "--mirror", server.url], capsys)
+    assert_one_line(rc, err, "refused")
+    assert not (tmp_path / "escaped.txt").exists() and not (out / "broden1_224").exists()
+    assert not Path("/tmp/neuroprobe-absolute-escape.txt").exists()
+    assert_intact(out)
+
+
+def test_extract_refuses_symlinks_leaving_the_folder(tmp_path):
+    from neuroprobe.download import extract
+    from neuroprobe.errors import DownloadError
+
+    (tmp_path / "a.tar.gz").write_bytes(_tar_symlink())
+    with pytest.raises(DownloadError, match="refused|link"):
+        extract(tmp_path / "a.tar.gz", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_interrupted_download_is_one_line_and_resumable(server, tmp_path, capsys, monkeypatch):
+    import neuroprobe.download as dl
+
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)   # no back-off waits in the test
+    server.files["data/broden1_224.zip"] = _zip({"broden1_224/index.csv": b"image\n" * 200})
+    server.cut = True
+    out = seed_folder(tmp_path / "data")
+    rc, _, err = cli(["download", "broden", "--out", out, "--mirror", server.url,
+                      "--timeout", "5"], capsys)
+    assert_one_line(rc, err, "broden1_224.zip")
+    assert not (out / "broden1_224").exists()
+    assert (out / "earlier.txt").read_bytes() == SENTINEL
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    server.cut = False   # the rerun resumes and finishes
+    rc, _, err = cli(["download", "broden", "--out", out, "--mirror", server.url], capsys)
+    assert rc == 0, err
+    assert (out / "broden1_224" / "index.csv").read_bytes() == b"image\n" * 200
+    assert_intact(out)
+
+
+# -- HTML / JS in data is inert in the report ------------------------------------------------
+
+def test_html_in_labels_and_paths_is_inert(baseline, tmp_path, capsys):
+    run = tmp_path / "<img src=x onerror=alert(1)>"
+    shutil.copytree(baseline, run)
+    with open(run / "units.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    payloads = ["<script>alert(1)</script>", "</script><script>alert(2)</script>",
+                "<img src=x onerror=alert(3)>", "\"'><svg onload=alert(4)>"]
+    for i, r in enumerate(rows):
+        r["label"] = payloads[i % len(payloads)]
+    with open(run / "units.csv", "w", newline="", encoding="utf-8") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    out = tmp_path / "gallery"
+    rc, _, err = cli(["gallery", run, "--max-units", "4", "--top-k", "2", "--steps", "0",
+                      "--attribution", "none", "--tile", "32", "--out", out], capsys)
+    assert rc == 0, err
+    page = (out / "index.html").read_text(encoding="utf-8")
+    from html.parser import HTMLParser
+
+    class Audit(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.handlers, self.script, self.in_script = [], [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.handlers += [(tag, k, v) for k, v in attrs if k.startswith("on")]
+            self.in_script = tag == "script"
+
+        def handle_endtag(self, tag):
+            self.in_script = False
+
+        def handle_data(self, data):
+            if self.in_script:
+                self.script.append(data)
+
+    audit = Audit()
+    audit.feed(page)
+    assert "svg" not in audit.tags and audit.tags.count("img") == page.count("<img ")
+    assert not [h for h in audit.handlers if "alert" in (h[2] or "")], audit.handlers
+    assert "alert" not in "".join(audit.script)
+    for bad in ("<script>alert", "<img src=x", "<svg onload", "\"'><svg"):
+        assert bad not in page, bad
+    assert "&lt;script&gt;alert(1)" in page
+
+
+# -- nothing written outside the output and cache folders -----------------------------------
+
+def test_no_writes_outside_out_and_cache(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    home, cwd, tmp = tmp_path / "home", tmp_path / "cwd", tmp_path / "tmp"
+    for p in (home, cwd, tmp):
+        p.mkdir()
+    cache = home / ".cache"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("NEUROPROBE_CACHE", str(cache / "neuroprobe"))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.chdir(cwd)
+    watched = [REPO / "neuroprobe", REPO / "concepts", REPO / "probes"]
+    snap = {p: p.stat().st_mtime_ns for w in watched for p in w.rglob("*") if p.is_file()}
+    outs = tmp_path / "outs"
+    cmds = [
+        ["layers", "--model", "demo", "--depth", "1"],
+        ["concepts", "list"],
+        ["concepts", "info", "synthetic", "--limit", "4"],
+        ["concepts", "show", "synthetic", "--n", "2", "--out", outs / "sheet" / "s.png"],
+        ["concepts", "export", "synthetic", "--n", "2", "--out", outs / "export"],
+        ["dissect", "--limit", "2", "--batch-size", "2", "--out", outs / "dissect"],
+        ["visualize", "--model", "demo", "--units", "block4:0", "--steps", "2", "--size", "32",
+         "--out", outs / "vis"],
+        ["popout", "--models", "centre", "--n", "2", "--size", "64", "--out", outs / "popout"],
+    ]
+    for argv in cmds:
+        rc, _, err = cli(argv, capsys)
+        assert rc == 0, (argv, err)
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
+    stray = [p for p in home.rglob("*") if p.is_file() and cache not in p.parents]
+    assert stray == []
+    assert {p: p.stat().st_mtime_ns for p in snap if p.exists()} == snap
+    for w in watched:   # no new files in the package or its shipped folders
+        assert all(p in snap for p in w.rglob("*") if p.is_file() and "__pycache__" not in
+                   p.parts)
+    for sub in outs.iterdir():
+        assert debris(sub) == []
