@@ -278,8 +278,8 @@ def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> st
                     nss_rows.append({"run": r.name, **row})
     if nss_rows:
         _csv(out / "region_nss.csv", nss_rows)
-        text += ["\n## Region-NSS table (He et al. 2019, Table 2 layout)\n",
-                 _md_table(nss_rows)]
+        text += ["\n## Region-NSS (He et al. 2019, Table 2 layout)\n",
+                 _nss_pivot(nss_rows, spec.get("compare", {}).get("nss_labels"))]
     # category preference
     if cmp.get("preference", True) and dataset.has_fixations:
         limit = int(cmp.get("preference_images", 200))
@@ -289,7 +289,9 @@ def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> st
             if meta.get("task") == "saliency":
                 prefs[name] = category_preference(module, dataset, limit=limit, device=device)
         prefs["fixations"] = fixation_preference(dataset, limit=limit)
-        ids = sorted(set().union(*[set(p) for p in prefs.values()]))
+        cats = cmp.get("preference_categories", ["object", "part"])
+        ids = sorted(i for i in set().union(*[set(p) for p in prefs.values()])
+                     if not cats or dataset.labels.category(i) in cats)
         rows = [{"label": dataset.labels.name(i), **{n: p.get(i, float("nan"))
                                                       for n, p in prefs.items()}} for i in ids]
         _csv(out / "preference.csv", rows)
@@ -299,6 +301,35 @@ def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> st
         text += [f"\n## Category preference (first {limit} images; 1 = as much as the "
                  "region's area)\n", _md_table(rows)]
     return "\n".join(text)
+
+
+def _nss_pivot(rows: list[dict], labels=None) -> str:
+    """Per label: mean NSS of the top units / number of units above the threshold, for each run
+    at its deepest dissected layer (every layer is in region_nss.csv)."""
+    from .concepts.base import STUDY_CATEGORIES
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    deepest = {}
+    for r in rows:
+        deepest[r["run"]] = r["layer"]  # rows come in layer order; the last one is the deepest
+    labels = labels or [lab for lab in STUDY_CATEGORIES
+                        if any(r["label"] == lab for r in rows)] or sorted(
+        {r["label"] for r in rows})
+    index = {(r["run"], r["label"]): r for r in rows if r["layer"] == deepest[r["run"]]}
+    out = []
+    for lab in labels:
+        row = {"concept": lab}
+        for run in runs:
+            r = index.get((run, lab))
+            row[f"{run}: top-{r['top_units'] if r else 10} NSS"] = (
+                f"{float(r['top_mean_nss']):.2f}" if r else "")
+            row[f"{run}: units > {r['nss_threshold'] if r else ''}"] = r["units_above"] if r \
+                else ""
+        out.append(row)
+    layers = ", ".join(f"{run} `{deepest[run]}`" for run in runs)
+    return (f"Layer per run: {layers}. Mean region-NSS of the top units and the number of units "
+            "above the NSS threshold, per concept; all layers and labels in `region_nss.csv`.\n\n"
+            + _md_table(out))
 
 
 def _kind_task_vs_domain(spec, models, out, dataset, concept_name, device) -> str:
