@@ -367,6 +367,33 @@ def _kind_task_vs_domain(spec, models, out, dataset, concept_name, device) -> st
     return "\n".join(text)
 
 
+def _popout_compact(path: Path) -> str:
+    """Per model and feature: GSI and fixations to the target, averaged over difference levels."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    gsi_key = next(k for k in rows[0] if k.lower().startswith("gsi"))
+    fix_key = next(k for k in rows[0] if k.lower().startswith("fixations"))
+    agg: dict = {}
+    for r in rows:
+        a = agg.setdefault((r["model"], r["feature"]), {"gsi": [], "fix": [], "n": 0})
+        a["gsi"].append(float(r[gsi_key]))
+        a["fix"].append(float(r[fix_key]))
+        a["n"] += int(r.get("n") or 0)
+    features = list(dict.fromkeys(r["feature"] for r in rows))
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        row = {"model": model}
+        for f in features:
+            a = agg.get((model, f))
+            if a:
+                row[f"{f}: GSI"] = f"{np.mean(a['gsi']):.3f}"
+                row[f"{f}: fixations"] = f"{np.mean(a['fix']):.1f}"
+        out.append(row)
+    return ("Mean over the difference levels (GSI: higher = target more salient than "
+            "distractors; fixations to reach the target, 100 = not found). Per level: "
+            "`runs/popout/summary.md`.\n\n" + _md_table(out))
+
+
 def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
     from .cli import main as cli_main
 
@@ -384,7 +411,7 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
     code = cli_main(argv)
     if code:
         raise UserError("the pop-out evaluation failed (see above)")
-    summary = (out / "runs" / "popout" / "summary.md").read_text()
+    summary = _popout_compact(out / "runs" / "popout" / "summary.csv")
     # natural images: the dataset's own fixations
     from .saliency import classical
     from .saliency.evaluate import checkpoint_model
