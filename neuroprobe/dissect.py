@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,9 +250,60 @@ def _check_out_dir(out_dir: Path, key: str, overwrite: bool) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _run_lock(out_dir):
+    """Hold ``<out>/.lock`` (an advisory ``flock``) while a run writes into ``out``.
+
+    A second run into the same folder is refused with one clear line instead of mixing its
+    checkpoints and results with the first one's.  The kernel releases the lock when the
+    process dies (even by SIGKILL), so a killed run never blocks its resume.
+    """
+    if out_dir is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows: no advisory locks, no guard
+        yield
+        return
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        yield   # the engine reports a file given as --out
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            raise UserError(f"output folder {out} is in use by another dissection (process "
+                            f"{pid})", hint="wait for it to finish or choose another --out "
+                            "folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    finally:
+        fh.close()
+
+
 # -- the engine ------------------------------------------------------------------------------
 
 def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,
+            out_dir=None, **kwargs) -> "DissectionResult":
+    with _run_lock(out_dir):
+        return _dissect(model, dataset, layers, out_dir=out_dir, **kwargs)
+
+
+def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,
             mode: str = "netdissect", score: str = "iou", quantile: float | None = None,
             iou_threshold: float = 0.04, denominator: str | None = None,
             nss_threshold: float = 1.5, top_units: int = 10, batch_size: int = 32,
@@ -542,3 +594,6 @@ def _spool_record(acts: dict, batch: dict) -> dict:
             "layers": lay.to(small), "whole": batch["whole"],
             "categories": batch["categories"], "fixations": batch["fixations"],
             "id": list(batch["id"])}
+
+
+dissect.__doc__ = _dissect.__doc__

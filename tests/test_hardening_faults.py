@@ -294,3 +294,111 @@ def test_no_writes_outside_out_and_cache(tmp_path, capsys, monkeypatch):
                    p.parts)
     for sub in outs.iterdir():
         assert debris(sub) == []
+
+
+# -- SIGINT / SIGKILL and resume; two runs in one folder -----------------------------------
+
+_SLOW_DISSECT = """
+import sys, time
+from neuroprobe import dissect as D
+D._AFTER_BATCH = lambda phase, j: time.sleep(0.5) if phase == "tally" else None
+from neuroprobe.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_SLOW_TRAIN = """
+import sys, time
+from neuroprobe.train import recipe as R
+_loss = R.compute_loss
+def slow(*a, **k):
+    time.sleep(0.4)
+    return _loss(*a, **k)
+R.compute_loss = slow
+from neuroprobe.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start(script, argv):
+    env = {**os.environ, "NEUROPROBE_QUIET": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", script, "--quiet", *map(str, argv)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc, timeout=90.0):
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_dissect_interrupted_then_resumed_equals_uninterrupted(baseline, tmp_path, capsys, sig):
+    out = tmp_path / "run"
+    proc = _start(_SLOW_DISSECT, [*DISSECT, "--out", out])
+    _wait_for(out / ".state" / "state.pt", proc)   # pass 1 finished and checkpointed
+    if sig == signal.SIGKILL:   # meanwhile a second run into the same folder is refused
+        rc, _, err = cli([*DISSECT, "--out", out], capsys)
+        assert_one_line(rc, err, "in use", "another --out")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (out / "units.csv").exists()
+    # only the checkpoint (and, after SIGKILL, the released lock file) is left: no temp files
+    assert {d for d in debris(out) if not d.startswith(".state/")} <= {".lock"}
+    assert not [d for d in debris(out / ".state") if Path(d).name.startswith(".")]
+    rc, _, err = cli([*DISSECT, "--out", out], capsys)   # resume
+    assert rc == 0, err
+    assert _results(out) == _results(baseline)
+    assert all(d.startswith(".state/") for d in debris(out)), debris(out)
+    assert not (out / ".lock").exists()
+
+
+def test_second_run_of_another_configuration_is_refused(baseline, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    before = _results(run)
+    rc, _, err = cli(["dissect", "--limit", "3", "--batch-size", "1", "--out", run], capsys)
+    assert_one_line(rc, err, "another configuration", "--overwrite")
+    assert _results(run) == before
+
+
+TRAIN = ["train", "saliency", "--encoder", "small", "--weights", "none", "--epochs", "3",
+         "--limit", "8", "--val", "2", "--input-size", "32", "--batch-size", "4", "--seed", "1"]
+
+
+def _weights(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def train_baseline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "m.pt"
+    assert main(["--quiet", *TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_training_interrupted_then_resumed_equals_uninterrupted(train_baseline, tmp_path, capsys,
+                                                                 sig):
+    import torch
+
+    out = tmp_path / "m.pt"
+    proc = _start(_SLOW_TRAIN, [*TRAIN, "--out", out])
+    _wait_for(Path(str(out) + ".resume.pt"), proc)   # one epoch finished
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
+    assert "Traceback" not in err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    torch.load(out, map_location="cpu", weights_only=True)   # the last epoch's file is whole
+    rc, _, err = cli([*TRAIN, "--out", out, "--resume"], capsys)
+    assert rc == 0, err
+    a, b = _weights(out), _weights(train_baseline)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
