@@ -402,3 +402,16 @@ def test_training_interrupted_then_resumed_equals_uninterrupted(train_baseline, 
     assert rc == 0, err
     a, b = _weights(out), _weights(train_baseline)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_results_get_the_umask_mode_not_0600(tmp_path):
+    from neuroprobe.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r.json").stat().st_mode == (tmp_path / "plain").stat().st_mode
