@@ -142,7 +142,8 @@ def _plots(summary, features, out) -> None:
             ax.set_title(t, fontsize=9)
         axes[1].set_yscale("log")
         axes[2].axhline(1.0, color="grey", lw=0.5)
-        axes[0].legend(fontsize=7)
+        if axes[0].get_legend_handles_labels()[0]:  # a feature with no arrays draws no lines
+            axes[0].legend(fontsize=7)
         fig.suptitle(f"pop-out: {feat}")
         fig.tight_layout()
         with atomic_path(out / f"popout_{feat}.png", suffix=".png") as tmp:
