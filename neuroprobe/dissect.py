@@ -298,9 +298,23 @@ def _run_lock(out_dir):
 # -- the engine ------------------------------------------------------------------------------
 
 def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,
-            out_dir=None, **kwargs) -> "DissectionResult":
+            mode: str = "netdissect", score: str = "iou", quantile: float | None = None,
+            iou_threshold: float = 0.04, denominator: str | None = None,
+            nss_threshold: float = 1.5, top_units: int = 10, batch_size: int = 32,
+            device=None, amp: str | None = None, limit: int | None = None,
+            out_dir=None, resume: bool = True, overwrite: bool = False,
+            keep: str = "auto", checkpoint_every: int = 20, num_workers: int = 0,
+            model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
+            progress: bool = True) -> DissectionResult:
+    options = dict(mode=mode, score=score, quantile=quantile, iou_threshold=iou_threshold,
+                   denominator=denominator, nss_threshold=nss_threshold, top_units=top_units,
+                   batch_size=batch_size, device=device, amp=amp, limit=limit,
+                   out_dir=out_dir, resume=resume, overwrite=overwrite, keep=keep,
+                   checkpoint_every=checkpoint_every, num_workers=num_workers,
+                   model_info=model_info, sketch_capacity=sketch_capacity, top_k=top_k,
+                   progress=progress)
     with _run_lock(out_dir):
-        return _dissect(model, dataset, layers, out_dir=out_dir, **kwargs)
+        return _dissect(model, dataset, layers, **options)
 
 
 def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,

@@ -384,3 +384,14 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert not (out / "units.csv").exists()
     run_tiny(out, checkpoint_every=2)
     assert (out / "units.csv").read_text() == (ref / "units.csv").read_text()
+
+
+def test_public_signature_lists_every_option():
+    import inspect
+
+    from neuroprobe.dissect import _dissect
+
+    public, inner = inspect.signature(dissect), inspect.signature(_dissect)
+    assert public == inner
+    assert {"mode", "quantile", "out_dir", "keep", "top_k"} <= set(public.parameters)
+    assert "Parameters" in (dissect.__doc__ or "")
