@@ -49,6 +49,8 @@ MODES = {
 SCORES = ("iou", "region-nss", "both")
 DENOMINATOR_CHOICES = ("netdissect", "lite")
 STATE_VERSION = 1
+#: keys of ``config["concepts"]`` that say how the set was opened, not what it holds
+_CONCEPTS_INFO_KEYS = ("spec", "root", "limit", "overrides")
 
 #: test hook: called as ``_AFTER_BATCH(phase, batch_index)`` after every batch
 _AFTER_BATCH: Callable | None = None
@@ -246,7 +248,8 @@ def _check_out_dir(out_dir: Path, key: str, overwrite: bool) -> None:
                         f"({found}, this one is {key})",
                         hint="choose another --out folder or pass --overwrite")
     shutil.rmtree(out_dir / ".state", ignore_errors=True)
-    for name in ("units.csv", "summary.json", "region_nss.csv", "concepts.png"):
+    for name in ("units.csv", "summary.json", "region_nss.csv", "concepts.png",
+                 "top_images.pt"):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -305,14 +308,14 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             out_dir=None, resume: bool = True, overwrite: bool = False,
             keep: str = "auto", checkpoint_every: int = 20, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
-            progress: bool = True) -> DissectionResult:
+            progress: bool = True, concepts_info: dict | None = None) -> DissectionResult:
     options = dict(mode=mode, score=score, quantile=quantile, iou_threshold=iou_threshold,
                    denominator=denominator, nss_threshold=nss_threshold, top_units=top_units,
                    batch_size=batch_size, device=device, amp=amp, limit=limit,
                    out_dir=out_dir, resume=resume, overwrite=overwrite, keep=keep,
                    checkpoint_every=checkpoint_every, num_workers=num_workers,
                    model_info=model_info, sketch_capacity=sketch_capacity, top_k=top_k,
-                   progress=progress)
+                   progress=progress, concepts_info=concepts_info)
     with _run_lock(out_dir):
         return _dissect(model, dataset, layers, **options)
 
@@ -325,7 +328,7 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
             out_dir=None, resume: bool = True, overwrite: bool = False,
             keep: str = "auto", checkpoint_every: int = 20, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
-            progress: bool = True) -> DissectionResult:
+            progress: bool = True, concepts_info: dict | None = None) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
 
     Parameters
@@ -358,6 +361,12 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
     checkpoint_every : batches between checkpoints.
     model_info : identity of the model written into the results (``{"spec", "sha256", ...}``);
         computed from the weights when not given.
+    sketch_capacity, top_k : size of the quantile sketch per unit; top images kept per unit.
+    progress : show progress bars.
+    concepts_info : how the concept set was opened, written into ``config["concepts"]``
+        (``{"spec": name or .toml path, "root": ..., "limit": ...}``) so that a gallery can
+        reopen it; not part of the configuration hash (the data are identified by the set's
+        own ``config()``).
 
     Returns
     -------
@@ -408,7 +417,9 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
     if "sha256" not in model_info:
         model_info["sha256"] = model_fingerprint(model)
     config = {
-        "model": model_info, "layers": layers, "concepts": {**source.config(), "n": n},
+        "model": model_info, "layers": layers,
+        "concepts": {**source.config(), "n": n,
+                     **{k: v for k, v in (concepts_info or {}).items() if v is not None}},
         "mode": mode, "score": score, "quantile": quantile,
         "quantile_on": MODES[mode]["quantile_on"], "iou_threshold": iou_threshold,
         "denominator": denom if use_iou else None,
@@ -419,7 +430,9 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
     }
     # the key names what determines the numbers: the model by its weights, not by its path
     key = config_hash({**config, "model": {k: v for k, v in model_info.items()
-                                           if k not in ("file", "spec", "note")}})
+                                           if k not in ("file", "spec", "note")},
+                       "concepts": {k: v for k, v in config["concepts"].items()
+                                    if k not in _CONCEPTS_INFO_KEYS}})
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_out_dir(out, key, overwrite)

@@ -9,7 +9,8 @@ score
     threshold (He et al., CVPR 2019).
 report
     :func:`write_results`: ``units.csv``, ``summary.json``, ``region_nss.csv`` (when scored)
-    and ``concepts.png`` (detector units per concept and layer), each written atomically.
+    ``concepts.png`` (detector units per concept and layer) and ``top_images.pt`` (top-k
+    images per unit, for galleries), each written atomically.
 """
 from __future__ import annotations
 
@@ -185,8 +186,8 @@ def plot_counts(path: Path, summary: dict, title: str = "") -> None:
 
 
 def write_results(result, out_dir) -> Path:
-    """Write ``units.csv``, ``summary.json``, ``concepts.png`` and, for region-NSS,
-    ``region_nss.csv`` into ``out_dir`` (atomically each)."""
+    """Write ``units.csv``, ``summary.json``, ``concepts.png``, ``top_images.pt`` and, for
+    region-NSS, ``region_nss.csv`` into ``out_dir`` (atomically each)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _csv(out / "units.csv", result.units)
@@ -197,5 +198,20 @@ def write_results(result, out_dir) -> Path:
         else "IoU >= {}".format(cfg["iou_threshold"])
     plot_counts(out / "concepts.png", result.summary,
                 f"detector units per concept ({cfg['mode']} mode, {what})")
+    write_top_images(out / "top_images.pt", result.top_images)
     write_json(out / "summary.json", result.summary)
     return out
+
+
+def write_top_images(path: Path, top_images: dict) -> None:
+    """``{layer: {"values": (U, k), "index": (U, k)}}`` (torch.save, atomically): the top-k
+    images of every unit, read by :func:`neuroprobe.visualize.gallery.make_gallery`."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({layer: {"values": v.detach().cpu(), "index": i.detach().cpu()}
+                for layer, (v, i) in top_images.items()}, buf)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())

@@ -182,7 +182,9 @@ def _run(args) -> int:
         nss_threshold=args.nss_threshold, top_units=args.top_units,
         batch_size=args.batch_size, device=device, amp=args.amp, limit=limit, out_dir=out,
         resume=not args.no_resume, overwrite=args.overwrite, keep=args.keep,
-        num_workers=workers, model_info=model_info)
+        num_workers=workers, model_info=model_info,
+        concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
+                       "limit": limit})
     _print_summary(result, out)
     return 0
 
