@@ -504,7 +504,8 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
                  f"with one pass over {len(dataset)} images")
             top = top_images(model, dataset, layers, top_k, batch_size, show_progress)
     cfg = summary.get("config", {})
-    score_name = "IoU" if cfg.get("score", "iou") == "iou" else "region-NSS"
+    # "both" runs label units by IoU (region-NSS columns sit beside it in units.csv)
+    score_name = "region-NSS" if cfg.get("score") == "region-nss" else "IoU"
     entries = render_units(model, dataset, rows, top, out, score_name=score_name,
                            maximize_steps=maximize_steps, maximize_size=maximize_size,
                            attribution=attribution, n_steps=n_steps, tile=tile, k=top_k,
