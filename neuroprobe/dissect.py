@@ -316,7 +316,11 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
                    checkpoint_every=checkpoint_every, num_workers=num_workers,
                    model_info=model_info, sketch_capacity=sketch_capacity, top_k=top_k,
                    progress=progress, concepts_info=concepts_info)
-    with _run_lock(out_dir):
+    from . import distributed
+
+    # under torchrun only rank 0 writes into out_dir, so only rank 0 holds its lock
+    main_rank = distributed.world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
+    with _run_lock(out_dir if main_rank else None):
         return _dissect(model, dataset, layers, **options)
 
 
@@ -399,6 +403,28 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
+    from . import distributed
+
+    dctx = distributed.setup(device)
+    if dctx.active and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dctx.local_rank)
+    try:
+        return _dissect_body(**locals())
+    finally:
+        distributed.teardown(dctx)
+
+
+def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshold, denominator,
+                  nss_threshold, top_units, batch_size, device, amp, limit, out_dir, resume,
+                  overwrite, keep, checkpoint_every, num_workers, model_info, sketch_capacity,
+                  top_k, progress, concepts_info, dctx, use_iou, use_nss, **_):
+    import tempfile
+
+    from .concepts.base import collate
+    from .utils import info, progress as bar, versions
+    from . import distributed
+
+    progress = progress and dctx.is_main
     model = model.to(device).eval()
     n_total = len(dataset)
     n = n_total if limit is None else min(int(limit), n_total)
@@ -435,9 +461,20 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
                                     if k not in _CONCEPTS_INFO_KEYS}})
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _check_out_dir(out, key, overwrite)
+        if dctx.active:   # every rank checks; only rank 0 clears a run of another config
+            if not dctx.is_main:
+                if not overwrite:
+                    _check_out_dir(out, key, False)
+            else:
+                _check_out_dir(out, key, overwrite)
+            dctx.barrier()
+        else:
+            _check_out_dir(out, key, overwrite)
     state_io = _State(out, config, key)
-    state = state_io.load() if resume else None
+    state = state_io.load() if resume and not dctx.active else None
+    if dctx.active and state_io.enabled:
+        # each rank spools into its own folder; no checkpoints (a killed torchrun run restarts)
+        state_io.dir = state_io.dir / f"rank{dctx.rank}"
     tmp_spool = None
     if keep == "disk" and not state_io.enabled:
         tmp_spool = tempfile.TemporaryDirectory(prefix="neuroprobe-spool-")
@@ -465,6 +502,12 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
             st[name] = s
         return st
 
+    def make_stat(name, k):
+        return {"top": lambda: TopK(top_k), "quantile": lambda: Quantile(sketch_capacity),
+                "tally": lambda: IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom),
+                "minmax": MinMax,
+                "nss": lambda: NSSTally(shapes[name][0], num_labels, ddof=1)}[k]()
+
     stats = new_stats()
     thresholds: dict = {}
     phase, next_batch = "record", 0
@@ -480,9 +523,11 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
     if state is not None and phase != "done":
         per_batch = int(state.get("batch_size", batch_size))  # keep the run's batching
     n_batches = (n + per_batch - 1) // per_batch
+    # this process's batches: all of them, or every world-th one under torchrun
+    mine = list(range(dctx.rank, n_batches, dctx.world))
 
     def checkpoint(phase_, next_):
-        if not state_io.enabled or tmp_spool is not None:
+        if not state_io.enabled or tmp_spool is not None or dctx.active:
             return
         # a finished run keeps its thresholds instead of the (larger) quantile sketches
         drop = ("quantile",) if phase_ == "done" else ()
@@ -493,16 +538,18 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
                                  for name, st in stats.items()}})
 
     def loader(start):
-        sub = torch.utils.data.Subset(dataset, range(start * per_batch, n))
-        return torch.utils.data.DataLoader(sub, batch_size=per_batch, shuffle=False,
-                                           num_workers=num_workers, collate_fn=collate)
+        """Batches ``mine[start:]``, each the images of its global batch number."""
+        batches = [list(range(j * per_batch, min(n, (j + 1) * per_batch)))
+                   for j in mine[start:]]
+        return zip(mine[start:], torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate))
 
     # -- pass 1: record -------------------------------------------------------------------
     if phase == "record":
         it = loader(next_batch)
-        pbar = bar(total=n_batches, initial=next_batch, desc="dissect: record", unit="batch",
+        pbar = bar(total=len(mine), initial=next_batch, desc="dissect: record", unit="batch",
                    **({} if progress else {"disable": True}))
-        for j, batch in enumerate(it, start=next_batch):
+        for pos, (j, batch) in enumerate(it, start=next_batch):
             images = batch["image"].to(device, non_blocking=True)
             acts = _forward(model, images, layers, amp, device)
             first = j * per_batch
@@ -526,8 +573,8 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
             if keep == "disk":
                 state_io.write_spool(j, _spool_record(acts, batch))
             pbar.update(1)
-            done = j + 1
-            if done == n_batches:
+            done = pos + 1
+            if done == len(mine):
                 phase, next_batch = "tally", 0
                 checkpoint(phase, 0)
             elif done % checkpoint_every == 0:
@@ -536,6 +583,7 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
                 _AFTER_BATCH("record", j)
         pbar.close()
         phase, next_batch = "tally", 0
+        distributed.merge_stats(dctx, stats, ("top", "quantile", "minmax"), make_stat, device)
 
     if use_iou and phase == "done":
         thresholds = {k: v.to(device) for k, v in state["thresholds"].items()}
@@ -546,15 +594,15 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
     # -- pass 2: tally --------------------------------------------------------------------
     if phase == "tally":
         if keep == "disk" and not all(state_io.spool_path(j).is_file()
-                                      for j in range(next_batch, n_batches)):
+                                      for j in mine[next_batch:]):
             keep = "recompute"   # a run resumed after one that did not keep its maps
-        pbar = bar(total=n_batches, initial=next_batch, desc="dissect: tally", unit="batch",
+        pbar = bar(total=len(mine), initial=next_batch, desc="dissect: tally", unit="batch",
                    **({} if progress else {"disable": True}))
         if keep == "disk":
-            source_iter = ((j, state_io.read_spool(j)) for j in range(next_batch, n_batches))
+            source_iter = ((j, state_io.read_spool(j)) for j in mine[next_batch:])
         else:
-            source_iter = enumerate(loader(next_batch), start=next_batch)
-        for j, batch in source_iter:
+            source_iter = loader(next_batch)
+        for pos, (j, batch) in enumerate(source_iter, start=next_batch):
             if keep == "disk":
                 acts = {k: v.to(device) for k, v in batch["acts"].items()}
             else:
@@ -571,8 +619,8 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
                     st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
                                   tuple(source.image_size))
             pbar.update(1)
-            done = j + 1
-            if done == n_batches:
+            done = pos + 1
+            if done == len(mine):
                 checkpoint("done", 0)
             elif done % checkpoint_every == 0:
                 checkpoint("tally", done)
@@ -580,6 +628,9 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
                 _AFTER_BATCH("tally", j)
         pbar.close()
         state_io.drop_spool()
+        distributed.merge_stats(dctx, stats, ("tally", "nss"), make_stat, device)
+        if dctx.active and state_io.enabled and tmp_spool is None:
+            shutil.rmtree(state_io.dir, ignore_errors=True)
     if tmp_spool is not None:
         tmp_spool.cleanup()
 
@@ -608,8 +659,9 @@ def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None
         units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
         {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
          for name in layers}, stats)
-    if out is not None:
+    if out is not None and dctx.is_main:
         result.save(out)
+    dctx.barrier()
     return result
 
 

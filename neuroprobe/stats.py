@@ -472,8 +472,15 @@ class NSSTally(_Counts):
     ``total[u, l]`` sum over annotated regions of label ``l`` of the unit's NSS there;
     ``regions[l]`` number of such regions with at least one fixation inside.  The mean
     region-NSS is ``total / regions``.  ``add`` forwards to :func:`neuroprobe.tally.region_nss`.
-    Sums are ``float64`` in a fixed order: a resumed run repeats them exactly.
+
+    Sums are ``float64``; each batch's contribution is rounded to a multiple of ``GRID``
+    (``2**-32``, far below the float32 precision of the maps) before it is added, so every
+    partial sum is exactly representable while ``|total| < 2**20``: the total is then the same
+    in any order -- a resumed run, a merge of shards and a multi-process run equal one
+    uninterrupted run bit for bit.
     """
+
+    GRID = 2.0 ** -32
 
     fields = ("total", "regions", "images")
 
@@ -492,7 +499,7 @@ class NSSTally(_Counts):
             self.images = torch.zeros((), dtype=torch.int64, device=dev)
         total, regions = region_nss(maps, lo, hi, layers, fixations, image_size,
                                     self.num_labels, ddof=self.ddof)
-        self.total += total
+        self.total += torch.round(total / self.GRID) * self.GRID
         self.regions += regions
         self.images += maps.shape[0]
 
