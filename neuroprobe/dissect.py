@@ -662,6 +662,9 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     if out is not None and dctx.is_main:
         result.save(out)
     dctx.barrier()
+    if dctx.active and dctx.is_main and out is not None:
+        with contextlib.suppress(OSError):   # the ranks' spool folders are gone
+            (out / ".state").rmdir()
     return result
 
 

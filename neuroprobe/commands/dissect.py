@@ -185,7 +185,8 @@ def _run(args) -> int:
         num_workers=workers, model_info=model_info,
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
                        "limit": limit})
-    _print_summary(result, out)
+    if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
+        _print_summary(result, out)
     return 0
 
 
