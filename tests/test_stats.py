@@ -162,3 +162,25 @@ def test_nss_tally_state_round_trip():
     s.load_state_dict(t.state_dict())
     assert torch.equal(s.total, t.total) and s.regions.tolist() == [0, 1, 0]
     assert torch.isnan(s.mean()[:, 0]).all()
+
+
+def test_quantile_top_values_exact_through_merges():
+    """The top capacity/2 values stay exact: shard merges give the single-stream threshold
+    (and numpy's) whenever fewer values than that lie above it (neuroprobe.distributed)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(60000, 3, generator=g) ** 3
+    whole = Quantile(256)
+    for s in range(0, len(x), 1000):
+        whole.add(x[s:s + 1000])
+    parts = [Quantile(256) for _ in range(3)]
+    for j, s in enumerate(range(0, len(x), 1000)):
+        parts[j % 3].add(x[s:s + 1000])
+    merged = Quantile(256)
+    for p in parts:
+        merged.merge(p)
+    q = 0.998   # 120 values above, < 128
+    want = torch.from_numpy(np.quantile(x.numpy(), q, axis=0, method="linear")).float()
+    assert not whole.exact and torch.equal(whole.quantile(q), merged.quantile(q))
+    assert torch.allclose(whole.quantile(q), want, rtol=0, atol=1e-5)
