@@ -88,6 +88,25 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def read_toml(path, what: str = "file", error=None) -> dict:
+    """Parse a TOML file; an unreadable or invalid one raises ``error`` (a UserError subclass)
+    with one line naming ``what`` it is (``"concept set"``, ``"probe"``) and the path."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    from .errors import UserError
+
+    error = error or UserError
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise error(f"{what} {path} is not valid TOML: {err}") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()

@@ -32,17 +32,9 @@ KINDS = ("concepts", "finetune-shift", "popout", "task-vs-domain")
 
 
 def _toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise UserError(f"cannot read probe {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"probe {path} is not valid TOML: {err}") from None
+    from .io import read_toml
+
+    return read_toml(path, "probe")
 
 
 def resolve_probe(name_or_path: str) -> Path:

@@ -36,17 +36,9 @@ SOURCES: dict[str, str] = {
 
 
 def _toml_load(path: Path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise ConceptSetError(f"cannot read concept set {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConceptSetError(f"concept set {path} is not valid TOML: {err}") from None
+    from ..io import read_toml
+
+    return read_toml(path, "concept set", ConceptSetError)
 
 
 def _shipped() -> dict[str, Path]:
