@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuroprobe: error: {os.strerror(err.errno).lower()}{where} "
               f"({_USER_ERRNOS[err.errno]}; results written before are kept)", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise
