@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"neuroprobe: error: {_user_message(err)}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
     except OSError as err:
         # a full disk, a read-only or forbidden output folder: the user can fix these
         if debug or err.errno not in _USER_ERRNOS:
@@ -80,13 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuroprobe: error: {os.strerror(err.errno).lower()}{where} "
               f"({_USER_ERRNOS[err.errno]}; results written before are kept)", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and the like: not an error
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
-        return 0
     except KeyboardInterrupt:
         if debug:
             raise
