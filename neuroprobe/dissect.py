@@ -23,6 +23,7 @@ checkpoint and gives results identical to an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -300,31 +301,23 @@ def _run_lock(out_dir):
 
 # -- the engine ------------------------------------------------------------------------------
 
+def _locked(fn):
+    """Hold ``<out_dir>/.lock`` while ``fn`` runs (under torchrun only rank 0 writes into
+    ``out_dir``, so only rank 0 holds it).  ``functools.wraps`` keeps ``fn``'s signature visible
+    to ``help`` and ``inspect.signature``."""
+    @functools.wraps(fn)
+    def wrapper(model, dataset, layers=None, **options):
+        from . import distributed
+
+        main_rank = distributed.world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
+        with _run_lock(options.get("out_dir") if main_rank else None):
+            return fn(model, dataset, layers, **options)
+
+    return wrapper
+
+
+@_locked
 def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,
-            mode: str = "netdissect", score: str = "iou", quantile: float | None = None,
-            iou_threshold: float = 0.04, denominator: str | None = None,
-            nss_threshold: float = 1.5, top_units: int = 10, batch_size: int = 32,
-            device=None, amp: str | None = None, limit: int | None = None,
-            out_dir=None, resume: bool = True, overwrite: bool = False,
-            keep: str = "auto", checkpoint_every: int = 20, num_workers: int = 0,
-            model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
-            progress: bool = True, concepts_info: dict | None = None) -> DissectionResult:
-    options = dict(mode=mode, score=score, quantile=quantile, iou_threshold=iou_threshold,
-                   denominator=denominator, nss_threshold=nss_threshold, top_units=top_units,
-                   batch_size=batch_size, device=device, amp=amp, limit=limit,
-                   out_dir=out_dir, resume=resume, overwrite=overwrite, keep=keep,
-                   checkpoint_every=checkpoint_every, num_workers=num_workers,
-                   model_info=model_info, sketch_capacity=sketch_capacity, top_k=top_k,
-                   progress=progress, concepts_info=concepts_info)
-    from . import distributed
-
-    # under torchrun only rank 0 writes into out_dir, so only rank 0 holds its lock
-    main_rank = distributed.world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
-    with _run_lock(out_dir if main_rank else None):
-        return _dissect(model, dataset, layers, **options)
-
-
-def _dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None = None, *,
             mode: str = "netdissect", score: str = "iou", quantile: float | None = None,
             iou_threshold: float = 0.04, denominator: str | None = None,
             nss_threshold: float = 1.5, top_units: int = 10, batch_size: int = 32,
@@ -677,5 +670,3 @@ def _spool_record(acts: dict, batch: dict) -> dict:
             "categories": batch["categories"], "fixations": batch["fixations"],
             "id": list(batch["id"])}
 
-
-dissect.__doc__ = _dissect.__doc__
