@@ -102,21 +102,22 @@ def _interp_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     return out
 
 
-def resize_map(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a 2-D map (or ``(H, W, C)`` stack): area averaging when shrinking an axis,
-    linear interpolation when growing it (pixel-centre aligned, like ``skimage.transform.resize``)."""
-    h, w = a.shape[:2]
+def resize_map(a: np.ndarray, shape: tuple[int, int], axes: tuple[int, int] = (0, 1)
+               ) -> np.ndarray:
+    """Resize a 2-D map (or a stack whose rows/columns are ``axes``): area averaging when
+    shrinking an axis, linear interpolation when growing it (pixel-centre aligned, like
+    ``skimage.transform.resize``); columns first, then rows."""
+    ya, xa = axes
+    h, w = a.shape[ya], a.shape[xa]
     oh, ow = int(shape[0]), int(shape[1])
-    if (h, w) == (oh, ow):
-        return a
     if ow > w:
-        a = _interp_axis(a, ow, 1)
+        a = _interp_axis(a, ow, xa)
     elif ow < w:
-        a = _area_axis(a, ow, 1)
+        a = _area_axis(a, ow, xa)
     if oh > h:
-        a = _interp_axis(a, oh, 0)
+        a = _interp_axis(a, oh, ya)
     elif oh < h:
-        a = _area_axis(a, oh, 0)
+        a = _area_axis(a, oh, ya)
     return a
 
 
@@ -343,17 +344,7 @@ def _max3x3(m: np.ndarray) -> np.ndarray:
 
 def _resize_stack(a: np.ndarray, shape) -> np.ndarray:
     """:func:`resize_map` of each map of a ``(C, H, W)`` stack (same operations, same order)."""
-    h, w = a.shape[1:]
-    oh, ow = int(shape[0]), int(shape[1])
-    if ow > w:
-        a = _interp_axis(a, ow, 2)
-    elif ow < w:
-        a = _area_axis(a, ow, 2)
-    if oh > h:
-        a = _interp_axis(a, oh, 1)
-    elif oh < h:
-        a = _area_axis(a, oh, 1)
-    return a
+    return resize_map(a, shape, axes=(1, 2))
 
 
 def _centre_surround(pyr, centres=(2, 3, 4), deltas=(3, 4)) -> list[tuple[int, np.ndarray]]:
