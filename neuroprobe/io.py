@@ -107,6 +107,37 @@ def read_toml(path, what: str = "file", error=None) -> dict:
         raise error(f"{what} {path} is not valid TOML: {err}") from None
 
 
+def read_csv(path, required=(), *, missing_hint: str | None = None,
+             format_hint: str | None = None) -> tuple[list[str], list[dict]]:
+    """``(header, rows)`` of a CSV file that must have the ``required`` columns.
+
+    A missing file, missing columns, or undecodable content raise
+    :class:`~neuroprobe.errors.DataFormatError` with one line naming the file (``missing_hint``
+    and ``format_hint`` say how to fix the first two).
+    """
+    import csv
+
+    from .errors import DataFormatError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"file {path} does not exist", hint=missing_hint)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataFormatError(f"{path} lacks the column(s) {', '.join(missing)} "
+                                      f"(header: {','.join(header) or 'empty'})",
+                                      hint=format_hint)
+            return header, list(reader)
+    except OSError as err:
+        raise DataFormatError(f"cannot read {path}: {err.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataFormatError(f"{path} is not a readable CSV file ({err})") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()

@@ -18,7 +18,6 @@ A generic CSV of boxes is read too (``format = "csv"``): columns ``image,label,x
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -218,20 +217,11 @@ def read_box_csv(path: str | Path, images: str | Path, labels: LabelTable,
                  fixations: dict | None = None) -> list[BoxRecord]:
     """``image,label,x,y,width,height[,flag...]`` rows (label = name or id) -> box records."""
     path, images = Path(path), Path(images)
-    if not path.is_file():
-        raise DataFormatError(f"box file {path} does not exist")
+    from ..io import read_csv
+
     required = ("image", "label", "x", "y", "width", "height")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DataFormatError(f"{path} lacks the column(s) {', '.join(missing)}",
-                                      hint="columns: image,label,x,y,width,height[,flags]")
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataFormatError(f"cannot read {path} ({err})") from None
+    header, rows = read_csv(path, required, missing_hint="pass the path of the box CSV",
+                            format_hint="columns: image,label,x,y,width,height[,flags]")
     flag_cols = [c for c in header if c not in required]
     by_image: dict[str, list[Box]] = {}
     for i, r in enumerate(rows, start=2):

@@ -26,7 +26,6 @@ The 70/30 train/val split is the ``split`` column; ``split="train"|"val"`` selec
 """
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -46,23 +45,11 @@ _CAT_RE = re.compile(r"^\s*([^()]+?)\s*\(\s*(\d+)\s*\)\s*$")
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
-    if not path.is_file():
-        raise DataFormatError(f"Broden file {path} does not exist",
-                              hint="the Broden folder is incomplete; download it again")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DataFormatError(f"{path} lacks the column(s) {', '.join(missing)} "
-                                      f"(header: {','.join(header) or 'empty'})",
-                                      hint="the file is not in the Broden format")
-            return list(reader)
-    except OSError as err:
-        raise DataFormatError(f"cannot read {path}: {err.strerror}") from None
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataFormatError(f"{path} is not a readable CSV file ({err})") from None
+    from ..io import read_csv
+
+    return read_csv(path, required,
+                    missing_hint="the Broden folder is incomplete; download it again",
+                    format_hint="the file is not in the Broden format")[1]
 
 
 def _int(value, path: Path, row: int, column: str) -> int:
