@@ -9,13 +9,7 @@ from neuroprobe.errors import UserError
 from neuroprobe.visualize import maximize as am
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _patterns(n: int, gen: torch.Generator, size: int = 32):
