@@ -212,7 +212,7 @@ def bootstrap_count_difference(a: dict, b: dict, labels_a: Sequence[str],
 
 # -- category preference -------------------------------------------------------------------------
 
-def _region_ids(batch, which_layers) -> "torch.Tensor":
+def _region_ids(batch, which_layers):
     return batch["layers"] if which_layers is None else batch["layers"][:, list(which_layers)]
 
 

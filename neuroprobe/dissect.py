@@ -369,11 +369,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     -------
     DissectionResult (also written to ``out_dir`` when given).
     """
-    import tempfile
-
-    from .concepts.base import collate
     from .hooks import resolve_layers
-    from .utils import info, progress as bar, versions
 
     if quantile is None:
         quantile = MODES.get(mode, MODES["netdissect"])["quantile"]

@@ -214,7 +214,6 @@ def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> st
 
     runs = _dissect_runs(spec, models, out, dataset, concept_name, device, "both")
     loaded = [load_run(p) for p in runs.values()]
-    names = [r.name for r in loaded]
     table = count_table(loaded)
     _csv(out / "counts.csv", table)
     text = [_runs_section(runs, out), "## Detector units per concept and layer (IoU)\n",

@@ -9,7 +9,6 @@ Most cases run in-process (``neuroprobe.cli.main``) for speed; a few go through
 """
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -17,10 +16,7 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +95,6 @@ def _png(path: Path, array: np.ndarray, mode=None):
 def world(tmp_path_factory):
     import scipy.io
     import torch
-
-    from neuroprobe.models import checkpoint
 
     d = tmp_path_factory.mktemp("world")
     w = {"d": d, "marker": d / "PWNED"}

@@ -112,8 +112,6 @@ def _run(args) -> int:
     import os
     from pathlib import Path
 
-    import torch
-
     from ..concepts import open_concepts
     from ..dissect import dissect
     from ..errors import UserError

@@ -199,7 +199,6 @@ def default_layers(module: nn.Module, arch: dict | None = None) -> list[str]:
         info = encoder_info(kwargs.get("encoder", "vgg16"))
         return [f"encoder.{n}" for n in info.layers]
     if arch.get("builder") == "torchvision":
-        name = kwargs.get("name", "")
         names = {n for n, _ in module.named_modules()}
         for cand in (["net.layer3", "net.layer4"], ["net.features"]):
             if all(c in names for c in cand):

@@ -123,8 +123,6 @@ def resize_map(a: np.ndarray, shape: tuple[int, int], axes: tuple[int, int] = (0
 
 def _area_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     """Area-averaging downsampling along one axis (a sparse matrix product)."""
-    from scipy import sparse
-
     m = _sparse_matrix(a.shape[axis], n_out)
     moved = np.moveaxis(a, axis, 0)
     rest = moved.shape[1:]
