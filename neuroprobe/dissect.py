@@ -171,6 +171,37 @@ def _probe(model, dataset, layers, amp, device):
     return shapes
 
 
+class _View(torch.utils.data.Dataset):
+    """What a pass of the engine reads from a concept set: items with or without labels, images
+    as ``uint8`` where the source decodes 8-bit files (see :meth:`ConceptDataset.item`)."""
+
+    def __init__(self, source, labels: bool):
+        self.source, self.labels = source, labels
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        item = getattr(self.source, "item", None)
+        if item is None:   # a plain dataset of item dicts
+            out = self.source[index]
+            return out if self.labels else {"image": out["image"], "id": out["id"]}
+        return item(index, labels=self.labels, raw_image=True)
+
+
+def _model_input(images: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
+    """A batch of images on ``device`` as float32 in ``[0, 1]`` (``uint8`` ones are converted
+    there: the same float32 values as :func:`~neuroprobe.concepts.maskfolder.image_tensor`)."""
+    from .concepts.maskfolder import UINT8_SCALE
+
+    x = images.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = x.float().mul_(UINT8_SCALE)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _check_finite(name, a, ids):
     if torch.isfinite(a).all():
         return
@@ -413,8 +444,16 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     from .utils import info, progress as bar, versions
     from . import distributed
 
+    import time
+
     progress = progress and dctx.is_main
     model = model.to(device).eval()
+    # on a GPU, convolutions run fastest with channels-last tensors (the model's parameters are
+    # converted in place, which changes no value)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    timing = {}
     n_total = len(dataset)
     n = n_total if limit is None else min(int(limit), n_total)
     if n < 1:
@@ -526,20 +565,28 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                                         if k not in drop}
                                  for name, st in stats.items()}})
 
-    def loader(start):
-        """Batches ``mine[start:]``, each the images of its global batch number."""
+    def loader(start, labels=True):
+        """Batches ``mine[start:]``, each the images of its global batch number (with their
+        labels, or the images alone); images come as ``uint8`` where the source allows it,
+        labels as int32, pinned for an asynchronous copy to a GPU."""
         batches = [list(range(j * per_batch, min(n, (j + 1) * per_batch)))
                    for j in mine[start:]]
+        extra = {"prefetch_factor": 4} if num_workers > 0 else {}
         return zip(mine[start:], torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate))
+            _View(source, labels), batch_sampler=batches, num_workers=num_workers,
+            collate_fn=functools.partial(collate, label_dtype=torch.int32),
+            pin_memory=device.type == "cuda", **extra))
 
     # -- pass 1: record -------------------------------------------------------------------
     if phase == "record":
-        it = loader(next_batch)
+        t_start = time.perf_counter()
+        # the maps are recomputed in pass 2, so this pass reads no labels (unless they are
+        # spooled with the maps)
+        it = loader(next_batch, labels=keep == "disk")
         pbar = bar(total=len(mine), initial=next_batch, desc="dissect: record", unit="batch",
                    **({} if progress else {"disable": True}))
         for pos, (j, batch) in enumerate(it, start=next_batch):
-            images = batch["image"].to(device, non_blocking=True)
+            images = _model_input(batch["image"], device, channels_last)
             acts = _forward(model, images, layers, amp, device)
             first = j * per_batch
             idx = torch.arange(first, first + len(images), device=device)
@@ -573,6 +620,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         pbar.close()
         phase, next_batch = "tally", 0
         distributed.merge_stats(dctx, stats, ("top", "quantile", "minmax"), make_stat, device)
+        timing["record_s"] = round(time.perf_counter() - t_start, 3)
 
     if use_iou and phase == "done":
         thresholds = {k: v.to(device) for k, v in state["thresholds"].items()}
@@ -582,6 +630,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
 
     # -- pass 2: tally --------------------------------------------------------------------
     if phase == "tally":
+        t_start = time.perf_counter()
         if keep == "disk" and not all(state_io.spool_path(j).is_file()
                                       for j in mine[next_batch:]):
             keep = "recompute"   # a run resumed after one that did not keep its maps
@@ -595,7 +644,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             if keep == "disk":
                 acts = {k: v.to(device) for k, v in batch["acts"].items()}
             else:
-                acts = _forward(model, batch["image"].to(device), layers, amp, device)
+                acts = _forward(model, _model_input(batch["image"], device, channels_last),
+                                layers, amp, device)
             lay = batch["layers"].to(device).long()
             whole = batch["whole"].to(device).long()
             for name in layers:
@@ -620,6 +670,9 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         distributed.merge_stats(dctx, stats, ("tally", "nss"), make_stat, device)
         if dctx.active and state_io.enabled and tmp_spool is None:
             shutil.rmtree(state_io.dir, ignore_errors=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timing["tally_s"] = round(time.perf_counter() - t_start, 3)
     if tmp_spool is not None:
         tmp_spool.cleanup()
 
@@ -644,6 +697,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 rows = nss_rows
         units += rows
     summary = summarise(units, config, key, versions(), layers, labels, table)
+    # seconds of this process's passes (a resumed run times only what it did); not configuration
+    summary["timing"] = {**timing, "device": str(device), "num_workers": num_workers}
     result = DissectionResult(
         units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
         {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())

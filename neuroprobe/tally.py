@@ -22,7 +22,7 @@ __all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "region_ns
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
 DENOMINATORS = ("netdissect", "lite", "all")
 
-#: hot cells evaluated at once (bounds the memory of a tally step)
+#: hot cells evaluated at once on the CPU, 4x on a GPU (bounds the memory of a tally step)
 CELL_CHUNK = 1 << 16
 
 
@@ -101,8 +101,9 @@ def active_pixels(maps: torch.Tensor, thresholds: torch.Tensor, size):
     rpos, rval, wy0, wy1 = _cells(h, H, str(dev))
     cpos, cval, wx0, wx1 = _cells(w, W, str(dev))
     out_b, out_u, out_p = [], [], []
-    for s in range(0, len(bi), CELL_CHUNK):
-        b, u, r, c = (t[s: s + CELL_CHUNK] for t in (bi, ui, ri, ci))
+    chunk = CELL_CHUNK if dev.type == "cpu" else 4 * CELL_CHUNK   # fewer launches on a GPU
+    for s in range(0, len(bi), chunk):
+        b, u, r, c = (t[s: s + chunk] for t in (bi, ui, ri, ci))
         r1, c1 = (r + 1).clamp(max=h - 1), (c + 1).clamp(max=w - 1)
         a00, a01, a10, a11 = a[b, u, r, c], a[b, u, r, c1], a[b, u, r1, c], a[b, u, r1, c1]
         t0 = a00[:, None] * wx0[c] + a01[:, None] * wx1[c]          # (n, mc)

@@ -281,3 +281,55 @@ def test_round_trip_with_the_synthetic_exporter(tmp_path):
         assert sorted(got["whole"].tolist()) == sorted(int(v) for v in want["whole"] if v > 0)
         # JPEG images: close, not equal
         assert (got["image"] - want["image"]).abs().mean() < 0.05
+
+
+def test_item_without_labels_and_uint8_images(broden, monkeypatch):
+    """The engine's view of a Broden set: no mask decoded when labels are not asked for, and
+    uint8 images that convert to exactly the float images of ``ds[i]``."""
+    from neuroprobe.concepts import broden as B
+    from neuroprobe.dissect import _model_input
+
+    root, truth = broden
+    ds = BrodenDataset(root)
+    calls = []
+    real = B.decode_label_png
+    monkeypatch.setattr(B, "decode_label_png", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for i in range(len(ds)):
+        raw = ds.item(i, labels=False, raw_image=True)
+        assert set(raw) == {"image", "id"} and raw["id"] == f"src/im{i:03d}"
+        assert raw["image"].dtype == torch.uint8
+        assert np.array_equal(raw["image"].permute(1, 2, 0).numpy(), truth[i]["image"])
+    assert calls == []
+    batch = collate([ds.item(i, labels=False, raw_image=True) for i in range(4)])
+    assert set(batch) == {"image", "id"}
+    floats = collate([ds[i] for i in range(4)], label_dtype=torch.int32)
+    assert floats["layers"].dtype == torch.int32
+    assert torch.equal(_model_input(batch["image"], "cpu", False), floats["image"])
+    assert len(calls) > 0
+
+
+def test_engine_reads_masks_only_in_the_tally_pass(broden, monkeypatch):
+    from neuroprobe.concepts import broden as B
+    from neuroprobe.dissect import dissect
+
+    root, _ = broden
+    ds = BrodenDataset(root)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5, stride=4), torch.nn.ReLU())
+    masks_per_pass = sum(e.strip().endswith(".png") for row in ds.rows
+                         for cell in row["cells"].values() for e in cell.split(";"))
+    calls = []
+    real = B.decode_label_png
+    monkeypatch.setattr(B, "decode_label_png", lambda *a, **k: calls.append(a) or real(*a, **k))
+    rec = dissect(model, ds, ["0"], batch_size=3, keep="recompute", progress=False)
+    n_recompute = len(calls)
+    calls.clear()
+    disk = dissect(model, ds, ["0"], batch_size=3, keep="disk", progress=False)
+    # recompute: pass 1 reads images only, pass 2 images and masks (+1 item for the probe)
+    assert masks_per_pass > 0
+    probe = sum(e.strip().endswith(".png") for cell in ds.rows[0]["cells"].values()
+                for e in cell.split(";"))
+    assert n_recompute == masks_per_pass + probe
+    assert len(calls) == masks_per_pass + probe   # disk: pass 1 reads them, pass 2 the spool
+    assert rec.units == disk.units
+    assert torch.equal(rec.thresholds["0"], disk.thresholds["0"])

@@ -66,7 +66,17 @@ def register(subparsers) -> None:
                    help="pass 2 reads pass 1's maps from disk (CPU default) or reruns the model "
                    "(GPU default)")
     p.add_argument("--workers", type=int, default=None,
-                   help="data-loading worker processes (default: 1 on a multi-core CPU)")
+                   help="data-loading worker processes (default: 1 on a multi-core CPU; "
+                   "on a GPU one per core but one, at most 12)")
+
+
+def default_workers(device) -> int:
+    """Loader processes when ``--workers`` is not given: on a CPU one (the model needs the other
+    cores), on a GPU enough to decode images as fast as the GPU consumes them (up to 12)."""
+    cores = os.cpu_count() or 1
+    if str(device).startswith("cuda"):
+        return max(1, min(12, cores - 1))
+    return 1 if cores > 1 else 0
 
 
 def _stand_in():
@@ -170,7 +180,11 @@ def _run(args) -> int:
         f"dissect-{model_name}" + ("" if args.concepts is None else f"-{Path(concepts).stem}"))
     workers = args.workers
     if workers is None:
-        workers = 1 if (os.cpu_count() or 1) > 1 else 0
+        workers = default_workers(device)
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.backends.cudnn.benchmark = True   # one input size for the whole run
     score = args.score
     if score == "auto":
         score = "both" if getattr(dataset, "has_fixations", False) else "iou"

@@ -169,6 +169,21 @@ class ConceptDataset(torch.utils.data.Dataset):
         return {"name": self.name, "n": len(self), "image_size": list(self.image_size),
                 "mask_size": list(self.mask_size)}
 
+    def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
+        """One item, as the dissection engine reads it.
+
+        ``labels=False`` returns only ``image`` and ``id`` (the first pass of a dissection needs
+        no masks); ``raw_image=True`` lets a source that decodes 8-bit files return the image
+        as ``uint8 (3, H, W)`` before the division by 255 (a quarter of the bytes to move
+        between loader workers and to the GPU; ``image.float() * (1/255)`` on any device gives
+        exactly the float image).  This default serves every source from ``__getitem__``
+        (float images, labels decoded and dropped); sources override it to skip the work.
+        """
+        out = self[index]
+        if not labels:
+            out = {"image": out["image"], "id": out["id"]}
+        return out
+
     def present_categories(self, layers: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
         """Default ``categories`` entry: the categories of the labels that occur in the image."""
         cat_idx = torch.from_numpy(self.labels.category_index())
@@ -180,19 +195,22 @@ class ConceptDataset(torch.utils.data.Dataset):
         return out
 
 
-def collate(samples: Sequence[dict]) -> dict:
+def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> dict:
     """Batch items of a :class:`ConceptDataset`.
 
     Images and masks must share their size within a batch.  ``layers`` are padded with zero
-    layers to the largest ``K``, ``whole`` with zeros to the longest list; ``fixations``,
-    ``observers`` and ``id`` stay lists.
+    layers to the largest ``K`` (in ``label_dtype``), ``whole`` with zeros to the longest list;
+    ``fixations``, ``observers`` and ``id`` stay lists.  Items without labels
+    (``ConceptDataset.item(i, labels=False)``) give ``{"image", "id"}`` batches.
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
     images = torch.stack([s["image"] for s in samples])
+    if "layers" not in samples[0]:
+        return {"image": images, "id": [s["id"] for s in samples]}
     k = max(s["layers"].shape[0] for s in samples)
     h, w = samples[0]["layers"].shape[-2:]
-    layers = torch.zeros((len(samples), k, h, w), dtype=torch.int64)
+    layers = torch.zeros((len(samples), k, h, w), dtype=label_dtype)
     for i, s in enumerate(samples):
         if s["layers"].shape[-2:] != (h, w):
             raise ValueError("all masks in a batch must have the same size")

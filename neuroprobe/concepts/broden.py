@@ -34,8 +34,8 @@ import torch
 
 from ..errors import ConceptSetError, DataFormatError
 from .base import ConceptDataset, Label, LabelTable
-from .maskfolder import (as_size, check_known_ids, image_tensor, read_image, resize_labels,
-                         resolve_data_path)
+from .maskfolder import (as_size, check_known_ids, image_tensor, image_uint8, read_image,
+                         resize_labels, resolve_data_path)
 
 __all__ = ["BrodenDataset", "from_spec", "read_label_csv", "decode_label_png",
            "encode_label_png"]
@@ -213,6 +213,9 @@ class BrodenDataset(ConceptDataset):
     def decode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Native-size ``image (ih,iw,3) uint8``, ``layers (K,sh,sw)``, ``whole (n,)`` and the
         ``categories`` flags of row ``index``."""
+        return (self._decode_image(index), *self._decode_labels(index))
+
+    def _decode_image(self, index: int) -> np.ndarray:
         row = self.rows[index]
         images = self.root / "images"
         rgb = read_image(images / row["image"])
@@ -220,6 +223,11 @@ class BrodenDataset(ConceptDataset):
             raise DataFormatError(f"image {images / row['image']} is {rgb.shape[1]}x"
                                   f"{rgb.shape[0]}, index.csv row {row['row']} says "
                                   f"{row['iw']}x{row['ih']}")
+        return rgb
+
+    def _decode_labels(self, index: int):
+        row = self.rows[index]
+        images = self.root / "images"
         layers, whole = [], []
         cats = np.zeros(len(self.categories), dtype=bool)
         for c, cat in enumerate(self.categories):
@@ -241,21 +249,31 @@ class BrodenDataset(ConceptDataset):
                     cats[c] = True
         lay = (np.stack(layers) if layers
                else np.zeros((0, row["sh"], row["sw"]), dtype=np.int64))
-        return rgb, lay, np.asarray(whole, dtype=np.int64), cats
+        return lay, np.asarray(whole, dtype=np.int64), cats
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
+        """See :meth:`ConceptDataset.item`: ``labels=False`` decodes no mask; ``raw_image``
+        gives the ``uint8`` image."""
         if not 0 <= index < len(self):
             raise IndexError(index)
-        rgb, lay, whole, cats = self.decode(index)
+        rgb = self._decode_image(index)
+        out = {"image": (image_uint8 if raw_image else image_tensor)(rgb, self.image_size),
+               "id": str(Path(self.rows[index]["image"]).with_suffix(""))}
+        if not labels:
+            return out
+        lay, whole, cats = self._decode_labels(index)
         lay = resize_labels(lay, self.mask_size)
         return {
-            "image": image_tensor(rgb, self.image_size),
+            "image": out["image"],
             "layers": torch.from_numpy(np.ascontiguousarray(lay)),
             "whole": torch.from_numpy(whole),
             "categories": torch.from_numpy(cats),
             "fixations": None,
             "observers": None,
-            "id": str(Path(self.rows[index]["image"]).with_suffix("")),
+            "id": out["id"],
         }
 
     def config(self) -> dict:

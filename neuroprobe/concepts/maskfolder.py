@@ -37,7 +37,7 @@ from ..errors import ConceptSetError, DataFormatError
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
 
 __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "read_image",
-           "image_tensor", "resize_labels", "fixation_tensors", "resolve_data_path"]
+           "image_tensor", "image_uint8", "UINT8_SCALE", "resize_labels", "fixation_tensors", "resolve_data_path"]
 
 #: OSIE-SR class values (= global label ids) -> names (He et al., CVPR 2019).
 OSIE_SR: dict[int, str] = {v: k for k, v in STUDY_CATEGORIES.items()}
@@ -87,21 +87,32 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                               hint="replace the file or leave it out of the data set") from None
 
 
-def image_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``uint8 (H, W, 3)`` -> ``float32 (3, h, w)`` in [0, 1], resized bilinearly to ``size``.
-
-    Resizing uses PIL's bilinear filter, which widens its support when shrinking (antialiased)
-    and samples at pixel centres (half-pixel aligned, like ``align_corners=False``).
-    """
+def image_uint8(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``uint8 (H, W, 3)`` -> ``uint8 (3, h, w)``, resized bilinearly to ``size`` (see
+    :func:`image_tensor`, which is this divided by 255)."""
     from PIL import Image
 
     rgb = np.asarray(rgb)
     if rgb.shape[:2] != tuple(size):
         rgb = np.asarray(Image.fromarray(rgb).resize((int(size[1]), int(size[0])),
                                                      Image.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+#: ``uint8`` -> ``[0, 1]`` factor; ``x.float() * UINT8_SCALE`` gives the same float32 image on
+#: every device (one IEEE float32 multiplication by the same constant)
+UINT8_SCALE = float(np.float32(1.0 / 255.0))
+
+
+def image_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``uint8 (H, W, 3)`` -> ``float32 (3, h, w)`` in [0, 1], resized bilinearly to ``size``.
+
+    Resizing uses PIL's bilinear filter, which widens its support when shrinking (antialiased)
+    and samples at pixel centres (half-pixel aligned, like ``align_corners=False``).
+    """
+    chw = image_uint8(rgb, size).numpy().astype(np.float32)
     # converted in numpy: cheaper than torch's elementwise kernels for one small image
-    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
-    chw *= np.float32(1.0 / 255.0)
+    chw *= np.float32(UINT8_SCALE)
     return torch.from_numpy(chw)
 
 
