@@ -1,19 +1,28 @@
-"""One prepared GPU call: CUDA-vs-CPU checks on a small set, then the ResNet-50 timing.
+"""One prepared GPU call: CUDA-vs-CPU checks on a small set, then the GPU timings of issues 5/10.
 
 Usage (on the GPU machine, from the repository root)::
 
-    python benchmarks/gpu_check.py --n 63305 --distinct 4000 --out $OUT/gpu.json
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_check.py --out $OUT/gpu.json
     python benchmarks/gpu_check.py --quick            # a CPU smoke test of the script itself
 
 1. Data: ``--distinct`` synthetic images are exported in the Broden format (224 px images,
-   112 px masks) with all cores, and an index listing them until ``--n`` rows exist (the
-   reader then does the full per-image work ``--n`` times).
+   112 px masks) with all cores, and an index lists them until ``--n`` rows exist (the reader
+   does the full per-image work ``--n`` times: JPEG and PNG decoding, label checks).
 2. Checks: on 64 images, (a) the tallies of the same activations on CUDA and on the CPU are
-   equal (integer counts, one upsampling formula), (b) a full dissection on CUDA and on the
-   CPU agree (thresholds within 1e-3 relative, same best labels for >= 95 % of units; cuDNN
-   and the CPU differ in float rounding).
-3. Timing: ResNet-50 (random weights) layer4, netdissect, end to end on ``--n`` images, and
-   the forward passes alone over the same loader, with ``--amp`` autocast.
+   equal (integer counts, one upsampling formula), (b) a full dissection on CUDA and on the CPU
+   agree (thresholds within 1e-3 relative, same best labels for >= 95 % of units; cuDNN and the
+   CPU differ in float rounding); (c) bf16 autocast vs float32 on CUDA: the fraction of units
+   with the same best label (reported, not gated).
+3. Timing, ResNet-50 (random weights; the time does not depend on them) layer4, netdissect,
+   bf16 autocast, channels-last, batch 256:
+   - the bare forward pass on random tensors (no data), images/s;
+   - the loader alone (images only, uint8), images/s;
+   - forward-only over the data: one pass over the images through the same loader;
+   - ``dissect`` end to end on ``--n`` images (both passes, per-pass seconds), and on ``n/4``
+     images first (warm-up, and the memory figures at two data sizes);
+   - the IoU tally alone on real layer4 maps and masks, images/s.
+Each step's figures are written to ``--out`` as soon as they exist, so a run cut short by the
+time limit still returns what it measured.
 """
 from __future__ import annotations
 
@@ -23,10 +32,45 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LAYER = "net.layer4"
+
+
+class _RSS:
+    """Peak resident memory of this process over a block (sampled every 20 ms)."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                with open("/proc/self/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmRSS:"):
+                            self.peak = max(self.peak, int(line.split()[1]) // 1024)
+            except OSError:
+                return
+            self._stop.wait(0.02)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _data(tmp: Path, distinct: int, n: int) -> Path:
@@ -48,22 +92,25 @@ def _checks(root: Path, device) -> dict:
     import torch
 
     from neuroprobe.concepts import open_concepts
+    from neuroprobe.concepts.base import collate
     from neuroprobe.dissect import dissect
     from neuroprobe.models import load
     from neuroprobe.stats import IoUTally
 
     ds = open_concepts("broden", root=str(root), limit=64)
-    model, _ = load("torchvision:resnet18?weights=none")
     torch.manual_seed(0)
-    cpu = dissect(model.cpu(), ds, ["net.layer4"], batch_size=32, device="cpu", progress=False)
-    gpu = dissect(model, ds, ["net.layer4"], batch_size=32, device=device, keep="recompute",
+    model, _ = load("torchvision:resnet18?weights=none")
+    cpu = dissect(model.cpu(), ds, [LAYER], batch_size=32, device="cpu", progress=False)
+    gpu = dissect(model, ds, [LAYER], batch_size=32, device=device, keep="recompute",
                   progress=False)
-    t_cpu, t_gpu = cpu.thresholds["net.layer4"], gpu.thresholds["net.layer4"]
+    bf16 = dissect(model, ds, [LAYER], batch_size=32, device=device, keep="recompute",
+                   amp="bf16" if device != "cpu" else None, progress=False)
+    t_cpu, t_gpu = cpu.thresholds[LAYER], gpu.thresholds[LAYER]
     rel = float(((t_cpu - t_gpu).abs() / t_cpu.abs().clamp(min=1e-6)).max())
     same = sum(a["label"] == b["label"] for a, b in zip(cpu.units, gpu.units)) / len(cpu.units)
+    same_bf16 = sum(a["label"] == b["label"]
+                    for a, b in zip(gpu.units, bf16.units)) / len(gpu.units)
     # identical activations -> identical tallies on both devices
-    from neuroprobe.concepts.base import collate
-
     batch = collate([ds[i] for i in range(16)])
     g = torch.Generator().manual_seed(1)
     maps = torch.rand((16, 64, 7, 7), generator=g) ** 4
@@ -78,80 +125,202 @@ def _checks(root: Path, device) -> dict:
     exact = all(torch.equal(getattr(tallies[0], f).cpu(), getattr(tallies[1], f).cpu())
                 for f in IoUTally.fields)
     return {"tally_cpu_equals_cuda": exact, "threshold_max_rel_diff": rel,
-            "same_best_label_fraction": same,
+            "same_best_label_fraction": same, "bf16_vs_fp32_same_label_fraction": same_bf16,
             "ok": bool(exact and rel < 1e-3 and same >= 0.95)}
 
 
-def _timing(root: Path, device, amp, batch: int, workers: int) -> dict:
+def _bare_forward(model, device, amp, batch: int, steps: int) -> float:
+    import torch
+
+    from neuroprobe.hooks import Recorder
+
+    x = torch.rand((batch, 3, 224, 224), device=device)
+    if device != "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp)
+    with torch.no_grad(), ctx:
+        for i in range(steps + 3):
+            if i == 3:
+                _sync()
+                t0 = time.perf_counter()
+            with Recorder(model, [LAYER], stop=True):
+                model(x)
+    _sync()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def _loader(ds, batch, workers, labels, device):
+    import functools
+
+    import torch
+
+    from neuroprobe.concepts.base import collate
+    from neuroprobe.dissect import _View
+
+    extra = {"prefetch_factor": 4} if workers > 0 else {}
+    return torch.utils.data.DataLoader(
+        _View(ds, labels), batch_size=batch, num_workers=workers,
+        collate_fn=functools.partial(collate, label_dtype=torch.int32),
+        pin_memory=device != "cpu", **extra)
+
+
+def _tally_rate(model, ds, device, amp, batch: int, workers: int, thr) -> float:
+    """Images/s of ``IoUTally.add`` alone on real layer4 maps and masks (4 batches)."""
+    import torch
+
+    from neuroprobe.dissect import _forward, _model_input
+    from neuroprobe.stats import IoUTally
+
+    cat = torch.from_numpy(ds.labels.category_index())
+    batches = []
+    for i, b in enumerate(_loader(ds, batch, workers, True, device)):
+        acts = _forward(model, _model_input(b["image"], torch.device(device), device != "cpu"),
+                        [LAYER], "bf16" if amp else None, torch.device(device))
+        batches.append((acts[LAYER].float(), b["layers"].to(device).long(),
+                        b["whole"].to(device), b["categories"].to(device)))
+        if i == 3:
+            break
+    t = IoUTally(batches[0][0].shape[1], ds.labels.max_id + 1, cat, len(ds.categories))
+    t.add(*batches[0][:1], thr, *batches[0][1:])   # warm-up
+    _sync()
+    t0 = time.perf_counter()
+    for a, lay, whole, cats in batches:
+        t.add(a, thr, lay, whole, cats)
+    _sync()
+    return sum(len(b[0]) for b in batches) / (time.perf_counter() - t0)
+
+
+def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
     import torch
 
     from neuroprobe.concepts import open_concepts
-    from neuroprobe.concepts.base import collate
-    from neuroprobe.dissect import dissect
-    from neuroprobe.hooks import Recorder
+    from neuroprobe.dissect import _forward, _model_input, dissect
     from neuroprobe.models import load
 
+    out = report.setdefault("timing", {})
+    dev = torch.device(device)
+    if device != "cpu":
+        torch.backends.cudnn.benchmark = True
     ds = open_concepts("broden", root=str(root))
     model, _ = load("torchvision:resnet50?weights=none", device=device)
-    model = model.to(memory_format=torch.channels_last)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
-                                         collate_fn=collate, pin_memory=torch.cuda.is_available())
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu",
-                                                                                 enabled=False)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    model = model.eval()
+    if device != "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    out["bare_forward_img_s"] = _bare_forward(model, device, amp, batch,
+                                              30 if device != "cpu" else 1)
+    report.save()
+
     t0 = time.perf_counter()
-    with torch.no_grad(), ctx:
-        for b in loader:
-            with Recorder(model, ["net.layer4"], stop=True) as rec:
-                model(b["image"].to(device, non_blocking=True))
-            rec["net.layer4"].float().sum().item()
-    fwd = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dissect(model, ds, ["net.layer4"], batch_size=batch, device=device, amp="bf16" if amp else None,
-            num_workers=workers, keep="recompute", progress=False)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    total = time.perf_counter() - t0
-    return {"images": len(ds), "end_to_end_s": total, "forward_only_s": fwd,
-            "ratio": total / fwd,
+    seen = 0
+    for b in _loader(ds, batch, workers, False, device):
+        seen += len(b["image"])
+    out["loader_images_only_img_s"] = seen / (time.perf_counter() - t0)
+    report.save()
+
+    with _RSS() as rss:
+        _sync()
+        t0 = time.perf_counter()
+        for b in _loader(ds, batch, workers, False, device):
+            a = _forward(model, _model_input(b["image"], dev, device != "cpu"), [LAYER],
+                         "bf16" if amp else None, dev)[LAYER]
+        _sync()
+        out["forward_only_s"] = time.perf_counter() - t0
+    out["forward_only_peak_rss_mib"] = rss.peak
+    out["forward_only_img_s"] = len(ds) / out["forward_only_s"]
+    report.save()
+
+    runs = {}
+    for label, limit in (("quarter", len(ds) // 4), ("full", None)):
+        if device != "cpu":
+            torch.cuda.reset_peak_memory_stats()
+        with _RSS() as rss:
+            _sync()
+            t0 = time.perf_counter()
+            res = dissect(model, ds, [LAYER], batch_size=batch, device=device,
+                          amp="bf16" if amp else None, num_workers=workers, keep="recompute",
+                          limit=limit, progress=False)
+            _sync()
+            seconds = time.perf_counter() - t0
+        runs[label] = {
+            "images": res.summary["config"]["concepts"]["n"], "seconds": seconds,
+            "passes": res.summary["timing"], "peak_rss_mib": rss.peak,
             "peak_gpu_mib": (torch.cuda.max_memory_allocated() / 2 ** 20
-                             if torch.cuda.is_available() else None)}
+                             if device != "cpu" else None),
+            "detectors": sum(bool(u.get("detector")) for u in res.units)}
+        out["dissect_" + label] = runs[label]
+        report.save()
+    out["end_to_end_s"] = runs["full"]["seconds"]
+    out["ratio_to_forward_only"] = runs["full"]["seconds"] / out["forward_only_s"]
+    out["gpu_peak_ratio_full_vs_quarter"] = (
+        runs["full"]["peak_gpu_mib"] / runs["quarter"]["peak_gpu_mib"] if device != "cpu"
+        else None)
+    out["rss_peak_ratio_full_vs_quarter"] = runs["full"]["peak_rss_mib"] / max(
+        1, runs["quarter"]["peak_rss_mib"])
+    report.save()
+    out["tally_only_img_s"] = _tally_rate(model, ds, device, amp, batch, workers,
+                                          res.thresholds[LAYER].to(device))
+    report.save()
+    return out
+
+
+class _Report(dict):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def save(self):
+        print(json.dumps(self, indent=1, default=str)[-1500:], flush=True)
+        if self.path:
+            tmp = Path(str(self.path) + ".tmp")
+            tmp.write_text(json.dumps(self, indent=2, default=str))
+            os.replace(tmp, self.path)
 
 
 def main(argv=None) -> int:
     import torch
 
+    from neuroprobe.commands.dissect import default_workers
+
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=63305)
     p.add_argument("--distinct", type=int, default=4000)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device")
     args = p.parse_args(argv)
-    if args.quick:
-        args.n, args.distinct, args.batch, args.workers = 96, 64, 32, 1
-    os.environ.setdefault("NEUROPROBE_QUIET", "1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-              "torch": torch.__version__, "n": args.n, "distinct": args.distinct}
+    if args.workers is None:
+        args.workers = default_workers(device)
+    if args.quick:
+        args.n, args.distinct, args.batch, args.workers = 96, 48, 16, 1
+    os.environ.setdefault("NEUROPROBE_QUIET", "1")
+    report = _Report(args.out)
+    report.update({"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+                   "torch": torch.__version__, "cuda": torch.version.cuda,
+                   "cpu_cores": os.cpu_count(), "n": args.n, "distinct": args.distinct,
+                   "batch": args.batch, "workers": args.workers, "amp": not args.no_amp})
     tmp = Path(tempfile.mkdtemp(prefix="neuroprobe-gpu-"))
+    t_all = time.perf_counter()
     try:
         t0 = time.perf_counter()
         root = _data(tmp, args.distinct, args.n)
-        result["export_s"] = time.perf_counter() - t0
-        result["checks"] = _checks(root, device)
-        print(json.dumps(result["checks"]), flush=True)
-        result["timing"] = _timing(root, device, not args.no_amp and device == "cuda",
-                                   args.batch, args.workers)
+        report["export_s"] = time.perf_counter() - t0
+        report.save()
+        if not args.skip_checks:
+            t0 = time.perf_counter()
+            report["checks"] = _checks(root, device)
+            report["checks_s"] = time.perf_counter() - t0
+            report.save()
+        _timing(root, device, not args.no_amp and device == "cuda", args.batch, args.workers,
+                report)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0 if result["checks"]["ok"] else 1
+        report["total_s"] = time.perf_counter() - t_all
+        report.save()
+    return 0 if report.get("checks", {"ok": True})["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -646,8 +646,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             else:
                 acts = _forward(model, _model_input(batch["image"], device, channels_last),
                                 layers, amp, device)
-            lay = batch["layers"].to(device).long()
-            whole = batch["whole"].to(device).long()
+            lay = batch["layers"].to(device, non_blocking=True).long()
+            whole = batch["whole"].to(device, non_blocking=True).long()
             for name in layers:
                 a = acts[name].float()
                 st = stats[name]

@@ -5,6 +5,8 @@ With no arguments it dissects the built-in demo model on the synthetic world (th
 """
 from __future__ import annotations
 
+import os
+
 from . import add_command
 from .layers import add_model_options
 
@@ -119,7 +121,6 @@ def _demo_available() -> bool:
 
 
 def _run(args) -> int:
-    import os
     from pathlib import Path
 
     from ..concepts import open_concepts

@@ -180,6 +180,17 @@ def find_image(folder: Path, stem: str) -> Path | None:
 
 
 def check_known_ids(arr: np.ndarray, labels: LabelTable, where: str) -> None:
+    """Raise a clear error if ``arr`` holds an id that is not in ``labels``.
+
+    The common case (every id known) is one gather through a lookup table of known ids kept
+    on the label table, several times cheaper than ``numpy.unique`` on a mask."""
+    lut = getattr(labels, "_known_lut", None)
+    if lut is None:
+        lut = np.zeros(labels.max_id + 1, dtype=bool)
+        lut[labels.ids] = True
+        labels._known_lut = lut
+    if arr.size == 0 or (arr.min() >= 0 and arr.max() < len(lut) and lut[arr].all()):
+        return
     ids = np.unique(arr)
     bad = [int(i) for i in ids if int(i) not in labels]
     if bad:
