@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -101,13 +102,23 @@ def _checks(root: Path, device) -> dict:
     torch.manual_seed(0)
     model, _ = load("torchvision:resnet18?weights=none")
     cpu = dissect(model.cpu(), ds, [LAYER], batch_size=32, device="cpu", progress=False)
+    tf32 = dissect(model, ds, [LAYER], batch_size=32, device=device, keep="recompute",
+                   progress=False)   # PyTorch's default: TF32 convolutions on Ampere and later
+    if device != "cpu":   # float32 arithmetic proper for the comparison with the CPU
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     gpu = dissect(model, ds, [LAYER], batch_size=32, device=device, keep="recompute",
                   progress=False)
+    torch.backends.cudnn.allow_tf32 = True
     bf16 = dissect(model, ds, [LAYER], batch_size=32, device=device, keep="recompute",
                    amp="bf16" if device != "cpu" else None, progress=False)
     t_cpu, t_gpu = cpu.thresholds[LAYER], gpu.thresholds[LAYER]
     rel = float(((t_cpu - t_gpu).abs() / t_cpu.abs().clamp(min=1e-6)).max())
     same = sum(a["label"] == b["label"] for a, b in zip(cpu.units, gpu.units)) / len(cpu.units)
+    t_tf32 = tf32.thresholds[LAYER]
+    rel_tf32 = float(((t_cpu - t_tf32).abs() / t_cpu.abs().clamp(min=1e-6)).max())
+    same_tf32 = sum(a["label"] == b["label"]
+                    for a, b in zip(cpu.units, tf32.units)) / len(cpu.units)
     same_bf16 = sum(a["label"] == b["label"]
                     for a, b in zip(gpu.units, bf16.units)) / len(gpu.units)
     # identical activations -> identical tallies on both devices
@@ -126,6 +137,7 @@ def _checks(root: Path, device) -> dict:
                 for f in IoUTally.fields)
     return {"tally_cpu_equals_cuda": exact, "threshold_max_rel_diff": rel,
             "same_best_label_fraction": same, "bf16_vs_fp32_same_label_fraction": same_bf16,
+            "tf32_threshold_max_rel_diff": rel_tf32, "tf32_same_label_fraction": same_tf32,
             "ok": bool(exact and rel < 1e-3 and same >= 0.95)}
 
 
@@ -157,11 +169,10 @@ def _loader(ds, batch, workers, labels, device):
     from neuroprobe.concepts.base import collate
     from neuroprobe.dissect import _View
 
-    extra = {"prefetch_factor": 4} if workers > 0 else {}
     return torch.utils.data.DataLoader(
         _View(ds, labels), batch_size=batch, num_workers=workers,
-        collate_fn=functools.partial(collate, label_dtype=torch.int32),
-        pin_memory=device != "cpu", **extra)
+        collate_fn=functools.partial(collate, label_dtype=torch.int16),
+        pin_memory=device != "cpu")
 
 
 def _tally_rate(model, ds, device, amp, batch: int, workers: int, thr) -> float:
@@ -190,11 +201,43 @@ def _tally_rate(model, ds, device, amp, batch: int, workers: int, thr) -> float:
     return sum(len(b[0]) for b in batches) / (time.perf_counter() - t0)
 
 
+def _child(cfg: dict) -> None:
+    """One dissection in this process; prints its figures as one JSON line."""
+    import resource
+
+    import torch
+
+    from neuroprobe.concepts import open_concepts
+    from neuroprobe.dissect import dissect
+    from neuroprobe.models import load
+
+    device = cfg["device"]
+    if device != "cpu":
+        torch.backends.cudnn.benchmark = True
+    ds = open_concepts("broden", root=cfg["root"])
+    model, _ = load("torchvision:resnet50?weights=none", device=device)
+    _sync()
+    t0 = time.perf_counter()
+    res = dissect(model, ds, [LAYER], batch_size=cfg["batch"], device=device,
+                  amp="bf16" if cfg["amp"] else None, num_workers=cfg["workers"],
+                  keep="recompute", limit=cfg["limit"], progress=False)
+    _sync()
+    seconds = time.perf_counter() - t0
+    print(json.dumps({
+        "images": res.summary["config"]["concepts"]["n"], "seconds": seconds,
+        "passes": res.summary["timing"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mib": (torch.cuda.max_memory_allocated() / 2 ** 20 if device != "cpu"
+                         else None),
+        "detectors": sum(bool(u.get("detector")) for u in res.units),
+        "thresholds": res.thresholds[LAYER].tolist()}))
+
+
 def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
     import torch
 
     from neuroprobe.concepts import open_concepts
-    from neuroprobe.dissect import _forward, _model_input, dissect
+    from neuroprobe.dissect import _forward, _model_input
     from neuroprobe.models import load
 
     out = report.setdefault("timing", {})
@@ -221,7 +264,7 @@ def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
         _sync()
         t0 = time.perf_counter()
         for b in _loader(ds, batch, workers, False, device):
-            a = _forward(model, _model_input(b["image"], dev, device != "cpu"), [LAYER],
+            _ = _forward(model, _model_input(b["image"], dev, device != "cpu"), [LAYER],
                          "bf16" if amp else None, dev)[LAYER]
         _sync()
         out["forward_only_s"] = time.perf_counter() - t0
@@ -229,24 +272,26 @@ def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
     out["forward_only_img_s"] = len(ds) / out["forward_only_s"]
     report.save()
 
+    t0 = time.perf_counter()
+    seen = 0
+    sub = open_concepts("broden", root=str(root), limit=min(len(ds), 32 * batch))
+    for b in _loader(sub, batch, workers, True, device):
+        seen += len(b["image"])
+    out["loader_with_labels_img_s"] = seen / (time.perf_counter() - t0)
+    report.save()
+
     runs = {}
-    for label, limit in (("quarter", len(ds) // 4), ("full", None)):
-        if device != "cpu":
-            torch.cuda.reset_peak_memory_stats()
-        with _RSS() as rss:
-            _sync()
-            t0 = time.perf_counter()
-            res = dissect(model, ds, [LAYER], batch_size=batch, device=device,
-                          amp="bf16" if amp else None, num_workers=workers, keep="recompute",
-                          limit=limit, progress=False)
-            _sync()
-            seconds = time.perf_counter() - t0
-        runs[label] = {
-            "images": res.summary["config"]["concepts"]["n"], "seconds": seconds,
-            "passes": res.summary["timing"], "peak_rss_mib": rss.peak,
-            "peak_gpu_mib": (torch.cuda.max_memory_allocated() / 2 ** 20
-                             if device != "cpu" else None),
-            "detectors": sum(bool(u.get("detector")) for u in res.units)}
+    for label, limit in (("quarter", len(ds) // 4), ("full", len(ds))):
+        # each size in a fresh process, so that one run's caches do not count in the other's
+        # peak memory (ru_maxrss of the child; CUDA context and cuDNN autotuning included)
+        cfg = {"root": str(root), "device": device, "amp": amp, "batch": batch,
+               "workers": workers, "limit": limit}
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-3000:])
+        runs[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        thresholds = runs[label].pop("thresholds")
         out["dissect_" + label] = runs[label]
         report.save()
     out["end_to_end_s"] = runs["full"]["seconds"]
@@ -257,8 +302,8 @@ def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
     out["rss_peak_ratio_full_vs_quarter"] = runs["full"]["peak_rss_mib"] / max(
         1, runs["quarter"]["peak_rss_mib"])
     report.save()
-    out["tally_only_img_s"] = _tally_rate(model, ds, device, amp, batch, workers,
-                                          res.thresholds[LAYER].to(device))
+    thr = torch.tensor(thresholds, device=device)   # those of the full run
+    out["tally_only_img_s"] = _tally_rate(model, ds, device, amp, batch, workers, thr)
     report.save()
     return out
 
@@ -290,7 +335,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        _child(json.loads(args.child))
+        return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.workers is None:
         args.workers = default_workers(device)

@@ -510,6 +510,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
 
     labels = source.labels
     num_labels = labels.max_id + 1
+    label_dtype = torch.int16 if num_labels <= 2 ** 15 else torch.int32   # bytes to move
     report_cat = torch.from_numpy(labels.category_index())
     if denom == "all":
         tally_cat = torch.where(report_cat >= 0, 0, -1)
@@ -568,14 +569,13 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     def loader(start, labels=True):
         """Batches ``mine[start:]``, each the images of its global batch number (with their
         labels, or the images alone); images come as ``uint8`` where the source allows it,
-        labels as int32, pinned for an asynchronous copy to a GPU."""
+        labels as int16 where the ids fit, pinned for an asynchronous copy to a GPU."""
         batches = [list(range(j * per_batch, min(n, (j + 1) * per_batch)))
                    for j in mine[start:]]
-        extra = {"prefetch_factor": 4} if num_workers > 0 else {}
         return zip(mine[start:], torch.utils.data.DataLoader(
             _View(source, labels), batch_sampler=batches, num_workers=num_workers,
-            collate_fn=functools.partial(collate, label_dtype=torch.int32),
-            pin_memory=device.type == "cuda", **extra))
+            collate_fn=functools.partial(collate, label_dtype=label_dtype),
+            pin_memory=device.type == "cuda"))
 
     # -- pass 1: record -------------------------------------------------------------------
     if phase == "record":

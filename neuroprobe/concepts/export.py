@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import UserError
 from ..io import write_json
@@ -119,6 +120,12 @@ def _write_one(ds, index: int, folder: Path, prefix: str, quality: int, size: in
     return row, cover, fix
 
 
+def _one_thread():
+    """Pool initializer: one torch thread per worker process (``workers`` processes each
+    starting one thread per core would oversubscribe the machine)."""
+    torch.set_num_threads(1)
+
+
 def _chunk(args):
     ds, lo, hi, folder, prefix, quality, size = args
     return [_write_one(ds, i, Path(folder), prefix, quality, size) for i in range(lo, hi)]
@@ -196,7 +203,7 @@ def export_broden(dataset, out_dir, n: int | None = None, *, quality: int = 95,
             step = max(1, min(256, n // (4 * workers) or 1))
             jobs = [(dataset, lo, min(lo + step, n), str(tmp / "images"), prefix, quality, size)
                     for lo in range(0, n, step)]
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread) as pool:
                 for chunk in pool.map(_chunk, jobs):
                     for result in chunk:
                         consume(result)
