@@ -215,6 +215,7 @@ def _child(cfg: dict) -> None:
     if device != "cpu":
         torch.backends.cudnn.benchmark = True
     ds = open_concepts("broden", root=cfg["root"])
+    torch.manual_seed(0)   # the same random weights as the parent's model
     model, _ = load("torchvision:resnet50?weights=none", device=device)
     _sync()
     t0 = time.perf_counter()
@@ -245,6 +246,7 @@ def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
     if device != "cpu":
         torch.backends.cudnn.benchmark = True
     ds = open_concepts("broden", root=str(root))
+    torch.manual_seed(0)
     model, _ = load("torchvision:resnet50?weights=none", device=device)
     model = model.eval()
     if device != "cpu":
@@ -336,6 +338,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--keep-data", default=None, help="move the generated Broden folder here")
     args = p.parse_args(argv)
     if args.child:
         _child(json.loads(args.child))
@@ -366,6 +369,11 @@ def main(argv=None) -> int:
         _timing(root, device, not args.no_amp and device == "cuda", args.batch, args.workers,
                 report)
     finally:
+        if args.keep_data and (tmp / "full").is_dir():
+            shutil.move(str(tmp), args.keep_data)
+            link = Path(args.keep_data) / "full" / "images"
+            link.unlink()
+            link.symlink_to(Path("..") / "distinct" / "images", target_is_directory=True)
         shutil.rmtree(tmp, ignore_errors=True)
         report["total_s"] = time.perf_counter() - t_all
         report.save()
