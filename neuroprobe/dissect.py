@@ -50,6 +50,8 @@ MODES = {
 SCORES = ("iou", "region-nss", "both")
 DENOMINATOR_CHOICES = ("netdissect", "lite")
 STATE_VERSION = 1
+#: seconds between checkpoints when ``checkpoint_every`` is not given
+CHECKPOINT_SECONDS = 60.0
 #: keys of ``config["concepts"]`` that say how the set was opened, not what it holds
 _CONCEPTS_INFO_KEYS = ("spec", "root", "limit", "overrides")
 
@@ -354,7 +356,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             nss_threshold: float = 1.5, top_units: int = 10, batch_size: int = 32,
             device=None, amp: str | None = None, limit: int | None = None,
             out_dir=None, resume: bool = True, overwrite: bool = False,
-            keep: str = "auto", checkpoint_every: int = 20, num_workers: int = 0,
+            keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
             progress: bool = True, concepts_info: dict | None = None) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
@@ -386,7 +388,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     keep : ``"disk"`` keeps the maps of pass 1 in a spool under ``out_dir/.state`` (or a
         temporary folder) so pass 2 needs no second forward pass; ``"recompute"`` runs the model
         again; ``"auto"``: disk on the CPU, recompute on a GPU.
-    checkpoint_every : batches between checkpoints.
+    checkpoint_every : batches between checkpoints; ``None`` (default): a checkpoint whenever
+        :data:`CHECKPOINT_SECONDS` have passed since the last one (a fast GPU run writes few of
+        them, a slow CPU run loses at most that much work when killed).  Each pass also ends
+        with one.
     model_info : identity of the model written into the results (``{"spec", "sha256", ...}``);
         computed from the weights when not given.
     sketch_capacity, top_k : size of the quantile sketch per unit; top images kept per unit.
@@ -566,6 +571,17 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                                         if k not in drop}
                                  for name, st in stats.items()}})
 
+    last_checkpoint = [time.monotonic()]
+
+    def due(done):
+        """Whether a checkpoint is due after ``done`` batches of a pass."""
+        if checkpoint_every is not None:
+            return done % checkpoint_every == 0
+        if time.monotonic() - last_checkpoint[0] >= CHECKPOINT_SECONDS:
+            last_checkpoint[0] = time.monotonic()
+            return True
+        return False
+
     def loader(start, labels=True):
         """Batches ``mine[start:]``, each the images of its global batch number (with their
         labels, or the images alone); images come as ``uint8`` where the source allows it,
@@ -613,7 +629,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             if done == len(mine):
                 phase, next_batch = "tally", 0
                 checkpoint(phase, 0)
-            elif done % checkpoint_every == 0:
+            elif due(done):
                 checkpoint("record", done)
             if _AFTER_BATCH is not None:
                 _AFTER_BATCH("record", j)
@@ -661,7 +677,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             done = pos + 1
             if done == len(mine):
                 checkpoint("done", 0)
-            elif done % checkpoint_every == 0:
+            elif due(done):
                 checkpoint("tally", done)
             if _AFTER_BATCH is not None:
                 _AFTER_BATCH("tally", j)

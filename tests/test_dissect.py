@@ -394,3 +394,21 @@ def test_public_signature_lists_every_option():
     assert not any(p.kind is p.VAR_KEYWORD for p in public.parameters.values())
     assert {"mode", "quantile", "out_dir", "keep", "top_k"} <= set(public.parameters)
     assert "Parameters" in (dissect.__doc__ or "")
+
+
+def test_checkpoints_by_time_when_no_batch_interval(tmp_path, monkeypatch):
+    from neuroprobe import dissect as D
+
+    saved = []
+    real = D._State.save
+    monkeypatch.setattr(D._State, "save",
+                        lambda self, state: saved.append(state["phase"]) or real(self, state))
+    monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 1e9)
+    run_tiny(tmp_path / "slow")
+    assert saved == ["tally", "done"]          # only the end of each pass
+    saved.clear()
+    monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 0.0)
+    run_tiny(tmp_path / "fast")
+    assert saved.count("record") >= 2 and saved.count("tally") >= 2
+    assert (tmp_path / "fast" / "units.csv").read_text() == \
+        (tmp_path / "slow" / "units.csv").read_text()
