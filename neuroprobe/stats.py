@@ -35,14 +35,14 @@ def _coin(seed: int, level: int, count: int) -> int:
     return z & 1
 
 
-def _sort_rows(t: torch.Tensor) -> torch.Tensor:
-    """Values of ``t`` sorted along the last dimension (NumPy's SIMD sort on the CPU, where it
-    is several times faster than ``torch.sort``; the result is the same)."""
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
-        import numpy as np
-
-        return torch.from_numpy(np.sort(t.numpy(), axis=-1))
-    return torch.sort(t, dim=-1).values
+def _sort_rows_(t: torch.Tensor) -> None:
+    """Sort each row of a contiguous 2-d ``t`` in place (NumPy's SIMD sort on the CPU, where
+    it is several times faster than ``torch.sort``; the result is the same)."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) \
+            and t.is_contiguous():
+        t.numpy().sort(axis=-1)
+    else:
+        t.copy_(torch.sort(t, dim=-1).values)
 
 
 def _as_units_first(x: torch.Tensor) -> torch.Tensor:
@@ -112,87 +112,105 @@ class Quantile:
         self.hra = bool(hra)
         self.n = 0
         self.units: int | None = None
-        self.levels: list[torch.Tensor] = []
+        self._bufs: list[torch.Tensor] = []   # per level: a (U, capacity) buffer ...
+        self._fill: list[int] = []            # ... of which the first _fill[h] columns are used
         self.compactions: list[int] = []
+
+    @property
+    def levels(self) -> list[torch.Tensor]:
+        """The values kept at each level ``h`` (weight ``2**h``): ``(U, m_h)`` views into the
+        sketch's buffers (they change as values are added; clone them to keep a copy)."""
+        return [b[:, :f] for b, f in zip(self._bufs, self._fill)]
 
     # -- streaming -------------------------------------------------------------------------
     def add(self, x: torch.Tensor) -> None:
-        """Add ``x`` of shape ``(N, U)``: ``N`` new values for each of ``U`` units."""
-        xt = _as_units_first(x.detach())
+        """Add ``x`` of shape ``(N, U)``: ``N`` new values for each of ``U`` units.
+
+        ``x`` is copied straight into the sketch's level buffers (in any memory layout): a
+        stream of batches allocates no memory beyond one ``(U, capacity)`` buffer per level,
+        so it neither grows nor fragments the heap of a long run.
+        """
+        x = x.detach()
+        if x.dim() == 1:
+            x = x[:, None]
+        if x.dim() != 2:
+            raise ValueError(f"expected a (samples, units) tensor, got shape {tuple(x.shape)}")
+        xt = x.t()
+        if not xt.is_floating_point() or xt.dtype in (torch.float16, torch.bfloat16):
+            xt = xt.float()
         self._add_units_first(xt)
 
     def _add_units_first(self, xt: torch.Tensor) -> None:
         if self.units is None:
             self.units = xt.shape[0]
-            self.levels = [xt.new_empty((self.units, 0))]
-            self.compactions = [0]
+            self._bufs, self._fill, self.compactions = [], [], []
+            self._level(0, xt.dtype, xt.device)
         elif xt.shape[0] != self.units:
             raise ValueError(f"expected {self.units} units, got {xt.shape[0]}")
         if torch.isnan(xt).any():
             raise ValueError("NaN values cannot be ranked")
-        if xt.dtype != self.levels[0].dtype:
-            xt = xt.to(self.levels[0].dtype)
-        self.levels[0] = torch.cat([self.levels[0], xt], dim=1)
+        self._push(0, xt)
         self.n += xt.shape[1]
-        self._compact()
 
-    def _compact(self) -> None:
-        k = self.capacity
-        h = 0
-        while h < len(self.levels):
-            if self.levels[h].shape[1] >= k and h + 1 == len(self.levels):
-                self.levels.append(self.levels[h].new_empty((self.units, 0)))
+    def _level(self, h: int, dtype=None, device=None) -> torch.Tensor:
+        """The buffer of level ``h``, allocated (empty) when the sketch first reaches it."""
+        while len(self._bufs) <= h:
+            ref = self._bufs[0] if self._bufs else None
+            self._bufs.append(torch.empty(
+                (self.units, self.capacity), dtype=dtype if ref is None else ref.dtype,
+                device=device if ref is None else ref.device))
+            self._fill.append(0)
+            if len(self.compactions) < len(self._bufs):
                 self.compactions.append(0)
-            if self.hra:
-                self._compact_hra(h)
-            else:
-                self._compact_all(h)
-            h += 1
+        return self._bufs[h]
 
-    def _select_every_other(self, srt: torch.Tensor, h: int, chunks: int) -> torch.Tensor:
-        """Every other value of each sorted chunk ``(U, chunks, m)``, offsets by coin."""
-        m = srt.shape[2]
-        offs = torch.tensor([_coin(self.seed, h, self.compactions[h] + j) for j in range(chunks)],
-                            device=srt.device)
-        idx = offs[:, None] + 2 * torch.arange(m // 2, device=srt.device)[None, :]
-        self.compactions[h] += chunks
-        return torch.gather(srt, 2, idx[None].expand(self.units, -1, -1)).reshape(self.units, -1)
-
-    def _compact_all(self, h: int) -> None:
+    def _push(self, h: int, x: torch.Tensor, spill: list | None = None) -> None:
+        """Append the columns of ``x`` ``(U, m)`` to level ``h`` in order, compacting the level
+        each time it holds ``capacity`` values.  The values a compaction moves up go straight
+        into level ``h + 1``, or, when ``spill`` is a list, are appended to it (copied) for the
+        caller to push later (:meth:`merge`)."""
         k = self.capacity
-        buf = self.levels[h]
-        chunks = buf.shape[1] // k
-        if not chunks:
-            return
-        head = _sort_rows(buf[:, : chunks * k].reshape(self.units, chunks, k))
-        kept = self._select_every_other(head, h, chunks)
-        self.levels[h] = buf[:, chunks * k:].contiguous()
-        self.levels[h + 1] = torch.cat([self.levels[h + 1], kept], dim=1)
+        m, pos = x.shape[1], 0
+        while pos < m:
+            buf = self._level(h)
+            f = self._fill[h]
+            take = min(k - f, m - pos)
+            buf[:, f:f + take].copy_(x[:, pos:pos + take])
+            self._fill[h] = f + take
+            pos += take
+            if self._fill[h] == k:
+                self._compact_full(h, spill)
 
-    def _compact_hra(self, h: int) -> None:
-        # High-rank accuracy (the idea of the ReqSketch of Cormode, Karnin, Liberty, Thaler &
-        # Vesely, PODS 2021): the upper half of a full level stays at its weight and only the
-        # lower half is compacted, so the largest values keep the smallest weights.
+    def _compact_full(self, h: int, spill: list | None) -> None:
+        """One compaction of the full level ``h``, in place.
+
+        The ``capacity`` values are sorted; every other value (odd or even positions, chosen
+        by the coin) of the lower half (high-rank accuracy, the ReqSketch rule) or of all of
+        them (plain KLL) moves up a level with twice the weight; with ``hra`` the upper half
+        stays at this level, otherwise the level is emptied.
+        """
         k, half = self.capacity, self.capacity // 2
-        buf = self.levels[h]
-        n = buf.shape[1]
-        if n < k:
-            return
-        steps = (n - half) // half
-        kept = buf[:, :half]
-        ups = []
-        for j in range(steps):
-            new = buf[:, half * (j + 1): half * (j + 2)]
-            srt = _sort_rows(torch.cat([kept, new], dim=1))
-            off = _coin(self.seed, h, self.compactions[h] + j)
-            ups.append(srt[:, off:half:2])
-            kept = srt[:, half:]
-        self.compactions[h] += steps
-        self.levels[h] = torch.cat([kept, buf[:, half * (steps + 1):]], dim=1)
-        self.levels[h + 1] = torch.cat([self.levels[h + 1], *ups], dim=1)
+        buf = self._bufs[h]
+        _sort_rows_(buf)
+        off = _coin(self.seed, h, self.compactions[h])
+        self.compactions[h] += 1
+        up = buf[:, off:half:2] if self.hra else buf[:, off:k:2]
+        if spill is None:
+            self._push(h + 1, up)
+        else:
+            spill.append(up.clone())
+        if self.hra:
+            buf[:, :half].copy_(buf[:, half:])
+            self._fill[h] = half
+        else:
+            self._fill[h] = 0
 
     def merge(self, other: "Quantile") -> "Quantile":
-        """Add the values summarised by ``other`` (same capacity); returns ``self``."""
+        """Add the values summarised by ``other`` (same capacity); returns ``self``.
+
+        Level by level from the bottom, level ``h`` receives ``other``'s level ``h`` and then
+        the values that the compactions of level ``h - 1`` moved up.
+        """
         if other.units is None:
             return self
         if other.capacity != self.capacity or other.hra != self.hra:
@@ -202,14 +220,18 @@ class Quantile:
             return self
         if other.units != self.units:
             raise ValueError(f"cannot merge sketches of {self.units} and {other.units} units")
-        for h, buf in enumerate(other.levels):
-            if h == len(self.levels):
-                self.levels.append(buf.new_empty((self.units, 0)).to(self.levels[0]))
-                self.compactions.append(0)
-            self.levels[h] = torch.cat([self.levels[h], buf.to(self.levels[h])], dim=1)
-            self.compactions[h] += other.compactions[h]
+        theirs = [b.clone() for b in other.levels] if other is self else other.levels
+        for h, c in enumerate(other.compactions):
+            self._level(h)
+            self.compactions[h] += c
         self.n += other.n
-        self._compact()
+        moved: list = []
+        h = 0
+        while h < len(theirs) or moved:
+            incoming, moved = ([theirs[h]] if h < len(theirs) else []) + moved, []
+            for x in incoming:
+                self._push(h, x, moved)
+            h += 1
         return self
 
     # -- answers ---------------------------------------------------------------------------
@@ -266,9 +288,11 @@ class Quantile:
 
     # -- persistence -----------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The sketch's state; its ``levels`` share memory with the sketch (as a module's
+        ``state_dict`` does): save or clone them before adding more values."""
         return {"kind": "Quantile", "capacity": self.capacity, "seed": self.seed,
                 "hra": self.hra, "n": self.n,
-                "units": self.units, "levels": list(self.levels),
+                "units": self.units, "levels": self.levels,
                 "compactions": list(self.compactions)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -277,11 +301,19 @@ class Quantile:
         self.hra = bool(state.get("hra", True))
         self.n = int(state["n"])
         self.units = state["units"]
-        self.levels = [b.clone() for b in state["levels"]]
+        levels = list(state["levels"])
         self.compactions = [int(c) for c in state["compactions"]]
+        self._bufs, self._fill = [], []
+        for h, b in enumerate(levels):
+            if b.shape[1] >= self.capacity:
+                raise ValueError(f"level {h} of the saved sketch holds {b.shape[1]} values, "
+                                 f"more than its capacity {self.capacity} allows")
+            buf = self._level(h, b.dtype, b.device)
+            buf[:, :b.shape[1]].copy_(b)
+            self._fill[h] = b.shape[1]
 
     def to(self, device) -> "Quantile":
-        self.levels = [b.to(device) for b in self.levels]
+        self._bufs = [b.to(device) for b in self._bufs]
         return self
 
 
