@@ -46,10 +46,16 @@ def versions() -> dict:
     """Versions of neuroprobe and the libraries whose behaviour shapes results."""
     from . import __version__
 
+    import sys
+    from importlib import metadata
+
     out = {"neuroprobe": __version__, "python": platform.python_version()}
     for mod in ("torch", "torchvision", "numpy", "captum"):
+        # the module's own version where it is imported (it says what ran); otherwise the
+        # installed distribution's, without importing it (captum alone takes a second)
         try:
-            out[mod] = str(__import__(mod).__version__)
+            out[mod] = str(sys.modules[mod].__version__) if mod in sys.modules \
+                else metadata.version(mod)
         except Exception:  # pragma: no cover - optional
             out[mod] = None
     return out
