@@ -19,6 +19,25 @@ Bau et al. (PNAS 2020); region-based NSS of He, Tavakoli, Borji, Mi & Pugeault (
 Runs are resumable: statistics are checkpointed into ``<out>/.state/`` every few batches,
 keyed by a hash of the whole configuration; a killed run started again continues from the last
 checkpoint and gives results identical to an uninterrupted run.
+
+Unreadable items (``on_bad_image``).  An image or mask that fails to decode in the middle of a
+concept set raises one of the readers' data errors (:data:`DATA_ERRORS`).  By default
+(``"stop"``) the run stops with that error (one line naming the file).  With ``"skip"`` such an
+item is left out of the whole dissection and listed in ``summary.json`` (``skipped``: data-set
+``index``, ``id``, ``error`` and the ``pass`` that found it; ``n_skipped``): the result equals a
+dissection of the concept set without those items (same thresholds, top images, IoU and
+region-NSS), and the top-image indices still point into the full set.  Pass 1 therefore reads
+the masks of every item in skip mode, also when it keeps no labels (``keep="recompute"``, the
+GPU default: the masks are decoded in the loader workers and dropped, no extra transfer), so
+that an item with a broken mask is left out of the thresholds as well, the same with
+``keep="disk"`` and ``keep="recompute"``.  Pass 2 does not read the items skipped in pass 1.
+Only an item that reads in pass 1 but fails in pass 2 (a file changed during the run) is found
+by pass 2 (``"pass": "tally"``): its maps count in the thresholds and top images, not in the
+tallies.  Anything else (a ``TypeError``, NaN activations, ...) still stops the run.  The option
+is written into the configuration but not into its hash: a run stopped by a bad image resumes
+from its checkpoint with ``"skip"`` (the batches before the checkpoint held no unreadable item,
+so the result equals a fresh skip run); resuming a checkpoint that skipped items with
+``"stop"`` is refused with one line.
 """
 from __future__ import annotations
 
@@ -34,12 +53,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import UserError
+from .errors import ConceptSetError, DataFormatError, UserError
 from .io import atomic_path, config_hash, write_json
 from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
 from .tally import upsample
 
-__all__ = ["dissect", "DissectionResult", "MODES", "SCORES", "DENOMINATOR_CHOICES"]
+__all__ = ["dissect", "DissectionResult", "MODES", "SCORES", "DENOMINATOR_CHOICES",
+           "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
 
 #: Defaults of each mode: top fraction of activations above threshold, where the quantile is
 #: taken, and the IoU denominator.
@@ -49,6 +69,14 @@ MODES = {
 }
 SCORES = ("iou", "region-nss", "both")
 DENOMINATOR_CHOICES = ("netdissect", "lite")
+#: what to do with an item whose image or masks cannot be read (see the module docstring)
+BAD_IMAGE_CHOICES = ("stop", "skip")
+#: the errors the concept readers raise for an item they cannot decode (a missing, truncated,
+#: undecodable or wrongly sized image or mask, unknown label ids): ``on_bad_image="skip"``
+#: leaves such items out; every other exception stops the run
+DATA_ERRORS = (DataFormatError, ConceptSetError)
+#: configuration keys written into summary.json but not hashed into the run's key
+_UNHASHED_KEYS = ("on_bad_image",)
 STATE_VERSION = 1
 #: seconds between checkpoints when ``checkpoint_every`` is not given
 CHECKPOINT_SECONDS = 60.0
@@ -68,7 +96,9 @@ class DissectionResult:
     (``None`` for IoU scoring); ``thresholds``: per layer ``(U,)`` activation thresholds (IoU);
     ``top_images``: per layer ``(values, image indices)`` of the top-k images of every unit;
     ``stats``: per layer the statistic objects (``quantile``, ``tally`` / ``minmax``, ``nss``,
-    ``top``), e.g. to merge runs over shards.
+    ``top``), e.g. to merge runs over shards; ``skipped``: the items left out because they could
+    not be read (``on_bad_image="skip"``), sorted by data-set index, each
+    ``{"index", "id", "error", "pass"}`` (also in ``summary["skipped"]``).
     """
 
     units: list
@@ -77,6 +107,7 @@ class DissectionResult:
     thresholds: dict = field(default_factory=dict)
     top_images: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict, repr=False)
+    skipped: list = field(default_factory=list)
 
     def save(self, out_dir) -> Path:
         from .results import write_results
@@ -98,7 +129,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size):
+                   batch_size, on_bad_image="stop"):
+    if on_bad_image not in BAD_IMAGE_CHOICES:
+        raise UserError(f"unknown --on-bad-image {on_bad_image!r}", hint="use stop or skip")
     if mode not in MODES:
         raise UserError(f"unknown dissection mode {mode!r}", hint="use netdissect or unrestricted")
     if score not in SCORES:
@@ -140,11 +173,22 @@ def _forward(model, images, layers, amp, device):
     return out
 
 
-def _probe(model, dataset, layers, amp, device):
-    """Run one image; check that every layer gives spatial maps.  Returns ``{layer: (U, h, w)}``."""
+def _probe(model, dataset, layers, amp, device, on_bad_image="stop"):
+    """Run one image (the first readable one in skip mode); check that every layer gives spatial
+    maps.  Returns ``{layer: (U, h, w)}``."""
     from .concepts.base import collate
 
-    sample = collate([dataset[0]])
+    sample, first_error = None, None
+    for i in range(len(dataset)):
+        try:
+            sample = collate([dataset[i]])
+            break
+        except DATA_ERRORS as err:
+            if on_bad_image != "skip":
+                raise _with_skip_hint(err) from None
+            first_error = first_error or err
+    if sample is None:
+        raise _none_readable(dataset, len(dataset), first_error and _error_line(first_error))
     images = sample["image"].to(device)
     try:
         acts = _forward(model, images, layers, amp, device)
@@ -175,20 +219,89 @@ def _probe(model, dataset, layers, amp, device):
 
 class _View(torch.utils.data.Dataset):
     """What a pass of the engine reads from a concept set: items with or without labels, images
-    as ``uint8`` where the source decodes 8-bit files (see :meth:`ConceptDataset.item`)."""
+    as ``uint8`` where the source decodes 8-bit files (see :meth:`ConceptDataset.item`), each
+    with its data-set position as ``"index"``.
 
-    def __init__(self, source, labels: bool):
+    An item the source cannot read raises one of :data:`DATA_ERRORS`.  ``on_bad_image="stop"``
+    re-raises it with a hint naming ``--on-bad-image skip``; ``"skip"`` returns the marker
+    ``{"skipped": {"index", "id", "error"}}`` instead, which :func:`~neuroprobe.concepts.base.
+    collate` leaves out of the batch and lists (so nothing but plain data crosses from a loader
+    worker).  ``validate=True`` reads the labels of an item but returns its image alone (pass 1
+    in skip mode: an item with a broken mask is found before it counts in a threshold).
+    """
+
+    def __init__(self, source, labels: bool, on_bad_image: str = "stop", validate: bool = False):
         self.source, self.labels = source, labels
+        self.on_bad_image, self.validate = on_bad_image, validate
 
     def __len__(self):
         return len(self.source)
 
-    def __getitem__(self, index):
+    def _read(self, index):
         item = getattr(self.source, "item", None)
         if item is None:   # a plain dataset of item dicts
             out = self.source[index]
-            return out if self.labels else {"image": out["image"], "id": out["id"]}
-        return item(index, labels=self.labels, raw_image=True)
+        else:
+            out = item(index, labels=self.labels or self.validate, raw_image=True)
+        return out if self.labels else {"image": out["image"], "id": out["id"]}
+
+    def __getitem__(self, index):
+        from .concepts.base import SKIPPED
+
+        try:
+            out = self._read(index)
+        except DATA_ERRORS as err:
+            if self.on_bad_image != "skip":
+                raise _with_skip_hint(err) from None
+            return {SKIPPED: {"index": int(index), "id": _item_id(self.source, index),
+                              "error": _error_line(err)}}
+        return {**out, "index": int(index)}
+
+
+def _error_line(err: UserError) -> str:
+    """The one-line text of a data error (its message, without the hint)."""
+    return " ".join(err.message.split())
+
+
+def _with_skip_hint(err: UserError) -> UserError:
+    """The same data error, its hint extended by the way to go on without the item."""
+    more = ("pass --on-bad-image skip (library: on_bad_image='skip') to leave unreadable "
+            "images out and list them in summary.json")
+    hint = f"{err.hint}; or {more}" if err.hint else f"replace or remove the file, or {more}"
+    try:
+        new = type(err)(err.message, hint=hint)
+    except TypeError:   # a subclass with another signature: keep it as it is
+        return err
+    return new
+
+
+def _item_id(source, index: int) -> str | None:
+    """The id of an item that could not be read, without decoding it: ``source.item_id(index)``
+    where a source defines it, else from the file lists of the shipped readers (``None`` for
+    other sources)."""
+    try:
+        fn = getattr(source, "item_id", None)
+        if callable(fn):
+            return str(fn(index))
+        kind = type(source).__name__
+        if kind == "BrodenDataset":
+            return str(Path(source.rows[index]["image"]).with_suffix(""))
+        if kind == "MaskFolderDataset":
+            return str(source.items[index][0])
+        if kind == "CocoParts":
+            return str(source.ids[index])
+        if kind == "BoxDataset":
+            return str(source.records[index].id)
+    except Exception:   # the id is a courtesy; the index and the error name the item
+        return None
+    return None
+
+
+def _none_readable(dataset, n: int, error: str | None) -> UserError:
+    return UserError(f"none of the {n} images of concept set "
+                     f"{getattr(dataset, 'name', '?')!r} could be read"
+                     + (f" (first error: {error})" if error else ""),
+                     hint="check the data folder (--root) and the concept-set file")
 
 
 def _model_input(images: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
@@ -358,7 +471,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             out_dir=None, resume: bool = True, overwrite: bool = False,
             keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
-            progress: bool = True, concepts_info: dict | None = None) -> DissectionResult:
+            progress: bool = True, concepts_info: dict | None = None,
+            on_bad_image: str = "stop") -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
 
     Parameters
@@ -400,6 +514,12 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         (``{"spec": name or .toml path, "root": ..., "limit": ...}``) so that a gallery can
         reopen it; not part of the configuration hash (the data are identified by the set's
         own ``config()``).
+    on_bad_image : ``"stop"`` (default): an image or mask that cannot be decoded stops the run
+        with one line naming the file; ``"skip"``: such items are left out of the dissection
+        and listed (``summary["skipped"]``, :attr:`DissectionResult.skipped`).  Only the
+        readers' data errors (:data:`DATA_ERRORS`) are skipped; see the module docstring for
+        what skipping guarantees.  Written into the configuration, not hashed into its key (a
+        run stopped by a bad image resumes with ``"skip"``).
 
     Returns
     -------
@@ -410,7 +530,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     if quantile is None:
         quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
     _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size)
+                   batch_size, on_bad_image)
     use_iou, use_nss = score in ("iou", "both"), score in ("region-nss", "both")
     if use_nss and not getattr(dataset, "has_fixations", False):
         raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "
@@ -442,10 +562,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
 def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshold, denominator,
                   nss_threshold, top_units, batch_size, device, amp, limit, out_dir, resume,
                   overwrite, keep, checkpoint_every, num_workers, model_info, sketch_capacity,
-                  top_k, progress, concepts_info, dctx, use_iou, use_nss, **_):
+                  top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image, **_):
     import tempfile
 
-    from .concepts.base import collate
+    from .concepts.base import SKIPPED, collate
     from .utils import info, progress as bar, versions
     from . import distributed
 
@@ -470,7 +590,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         keep = "disk" if device.type == "cpu" else "recompute"
     if keep not in ("disk", "recompute"):
         raise UserError(f"unknown keep option {keep!r}", hint="disk, recompute or auto")
-    shapes = _probe(model, dataset, layers, amp, device)
+    shapes = _probe(model, dataset, layers, amp, device, on_bad_image)
     mask_size = tuple(source.mask_size)
     denom = MODES[mode]["denominator"] if denominator is None else denominator
     if "sha256" not in model_info:
@@ -485,10 +605,13 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": 1,
         "image_size": list(source.image_size), "mask_size": list(mask_size), "amp": amp,
         "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
-        "top_k": top_k,
+        "top_k": top_k, "on_bad_image": on_bad_image,
     }
-    # the key names what determines the numbers: the model by its weights, not by its path
-    key = config_hash({**config, "model": {k: v for k, v in model_info.items()
+    # the key names what determines the numbers: the model by its weights, not by its path (and
+    # not on_bad_image: it changes nothing in a run without unreadable items, and a run stopped
+    # by one must resume with skip)
+    key = config_hash({**{k: v for k, v in config.items() if k not in _UNHASHED_KEYS},
+                       "model": {k: v for k, v in model_info.items()
                                            if k not in ("file", "spec", "note")},
                        "concepts": {k: v for k, v in config["concepts"].items()
                                     if k not in _CONCEPTS_INFO_KEYS}})
@@ -545,8 +668,16 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     stats = new_stats()
     thresholds: dict = {}
     phase, next_batch = "record", 0
+    #: items left out because they could not be read: {"index", "id", "error", "pass"}
+    skipped: list = []
     if state is not None:
         phase, next_batch = state["phase"], int(state["next_batch"])
+        skipped = [dict(s) for s in state.get("skipped", [])]
+        if skipped and on_bad_image != "skip":
+            raise UserError(f"the checkpoint in {state_io.dir} left out {len(skipped)} "
+                            f"unreadable image(s) (first: {skipped[0]['error']})",
+                            hint="resume with --on-bad-image skip, or start again with "
+                            "--no-resume")
         for name in layers:
             for k, sd in state["stats"][name].items():
                 stats[name][k].load_state_dict(sd)
@@ -566,6 +697,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         # a finished run keeps its thresholds instead of the (larger) quantile sketches
         drop = ("quantile",) if phase_ == "done" else ()
         state_io.save({"phase": phase_, "next_batch": next_, "batch_size": per_batch,
+                       "skipped": [dict(s) for s in skipped],
                        "thresholds": {k: v.cpu() for k, v in thresholds.items()},
                        "stats": {name: {k: s.state_dict() for k, s in st.items()
                                         if k not in drop}
@@ -582,31 +714,54 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             return True
         return False
 
-    def loader(start, labels=True):
+    def loader(start, labels=True, validate=False, exclude=frozenset()):
         """Batches ``mine[start:]``, each the images of its global batch number (with their
-        labels, or the images alone); images come as ``uint8`` where the source allows it,
-        labels as int16 where the ids fit, pinned for an asynchronous copy to a GPU."""
-        batches = [list(range(j * per_batch, min(n, (j + 1) * per_batch)))
-                   for j in mine[start:]]
-        return zip(mine[start:], torch.utils.data.DataLoader(
-            _View(source, labels), batch_sampler=batches, num_workers=num_workers,
+        labels, or the images alone) but those in ``exclude``; images come as ``uint8`` where
+        the source allows it, labels as int16 where the ids fit, pinned for an asynchronous copy
+        to a GPU.  Every batch carries the data-set ``index`` of its items and, in skip mode,
+        the ``skipped`` items it could not read; a batch may be empty (``id == []``)."""
+        batches = [(j, [i for i in range(j * per_batch, min(n, (j + 1) * per_batch))
+                        if i not in exclude]) for j in mine[start:]]
+        data = torch.utils.data.DataLoader(
+            _View(source, labels, on_bad_image, validate),
+            batch_sampler=[b for _, b in batches if b], num_workers=num_workers,
             collate_fn=functools.partial(collate, label_dtype=label_dtype),
-            pin_memory=device.type == "cuda"))
+            pin_memory=device.type == "cuda")
+
+        def gen():
+            it = None
+            for j, b in batches:
+                if not b:
+                    yield j, {"id": [], "index": torch.zeros(0, dtype=torch.int64)}
+                    continue
+                if it is None:
+                    it = iter(data)
+                yield j, next(it)
+        return gen()
+
+    def note_skipped(batch, pass_):
+        for s in batch.get(SKIPPED, ()):
+            skipped.append({"index": int(s["index"]), "id": s["id"], "error": s["error"],
+                            "pass": pass_})
 
     # -- pass 1: record -------------------------------------------------------------------
     if phase == "record":
         t_start = time.perf_counter()
         # the maps are recomputed in pass 2, so this pass reads no labels (unless they are
-        # spooled with the maps)
-        it = loader(next_batch, labels=keep == "disk")
+        # spooled with the maps; in skip mode it reads and drops them, to find broken masks)
+        it = loader(next_batch, labels=keep == "disk",
+                    validate=on_bad_image == "skip" and keep != "disk")
         pbar = bar(total=len(mine), initial=next_batch, desc="dissect: record", unit="batch",
                    **({} if progress else {"disable": True}))
         for pos, (j, batch) in enumerate(it, start=next_batch):
-            images = _model_input(batch["image"], device, channels_last)
-            acts = _forward(model, images, layers, amp, device)
-            first = j * per_batch
-            idx = torch.arange(first, first + len(images), device=device)
-            for name in layers:
+            note_skipped(batch, "record")
+            acts = {}
+            if batch["id"]:
+                images = _model_input(batch["image"], device, channels_last)
+                acts = _forward(model, images, layers, amp, device)
+                # the items' own data-set positions (not j * per_batch + k: items may be missing)
+                idx = batch["index"].to(device, non_blocking=True)
+            for name in (layers if batch["id"] else ()):
                 a = acts[name].float()
                 _check_finite(name, a, batch["id"])
                 u = a.shape[1]
@@ -636,7 +791,10 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         pbar.close()
         phase, next_batch = "tally", 0
         distributed.merge_stats(dctx, stats, ("top", "quantile", "minmax"), make_stat, device)
+        skipped = distributed.merge_lists(dctx, skipped)
         timing["record_s"] = round(time.perf_counter() - t_start, 3)
+    if len({s["index"] for s in skipped if s["pass"] == "record"}) >= n:
+        raise _none_readable(source, n, skipped[0]["error"] if skipped else None)
 
     if use_iou and phase == "done":
         thresholds = {k: v.to(device) for k, v in state["thresholds"].items()}
@@ -654,17 +812,23 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                    **({} if progress else {"disable": True}))
         if keep == "disk":
             source_iter = ((j, state_io.read_spool(j)) for j in mine[next_batch:])
-        else:
-            source_iter = loader(next_batch)
+        else:   # pass 2 reads no item that pass 1 left out
+            source_iter = loader(next_batch, exclude=frozenset(
+                s["index"] for s in skipped if s["pass"] == "record"))
+        n_before = len(skipped)
         for pos, (j, batch) in enumerate(source_iter, start=next_batch):
-            if keep == "disk":
+            note_skipped(batch, "tally")
+            if not batch["id"]:
+                acts = {}
+            elif keep == "disk":
                 acts = {k: v.to(device) for k, v in batch["acts"].items()}
             else:
                 acts = _forward(model, _model_input(batch["image"], device, channels_last),
                                 layers, amp, device)
-            lay = batch["layers"].to(device, non_blocking=True).long()
-            whole = batch["whole"].to(device, non_blocking=True).long()
-            for name in layers:
+            if acts:
+                lay = batch["layers"].to(device, non_blocking=True).long()
+                whole = batch["whole"].to(device, non_blocking=True).long()
+            for name in (layers if acts else ()):
                 a = acts[name].float()
                 st = stats[name]
                 if use_iou:
@@ -684,6 +848,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         pbar.close()
         state_io.drop_spool()
         distributed.merge_stats(dctx, stats, ("tally", "nss"), make_stat, device)
+        skipped = skipped[:n_before] + distributed.merge_lists(dctx, skipped[n_before:])
         if dctx.active and state_io.enabled and tmp_spool is None:
             shutil.rmtree(state_io.dir, ignore_errors=True)
         if device.type == "cuda":
@@ -715,10 +880,13 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     summary = summarise(units, config, key, versions(), layers, labels, table)
     # seconds of this process's passes (a resumed run times only what it did); not configuration
     summary["timing"] = {**timing, "device": str(device), "num_workers": num_workers}
+    skipped = sorted(skipped, key=lambda s: s["index"])
+    summary["skipped"] = skipped
+    summary["n_skipped"] = len(skipped)
     result = DissectionResult(
         units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
         {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
-         for name in layers}, stats)
+         for name in layers}, stats, skipped)
     if out is not None and dctx.is_main:
         result.save(out)
     dctx.barrier()
@@ -729,6 +897,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
 
 
 def _spool_record(acts: dict, batch: dict) -> dict:
+    if not batch["id"]:   # every item of the batch was skipped
+        return {"acts": {}, "id": []}
     lay = batch["layers"]
     top = int(lay.max()) if lay.numel() else 0
     small = torch.int16 if top < 2 ** 15 else torch.int32

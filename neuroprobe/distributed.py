@@ -8,7 +8,9 @@ per-rank statistics of :mod:`neuroprobe.stats`:
 * every rank takes every ``WORLD_SIZE``-th batch (strided shards of whole batches, so the
   image ids, and the tie-breaking of the top-k images, are those of a single-process run);
 * statistics are gathered to every rank (``all_gather_object`` of their ``state_dict``) and
-  merged in rank order, so all ranks hold the same numbers -- the same thresholds in pass 2.
+  merged in rank order, so all ranks hold the same numbers -- the same thresholds in pass 2;
+* the lists of items a rank could not read (``on_bad_image="skip"``) are gathered the same way
+  and sorted by data-set index, so every rank (and the summary) holds the single-process list.
 
 Exactness.  Counts (IoU tallies), minima/maxima and top-k images merge exactly.  Region-NSS
 sums are accumulated on a fixed grid (see :class:`neuroprobe.stats.NSSTally`) so their sum
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Context", "setup", "teardown", "merge_stats", "world_size_from_env"]
+__all__ = ["Context", "setup", "teardown", "merge_stats", "merge_lists", "world_size_from_env"]
 
 
 def world_size_from_env() -> int:
@@ -121,3 +123,14 @@ def merge_stats(ctx: Context, stats: dict, keys, make, device) -> dict:
                 merged.merge(other)
             st[k] = merged.to(device)
     return stats
+
+
+def merge_lists(ctx: Context, items: list, key=lambda d: d["index"]) -> list:
+    """All ranks' ``items`` (plain picklable values, e.g. the dicts of skipped images), gathered
+    to every rank and sorted by ``key`` (stable, so the order equals a single-process run's when
+    the keys are unique).  Without torchrun: ``items`` sorted."""
+    if not ctx.active:
+        return sorted(items, key=key)
+    gathered = [None] * ctx.world
+    torch.distributed.all_gather_object(gathered, list(items))
+    return sorted((x for part in gathered for x in part), key=key)

@@ -243,13 +243,13 @@ MATRIX = [
     # images, masks
     ("dissect-bad-image-midway", ["dissect", "--concepts", "{d}/masks.toml", "--root",
                                   "{d}/masks-badimage", "--limit", "3", "--batch-size", "1",
-                                  "--out", "{out}"], ["b.png"]),
+                                  "--out", "{out}"], ["b.png", "--on-bad-image skip"]),
     ("dissect-truncated-mask", ["dissect", "--concepts", "{d}/masks.toml", "--root",
                                 "{d}/masks-badmask", "--limit", "3", "--batch-size", "1",
-                                "--out", "{out}"], ["b.png"]),
+                                "--out", "{out}"], ["b.png", "--on-bad-image skip"]),
     ("dissect-empty-mask", ["dissect", "--concepts", "{d}/masks.toml", "--root",
                             "{d}/masks-emptymask", "--limit", "3", "--batch-size", "1",
-                            "--out", "{out}"], ["b.png"]),
+                            "--out", "{out}"], ["b.png", "--on-bad-image skip"]),
     ("concepts-show-bad-image", ["concepts", "show", "{d}/masks.toml", "--root",
                                  "{d}/masks-badimage", "--n", "3", "--out", "{out}/sheet.png"],
      ["b.png"]),
@@ -321,6 +321,24 @@ def test_matrix(world, tmp_path, capsys, argv, words):
     assert_one_line(rc, err, *words)
     assert_intact(out)
     assert not world["marker"].exists()
+
+
+@pytest.mark.parametrize("variant", ["badimage", "badmask", "emptymask"])
+def test_bad_image_midway_skipped_with_the_flag(world, tmp_path, capsys, variant):
+    """The same three mask folders with ``--on-bad-image skip``: the run finishes without the
+    broken item and lists it (tests/test_skip_bad_images.py checks the numbers)."""
+    out = seed_folder(tmp_path / "out")
+    rc, stdout, err = cli(["dissect", "--concepts", world["d"] / "masks.toml", "--root",
+                           world["d"] / f"masks-{variant}", "--limit", "3", "--batch-size", "1",
+                           "--on-bad-image", "skip", "--out", out], capsys)
+    assert rc == 0, err
+    assert "skipped 1 images that could not be read (listed in summary.json)" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_skipped"] == 1
+    (item,) = summary["skipped"]
+    assert (item["index"], item["id"], item["pass"]) == (1, "b", "record")
+    assert "b.png" in item["error"] and "\n" not in item["error"]
+    assert (out / "earlier.txt").read_bytes() == SENTINEL
 
 
 def test_matrix_is_big_enough():

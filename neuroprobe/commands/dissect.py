@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     p.add_argument("--keep", choices=["auto", "disk", "recompute"], default="auto",
                    help="pass 2 reads pass 1's maps from disk (CPU default) or reruns the model "
                    "(GPU default)")
+    p.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
+                   help="an image or mask of the concept set that cannot be decoded: stop the "
+                   "run with one line naming the file (default), or skip such images and list "
+                   "them in summary.json (skipped)")
     p.add_argument("--workers", type=int, default=None,
                    help="data-loading worker processes (default: 1 on a multi-core CPU; "
                    "on a GPU one per core but one, at most 12)")
@@ -195,7 +199,7 @@ def _run(args) -> int:
         nss_threshold=args.nss_threshold, top_units=args.top_units,
         batch_size=args.batch_size, device=device, amp=args.amp, limit=limit, out_dir=out,
         resume=not args.no_resume, overwrite=args.overwrite, keep=args.keep,
-        num_workers=workers, model_info=model_info,
+        num_workers=workers, model_info=model_info, on_bad_image=args.on_bad_image,
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
                        "limit": limit})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
@@ -210,6 +214,8 @@ def _print_summary(result, out) -> None:
         else "IoU >= {}".format(cfg["iou_threshold"])
     print(f"dissected {cfg['concepts']['n']} images of {cfg['concepts'].get('name')} "
           f"({cfg['mode']} mode, {cfg['score']}; detectors: {what})")
+    if s.get("n_skipped"):
+        print(f"skipped {s['n_skipped']} images that could not be read (listed in summary.json)")
     for layer in s["units"]:
         top = ", ".join(f"{k} {v}" for k, v in list(s["detectors_per_concept"][layer].items())[:6])
         print(f"  {layer}: {s['detectors'][layer]}/{s['units'][layer]} units, "

@@ -201,10 +201,35 @@ def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> 
     Images and masks must share their size within a batch.  ``layers`` are padded with zero
     layers to the largest ``K`` (in ``label_dtype``), ``whole`` with zeros to the longest list;
     ``fixations``, ``observers`` and ``id`` stay lists.  Items without labels
-    (``ConceptDataset.item(i, labels=False)``) give ``{"image", "id"}`` batches.
+    (``ConceptDataset.item(i, labels=False)``) give ``{"image", "id"}`` batches.  Items that
+    carry their data-set position as ``"index"`` (the dissection engine's reader adds it) give an
+    ``int64`` ``index`` tensor.
+
+    Items that could not be read, given as markers ``{"skipped": {"index", "id", "error"}}``
+    (see :data:`SKIPPED`; the dissection engine's reader returns them when asked to skip
+    unreadable images), are left out of the batch and listed under ``"skipped"``; a batch of
+    markers only is ``{"id": [], "index": empty, "skipped": [...]}`` (no ``image``).
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
+    skipped = [s[SKIPPED] for s in samples if SKIPPED in s]
+    if skipped:
+        samples = [s for s in samples if SKIPPED not in s]
+        if not samples:
+            return {"id": [], "index": torch.zeros(0, dtype=torch.int64), SKIPPED: skipped}
+    out = _collate_items(samples, label_dtype)
+    if "index" in samples[0]:
+        out["index"] = torch.tensor([int(s["index"]) for s in samples], dtype=torch.int64)
+    if skipped:
+        out[SKIPPED] = skipped
+    return out
+
+
+#: key of the marker item that stands for an item that could not be read (see :func:`collate`)
+SKIPPED = "skipped"
+
+
+def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
     images = torch.stack([s["image"] for s in samples])
     if "layers" not in samples[0]:
         return {"image": images, "id": [s["id"] for s in samples]}
