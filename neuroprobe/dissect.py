@@ -276,25 +276,16 @@ def _with_skip_hint(err: UserError) -> UserError:
 
 
 def _item_id(source, index: int) -> str | None:
-    """The id of an item that could not be read, without decoding it: ``source.item_id(index)``
-    where a source defines it, else from the file lists of the shipped readers (``None`` for
-    other sources)."""
-    try:
-        fn = getattr(source, "item_id", None)
-        if callable(fn):
-            return str(fn(index))
-        kind = type(source).__name__
-        if kind == "BrodenDataset":
-            return str(Path(source.rows[index]["image"]).with_suffix(""))
-        if kind == "MaskFolderDataset":
-            return str(source.items[index][0])
-        if kind == "CocoParts":
-            return str(source.ids[index])
-        if kind == "BoxDataset":
-            return str(source.records[index].id)
-    except Exception:   # the id is a courtesy; the index and the error name the item
+    """The id of an item that could not be read, without decoding it (``source.item_id``;
+    ``None`` where the source cannot tell: the index and the error still name the item)."""
+    fn = getattr(source, "item_id", None)
+    if not callable(fn):
         return None
-    return None
+    try:
+        out = fn(index)
+    except Exception:   # the id is a courtesy
+        return None
+    return None if out is None else str(out)
 
 
 def _none_readable(dataset, n: int, error: str | None) -> UserError:

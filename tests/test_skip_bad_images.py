@@ -365,3 +365,20 @@ def test_torchrun_two_processes_equal_single_process(folders, tmp_path):
         assert (outs["multi"] / name).read_bytes() == (outs["single"] / name).read_bytes(), name
     sa, sb = (json.loads((outs[k] / "summary.json").read_text()) for k in ("multi", "single"))
     assert sa["skipped"] == sb["skipped"] and [x["index"] for x in sa["skipped"]] == [3, 6]
+
+
+def test_every_shipped_reader_names_its_items_without_decoding(tmp_path):
+    """``item_id(i)`` equals ``ds[i]["id"]`` for the file-based readers (the name a skipped
+    image gets in summary.json)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_broden import make_broden
+
+    from neuroprobe.concepts.base import ConceptDataset
+    from neuroprobe.concepts.broden import BrodenDataset
+
+    make_broden(tmp_path / "b", n=4)
+    ds = BrodenDataset(tmp_path / "b")
+    assert [ds.item_id(i) for i in range(len(ds))] == [ds[i]["id"] for i in range(len(ds))]
+    assert ConceptDataset.item_id(ds, 0) is None   # the default: cannot tell

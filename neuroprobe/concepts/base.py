@@ -169,6 +169,11 @@ class ConceptDataset(torch.utils.data.Dataset):
         return {"name": self.name, "n": len(self), "image_size": list(self.image_size),
                 "mask_size": list(self.mask_size)}
 
+    def item_id(self, index: int) -> str | None:
+        """The ``id`` of item ``index`` without decoding it (``None`` where a source cannot
+        tell); the engine names an unreadable item by it."""
+        return None
+
     def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
         """One item, as the dissection engine reads it.
 

@@ -127,6 +127,9 @@ class BoxDataset(ConceptDataset):
             out.append(b)
         return out
 
+    def item_id(self, index: int) -> str:
+        return str(self.records[index].id)
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(index)

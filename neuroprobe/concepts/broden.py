@@ -254,6 +254,9 @@ class BrodenDataset(ConceptDataset):
     def __getitem__(self, index: int) -> dict:
         return self.item(index)
 
+    def item_id(self, index: int) -> str:
+        return str(Path(self.rows[index]["image"]).with_suffix(""))
+
     def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
         """See :meth:`ConceptDataset.item`: ``labels=False`` decodes no mask; ``raw_image``
         gives the ``uint8`` image."""
@@ -261,7 +264,7 @@ class BrodenDataset(ConceptDataset):
             raise IndexError(index)
         rgb = self._decode_image(index)
         out = {"image": (image_uint8 if raw_image else image_tensor)(rgb, self.image_size),
-               "id": str(Path(self.rows[index]["image"]).with_suffix(""))}
+               "id": self.item_id(index)}
         if not labels:
             return out
         lay, whole, cats = self._decode_labels(index)

@@ -385,6 +385,9 @@ class CocoParts(ConceptDataset):
             layers.append(text)
         return np.stack(layers)
 
+    def item_id(self, index: int) -> str:
+        return str(self.ids[index])
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(index)

@@ -380,6 +380,9 @@ class MaskFolderDataset(ConceptDataset):
         check_known_ids(mask, self.labels, str(ann))
         return rgb, mask, img_path
 
+    def item_id(self, index: int) -> str:
+        return self.items[index][0]
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(index)
