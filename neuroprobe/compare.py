@@ -122,13 +122,15 @@ def changed_units(a: Run, b: Run) -> list[dict]:
 
 def per_image_tallies(model, dataset, layer: str, thresholds: np.ndarray, labels: np.ndarray,
                       *, denominator: str = "netdissect", batch_size: int = 16,
-                      device="cpu") -> dict:
+                      device="cpu", skip: Sequence[int] = ()) -> dict:
     """Per-image intersection, activation and truth counts of each unit for its own label.
 
     Parameters
     ----------
     thresholds : (U,) activation thresholds of the run.
     labels : (U,) global label id assigned to each unit (0 = none; such units get zeros).
+    skip : indices of images to leave out (those a run skipped as unreadable: the ``index`` of
+        each entry of ``summary["skipped"]``; for a paired comparison, the union of both runs').
 
     Returns
     -------
@@ -149,8 +151,10 @@ def per_image_tallies(model, dataset, layer: str, thresholds: np.ndarray, labels
     cat_u = cat_of[lab.clamp(min=0)].clamp(min=0)
     inter_all, act_all, truth_all = [], [], []
     model = model.eval().to(device)
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+    left_out = {int(i) for i in skip}
+    order = [i for i in range(len(dataset)) if i not in left_out]
+    for start in range(0, len(order), batch_size):
+        batch = collate([dataset[i] for i in order[start:start + batch_size]])
         with torch.no_grad(), Recorder(model, layer, stop=True) as rec:
             model(batch["image"].to(device))
         maps = rec[layer].float().cpu()

@@ -118,3 +118,21 @@ def test_cka_matrix_between_variants():
     assert acts["0"].shape == (4, 4 * 64)
     rows = compare.cka_matrix({"a": acts["0"], "b": acts["0"] * 3}, unbiased=False)
     assert rows[0]["cka"] == pytest.approx(1.0)
+
+
+def test_per_image_tallies_leave_skipped_images_out():
+    """Images a run skipped as unreadable are left out: the rows of the others, unchanged."""
+    import torch
+
+    from neuroprobe.concepts import open_concepts
+
+    ds = open_concepts("synthetic", limit=6, image_size=64, mask_size=32)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU())
+    thr = np.full(4, 0.05, dtype=np.float32)
+    labs = np.array([ds.labels.ids[1], ds.labels.ids[2], 0, ds.labels.ids[3]])
+    full = compare.per_image_tallies(model, ds, "0", thr, labs, batch_size=1)
+    some = compare.per_image_tallies(model, ds, "0", thr, labs, batch_size=1, skip=[2, 4])
+    for k in ("inter", "act", "truth"):
+        assert np.array_equal(some[k], full[k][[0, 1, 3, 5]])
+    assert full["truth"].sum() > 0

@@ -74,6 +74,8 @@ def _bootstrap(args, runs) -> None:
     n = min(int(c.get("n") or 0) for c in concept) or None
     dataset = open_concepts(spec, limit=n)
     ids = {lab.name: lab.id for lab in dataset.labels}
+    # images any run left out as unreadable are left out of every run's tallies (paired)
+    skip = sorted({int(s["index"]) for r in runs for s in r.summary.get("skipped") or []})
     rows = []
     tallies = {}
     for run, cfg in zip(runs, cfgs):
@@ -86,7 +88,7 @@ def _bootstrap(args, runs) -> None:
             thr = np.array([float(u["threshold"]) for u in us])
             labs = np.array([ids.get(u["label"], 0) for u in us])
             tallies[(run.name, layer)] = (per_image_tallies(
-                module, dataset, layer, thr, labs, device=device,
+                module, dataset, layer, thr, labs, device=device, skip=skip,
                 denominator=cfg.get("denominator") or "netdissect"), [u["label"] for u in us])
     base = runs[0]
     for other in runs[1:]:
