@@ -184,3 +184,102 @@ def test_quantile_top_values_exact_through_merges():
     want = torch.from_numpy(np.quantile(x.numpy(), q, axis=0, method="linear")).float()
     assert not whole.exact and torch.equal(whole.quantile(q), merged.quantile(q))
     assert torch.allclose(whole.quantile(q), want, rtol=0, atol=1e-5)
+
+
+def _reference_quantile(batches, capacity, seed, hra, merge_from=None):
+    """The compactor hierarchy as documented, written plainly on NumPy arrays: append to level
+    0, then compact every level holding ``capacity`` values or more, bottom up (a merge appends
+    the other sketch's level h to level h first).  Returns (levels, compactions, n)."""
+    from neuroprobe.stats import _coin
+
+    k, half = capacity, capacity // 2
+    levels, comps, n = [np.zeros((batches[0].shape[1], 0), batches[0].dtype)], [0], 0
+
+    def compact():
+        h = 0
+        while h < len(levels):
+            buf = levels[h]
+            if buf.shape[1] >= k:
+                if h + 1 == len(levels):
+                    levels.append(buf[:, :0]), comps.append(0)
+                ups = []
+                if hra:
+                    kept, pos = buf[:, :half], half
+                    while buf.shape[1] - pos >= half:
+                        srt = np.sort(np.concatenate([kept, buf[:, pos:pos + half]], 1), 1)
+                        off = _coin(seed, h, comps[h])
+                        comps[h] += 1
+                        ups.append(srt[:, off:half:2])
+                        kept, pos = srt[:, half:], pos + half
+                    levels[h] = np.concatenate([kept, buf[:, pos:]], 1)
+                else:
+                    pos = 0
+                    while buf.shape[1] - pos >= k:
+                        srt = np.sort(buf[:, pos:pos + k], 1)
+                        off = _coin(seed, h, comps[h])
+                        comps[h] += 1
+                        ups.append(srt[:, off::2])
+                        pos += k
+                    levels[h] = buf[:, pos:]
+                levels[h + 1] = np.concatenate([levels[h + 1]] + ups, 1)
+            h += 1
+
+    for x in batches:
+        levels[0] = np.concatenate([levels[0], x.T], 1)
+        n += len(x)
+        compact()
+    if merge_from is not None:
+        o_levels, o_comps, o_n = merge_from
+        for h, b in enumerate(o_levels):
+            if h == len(levels):
+                levels.append(b[:, :0]), comps.append(0)
+            levels[h] = np.concatenate([levels[h], b], 1)
+            comps[h] += o_comps[h]
+        n += o_n
+        compact()
+    return levels, comps, n
+
+
+@pytest.mark.parametrize("hra", [True, False])
+def test_quantile_in_place_levels_equal_the_plain_algorithm(hra):
+    """The in-place sketch (fixed level buffers) keeps exactly the values, in the same order,
+    of the algorithm written plainly, for uneven batches and for a merge."""
+    rng = np.random.default_rng(6)
+    data = np.maximum(rng.standard_normal((9000, 3)), 0).astype(np.float32) ** 3  # ties at 0
+    cuts = np.cumsum([1, 3, 63, 64, 65, 331, 7, 1000] * 6)
+    batches = np.split(data, cuts[cuts < len(data)])
+    sk = Quantile(64, seed=5, hra=hra)
+    for x in batches:
+        sk.add(torch.from_numpy(x))
+    want, comps, n = _reference_quantile(batches, 64, 5, hra)
+    assert sk.n == n and sk.compactions == comps and len(sk.levels) == len(want) > 4
+    for got, ref in zip(sk.levels, want):
+        np.testing.assert_array_equal(got.numpy(), ref)
+    other = Quantile(64, seed=5, hra=hra)
+    other.add(torch.from_numpy(data[:2500]))
+    sk.merge(other)
+    o_ref = _reference_quantile([data[:2500]], 64, 5, hra)
+    want, comps, n = _reference_quantile(batches, 64, 5, hra, merge_from=o_ref)
+    assert sk.n == n and sk.compactions == comps and len(sk.levels) == len(want)
+    for got, ref in zip(sk.levels, want):
+        np.testing.assert_array_equal(got.numpy(), ref)
+
+
+def test_quantile_levels_are_never_reallocated():
+    """Adding batches writes into the same level buffers (no heap churn in a long run); the
+    levels and the state_dict are views of them, and a loaded state is a copy."""
+    g = torch.Generator().manual_seed(7)
+    sk = Quantile(256)
+    sk.add(torch.randn(20_000, 4, generator=g))
+    depth = len(sk.levels)
+    ptrs = [lv.data_ptr() for lv in sk.levels]
+    for _ in range(10):     # 250 values: level 0 compacts, nothing reaches a new level
+        sk.add(torch.randn(25, 4, generator=g))
+    assert len(sk.levels) == depth, "the test assumes no new level"
+    assert [lv.data_ptr() for lv in sk.levels] == ptrs
+    state = sk.state_dict()
+    assert [lv.data_ptr() for lv in state["levels"]] == ptrs
+    copy = Quantile()
+    copy.load_state_dict(state)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.levels, sk.levels))
+    assert torch.equal(copy.quantiles([0.5, 0.995]), sk.quantiles([0.5, 0.995]))
