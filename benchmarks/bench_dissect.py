@@ -8,7 +8,12 @@ with the Broden reader:
   images through the same reader and loader (target: at most 1.5x);
 * ``dissect/peak-rss``: peak resident memory of the dissection at n and 4n images, each in its
   own process (target: under 1 GiB and within 15 % of each other).  The 4n folder lists the n
-  exported images four times in its index.csv (same reader work, same per-image cost).
+  exported images four times in its index.csv (same reader work, same per-image cost).  Beside
+  it, measured in the same run: the forward-only process, and a process that only imports
+  everything and loads the model and the data index (the floor no dissection can go below).
+  The peak is the process's own ``VmHWM``: ``ru_maxrss`` of a child starts at its parent's
+  peak (the kernel carries the high-water mark over ``fork``/``exec``), so a benchmark parent
+  grown past 1 GiB would make every child look as large (``ru_maxrss`` stays in the output).
 
 The exported folder is cached in ``<neuroprobe cache>/bench`` so that reruns skip the export.
 """
@@ -20,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 LAYERS = ["net.layer3", "net.layer4"]
@@ -39,7 +43,9 @@ torch.manual_seed(0)
 model, meta = load(cfg["model"])
 ds = open_concepts(cfg["concepts"], root=cfg["root"])
 t0 = time.perf_counter()
-if cfg["what"] == "forward":
+if cfg["what"] == "imports":
+    pass   # the floor: interpreter, torch, torchvision, neuroprobe, the model and the data index
+elif cfg["what"] == "forward":
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch"], num_workers=cfg["workers"],
                                          collate_fn=collate)
     with torch.no_grad():
@@ -51,8 +57,14 @@ else:
     dissect(model, ds, cfg["layers"], batch_size=cfg["batch"], out_dir=cfg["out"],
             num_workers=cfg["workers"], keep="disk", progress=False)
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "n": len(ds),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = maxrss
+try:   # this process's own high-water mark: ru_maxrss starts at the parent's peak (fork/exec)
+    with open("/proc/self/status") as fh:
+        peak = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
+except (OSError, StopIteration):
+    pass
+print(json.dumps({"seconds": dt, "n": len(ds), "peak_rss_mib": peak, "ru_maxrss_mib": maxrss}))
 """
 
 
@@ -104,6 +116,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="neuroprobe-bench-") as tmp:
         tmp = Path(tmp)
+        floor = _child("imports", root)
         fwd = _child("forward", root)
         full = _child("dissect", root, tmp / "out-n")
         rows.append({"benchmark": "dissect/cpu-ratio", "config": conf,
@@ -113,8 +126,9 @@ def run(quick: bool = False) -> list[dict]:
         big = _child("dissect", _repeat(root, 4, tmp / "x4"), tmp / "out-4n")
         rows.append({"benchmark": "dissect/peak-rss", "config":
                      f"{conf}; peak RSS of the main process at {n} images (baseline: the "
-                     "forward-only run; importing torch + torchvision alone takes ~690 MiB here; "
-                     "the forked loader worker shares pages and is not counted)",
+                     "forward-only run; imports + model + data index alone: "
+                     f"{floor['peak_rss_mib']:.0f} MiB; the forked loader worker shares pages "
+                     "and is not counted)",
                      "value": full["peak_rss_mib"], "unit": "MiB",
                      "baseline": fwd["peak_rss_mib"],
                      "ratio": full["peak_rss_mib"] / fwd["peak_rss_mib"],
