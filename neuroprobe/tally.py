@@ -11,8 +11,10 @@ are evaluated, and the label ids under their active pixels are counted with ``bi
 key ``unit * L + label``.
 
 Host memory between batches: :func:`release_heap` hands the C heap's free pages back to the
-system (glibc ``malloc_trim``).  The engine calls it after every CPU batch, so that the peak
-resident memory of a run is what one batch needs, not what the heap has fragmented into.
+system (glibc ``malloc_trim``).  The engine calls it after every CPU batch that ran a forward
+pass, so that the peak resident memory of a run is what one batch needs, not what the heap has
+fragmented into.  (A tally batch read from the spool needs no trim: its temporaries are bounded
+by :data:`CELL_VALUES` and of the same sizes every batch, so the heap reuses them.)
 """
 from __future__ import annotations
 
