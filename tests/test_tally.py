@@ -41,15 +41,21 @@ def _rss_mib() -> float:
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="malloc_trim is glibc's (Linux)")
 def test_release_heap_returns_free_holes_to_the_system():
-    """Free chunks between live ones stay resident after free(); release_heap gives them back."""
-    from neuroprobe.tally import release_heap
+    """Free chunks between live ones stay resident after free(); release_heap gives them back,
+    and with ``min_free`` only when the heap holds more than that free."""
+    from neuroprobe.tally import heap_free_bytes, release_heap
 
     keep, drop = [], []
     for i in range(1200):   # 100 kB each: below glibc's mmap threshold, so from the heap
         (keep if i % 2 else drop).append(bytearray(b"\x01" * 100_000))
     before = _rss_mib()
     drop.clear()            # 600 holes of 100 kB (57 MiB) between the kept blocks
-    assert release_heap() is True
+    free = heap_free_bytes()
+    if free is not None:    # glibc >= 2.33
+        assert free >= 600 * 100_000
+        assert release_heap(min_free=free + 1) is False
+        assert _rss_mib() > before - 10   # nothing given back yet
+    assert release_heap(min_free=10 << 20) is True
     after = _rss_mib()
     assert before - after > 40, (before, after)
     assert sum(len(b) for b in keep) == 600 * 100_000   # the live blocks are untouched
@@ -60,5 +66,5 @@ def test_release_heap_without_malloc_trim(monkeypatch):
     """Under a C library without malloc_trim nothing is done and False is returned."""
     import neuroprobe.tally as T
 
-    monkeypatch.setattr(T, "_malloc_trim", lambda: None)
-    assert T.release_heap() is False
+    monkeypatch.setattr(T, "_glibc", lambda: (None, None))
+    assert T.release_heap() is False and T.heap_free_bytes() is None
