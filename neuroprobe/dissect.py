@@ -56,7 +56,7 @@ import torch
 from .errors import ConceptSetError, DataFormatError, UserError
 from .io import atomic_path, config_hash, write_json
 from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
-from .tally import upsample
+from .tally import release_heap, upsample
 
 __all__ = ["dissect", "DissectionResult", "MODES", "SCORES", "DENOMINATOR_CHOICES",
            "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
@@ -777,6 +777,11 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 checkpoint(phase, 0)
             elif due(done):
                 checkpoint("record", done)
+            # nothing of this batch lives on into the next forward pass, and on the CPU the
+            # heap's free pages go back to the system (see neuroprobe.tally.release_heap)
+            batch = images = acts = a = up = None
+            if device.type == "cpu":
+                release_heap()
             if _AFTER_BATCH is not None:
                 _AFTER_BATCH("record", j)
         pbar.close()
@@ -834,6 +839,9 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 checkpoint("done", 0)
             elif due(done):
                 checkpoint("tally", done)
+            batch = acts = lay = whole = a = None
+            if device.type == "cpu":   # after a forward pass always, else once 64 MiB are free
+                release_heap(0 if keep != "disk" else 64 << 20)
             if _AFTER_BATCH is not None:
                 _AFTER_BATCH("tally", j)
         pbar.close()
