@@ -332,7 +332,7 @@ def test_bad_image_midway_skipped_with_the_flag(world, tmp_path, capsys, variant
                            world["d"] / f"masks-{variant}", "--limit", "3", "--batch-size", "1",
                            "--on-bad-image", "skip", "--out", out], capsys)
     assert rc == 0, err
-    assert "skipped 1 images that could not be read (listed in summary.json)" in stdout
+    assert "skipped 1 image that could not be read (listed in summary.json)" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_skipped"] == 1
     (item,) = summary["skipped"]

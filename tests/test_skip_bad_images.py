@@ -322,6 +322,7 @@ def test_cli_skip_reports_and_equals_clean(folders, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "skipped 2 images that could not be read (listed in summary.json)" in out
+    assert "dissected 8 of 10 images" in out
     rc = main(["--quiet", *cli, "--root", str(folders["clean"]), "--out", str(tmp_path / "ok")])
     assert rc == 0
     assert "skipped" not in capsys.readouterr().out

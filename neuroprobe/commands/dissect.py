@@ -212,10 +212,13 @@ def _print_summary(result, out) -> None:
     cfg = s["config"]
     what = "region-NSS > {}".format(cfg["nss_threshold"]) if cfg["score"] == "region-nss" \
         else "IoU >= {}".format(cfg["iou_threshold"])
-    print(f"dissected {cfg['concepts']['n']} images of {cfg['concepts'].get('name')} "
+    n, skipped = cfg["concepts"]["n"], int(s.get("n_skipped") or 0)
+    count = f"{n - skipped} of {n}" if skipped else f"{n}"
+    print(f"dissected {count} images of {cfg['concepts'].get('name')} "
           f"({cfg['mode']} mode, {cfg['score']}; detectors: {what})")
-    if s.get("n_skipped"):
-        print(f"skipped {s['n_skipped']} images that could not be read (listed in summary.json)")
+    if skipped:
+        noun = "image" if skipped == 1 else "images"
+        print(f"skipped {skipped} {noun} that could not be read (listed in summary.json)")
     for layer in s["units"]:
         top = ", ".join(f"{k} {v}" for k, v in list(s["detectors_per_concept"][layer].items())[:6])
         print(f"  {layer}: {s['detectors'][layer]}/{s['units'][layer]} units, "
