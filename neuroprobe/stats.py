@@ -45,8 +45,9 @@ def _sort_rows_(t: torch.Tensor) -> None:
         t.copy_(torch.sort(t, dim=-1).values)
 
 
-def _as_units_first(x: torch.Tensor) -> torch.Tensor:
-    """``(N, U)`` -> contiguous ``(U, N)`` floating tensor (float16/bfloat16 promoted)."""
+def _as_units_first(x: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
+    """``(N, U)`` -> ``(U, N)`` floating tensor (float16/bfloat16 promoted; a transposed view
+    unless ``contiguous``)."""
     if x.dim() == 1:
         x = x[:, None]
     if x.dim() != 2:
@@ -54,7 +55,7 @@ def _as_units_first(x: torch.Tensor) -> torch.Tensor:
     xt = x.t()
     if not xt.is_floating_point() or xt.dtype in (torch.float16, torch.bfloat16):
         xt = xt.float()
-    return xt.contiguous()
+    return xt.contiguous() if contiguous else xt
 
 
 class Quantile:
@@ -133,15 +134,7 @@ class Quantile:
         ``x`` (any memory layout) is copied straight into the level buffers; nothing of it is
         kept by reference.
         """
-        x = x.detach()
-        if x.dim() == 1:
-            x = x[:, None]
-        if x.dim() != 2:
-            raise ValueError(f"expected a (samples, units) tensor, got shape {tuple(x.shape)}")
-        xt = x.t()
-        if not xt.is_floating_point() or xt.dtype in (torch.float16, torch.bfloat16):
-            xt = xt.float()
-        self._add_units_first(xt)
+        self._add_units_first(_as_units_first(x.detach(), contiguous=False))
 
     def _add_units_first(self, xt: torch.Tensor) -> None:
         if self.units is None:
