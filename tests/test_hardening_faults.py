@@ -258,6 +258,11 @@ def test_html_in_labels_and_paths_is_inert(baseline, tmp_path, capsys):
 def test_no_writes_outside_out_and_cache(tmp_path, capsys, monkeypatch):
     import tempfile
 
+    # importing torchvision.ops (it imports torch._inductor) creates $TMPDIR/torchinductor_<user>
+    # once per process: torch's side effect, not a neuroprobe write; done here before TMPDIR is
+    # redirected so that the test does not depend on whether an earlier test imported it
+    import torchvision.ops  # noqa: F401
+
     home, cwd, tmp = tmp_path / "home", tmp_path / "cwd", tmp_path / "tmp"
     for p in (home, cwd, tmp):
         p.mkdir()
