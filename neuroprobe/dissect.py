@@ -56,7 +56,8 @@ import torch
 from .errors import ConceptSetError, DataFormatError, UserError
 from .io import atomic_path, config_hash, write_json
 from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
-from .tally import release_heap, upsample
+from .tally import upsample
+from .utils import release_heap
 
 __all__ = ["dissect", "DissectionResult", "MODES", "SCORES", "DENOMINATOR_CHOICES",
            "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
@@ -778,7 +779,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             elif due(done):
                 checkpoint("record", done)
             # nothing of this batch lives on into the next forward pass, and on the CPU the
-            # heap's free pages go back to the system (see neuroprobe.tally.release_heap)
+            # heap's free pages go back to the system (see neuroprobe.utils.release_heap)
             batch = images = acts = a = up = None
             if device.type == "cpu":
                 release_heap()
@@ -898,11 +899,9 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
 def _spool_record(acts: dict, batch: dict) -> dict:
     if not batch["id"]:   # every item of the batch was skipped
         return {"acts": {}, "id": []}
-    lay = batch["layers"]
-    top = int(lay.max()) if lay.numel() else 0
-    small = torch.int16 if top < 2 ** 15 else torch.int32
+    # the labels already come in the engine's smallest label dtype (int16 where ids fit)
     return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
-            "layers": lay.to(small), "whole": batch["whole"],
+            "layers": batch["layers"], "whole": batch["whole"],
             "categories": batch["categories"], "fixations": batch["fixations"],
             "id": list(batch["id"])}
 

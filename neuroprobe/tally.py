@@ -10,9 +10,9 @@ hold active pixels (for a threshold at the top 0.5 %, a few percent of the cells
 are evaluated, and the label ids under their active pixels are counted with ``bincount`` on the
 key ``unit * L + label``.
 
-Host memory between batches: :func:`release_heap` hands the C heap's free pages back to the
-system (glibc ``malloc_trim``).  The engine calls it after every CPU batch that ran a forward
-pass, so that the peak resident memory of a run is what one batch needs, not what the heap has
+Host memory between batches: :func:`neuroprobe.utils.release_heap` hands the C heap's free
+pages back to the system (glibc ``malloc_trim``).  The engine calls it after every CPU batch that
+ran a forward pass, so that the peak resident memory of a run is what one batch needs, not what the heap has
 fragmented into.  A tally batch read from the spool has small temporaries (bounded by
 :data:`CELL_VALUES`), so there the heap is trimmed only once it holds more than 64 MiB free
 (over thousands of batches it would otherwise creep up, ~100 MiB in 500 batches).
@@ -24,8 +24,7 @@ import functools
 import torch
 
 __all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "region_nss",
-           "fixation_pixels", "interpolation_matrix", "release_heap", "heap_free_bytes",
-           "DENOMINATORS"]
+           "fixation_pixels", "interpolation_matrix", "DENOMINATORS"]
 
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
 DENOMINATORS = ("netdissect", "lite", "all")
@@ -36,74 +35,6 @@ CELL_CHUNK = 1 << 16
 #: temporary of a chunk then takes at most 4 MiB, whatever the upsampling factor (a cell of a
 #: 7 px map upsampled to 112 px holds 256 pixels, one of a 56 px map 4)
 CELL_VALUES = 1 << 20
-
-
-@functools.lru_cache(maxsize=1)
-def _glibc():
-    """``(malloc_trim, mallinfo2)`` of glibc; ``None`` for what the C library lacks (musl,
-    macOS and Windows have neither; glibc before 2.33 has no ``mallinfo2``)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-    except (OSError, TypeError):
-        return None, None
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    info = getattr(libc, "mallinfo2", None)
-    if info is not None:
-        class _Mallinfo2(ctypes.Structure):
-            _fields_ = [(f, ctypes.c_size_t) for f in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                "uordblks", "fordblks", "keepcost")]
-
-        info.argtypes, info.restype = [], _Mallinfo2
-    return trim, info
-
-
-def heap_free_bytes() -> int | None:
-    """Bytes held free by the C heap (glibc ``mallinfo2().fordblks``, all arenas); ``None``
-    where the C library cannot tell."""
-    info = _glibc()[1]
-    return None if info is None else int(info().fordblks)
-
-
-def release_heap(min_free: int = 0) -> bool:
-    """Return the free pages of the C heap to the operating system (glibc ``malloc_trim(0)``).
-
-    Why: on the CPU, PyTorch takes tensor memory from ``malloc``.  Once the dynamic mmap
-    threshold of glibc has risen (it does after the first forward pass frees its large
-    outputs), tensors of up to 32 MiB come from the heap, and the heap fragments: free chunks
-    stay resident (the top of the heap up to twice that threshold, every hole in the middle),
-    a later batch of the same sizes takes other holes, and resident memory creeps up batch
-    after batch.  Measured on the dissection benchmark (ResNet-18 layer3 + layer4, batch 16):
-    60-130 MiB of free but resident heap after a few dozen batches, varying from run to run.
-    ``malloc_trim`` gives every free page back (``madvise``), keeping the chunks, so the next
-    batch faults in only the pages it touches.  Cost: those page faults, a few percent of a
-    forward pass.
-
-    Parameters
-    ----------
-    min_free : int
-        Trim only when the heap holds more than this many free bytes (:func:`heap_free_bytes`;
-        always where the C library cannot tell): a cheap guard for loops whose heap grows
-        slowly.
-
-    Returns
-    -------
-    bool
-        Whether the heap was trimmed (``False`` where the C library has no ``malloc_trim``).
-    """
-    trim = _glibc()[0]
-    if trim is None:
-        return False
-    if min_free > 0:
-        free = heap_free_bytes()
-        if free is not None and free <= min_free:
-            return False
-    trim(0)
-    return True
 
 
 @functools.lru_cache(maxsize=64)

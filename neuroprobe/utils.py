@@ -1,6 +1,7 @@
-"""Small shared helpers: device choice, progress bars, version information."""
+"""Small shared helpers: device choice, progress bars, version information, the C heap."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -59,3 +60,71 @@ def versions() -> dict:
         except Exception:  # pragma: no cover - optional
             out[mod] = None
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """``(malloc_trim, mallinfo2)`` of glibc; ``None`` for what the C library lacks (musl,
+    macOS and Windows have neither; glibc before 2.33 has no ``mallinfo2``)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):
+        return None, None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    info = getattr(libc, "mallinfo2", None)
+    if info is not None:
+        class _Mallinfo2(ctypes.Structure):
+            _fields_ = [(f, ctypes.c_size_t) for f in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        info.argtypes, info.restype = [], _Mallinfo2
+    return trim, info
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes held free by the C heap (glibc ``mallinfo2().fordblks``, all arenas); ``None``
+    where the C library cannot tell."""
+    info = _glibc()[1]
+    return None if info is None else int(info().fordblks)
+
+
+def release_heap(min_free: int = 0) -> bool:
+    """Return the free pages of the C heap to the operating system (glibc ``malloc_trim(0)``).
+
+    Why: on the CPU, PyTorch takes tensor memory from ``malloc``.  Once the dynamic mmap
+    threshold of glibc has risen (it does after the first forward pass frees its large
+    outputs), tensors of up to 32 MiB come from the heap, and the heap fragments: free chunks
+    stay resident (the top of the heap up to twice that threshold, every hole in the middle),
+    a later batch of the same sizes takes other holes, and resident memory creeps up batch
+    after batch.  Measured on the dissection benchmark (ResNet-18 layer3 + layer4, batch 16):
+    60-130 MiB of free but resident heap after a few dozen batches, varying from run to run.
+    ``malloc_trim`` gives every free page back (``madvise``), keeping the chunks, so the next
+    batch faults in only the pages it touches.  Cost: those page faults, a few percent of a
+    forward pass.
+
+    Parameters
+    ----------
+    min_free : int
+        Trim only when the heap holds more than this many free bytes (:func:`heap_free_bytes`;
+        always where the C library cannot tell): a cheap guard for loops whose heap grows
+        slowly.
+
+    Returns
+    -------
+    bool
+        Whether the heap was trimmed (``False`` where the C library has no ``malloc_trim``).
+    """
+    trim = _glibc()[0]
+    if trim is None:
+        return False
+    if min_free > 0:
+        free = heap_free_bytes()
+        if free is not None and free <= min_free:
+            return False
+    trim(0)
+    return True

@@ -43,7 +43,7 @@ def _rss_mib() -> float:
 def test_release_heap_returns_free_holes_to_the_system():
     """Free chunks between live ones stay resident after free(); release_heap gives them back,
     and with ``min_free`` only when the heap holds more than that free."""
-    from neuroprobe.tally import heap_free_bytes, release_heap
+    from neuroprobe.utils import heap_free_bytes, release_heap
 
     keep, drop = [], []
     for i in range(1200):   # 100 kB each: below glibc's mmap threshold, so from the heap
@@ -64,7 +64,7 @@ def test_release_heap_returns_free_holes_to_the_system():
 
 def test_release_heap_without_malloc_trim(monkeypatch):
     """Under a C library without malloc_trim nothing is done and False is returned."""
-    import neuroprobe.tally as T
+    import neuroprobe.utils as U
 
-    monkeypatch.setattr(T, "_glibc", lambda: (None, None))
-    assert T.release_heap() is False and T.heap_free_bytes() is None
+    monkeypatch.setattr(U, "_glibc", lambda: (None, None))
+    assert U.release_heap() is False and U.heap_free_bytes() is None

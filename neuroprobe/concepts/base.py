@@ -200,6 +200,10 @@ class ConceptDataset(torch.utils.data.Dataset):
         return out
 
 
+#: key of the marker item that stands for an item that could not be read (see :func:`collate`)
+SKIPPED = "skipped"
+
+
 def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> dict:
     """Batch items of a :class:`ConceptDataset`.
 
@@ -228,10 +232,6 @@ def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> 
     if skipped:
         out[SKIPPED] = skipped
     return out
-
-
-#: key of the marker item that stands for an item that could not be read (see :func:`collate`)
-SKIPPED = "skipped"
 
 
 def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
