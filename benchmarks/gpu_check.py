@@ -167,7 +167,7 @@ def _loader(ds, batch, workers, labels, device):
     import torch
 
     from neuroprobe.concepts.base import collate
-    from neuroprobe.dissect import _View
+    from neuroprobe.engine.runner import ItemView as _View
 
     return torch.utils.data.DataLoader(
         _View(ds, labels), batch_size=batch, num_workers=workers,
@@ -179,7 +179,7 @@ def _tally_rate(model, ds, device, amp, batch: int, workers: int, thr) -> float:
     """Images/s of ``IoUTally.add`` alone on real layer4 maps and masks (4 batches)."""
     import torch
 
-    from neuroprobe.dissect import _forward, _model_input
+    from neuroprobe.engine.runner import forward as _forward, model_input as _model_input
     from neuroprobe.stats import IoUTally
 
     cat = torch.from_numpy(ds.labels.category_index())
@@ -238,7 +238,7 @@ def _timing(root: Path, device, amp, batch: int, workers: int, report) -> dict:
     import torch
 
     from neuroprobe.concepts import open_concepts
-    from neuroprobe.dissect import _forward, _model_input
+    from neuroprobe.engine.runner import forward as _forward, model_input as _model_input
     from neuroprobe.models import load
 
     out = report.setdefault("timing", {})

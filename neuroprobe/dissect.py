@@ -42,25 +42,30 @@ so the result equals a fresh skip run); resuming a checkpoint that skipped items
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import hashlib
-import json
 import os
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .errors import ConceptSetError, DataFormatError, UserError
-from .io import atomic_path, config_hash, write_json
-from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
+from . import distributed
+from .engine.runner import (CHECKPOINT_SECONDS, DATA_ERRORS, check_finite, none_readable,
+                            probe_shapes, run_pass)
+from .engine.store import RunStore, model_fingerprint
+from .errors import UserError
+from .io import config_hash
+from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
 from .tally import upsample
-from .utils import release_heap
+from .utils import info, versions
 
-__all__ = ["dissect", "DissectionResult", "MODES", "SCORES", "DENOMINATOR_CHOICES",
-           "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
+__all__ = ["dissect", "DissectConfig", "DissectionResult", "model_fingerprint", "MODES",
+           "SCORES", "DENOMINATOR_CHOICES", "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
 
 #: Defaults of each mode: top fraction of activations above threshold, where the quantile is
 #: taken, and the IoU denominator.
@@ -72,20 +77,13 @@ SCORES = ("iou", "region-nss", "both")
 DENOMINATOR_CHOICES = ("netdissect", "lite")
 #: what to do with an item whose image or masks cannot be read (see the module docstring)
 BAD_IMAGE_CHOICES = ("stop", "skip")
-#: the errors the concept readers raise for an item they cannot decode (a missing, truncated,
-#: undecodable or wrongly sized image or mask, unknown label ids): ``on_bad_image="skip"``
-#: leaves such items out; every other exception stops the run
-DATA_ERRORS = (DataFormatError, ConceptSetError)
 #: configuration keys written into summary.json but not hashed into the run's key
 _UNHASHED_KEYS = ("on_bad_image",)
-STATE_VERSION = 1
-#: seconds between checkpoints when ``checkpoint_every`` is not given
-CHECKPOINT_SECONDS = 60.0
+#: keys of ``config["model"]`` that name or describe the model rather than determine the
+#: numbers (the weights are identified by ``sha256``)
+_MODEL_INFO_KEYS = ("file", "spec", "note", "fingerprint")
 #: keys of ``config["concepts"]`` that say how the set was opened, not what it holds
 _CONCEPTS_INFO_KEYS = ("spec", "root", "limit", "overrides")
-
-#: test hook: called as ``_AFTER_BATCH(phase, batch_index)`` after every batch
-_AFTER_BATCH: Callable | None = None
 
 
 @dataclass
@@ -118,323 +116,440 @@ class DissectionResult:
 
 # -- configuration ---------------------------------------------------------------------------
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a module's class name and state (for models not loaded from a file)."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        t = t.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+@dataclass
+class DissectConfig:
+    """Every option of a dissection (see :func:`dissect` for their meaning).
 
-
-def _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size, on_bad_image="stop"):
-    if on_bad_image not in BAD_IMAGE_CHOICES:
-        raise UserError(f"unknown --on-bad-image {on_bad_image!r}", hint="use stop or skip")
-    if mode not in MODES:
-        raise UserError(f"unknown dissection mode {mode!r}", hint="use netdissect or unrestricted")
-    if score not in SCORES:
-        raise UserError(f"unknown score {score!r}", hint="use iou, region-nss or both")
-    if not 0 < quantile < 1:
-        raise UserError(f"--quantile {quantile} must lie strictly between 0 and 1",
-                        hint="it is the top fraction of activations, e.g. 0.005")
-    if not 0 <= iou_threshold <= 1:
-        raise UserError(f"--iou-threshold {iou_threshold} must lie in [0, 1]")
-    if denominator is not None and denominator not in DENOMINATOR_CHOICES:
-        raise UserError(f"unknown denominator {denominator!r}", hint="use netdissect or lite")
-    if mode == "unrestricted" and denominator is not None:
-        raise UserError("--denominator applies to --mode netdissect only (the unrestricted mode "
-                        "counts every pixel)")
-    if top_units < 1:
-        raise UserError("--top-units must be at least 1")
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-
-
-# -- recording -------------------------------------------------------------------------------
-
-def _forward(model, images, layers, amp, device):
-    from .hooks import Recorder
-
-    ctx = contextlib.nullcontext()
-    if amp:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-        ctx = torch.autocast(device_type=device.type, dtype=dtype)
-    with torch.no_grad(), ctx, Recorder(model, layers, stop=True) as rec:
-        model(images)
-    out = {}
-    for name in layers:
-        calls = rec.calls(name)
-        if not calls:
-            raise UserError(f"layer {name!r} did not run in the forward pass",
-                            hint="choose a layer that the model's forward uses")
-        out[name] = calls[-1]
-    return out
-
-
-def _probe(model, dataset, layers, amp, device, on_bad_image="stop"):
-    """Run one image (the first readable one in skip mode); check that every layer gives spatial
-    maps.  Returns ``{layer: (U, h, w)}``."""
-    from .concepts.base import collate
-
-    sample, first_error = None, None
-    for i in range(len(dataset)):
-        try:
-            sample = collate([dataset[i]])
-            break
-        except DATA_ERRORS as err:
-            if on_bad_image != "skip":
-                raise _with_skip_hint(err) from None
-            first_error = first_error or err
-    if sample is None:
-        raise _none_readable(dataset, len(dataset), first_error and _error_line(first_error))
-    images = sample["image"].to(device)
-    try:
-        acts = _forward(model, images, layers, amp, device)
-    except UserError:
-        raise
-    except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"the model fails on {tuple(images.shape[-2:])} images of concept set "
-            f"{getattr(dataset, 'name', '?')!r}: {first}",
-            hint="the model and the image size do not fit; use a concept set with the model's "
-            "input size (e.g. image_size=... in the concept-set file)") from None
-    shapes = {}
-    for name, a in acts.items():
-        if not isinstance(a, torch.Tensor):
-            raise UserError(f"layer {name!r} outputs a {type(a).__name__}, not a tensor",
-                            hint="choose a layer whose output is a (batch, channels, H, W) tensor")
-        if a.dim() != 4:
-            what = {2: "(batch, channels): pooled or fully connected",
-                    3: "(batch, tokens, channels): transformer tokens"}.get(a.dim(), "")
-            raise UserError(
-                f"layer {name!r} outputs shape {tuple(a.shape)} {what}, not spatial maps",
-                hint="dissection needs (batch, channels, H, W); pick a convolutional layer, or "
-                "reshape tokens to a grid (neuroprobe.hooks.Recorder(tokens_to_grid=True))")
-        shapes[name] = tuple(a.shape[1:])
-    return shapes
-
-
-class _View(torch.utils.data.Dataset):
-    """What a pass of the engine reads from a concept set: items with or without labels, images
-    as ``uint8`` where the source decodes 8-bit files (see :meth:`ConceptDataset.item`), each
-    with its data-set position as ``"index"``.
-
-    An item the source cannot read raises one of :data:`DATA_ERRORS`.  ``on_bad_image="stop"``
-    re-raises it with a hint naming ``--on-bad-image skip``; ``"skip"`` returns the marker
-    ``{"skipped": {"index", "id", "error"}}`` instead, which :func:`~neuroprobe.concepts.base.
-    collate` leaves out of the batch and lists (so nothing but plain data crosses from a loader
-    worker).  ``validate=True`` reads the labels of an item but returns its image alone (pass 1
-    in skip mode: an item with a broken mask is found before it counts in a threshold).
+    ``dissect(model, dataset, layers, config=DissectConfig(...))`` and the keyword call
+    ``dissect(model, dataset, layers, mode=..., ...)`` are the same.  ``after_batch`` (a
+    callback ``after_batch(phase, batch_index)`` at the end of every batch of both passes) and
+    ``checkpoint_seconds`` are for tests and tools that need to slow, stop or watch a run.
     """
 
-    def __init__(self, source, labels: bool, on_bad_image: str = "stop", validate: bool = False):
-        self.source, self.labels = source, labels
-        self.on_bad_image, self.validate = on_bad_image, validate
-
-    def __len__(self):
-        return len(self.source)
-
-    def _read(self, index):
-        item = getattr(self.source, "item", None)
-        if item is None:   # a plain dataset of item dicts
-            out = self.source[index]
-        else:
-            out = item(index, labels=self.labels or self.validate, raw_image=True)
-        return out if self.labels else {"image": out["image"], "id": out["id"]}
-
-    def __getitem__(self, index):
-        from .concepts.base import SKIPPED
-
-        try:
-            out = self._read(index)
-        except DATA_ERRORS as err:
-            if self.on_bad_image != "skip":
-                raise _with_skip_hint(err) from None
-            return {SKIPPED: {"index": int(index), "id": _item_id(self.source, index),
-                              "error": _error_line(err)}}
-        return {**out, "index": int(index)}
-
-
-def _error_line(err: UserError) -> str:
-    """The one-line text of a data error (its message, without the hint)."""
-    return " ".join(err.message.split())
-
-
-def _with_skip_hint(err: UserError) -> UserError:
-    """The same data error, its hint extended by the way to go on without the item."""
-    more = ("pass --on-bad-image skip (library: on_bad_image='skip') to leave unreadable "
-            "images out and list them in summary.json")
-    hint = f"{err.hint}; or {more}" if err.hint else f"replace or remove the file, or {more}"
-    try:
-        new = type(err)(err.message, hint=hint)
-    except TypeError:   # a subclass with another signature: keep it as it is
-        return err
-    return new
-
-
-def _item_id(source, index: int) -> str | None:
-    """The id of an item that could not be read, without decoding it (``source.item_id``;
-    ``None`` where the source cannot tell: the index and the error still name the item)."""
-    fn = getattr(source, "item_id", None)
-    if not callable(fn):
-        return None
-    try:
-        out = fn(index)
-    except Exception:   # the id is a courtesy
-        return None
-    return None if out is None else str(out)
-
-
-def _none_readable(dataset, n: int, error: str | None) -> UserError:
-    return UserError(f"none of the {n} images of concept set "
-                     f"{getattr(dataset, 'name', '?')!r} could be read"
-                     + (f" (first error: {error})" if error else ""),
-                     hint="check the data folder (--root) and the concept-set file")
-
-
-def _model_input(images: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
-    """A batch of images on ``device`` as float32 in ``[0, 1]`` (``uint8`` ones are converted
-    there: the same float32 values as :func:`~neuroprobe.concepts.maskfolder.image_tensor`)."""
-    from .concepts.maskfolder import UINT8_SCALE
-
-    x = images.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = x.float().mul_(UINT8_SCALE)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def _check_finite(name, a, ids):
-    if torch.isfinite(a).all():
-        return
-    bad = ~torch.isfinite(a)
-    b, u = bad.flatten(2).any(2).nonzero()[0].tolist()
-    kind = "NaN" if torch.isnan(a[b, u]).any() else "infinite"
-    raise UserError(f"{kind} activations in layer {name!r}, unit {u}, image {ids[b]!r}",
-                    hint="check the model's weights and input normalisation, or try without "
-                    "--amp")
-
-
-class _State:
-    """Checkpoints of a run in ``<out>/.state/``: config, statistics and the activation spool."""
-
-    def __init__(self, out_dir: Path | None, config: dict, key: str):
-        self.dir = None if out_dir is None else Path(out_dir) / ".state"
-        self.config, self.key = config, key
+    mode: str = "netdissect"
+    score: str = "iou"
+    quantile: float | None = None
+    iou_threshold: float = 0.04
+    denominator: str | None = None
+    nss_threshold: float = 1.5
+    top_units: int = 10
+    batch_size: int = 32
+    device: object = None
+    amp: str | None = None
+    limit: int | None = None
+    out_dir: object = None
+    resume: bool = True
+    overwrite: bool = False
+    keep: str = "auto"
+    checkpoint_every: int | None = None
+    num_workers: int = 0
+    model_info: dict | None = None
+    sketch_capacity: int = 4096
+    top_k: int = 16
+    progress: bool = True
+    concepts_info: dict | None = None
+    on_bad_image: str = "stop"
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    after_batch: Callable | None = field(default=None, repr=False)
 
     @property
-    def enabled(self) -> bool:
-        return self.dir is not None
+    def use_iou(self) -> bool:
+        return self.score in ("iou", "both")
 
-    def load(self) -> dict | None:
-        if not self.enabled or not (self.dir / "state.pt").is_file():
-            return None
-        try:
-            state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=True)
-        except Exception:
-            return None
-        if state.get("key") != self.key or state.get("version") != STATE_VERSION:
-            return None
-        return state
+    @property
+    def use_nss(self) -> bool:
+        return self.score in ("region-nss", "both")
 
-    def save(self, state: dict) -> None:
-        if not self.enabled:
+    def resolved(self) -> "DissectConfig":
+        """A checked copy with the mode's default quantile filled in."""
+        cfg = dataclasses.replace(self)
+        if cfg.quantile is None:
+            cfg.quantile = MODES.get(cfg.mode, MODES["netdissect"])["quantile"]
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Refuse an impossible option with one line."""
+        if self.on_bad_image not in BAD_IMAGE_CHOICES:
+            raise UserError(f"unknown --on-bad-image {self.on_bad_image!r}",
+                            hint="use stop or skip")
+        if self.mode not in MODES:
+            raise UserError(f"unknown dissection mode {self.mode!r}",
+                            hint="use netdissect or unrestricted")
+        if self.score not in SCORES:
+            raise UserError(f"unknown score {self.score!r}", hint="use iou, region-nss or both")
+        if not 0 < self.quantile < 1:
+            raise UserError(f"--quantile {self.quantile} must lie strictly between 0 and 1",
+                            hint="it is the top fraction of activations, e.g. 0.005")
+        if not 0 <= self.iou_threshold <= 1:
+            raise UserError(f"--iou-threshold {self.iou_threshold} must lie in [0, 1]")
+        if self.denominator is not None and self.denominator not in DENOMINATOR_CHOICES:
+            raise UserError(f"unknown denominator {self.denominator!r}",
+                            hint="use netdissect or lite")
+        if self.mode == "unrestricted" and self.denominator is not None:
+            raise UserError("--denominator applies to --mode netdissect only (the unrestricted "
+                            "mode counts every pixel)")
+        if self.top_units < 1:
+            raise UserError("--top-units must be at least 1")
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        if self.keep not in ("disk", "recompute", "auto"):
+            raise UserError(f"unknown keep option {self.keep!r}", hint="disk, recompute or auto")
+
+
+# -- the state of one run --------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """What the steps of a dissection share: inputs, configuration, store and statistics."""
+
+    model: torch.nn.Module
+    source: object                 # the concept set
+    layers: list
+    cfg: DissectConfig
+    device: torch.device
+    dctx: distributed.Context
+    n: int = 0                     # items dissected (the first n of the set)
+    keep: str = "disk"
+    channels_last: bool = False
+    config: dict = field(default_factory=dict)
+    key: str = ""
+    store: RunStore | None = None
+    tmp_spool: object = None
+    stats: StatSet = field(default_factory=StatSet)
+    thresholds: dict = field(default_factory=dict)
+    phase: str = "record"
+    next_batch: int = 0
+    per_batch: int = 32
+    mine: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+    saved_thresholds: dict | None = None
+
+    @property
+    def out(self) -> Path | None:
+        return None if self.cfg.out_dir is None else Path(self.cfg.out_dir)
+
+    def pass_options(self, phase: str, start: int) -> dict:
+        """The :func:`~neuroprobe.engine.runner.run_pass` options this run's passes share."""
+        cfg = self.cfg
+        return dict(n=self.n, batch_size=self.per_batch, device=self.device, amp=cfg.amp,
+                    channels_last=self.channels_last, on_bad_image=cfg.on_bad_image,
+                    num_workers=cfg.num_workers, label_dtype=_label_dtype(self.source),
+                    start=start, dctx=self.dctx, skipped=self.skipped, phase=phase,
+                    checkpoint_every=cfg.checkpoint_every,
+                    checkpoint_seconds=cfg.checkpoint_seconds, after_batch=cfg.after_batch,
+                    progress=cfg.progress and self.dctx.is_main, desc=f"dissect: {phase}")
+
+    def checkpoint(self, phase: str, next_batch: int) -> None:
+        if not self.store.enabled or self.tmp_spool is not None or self.dctx.active:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.dir / "config.json", {"key": self.key, "config": self.config})
-        state = {**state, "key": self.key, "version": STATE_VERSION}
-        with atomic_path(self.dir / "state.pt") as tmp:
-            torch.save(state, tmp)
-
-    def spool_path(self, j: int) -> Path:
-        return self.dir / "spool" / f"{j:07d}.pt"
-
-    def write_spool(self, j: int, obj: dict) -> None:
-        path = self.spool_path(j)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-
-    def read_spool(self, j: int) -> dict:
-        return torch.load(self.spool_path(j), map_location="cpu", weights_only=True)
-
-    def drop_spool(self) -> None:
-        if self.enabled:
-            shutil.rmtree(self.dir / "spool", ignore_errors=True)
+        # a finished run keeps its thresholds instead of the (larger) quantile sketches
+        drop = ("quantile",) if phase == "done" else ()
+        self.store.save({"phase": phase, "next_batch": next_batch,
+                         "batch_size": self.per_batch,
+                         "skipped": [dict(s) for s in self.skipped],
+                         "thresholds": {k: v.cpu() for k, v in self.thresholds.items()},
+                         "stats": self.stats.state_dict(drop)})
 
 
-def _check_out_dir(out_dir: Path, key: str, overwrite: bool) -> None:
-    """Refuse an output folder holding a run of another configuration (unless overwrite)."""
-    found = None
-    for path in (out_dir / ".state" / "config.json", out_dir / "summary.json"):
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text()).get("key") or json.loads(
-                    path.read_text()).get("config_hash")
-            except (OSError, ValueError):
-                found = "unreadable"
-            if found:
-                break
-    if found is None or found == key:
-        return
-    if not overwrite:
-        raise UserError(f"output folder {out_dir} holds a dissection of another configuration "
-                        f"({found}, this one is {key})",
-                        hint="choose another --out folder or pass --overwrite")
-    shutil.rmtree(out_dir / ".state", ignore_errors=True)
-    for name in ("units.csv", "summary.json", "region_nss.csv", "concepts.png",
-                 "top_images.pt"):
-        (out_dir / name).unlink(missing_ok=True)
+def _label_dtype(source):
+    """int16 label masks where the ids fit (fewer bytes to move), else int32."""
+    return torch.int16 if source.labels.max_id + 1 <= 2 ** 15 else torch.int32
 
 
-@contextlib.contextmanager
-def _run_lock(out_dir):
-    """Hold ``<out>/.lock`` (an advisory ``flock``) while a run writes into ``out``.
+def _layer_stats(cfg: DissectConfig, shapes: dict, labels) -> dict:
+    """The statistics of every layer: one line per statistic."""
+    num_labels = labels.max_id + 1
+    report_cat = torch.from_numpy(labels.category_index())
+    denom = MODES[cfg.mode]["denominator"] if cfg.denominator is None else cfg.denominator
+    if denom == "all":
+        tally_cat, n_cat = torch.where(report_cat >= 0, 0, -1), 1
+    else:
+        tally_cat, n_cat = report_cat, len(labels.categories)
+    stats = {"top": lambda layer: TopK(cfg.top_k)}
+    if cfg.use_iou:
+        stats["quantile"] = lambda layer: Quantile(cfg.sketch_capacity)
+        stats["tally"] = lambda layer: IoUTally(shapes[layer][0], num_labels, tally_cat, n_cat,
+                                                denom)
+        if cfg.out_dir is not None:   # the per-image counts of compare's bootstrap
+            stats["images"] = lambda layer: ImageCounts(shapes[layer][0], num_labels)
+    if cfg.use_nss:
+        stats["minmax"] = lambda layer: MinMax()
+        stats["nss"] = lambda layer: NSSTally(shapes[layer][0], num_labels, ddof=1)
+    return stats
 
-    A second run into the same folder is refused with one clear line instead of mixing its
-    checkpoints and results with the first one's.  The kernel releases the lock when the
-    process dies (even by SIGKILL), so a killed run never blocks its resume.
-    """
-    if out_dir is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:   # pragma: no cover - Windows: no advisory locks, no guard
-        yield
-        return
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        yield   # the engine reports a file given as --out
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ".lock"
-    fh = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            raise UserError(f"output folder {out} is in use by another dissection (process "
-                            f"{pid})", hint="wait for it to finish or choose another --out "
-                            "folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-    finally:
-        fh.close()
+
+def _configuration(run: _Run, shapes: dict) -> None:
+    """The run's configuration (written into summary.json) and its key."""
+    cfg, source = run.cfg, run.source
+    model_info = dict(cfg.model_info or {})
+    fingerprint = model_fingerprint(run.model)
+    model_info.setdefault("sha256", fingerprint)
+    model_info["fingerprint"] = fingerprint
+    denom = MODES[cfg.mode]["denominator"] if cfg.denominator is None else cfg.denominator
+    run.config = {
+        "model": model_info, "layers": run.layers,
+        "concepts": {**source.config(), "n": run.n,
+                     **{k: v for k, v in (cfg.concepts_info or {}).items() if v is not None}},
+        "mode": cfg.mode, "score": cfg.score, "quantile": cfg.quantile,
+        "quantile_on": MODES[cfg.mode]["quantile_on"], "iou_threshold": cfg.iou_threshold,
+        "denominator": denom if cfg.use_iou else None,
+        "nss_threshold": cfg.nss_threshold, "top_units": cfg.top_units, "nss_ddof": 1,
+        "image_size": list(source.image_size), "mask_size": list(source.mask_size),
+        "amp": cfg.amp,
+        "sketch": {"method": "KLL compactors, high-rank accuracy",
+                   "capacity": cfg.sketch_capacity},
+        "top_k": cfg.top_k, "on_bad_image": cfg.on_bad_image,
+    }
+    # the key names what determines the numbers: the model by its weights, not by its path (and
+    # not on_bad_image: it changes nothing in a run without unreadable items, and a run stopped
+    # by one must resume with skip)
+    config = run.config
+    run.key = config_hash({**{k: v for k, v in config.items() if k not in _UNHASHED_KEYS},
+                           "model": {k: v for k, v in model_info.items()
+                                     if k not in _MODEL_INFO_KEYS},
+                           "concepts": {k: v for k, v in config["concepts"].items()
+                                        if k not in _CONCEPTS_INFO_KEYS}})
+
+
+def _open_store(run: _Run) -> dict | None:
+    """Check the output folder, open the run's store; the checkpoint to resume, if any."""
+    cfg, dctx, out = run.cfg, run.dctx, run.out
+    run.store = RunStore(out, run.config, run.key)
+    if out is not None:   # every rank checks; only rank 0 clears a run of another config
+        if dctx.is_main or not cfg.overwrite:
+            run.store.check_out_dir(cfg.overwrite and dctx.is_main)
+        dctx.barrier()
+    state = run.store.load() if cfg.resume and not dctx.active else None
+    if dctx.active and run.store.enabled:
+        # each rank spools into its own folder; no checkpoints (a killed torchrun run restarts)
+        run.store.dir = run.store.dir / f"rank{dctx.rank}"
+    if run.keep == "disk" and not run.store.enabled:
+        run.tmp_spool = tempfile.TemporaryDirectory(prefix="neuroprobe-spool-")
+        run.store.dir = Path(run.tmp_spool.name)
+    return state
+
+
+def _start(model, dataset, layers, cfg: DissectConfig, device, dctx) -> _Run:
+    """Prepare a run: check the model on one image, the configuration, the store, the
+    statistics, and restore a checkpoint of the same configuration."""
+    run = _Run(model.to(device).eval(), dataset, layers, cfg, device, dctx)
+    # on a GPU, convolutions run fastest with channels-last tensors (the model's parameters are
+    # converted in place, which changes no value)
+    run.channels_last = device.type == "cuda"
+    if run.channels_last:
+        run.model = run.model.to(memory_format=torch.channels_last)
+    n_total = len(dataset)
+    run.n = n_total if cfg.limit is None else min(int(cfg.limit), n_total)
+    if run.n < 1:
+        raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no images")
+    probe_set = dataset if run.n == n_total else torch.utils.data.Subset(dataset, range(run.n))
+    run.keep = cfg.keep if cfg.keep != "auto" else ("disk" if device.type == "cpu"
+                                                    else "recompute")
+    shapes = probe_shapes(run.model, probe_set, layers, cfg.amp, device, cfg.on_bad_image)
+    _configuration(run, shapes)
+    state = _open_store(run)
+    run.stats = StatSet(layers, _layer_stats(cfg, shapes, dataset.labels))
+    run.per_batch = cfg.batch_size
+    if state is not None:
+        run.phase, run.next_batch = state["phase"], int(state["next_batch"])
+        run.skipped[:] = [dict(s) for s in state.get("skipped", [])]
+        if run.skipped and cfg.on_bad_image != "skip":
+            raise UserError(f"the checkpoint in {run.store.dir} left out {len(run.skipped)} "
+                            f"unreadable image(s) (first: {run.skipped[0]['error']})",
+                            hint="resume with --on-bad-image skip, or start again with "
+                            "--no-resume")
+        run.stats.load_state_dict(state["stats"], device)
+        run.saved_thresholds = state.get("thresholds")
+        if run.phase != "done":
+            info(f"resuming the {run.phase} pass at batch {run.next_batch} from "
+                 f"{run.store.dir}")
+            run.per_batch = int(state.get("batch_size", cfg.batch_size))  # the run's batching
+    n_batches = (run.n + run.per_batch - 1) // run.per_batch
+    # this process's batches: all of them, or every world-th one under torchrun
+    run.mine = list(range(dctx.rank, n_batches, dctx.world))
+    return run
+
+
+# -- the passes ------------------------------------------------------------------------------
+
+def _record(run: _Run) -> None:
+    """Pass 1: top images, the quantile sketch (IoU thresholds) and the per-unit range
+    (region-NSS) of every layer; on the CPU the maps go into the spool for pass 2."""
+    cfg, stats = run.cfg, run.stats
+    mask_size = tuple(run.source.mask_size)
+    t_start = time.perf_counter()
+
+    def on_batch(acts, batch, j):
+        if batch["id"]:
+            # the items' own data-set positions (not j * per_batch + k: items may be missing)
+            idx = batch["index"].to(run.device, non_blocking=True)
+        for name in (run.layers if batch["id"] else ()):
+            a = acts[name].float()
+            check_finite(name, a, batch["id"])
+            u = a.shape[1]
+            st = stats[name]
+            st["top"].add(a.flatten(2).amax(2), idx)
+            if cfg.use_iou and cfg.mode == "netdissect":
+                st["quantile"].add(a.transpose(0, 1).reshape(u, -1).t())
+            elif cfg.use_iou:
+                for s in range(0, len(a), 4):   # bounded memory: 4 images at a time
+                    up = upsample(a[s:s + 4], mask_size)
+                    st["quantile"].add(up.transpose(0, 1).reshape(u, -1).t())
+            if cfg.use_nss:
+                st["minmax"].add(a.transpose(0, 1).reshape(u, -1).t())
+            acts[name] = a
+        if run.keep == "disk":
+            run.store.write_spool(j, _spool_record(acts, batch))
+
+    def checkpoint(done, last):
+        if last:
+            run.phase, run.next_batch = "tally", 0
+        run.checkpoint(*(("tally", 0) if last else ("record", done)))
+
+    # the maps are recomputed in pass 2, so this pass reads no labels (unless they are spooled
+    # with the maps; in skip mode it reads and drops them, to find broken masks)
+    run_pass(run.model, run.source, run.layers, on_batch, labels=run.keep == "disk",
+             validate=cfg.on_bad_image == "skip" and run.keep != "disk",
+             checkpoint=checkpoint, **run.pass_options("record", run.next_batch))
+    run.phase, run.next_batch = "tally", 0
+    stats.merge_ranks(run.dctx, ("top", "quantile", "minmax"), run.device)
+    run.skipped[:] = distributed.merge_lists(run.dctx, run.skipped)
+    run.timing["record_s"] = round(time.perf_counter() - t_start, 3)
+
+
+def _thresholds(run: _Run) -> None:
+    """Every unit's activation threshold: the top ``quantile`` of its maps (IoU scoring)."""
+    if len({s["index"] for s in run.skipped if s["pass"] == "record"}) >= run.n:
+        raise none_readable(run.source, run.n,
+                            run.skipped[0]["error"] if run.skipped else None)
+    if run.cfg.use_iou and run.phase == "done":
+        run.thresholds = {k: v.to(run.device) for k, v in run.saved_thresholds.items()}
+    elif run.cfg.use_iou:
+        q = 1.0 - run.cfg.quantile
+        run.thresholds = {name: run.stats[name]["quantile"].quantile(q).float()
+                          for name in run.layers}
+
+
+def _tally(run: _Run) -> None:
+    """Pass 2: IoU tallies at the thresholds and region-NSS sums, from the spool or a second
+    forward pass."""
+    cfg, stats, source = run.cfg, run.stats, run.source
+    t_start = time.perf_counter()
+    if run.keep == "disk" and not run.store.has_spool(run.mine[run.next_batch:]):
+        run.keep = "recompute"   # a run resumed after one that did not keep its maps
+
+    def on_batch(acts, batch, j):
+        if not acts:
+            return
+        lay = batch["layers"].to(run.device, non_blocking=True).long()
+        whole = batch["whole"].to(run.device, non_blocking=True).long()
+        for name in run.layers:
+            a = acts[name].float()
+            st = stats[name]
+            if cfg.use_iou:
+                st["tally"].add(a, run.thresholds[name], lay, whole, batch["categories"],
+                                images=st.get("images"), index=batch["index"])
+            if cfg.use_nss:
+                mm = st["minmax"]
+                st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
+                              tuple(source.image_size))
+
+    def checkpoint(done, last):
+        run.checkpoint(*(("done", 0) if last else ("tally", done)))
+
+    n_before = len(run.skipped)
+    # pass 2 reads no item that pass 1 left out
+    run_pass(run.model, source, run.layers, on_batch,
+             spool=run.store if run.keep == "disk" else None,
+             exclude=frozenset(s["index"] for s in run.skipped if s["pass"] == "record"),
+             checkpoint=checkpoint, **run.pass_options("tally", run.next_batch))
+    run.store.drop_spool()
+    stats.merge_ranks(run.dctx, ("tally", "nss", "images"), run.device)
+    run.skipped[n_before:] = distributed.merge_lists(run.dctx, run.skipped[n_before:])
+    if run.dctx.active and run.store.enabled and run.tmp_spool is None:
+        shutil.rmtree(run.store.dir, ignore_errors=True)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    run.timing["tally_s"] = round(time.perf_counter() - t_start, 3)
+
+
+def _spool_record(acts: dict, batch: dict) -> dict:
+    if not batch["id"]:   # every item of the batch was skipped
+        return {"acts": {}, "id": []}
+    # the labels already come in the engine's smallest label dtype (int16 where ids fit)
+    return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
+            "layers": batch["layers"], "whole": batch["whole"],
+            "categories": batch["categories"], "fixations": batch["fixations"],
+            "id": list(batch["id"]), "index": batch["index"]}
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+def _score(run: _Run) -> DissectionResult:
+    """Unit rows, the region-NSS table and the summary, from the tallies."""
+    from .results import score_iou, score_nss, summarise
+
+    cfg, labels = run.cfg, run.source.labels
+    units, table = [], None
+    for name in run.layers:
+        rows = []
+        if cfg.use_iou:
+            rows = score_iou(name, run.stats[name]["tally"], run.thresholds[name], labels,
+                             cfg.iou_threshold)
+        if cfg.use_nss:
+            nss_rows, trows = score_nss(name, run.stats[name]["nss"], labels,
+                                        cfg.nss_threshold, cfg.top_units)
+            table = (table or []) + trows
+            if cfg.use_iou:   # both: the unit's region-NSS label beside its IoU label
+                for r, q in zip(rows, nss_rows):
+                    r.update({"nss-label": q["label"], "nss-category": q["category"],
+                              "nss-score": q["score"], "nss-detector": q["detector"]})
+            else:
+                rows = nss_rows
+        units += rows
+    summary = summarise(units, run.config, run.key, versions(), run.layers, labels, table)
+    # seconds of this process's passes (a resumed run times only what it did); not configuration
+    summary["timing"] = {**run.timing, "device": str(run.device),
+                         "num_workers": cfg.num_workers}
+    skipped = sorted(run.skipped, key=lambda s: s["index"])
+    summary["skipped"] = skipped
+    summary["n_skipped"] = len(skipped)
+    top = {name: (run.stats[name]["top"].values.cpu(), run.stats[name]["top"].index.cpu())
+           for name in run.layers}
+    return DissectionResult(units, summary, table,
+                            {k: v.cpu() for k, v in run.thresholds.items()}, top,
+                            run.stats, skipped)
+
+
+def _finish(run: _Run, result: DissectionResult) -> None:
+    """Write the results (rank 0) and clear what the run kept on the side."""
+    if run.tmp_spool is not None:
+        run.tmp_spool.cleanup()
+    if run.out is not None and run.dctx.is_main:
+        result.save(run.out)
+        _write_image_counts(run)
+    run.dctx.barrier()
+    if run.dctx.active and run.dctx.is_main and run.out is not None:
+        with contextlib.suppress(OSError):   # the ranks' spool folders are gone
+            (run.out / ".state").rmdir()
+
+
+def _write_image_counts(run: _Run) -> None:
+    """``image_counts.npz``: each unit's own-label counts image by image (see
+    :mod:`neuroprobe.image_counts`)."""
+    from .image_counts import FILE, unit_label_ids, write_image_counts
+
+    tables = {}
+    for name in run.layers:
+        st = run.stats[name]
+        if "images" not in st:
+            return
+        tally = st["tally"]
+        ids = unit_label_ids(tally.iou().cpu().numpy(), run.source.labels)
+        tables[name] = st["images"].table(ids, tally.category_of_label, tally.denominator)
+    write_image_counts(run.out / FILE, tables)
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -445,13 +560,25 @@ def _locked(fn):
     to ``help`` and ``inspect.signature``."""
     @functools.wraps(fn)
     def wrapper(model, dataset, layers=None, **options):
-        from . import distributed
-
         main_rank = distributed.world_size_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
-        with _run_lock(options.get("out_dir") if main_rank else None):
+        config = options.get("config")
+        out = options.get("out_dir") if config is None else config.out_dir
+        with RunStore.lock(out if main_rank else None):
             return fn(model, dataset, layers, **options)
 
     return wrapper
+
+
+def _resolve_layers(model, layers, model_info) -> list:
+    from .hooks import resolve_layers
+
+    if layers is None:
+        layers = (model_info or {}).get("layers") or []
+    if isinstance(layers, str):
+        layers = [s for s in layers.split(",") if s]
+    if not layers:
+        raise UserError("no layers to dissect", hint="name them with --layers a,b")
+    return list(resolve_layers(model, layers))
 
 
 @_locked
@@ -464,7 +591,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
             progress: bool = True, concepts_info: dict | None = None,
-            on_bad_image: str = "stop") -> DissectionResult:
+            on_bad_image: str = "stop", after_batch: Callable | None = None,
+            checkpoint_seconds: float = CHECKPOINT_SECONDS,
+            config: DissectConfig | None = None) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
 
     Parameters
@@ -513,395 +642,48 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         what skipping guarantees.  Written into the configuration, not hashed into its key (a
         run stopped by a bad image resumes with ``"skip"``).
 
+    after_batch : ``after_batch(phase, batch_index)`` at the end of every batch of both passes
+        (to watch, slow or stop a run at a known point).
+    checkpoint_seconds : the interval of time-based checkpoints (:data:`CHECKPOINT_SECONDS`).
+    config : a :class:`DissectConfig` holding all of the options above (the keywords are then
+        ignored).
+
     Returns
     -------
     DissectionResult (also written to ``out_dir`` when given).
     """
-    from .hooks import resolve_layers
-
-    if quantile is None:
-        quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
-    _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size, on_bad_image)
-    use_iou, use_nss = score in ("iou", "both"), score in ("region-nss", "both")
-    if use_nss and not getattr(dataset, "has_fixations", False):
+    if config is None:
+        config = DissectConfig(
+            mode=mode, score=score, quantile=quantile, iou_threshold=iou_threshold,
+            denominator=denominator, nss_threshold=nss_threshold, top_units=top_units,
+            batch_size=batch_size, device=device, amp=amp, limit=limit, out_dir=out_dir,
+            resume=resume, overwrite=overwrite, keep=keep, checkpoint_every=checkpoint_every,
+            num_workers=num_workers, model_info=model_info, sketch_capacity=sketch_capacity,
+            top_k=top_k, progress=progress, concepts_info=concepts_info,
+            on_bad_image=on_bad_image, after_batch=after_batch,
+            checkpoint_seconds=checkpoint_seconds)
+    cfg = config.resolved()
+    if cfg.use_nss and not getattr(dataset, "has_fixations", False):
         raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "
                         "--score region-nss needs them",
                         hint="use --score iou, or a concept set with fixations (synthetic, "
                         "eyecrowd, a mask folder with OSIE fixations)")
-    model_info = dict(model_info or {})
-    if layers is None:
-        layers = model_info.get("layers") or []
-    if isinstance(layers, str):
-        layers = [s for s in layers.split(",") if s]
-    if not layers:
-        raise UserError("no layers to dissect", hint="name them with --layers a,b")
-    layers = list(resolve_layers(model, layers))
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
-    from . import distributed
-
+    layers = _resolve_layers(model, layers, cfg.model_info)
+    device = torch.device(cfg.device if cfg.device is not None else next(
+        (p.device for p in model.parameters()), torch.device("cpu")))
     dctx = distributed.setup(device)
     if dctx.active and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", dctx.local_rank)
     try:
-        return _dissect_body(**locals())
+        # the plan: record pass -> thresholds -> tally pass -> score -> write
+        run = _start(model, dataset, layers, cfg, device, dctx)
+        if run.phase == "record":
+            _record(run)
+        _thresholds(run)
+        if run.phase == "tally":
+            _tally(run)
+        result = _score(run)
+        _finish(run, result)
+        return result
     finally:
         distributed.teardown(dctx)
-
-
-def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshold, denominator,
-                  nss_threshold, top_units, batch_size, device, amp, limit, out_dir, resume,
-                  overwrite, keep, checkpoint_every, num_workers, model_info, sketch_capacity,
-                  top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image, **_):
-    import tempfile
-
-    from .concepts.base import SKIPPED, collate
-    from .utils import info, progress as bar, versions
-    from . import distributed
-
-    import time
-
-    progress = progress and dctx.is_main
-    model = model.to(device).eval()
-    # on a GPU, convolutions run fastest with channels-last tensors (the model's parameters are
-    # converted in place, which changes no value)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    timing = {}
-    n_total = len(dataset)
-    n = n_total if limit is None else min(int(limit), n_total)
-    if n < 1:
-        raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no images")
-    source = dataset
-    if n < n_total:
-        dataset = torch.utils.data.Subset(source, range(n))
-    if keep == "auto":
-        keep = "disk" if device.type == "cpu" else "recompute"
-    if keep not in ("disk", "recompute"):
-        raise UserError(f"unknown keep option {keep!r}", hint="disk, recompute or auto")
-    shapes = _probe(model, dataset, layers, amp, device, on_bad_image)
-    mask_size = tuple(source.mask_size)
-    denom = MODES[mode]["denominator"] if denominator is None else denominator
-    if "sha256" not in model_info:
-        model_info["sha256"] = model_fingerprint(model)
-    config = {
-        "model": model_info, "layers": layers,
-        "concepts": {**source.config(), "n": n,
-                     **{k: v for k, v in (concepts_info or {}).items() if v is not None}},
-        "mode": mode, "score": score, "quantile": quantile,
-        "quantile_on": MODES[mode]["quantile_on"], "iou_threshold": iou_threshold,
-        "denominator": denom if use_iou else None,
-        "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": 1,
-        "image_size": list(source.image_size), "mask_size": list(mask_size), "amp": amp,
-        "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
-        "top_k": top_k, "on_bad_image": on_bad_image,
-    }
-    # the key names what determines the numbers: the model by its weights, not by its path (and
-    # not on_bad_image: it changes nothing in a run without unreadable items, and a run stopped
-    # by one must resume with skip)
-    key = config_hash({**{k: v for k, v in config.items() if k not in _UNHASHED_KEYS},
-                       "model": {k: v for k, v in model_info.items()
-                                           if k not in ("file", "spec", "note")},
-                       "concepts": {k: v for k, v in config["concepts"].items()
-                                    if k not in _CONCEPTS_INFO_KEYS}})
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        if dctx.active:   # every rank checks; only rank 0 clears a run of another config
-            if not dctx.is_main:
-                if not overwrite:
-                    _check_out_dir(out, key, False)
-            else:
-                _check_out_dir(out, key, overwrite)
-            dctx.barrier()
-        else:
-            _check_out_dir(out, key, overwrite)
-    state_io = _State(out, config, key)
-    state = state_io.load() if resume and not dctx.active else None
-    if dctx.active and state_io.enabled:
-        # each rank spools into its own folder; no checkpoints (a killed torchrun run restarts)
-        state_io.dir = state_io.dir / f"rank{dctx.rank}"
-    tmp_spool = None
-    if keep == "disk" and not state_io.enabled:
-        tmp_spool = tempfile.TemporaryDirectory(prefix="neuroprobe-spool-")
-        state_io.dir = Path(tmp_spool.name)
-
-    labels = source.labels
-    num_labels = labels.max_id + 1
-    label_dtype = torch.int16 if num_labels <= 2 ** 15 else torch.int32   # bytes to move
-    report_cat = torch.from_numpy(labels.category_index())
-    if denom == "all":
-        tally_cat = torch.where(report_cat >= 0, 0, -1)
-        n_cat = 1
-    else:
-        tally_cat, n_cat = report_cat, len(labels.categories)
-
-    def new_stats():
-        st = {}
-        for name in layers:
-            s = {"top": TopK(top_k)}
-            if use_iou:
-                s["quantile"] = Quantile(sketch_capacity)
-                s["tally"] = IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom)
-            if use_nss:
-                s["minmax"] = MinMax()
-                s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=1)
-            st[name] = s
-        return st
-
-    def make_stat(name, k):
-        return {"top": lambda: TopK(top_k), "quantile": lambda: Quantile(sketch_capacity),
-                "tally": lambda: IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom),
-                "minmax": MinMax,
-                "nss": lambda: NSSTally(shapes[name][0], num_labels, ddof=1)}[k]()
-
-    stats = new_stats()
-    thresholds: dict = {}
-    phase, next_batch = "record", 0
-    #: items left out because they could not be read: {"index", "id", "error", "pass"}
-    skipped: list = []
-    if state is not None:
-        phase, next_batch = state["phase"], int(state["next_batch"])
-        skipped = [dict(s) for s in state.get("skipped", [])]
-        if skipped and on_bad_image != "skip":
-            raise UserError(f"the checkpoint in {state_io.dir} left out {len(skipped)} "
-                            f"unreadable image(s) (first: {skipped[0]['error']})",
-                            hint="resume with --on-bad-image skip, or start again with "
-                            "--no-resume")
-        for name in layers:
-            for k, sd in state["stats"][name].items():
-                stats[name][k].load_state_dict(sd)
-                stats[name][k].to(device)
-        if phase != "done":
-            info(f"resuming the {phase} pass at batch {next_batch} from {state_io.dir}")
-    per_batch = batch_size
-    if state is not None and phase != "done":
-        per_batch = int(state.get("batch_size", batch_size))  # keep the run's batching
-    n_batches = (n + per_batch - 1) // per_batch
-    # this process's batches: all of them, or every world-th one under torchrun
-    mine = list(range(dctx.rank, n_batches, dctx.world))
-
-    def checkpoint(phase_, next_):
-        if not state_io.enabled or tmp_spool is not None or dctx.active:
-            return
-        # a finished run keeps its thresholds instead of the (larger) quantile sketches
-        drop = ("quantile",) if phase_ == "done" else ()
-        state_io.save({"phase": phase_, "next_batch": next_, "batch_size": per_batch,
-                       "skipped": [dict(s) for s in skipped],
-                       "thresholds": {k: v.cpu() for k, v in thresholds.items()},
-                       "stats": {name: {k: s.state_dict() for k, s in st.items()
-                                        if k not in drop}
-                                 for name, st in stats.items()}})
-
-    last_checkpoint = [time.monotonic()]
-
-    def due(done):
-        """Whether a checkpoint is due after ``done`` batches of a pass."""
-        if checkpoint_every is not None:
-            return done % checkpoint_every == 0
-        if time.monotonic() - last_checkpoint[0] >= CHECKPOINT_SECONDS:
-            last_checkpoint[0] = time.monotonic()
-            return True
-        return False
-
-    def loader(start, labels=True, validate=False, exclude=frozenset()):
-        """Batches ``mine[start:]``, each the images of its global batch number (with their
-        labels, or the images alone) but those in ``exclude``; images come as ``uint8`` where
-        the source allows it, labels as int16 where the ids fit, pinned for an asynchronous copy
-        to a GPU.  Every batch carries the data-set ``index`` of its items and, in skip mode,
-        the ``skipped`` items it could not read; a batch may be empty (``id == []``)."""
-        batches = [(j, [i for i in range(j * per_batch, min(n, (j + 1) * per_batch))
-                        if i not in exclude]) for j in mine[start:]]
-        data = torch.utils.data.DataLoader(
-            _View(source, labels, on_bad_image, validate),
-            batch_sampler=[b for _, b in batches if b], num_workers=num_workers,
-            collate_fn=functools.partial(collate, label_dtype=label_dtype),
-            pin_memory=device.type == "cuda")
-
-        def gen():
-            it = None
-            for j, b in batches:
-                if not b:
-                    yield j, {"id": [], "index": torch.zeros(0, dtype=torch.int64)}
-                    continue
-                if it is None:
-                    it = iter(data)
-                yield j, next(it)
-        return gen()
-
-    def note_skipped(batch, pass_):
-        for s in batch.get(SKIPPED, ()):
-            skipped.append({"index": int(s["index"]), "id": s["id"], "error": s["error"],
-                            "pass": pass_})
-
-    # -- pass 1: record -------------------------------------------------------------------
-    if phase == "record":
-        t_start = time.perf_counter()
-        # the maps are recomputed in pass 2, so this pass reads no labels (unless they are
-        # spooled with the maps; in skip mode it reads and drops them, to find broken masks)
-        it = loader(next_batch, labels=keep == "disk",
-                    validate=on_bad_image == "skip" and keep != "disk")
-        pbar = bar(total=len(mine), initial=next_batch, desc="dissect: record", unit="batch",
-                   **({} if progress else {"disable": True}))
-        for pos, (j, batch) in enumerate(it, start=next_batch):
-            note_skipped(batch, "record")
-            acts = {}
-            if batch["id"]:
-                images = _model_input(batch["image"], device, channels_last)
-                acts = _forward(model, images, layers, amp, device)
-                # the items' own data-set positions (not j * per_batch + k: items may be missing)
-                idx = batch["index"].to(device, non_blocking=True)
-            for name in (layers if batch["id"] else ()):
-                a = acts[name].float()
-                _check_finite(name, a, batch["id"])
-                u = a.shape[1]
-                st = stats[name]
-                st["top"].add(a.flatten(2).amax(2), idx)
-                if use_iou:
-                    if mode == "netdissect":
-                        st["quantile"].add(a.transpose(0, 1).reshape(u, -1).t())
-                    else:
-                        for s in range(0, len(a), 4):   # bounded memory: 4 images at a time
-                            up = upsample(a[s:s + 4], mask_size)
-                            st["quantile"].add(up.transpose(0, 1).reshape(u, -1).t())
-                if use_nss:
-                    st["minmax"].add(a.transpose(0, 1).reshape(u, -1).t())
-                acts[name] = a
-            if keep == "disk":
-                state_io.write_spool(j, _spool_record(acts, batch))
-            pbar.update(1)
-            done = pos + 1
-            if done == len(mine):
-                phase, next_batch = "tally", 0
-                checkpoint(phase, 0)
-            elif due(done):
-                checkpoint("record", done)
-            # nothing of this batch lives on into the next forward pass, and on the CPU the
-            # heap's free pages go back to the system (see neuroprobe.utils.release_heap)
-            batch = images = acts = a = up = None
-            if device.type == "cpu":
-                release_heap()
-            if _AFTER_BATCH is not None:
-                _AFTER_BATCH("record", j)
-        pbar.close()
-        phase, next_batch = "tally", 0
-        distributed.merge_stats(dctx, stats, ("top", "quantile", "minmax"), make_stat, device)
-        skipped = distributed.merge_lists(dctx, skipped)
-        timing["record_s"] = round(time.perf_counter() - t_start, 3)
-    if len({s["index"] for s in skipped if s["pass"] == "record"}) >= n:
-        raise _none_readable(source, n, skipped[0]["error"] if skipped else None)
-
-    if use_iou and phase == "done":
-        thresholds = {k: v.to(device) for k, v in state["thresholds"].items()}
-    elif use_iou:
-        thresholds = {name: stats[name]["quantile"].quantile(1.0 - quantile).float()
-                      for name in layers}
-
-    # -- pass 2: tally --------------------------------------------------------------------
-    if phase == "tally":
-        t_start = time.perf_counter()
-        if keep == "disk" and not all(state_io.spool_path(j).is_file()
-                                      for j in mine[next_batch:]):
-            keep = "recompute"   # a run resumed after one that did not keep its maps
-        pbar = bar(total=len(mine), initial=next_batch, desc="dissect: tally", unit="batch",
-                   **({} if progress else {"disable": True}))
-        if keep == "disk":
-            source_iter = ((j, state_io.read_spool(j)) for j in mine[next_batch:])
-        else:   # pass 2 reads no item that pass 1 left out
-            source_iter = loader(next_batch, exclude=frozenset(
-                s["index"] for s in skipped if s["pass"] == "record"))
-        n_before = len(skipped)
-        for pos, (j, batch) in enumerate(source_iter, start=next_batch):
-            note_skipped(batch, "tally")
-            if not batch["id"]:
-                acts = {}
-            elif keep == "disk":
-                acts = {k: v.to(device) for k, v in batch["acts"].items()}
-            else:
-                acts = _forward(model, _model_input(batch["image"], device, channels_last),
-                                layers, amp, device)
-            if acts:
-                lay = batch["layers"].to(device, non_blocking=True).long()
-                whole = batch["whole"].to(device, non_blocking=True).long()
-            for name in (layers if acts else ()):
-                a = acts[name].float()
-                st = stats[name]
-                if use_iou:
-                    st["tally"].add(a, thresholds[name], lay, whole, batch["categories"])
-                if use_nss:
-                    mm = st["minmax"]
-                    st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
-                                  tuple(source.image_size))
-            pbar.update(1)
-            done = pos + 1
-            if done == len(mine):
-                checkpoint("done", 0)
-            elif due(done):
-                checkpoint("tally", done)
-            batch = acts = lay = whole = a = None
-            if device.type == "cpu":   # after a forward pass always, else once 64 MiB are free
-                release_heap(0 if keep != "disk" else 64 << 20)
-            if _AFTER_BATCH is not None:
-                _AFTER_BATCH("tally", j)
-        pbar.close()
-        state_io.drop_spool()
-        distributed.merge_stats(dctx, stats, ("tally", "nss"), make_stat, device)
-        skipped = skipped[:n_before] + distributed.merge_lists(dctx, skipped[n_before:])
-        if dctx.active and state_io.enabled and tmp_spool is None:
-            shutil.rmtree(state_io.dir, ignore_errors=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timing["tally_s"] = round(time.perf_counter() - t_start, 3)
-    if tmp_spool is not None:
-        tmp_spool.cleanup()
-
-    # -- score and report -----------------------------------------------------------------
-    from .results import score_iou, score_nss, summarise
-
-    units, table = [], None
-    for name in layers:
-        rows = []
-        if use_iou:
-            rows = score_iou(name, stats[name]["tally"], thresholds[name], labels,
-                             iou_threshold)
-        if use_nss:
-            nss_rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold,
-                                        top_units)
-            table = (table or []) + trows
-            if use_iou:   # both: the unit's region-NSS label beside its IoU label
-                for r, q in zip(rows, nss_rows):
-                    r.update({"nss-label": q["label"], "nss-category": q["category"],
-                              "nss-score": q["score"], "nss-detector": q["detector"]})
-            else:
-                rows = nss_rows
-        units += rows
-    summary = summarise(units, config, key, versions(), layers, labels, table)
-    # seconds of this process's passes (a resumed run times only what it did); not configuration
-    summary["timing"] = {**timing, "device": str(device), "num_workers": num_workers}
-    skipped = sorted(skipped, key=lambda s: s["index"])
-    summary["skipped"] = skipped
-    summary["n_skipped"] = len(skipped)
-    result = DissectionResult(
-        units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
-        {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
-         for name in layers}, stats, skipped)
-    if out is not None and dctx.is_main:
-        result.save(out)
-    dctx.barrier()
-    if dctx.active and dctx.is_main and out is not None:
-        with contextlib.suppress(OSError):   # the ranks' spool folders are gone
-            (out / ".state").rmdir()
-    return result
-
-
-def _spool_record(acts: dict, batch: dict) -> dict:
-    if not batch["id"]:   # every item of the batch was skipped
-        return {"acts": {}, "id": []}
-    # the labels already come in the engine's smallest label dtype (int16 where ids fit)
-    return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
-            "layers": batch["layers"], "whole": batch["whole"],
-            "categories": batch["categories"], "fixations": batch["fixations"],
-            "id": list(batch["id"])}
-

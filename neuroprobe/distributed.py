@@ -103,11 +103,14 @@ def _cpu_state(obj) -> dict:
 def merge_stats(ctx: Context, stats: dict, keys, make, device) -> dict:
     """Replace ``stats[layer][key]`` for ``key`` in ``keys`` by the merge over all ranks.
 
-    ``make(layer, key)`` builds an empty statistic.  Every rank receives every rank's state
-    and merges them in rank order, so the result is the same on all ranks.
+    ``make(layer, key)`` builds an empty statistic (``None``: each rank's statistic is rebuilt
+    from its state, :func:`neuroprobe.stats.from_state`).  Every rank receives every rank's
+    state and merges them in rank order, so the result is the same on all ranks.
     """
     if not ctx.active:
         return stats
+    from .stats import from_state
+
     mine = {layer: {k: _cpu_state(st[k]) for k in keys if k in st}
             for layer, st in stats.items()}
     gathered = [None] * ctx.world
@@ -116,11 +119,14 @@ def merge_stats(ctx: Context, stats: dict, keys, make, device) -> dict:
         for k in keys:
             if k not in st:
                 continue
-            merged = make(layer, k)
+            merged = None
             for part in gathered:
-                other = make(layer, k)
-                other.load_state_dict(part[layer][k])
-                merged.merge(other)
+                if make is None:
+                    other = from_state(part[layer][k])
+                else:
+                    other = make(layer, k)
+                    other.load_state_dict(part[layer][k])
+                merged = other if merged is None else merged.merge(other)
             st[k] = merged.to(device)
     return stats
 

@@ -10,15 +10,35 @@ makes a killed dissection resume exactly.
 
 Convention: ``add(x)`` takes ``x`` of shape ``(N, U)`` -- ``N`` samples of ``U`` units -- like
 baukit's ``runningstats``.  A ``(U, N)`` tensor can be given as ``x.t()`` (no copy is made).
+
+The protocol (:class:`Stat`): ``add``, ``merge``, ``state_dict`` (plain tensors and numbers,
+with the statistic's ``"kind"``), ``load_state_dict`` and ``to(device)``; :func:`from_state`
+rebuilds any statistic from its saved state alone.  :class:`StatSet` holds the statistics of a
+run, one dict ``{kind: statistic}`` per layer, and saves, restores, moves and merges them as one.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
-__all__ = ["Quantile", "TopK", "MinMax", "IoUTally", "NSSTally"]
+__all__ = ["Stat", "StatSet", "from_state", "Quantile", "TopK", "MinMax", "IoUTally",
+           "NSSTally", "ImageCounts"]
+
+
+class Stat(Protocol):
+    """What every statistic of a pass offers (see the module docstring)."""
+
+    def add(self, *args, **kwargs) -> None: ...
+
+    def merge(self, other: "Stat") -> "Stat": ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def to(self, device) -> "Stat": ...
 
 _MASK64 = (1 << 64) - 1
 
@@ -457,9 +477,12 @@ class IoUTally(_Counts):
         self.denominator = denominator
         self.inter = self.act = self.label = self.images = None
 
-    def add(self, maps, thresholds, layers, whole, categories) -> None:
+    def add(self, maps, thresholds, layers, whole, categories, *, images=None,
+            index=None) -> None:
         """Tally one batch: raw maps ``(B, U, h, w)``, thresholds ``(U,)``, label layers
-        ``(B, K, H, W)``, whole-image labels ``(B, n)``, category flags ``(B, C)``."""
+        ``(B, K, H, W)``, whole-image labels ``(B, n)``, category flags ``(B, C)``; with
+        ``images`` (an :class:`ImageCounts`) and the images' data-set ``index``, the same
+        counts image by image go there too."""
         from .tally import iou_counts, label_counts
 
         dev = maps.device
@@ -470,15 +493,30 @@ class IoUTally(_Counts):
             self.label = torch.zeros(self.num_labels, dtype=torch.int64, device=dev)
             self.images = torch.zeros((), dtype=torch.int64, device=dev)
         cat = self.category_of_label.to(dev)
-        inter, act = iou_counts(maps, thresholds, layers, whole, categories, cat,
-                                self.num_labels, self.num_categories, self.denominator)
+        out = iou_counts(maps, thresholds, layers, whole, categories, cat, self.num_labels,
+                         self.num_categories, self.denominator, per_image=images is not None)
+        inter, act = out[:2]
+        if images is not None:
+            images.add(out[2], index, layers, whole, categories)
         self.inter += inter
         self.act += act
         self.label += label_counts(layers, whole, self.num_labels)
         self.images += maps.shape[0]
 
     def _meta(self):
-        return {"denominator": self.denominator}
+        return {"denominator": self.denominator, "units": self.units,
+                "num_labels": self.num_labels, "num_categories": self.num_categories,
+                "category_of_label": self.category_of_label}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.denominator = state.get("denominator", getattr(self, "denominator", "netdissect"))
+        for k in ("units", "num_labels", "num_categories"):
+            if k in state:
+                setattr(self, k, int(state[k]))
+        if "category_of_label" in state:
+            self.category_of_label = torch.as_tensor(state["category_of_label"],
+                                                     dtype=torch.int64)
 
     def iou(self) -> torch.Tensor:
         """``(U, L)`` float64 IoU; label ``l`` uses the activation count of its category."""
@@ -532,10 +570,207 @@ class NSSTally(_Counts):
         self.images += maps.shape[0]
 
     def _meta(self):
-        return {"ddof": self.ddof}
+        return {"ddof": self.ddof, "units": self.units, "num_labels": self.num_labels}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for k in ("ddof", "units", "num_labels"):
+            if k in state:
+                setattr(self, k, int(state[k]))
 
     def mean(self) -> torch.Tensor:
         """``(U, L)`` mean region-NSS (``nan`` where a label has no fixated region)."""
         r = self.regions.double()[None]
         return torch.where(r > 0, self.total / r.clamp(min=1),
                            torch.full_like(self.total, float("nan")))
+
+
+class ImageCounts:
+    """The IoU counts of one layer image by image, sparse: what a bootstrap over images needs.
+
+    Fed by :meth:`IoUTally.add` (``images=``) from the same active pixels as the tally, so the
+    per-image counts sum exactly to the tally's.  Kept: every (image, unit) with an active
+    pixel and its count; every nonzero per-image intersection (image, unit, label); every
+    (image, label) pixel count; each image's category flags.  A unit fires above its threshold
+    (the top 0.5 % of its activations) in few images, so this is far smaller than the dense
+    units x labels x images.  :meth:`table` keeps of it only the counts of each unit's own label
+    (see :func:`neuroprobe.compare.bootstrap_count_difference`).  Merging concatenates (shards
+    hold distinct images).
+    """
+
+    fields = ("active_image", "active_unit", "active", "inter_image", "inter_unit",
+              "inter_label", "inter", "truth_image", "truth_label", "truth", "cat_image",
+              "categories")
+
+    def __init__(self, units: int, num_labels: int):
+        self.units, self.num_labels = int(units), int(num_labels)
+        self._parts: dict = {f: [] for f in self.fields}
+
+    def add(self, counts: dict, index, layers, whole, categories) -> None:
+        """One batch: ``counts`` from :func:`neuroprobe.tally.iou_counts` (``per_image``),
+        the images' data-set ``index`` ``(B,)``, label layers, whole-image labels and category
+        flags as given to the tally."""
+        U, L = self.units, self.num_labels
+        dev = counts["pair"].device
+        index = torch.as_tensor(index, dtype=torch.int64).to(dev)
+        i32 = torch.int32
+        put = self._parts
+        pair = counts["pair"]
+        put["active_image"].append(index[pair // U].to(i32))
+        put["active_unit"].append((pair % U).to(i32))
+        put["active"].append(counts["active"].to(i32))
+        pair = counts["inter_pair"]
+        put["inter_image"].append(index[pair // U].to(i32))
+        put["inter_unit"].append((pair % U).to(i32))
+        put["inter_label"].append(counts["inter_label"].to(i32))
+        put["inter"].append(counts["inter"].to(i32))
+        B = layers.shape[0]
+        lay = layers.reshape(B, -1)
+        b = torch.arange(B, device=lay.device)[:, None].expand_as(lay)
+        on = lay > 0
+        truth = torch.bincount(b[on] * L + lay[on], minlength=B * L)
+        on = whole > 0
+        if on.any():
+            wb = torch.arange(B, device=whole.device)[:, None].expand_as(whole)
+            truth += torch.bincount(wb[on] * L + whole[on], minlength=B * L) \
+                * (layers.shape[-1] * layers.shape[-2])
+        nz = truth.nonzero().squeeze(1)
+        put["truth_image"].append(index.to(nz.device)[nz // L].to(i32))
+        put["truth_label"].append((nz % L).to(i32))
+        put["truth"].append(truth[nz].to(i32))
+        put["cat_image"].append(index.to(i32))
+        put["categories"].append(torch.as_tensor(categories).to(torch.bool))
+
+    def _joined(self, f):
+        parts = self._parts[f]
+        if len(parts) > 1:
+            self._parts[f] = parts = [torch.cat([p.to(parts[0].device) for p in parts])]
+        if parts:
+            return parts[0]
+        return torch.zeros((0, 0) if f == "categories" else 0,
+                           dtype=torch.bool if f == "categories" else torch.int32)
+
+    def merge(self, other: "ImageCounts") -> "ImageCounts":
+        for f in self.fields:
+            self._parts[f].extend(other._parts[f])
+        return self
+
+    def state_dict(self) -> dict:
+        return {"kind": "ImageCounts", "units": self.units, "num_labels": self.num_labels,
+                **{f: self._joined(f) for f in self.fields}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.units, self.num_labels = int(state["units"]), int(state["num_labels"])
+        self._parts = {f: [state[f]] for f in self.fields}
+
+    def to(self, device) -> "ImageCounts":
+        self._parts = {f: [p.to(device) for p in v] for f, v in self._parts.items()}
+        return self
+
+    def table(self, unit_label, category_of_label, denominator: str) -> dict:
+        """The counts of each unit's own label per image, as NumPy arrays.
+
+        ``unit_label`` ``(U,)``: each unit's label id (0 = none); ``category_of_label``: the
+        tally's category of each label; ``denominator`` its rule.  Returns ``label`` ``(U,)``;
+        ``image``, ``unit``, ``inter``, ``act`` (one entry per image and unit where the unit
+        fires and counts for its label's category); ``truth_image``, ``truth_label``,
+        ``truth`` (pixels of the units' labels per image) and ``images`` (every image seen).
+        Summed over all images they give the unit's ``inter[u, l_u]``, ``act[u, c(l_u)]`` and
+        ``label[l_u]`` of the :class:`IoUTally`.
+        """
+        import numpy as np
+
+        d = {f: self._joined(f).cpu().numpy() for f in self.fields}
+        lab = np.asarray(unit_label, dtype=np.int64)
+        tcat = np.asarray(torch.as_tensor(category_of_label).cpu(), dtype=np.int64)
+        cu = np.where(lab > 0, tcat[lab], -1)                          # category of each unit
+        U = self.units
+        mine = d["inter_label"] == lab[d["inter_unit"]]
+        key_i = d["inter_image"][mine].astype(np.int64) * U + d["inter_unit"][mine]
+        key_a = d["active_image"].astype(np.int64) * U + d["active_unit"]
+        ok = cu[d["active_unit"]] >= 0
+        if denominator == "netdissect":
+            order = np.argsort(d["cat_image"], kind="stable")
+            row = order[np.searchsorted(d["cat_image"], d["active_image"], sorter=order)]
+            ok &= d["categories"][row, np.maximum(cu[d["active_unit"]], 0)]
+        elif denominator == "lite":   # the image counts where the unit touches its category
+            il = d["inter_label"]
+            touch = tcat[il] == cu[d["inter_unit"]]
+            ok &= np.isin(key_a, d["inter_image"][touch].astype(np.int64) * U
+                          + d["inter_unit"][touch])
+        inter = np.zeros(len(key_a), dtype=np.int64)
+        pos = np.searchsorted(key_a, key_i, sorter=np.argsort(key_a, kind="stable"))
+        inter[np.argsort(key_a, kind="stable")[pos]] = d["inter"][mine]
+        keep = ok | (inter > 0)
+        act = np.where(ok, d["active"], 0)
+        assigned = np.isin(d["truth_label"], lab[lab > 0])
+        return {"label": lab.astype(np.int32), "image": d["active_image"][keep],
+                "unit": d["active_unit"][keep], "inter": inter[keep].astype(np.int32),
+                "act": act[keep].astype(np.int32), "truth_image": d["truth_image"][assigned],
+                "truth_label": d["truth_label"][assigned], "truth": d["truth"][assigned],
+                "images": np.unique(d["cat_image"]).astype(np.int64)}
+
+
+#: the statistics :func:`from_state` knows, by the ``"kind"`` of their state
+KINDS = {cls.__name__: cls for cls in (Quantile, MinMax, TopK, IoUTally, NSSTally,
+                                       ImageCounts)}
+
+
+def from_state(state: Mapping) -> Stat:
+    """The statistic saved as ``state`` (a ``state_dict``), rebuilt from it alone."""
+    try:
+        cls = KINDS[state["kind"]]
+    except KeyError:
+        raise ValueError(f"unknown statistic kind {state.get('kind')!r}") from None
+    stat = cls.__new__(cls)
+    stat.load_state_dict(dict(state))
+    return stat
+
+
+class StatSet(dict):
+    """The statistics of a run: ``{layer: {name: Stat}}``.
+
+    Built from one factory per statistic name, ``StatSet(layers, {"top": lambda layer:
+    TopK(16), ...})``, so adding a statistic to a run is one line.  Saves, restores, moves and
+    merges (across processes too) all of its statistics at once.
+    """
+
+    def __init__(self, layers: Sequence[str] = (),
+                 factories: Mapping[str, Callable[[str], Stat]] | None = None):
+        super().__init__({layer: {k: make(layer) for k, make in (factories or {}).items()}
+                          for layer in layers})
+
+    def state_dict(self, drop: Sequence[str] = ()) -> dict:
+        """``{layer: {name: state}}`` of every statistic but those named in ``drop``."""
+        return {layer: {k: s.state_dict() for k, s in st.items() if k not in drop}
+                for layer, st in self.items()}
+
+    def load_state_dict(self, state: Mapping, device=None) -> None:
+        """Restore the statistics saved in ``state`` (those it holds), on ``device``."""
+        for layer, saved in state.items():
+            for k, sd in saved.items():
+                self[layer][k].load_state_dict(sd)
+                if device is not None:
+                    self[layer][k].to(device)
+
+    def to(self, device) -> "StatSet":
+        for st in self.values():
+            for s in st.values():
+                s.to(device)
+        return self
+
+    def merge(self, other: "StatSet", names: Sequence[str] | None = None) -> "StatSet":
+        """Merge ``other``'s statistics (of ``names``, default all) into these."""
+        for layer, st in other.items():
+            for k, s in st.items():
+                if names is None or k in names:
+                    self[layer][k].merge(s)
+        return self
+
+    def merge_ranks(self, dctx, names: Sequence[str], device) -> "StatSet":
+        """Replace the statistics ``names`` by their merge over all processes of ``dctx``
+        (:func:`neuroprobe.distributed.merge_stats`); nothing without torchrun."""
+        from .distributed import merge_stats
+
+        merge_stats(dctx, self, names, None, device)
+        return self

@@ -164,7 +164,8 @@ def label_counts(layers: torch.Tensor, whole: torch.Tensor, num_labels: int) -> 
 
 def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
                whole: torch.Tensor, categories: torch.Tensor, category_of_label: torch.Tensor,
-               num_labels: int, num_categories: int, denominator: str = "netdissect"):
+               num_labels: int, num_categories: int, denominator: str = "netdissect",
+               per_image: bool = False):
     """Intersections and activation counts of one batch (Bau et al., CVPR 2017).
 
     Parameters
@@ -183,10 +184,17 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         active pixel).
         ``"all"``: every active pixel counts (the unrestricted 2020 variant; ``C = 1``).
 
+    per_image : bool
+        Also return the counts of every image (see below).
+
     Returns
     -------
     inter : (U, L) int64, active pixels of each unit carrying each label.
     act : (U, C) int64, active pixels per unit and category under the chosen rule.
+    images : only with ``per_image``: the same counts per image, sparse: ``pair`` (flat
+        ``b * U + u`` of every (image, unit) with an active pixel) and ``active`` (its active
+        pixels); ``inter_pair``, ``inter_label``, ``inter`` (the nonzero per-image
+        intersections).  ``act`` of image ``b`` follows from them and ``categories[b]``.
     """
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
@@ -205,11 +213,14 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     cat_of = category_of_label.to(dev)
     touched = torch.zeros(B * U * C, dtype=torch.bool, device=dev) if denominator == "lite" \
         else None
+    keys = [] if per_image else None
     for layer in range(k):
         lab = flat_layers[bi, layer, pix]
         keep = lab > 0
         lab_k = lab[keep]
         inter += torch.bincount(ui[keep] * L + lab_k, minlength=U * L)
+        if keys is not None:
+            keys.append((pair[keep] * L + lab_k, None))
         if touched is not None:
             c = cat_of[lab_k]
             ok = c >= 0
@@ -222,6 +233,8 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         if m.any():
             b, u = m.nonzero(as_tuple=True)
             inter.index_add_(0, u * L + lab[b, u], cnt[b, u])
+            if keys is not None:
+                keys.append(((b * U + u) * L + lab[b, u], cnt[b, u]))
             if touched is not None:
                 c = cat_of[lab[b, u]]
                 ok = c >= 0
@@ -233,7 +246,39 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         act = (cnt[:, :, None] * touched.view(B, U, C)).sum(0)
     else:
         act = cnt.sum(0)[:, None].expand(U, C).clone()
-    return inter.view(U, L), act
+    if keys is None:
+        return inter.view(U, L), act
+    return inter.view(U, L), act, _image_counts(cnt, keys, L)
+
+
+#: at most this many (active pair, label) bins are counted densely by :func:`_image_counts`
+IMAGE_BINS = 1 << 22
+
+
+def _image_counts(cnt: torch.Tensor, keys: list, L: int) -> dict:
+    """The per-image part of :func:`iou_counts`: ``keys`` are ``(pair * L + label, weight)``
+    (weight ``None``: one pixel each).  The pairs are renumbered over the active ones first,
+    so the dense count has ``active pairs * L`` bins (a sort where even that is too many)."""
+    flat = cnt.reshape(-1)
+    pairs = flat.nonzero().squeeze(1)
+    dev = flat.device
+    slot = torch.full_like(flat, -1)
+    slot[pairs] = torch.arange(len(pairs), device=dev)
+    k = torch.cat([slot[key // L] * L + key % L for key, _ in keys]) if keys else \
+        torch.zeros(0, dtype=torch.int64, device=dev)
+    w = torch.cat([torch.ones(len(key), dtype=torch.int64, device=dev) if wt is None else wt
+                   for key, wt in keys]) if keys else torch.zeros(0, dtype=torch.int64,
+                                                                   device=dev)
+    if len(pairs) * L <= IMAGE_BINS:
+        acc = torch.zeros(len(pairs) * L, dtype=torch.int64, device=dev)
+        acc.index_add_(0, k, w)
+        nz = acc.nonzero().squeeze(1)
+        values = acc[nz]
+    else:
+        nz, inverse = torch.unique(k, return_inverse=True)
+        values = torch.zeros(len(nz), dtype=torch.int64, device=dev).index_add_(0, inverse, w)
+    return {"pair": pairs, "active": flat[pairs], "inter_pair": pairs[nz // L],
+            "inter_label": nz % L, "inter": values}
 
 
 def fixation_pixels(fixations: torch.Tensor, image_size, mask_size) -> torch.Tensor:

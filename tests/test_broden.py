@@ -287,7 +287,7 @@ def test_item_without_labels_and_uint8_images(broden, monkeypatch):
     """The engine's view of a Broden set: no mask decoded when labels are not asked for, and
     uint8 images that convert to exactly the float images of ``ds[i]``."""
     from neuroprobe.concepts import broden as B
-    from neuroprobe.dissect import _model_input
+    from neuroprobe.engine.runner import model_input as _model_input
 
     root, truth = broden
     ds = BrodenDataset(root)

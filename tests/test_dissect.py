@@ -359,12 +359,10 @@ _KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import test_dissect as T
-from neuroprobe import dissect as D
 def hook(phase, j):
     if phase == {phase!r} and j == {batch}:
         os.kill(os.getpid(), signal.SIGKILL)
-D._AFTER_BATCH = hook
-T.run_tiny({out!r}, checkpoint_every=2)
+T.run_tiny({out!r}, checkpoint_every=2, after_batch=hook)
 """
 
 
@@ -396,19 +394,23 @@ def test_public_signature_lists_every_option():
     assert "Parameters" in (dissect.__doc__ or "")
 
 
-def test_checkpoints_by_time_when_no_batch_interval(tmp_path, monkeypatch):
-    from neuroprobe import dissect as D
+def test_checkpoints_by_time_when_no_batch_interval(tmp_path):
+    def watch(out, seen):
+        """After every batch: the (phase, next batch) of the checkpoint, when it changed."""
+        def hook(phase, j):
+            path = out / ".state" / "state.pt"
+            if path.is_file() and path.stat().st_mtime_ns != seen.get("mtime"):
+                seen["mtime"] = path.stat().st_mtime_ns
+                state = torch.load(path, weights_only=True)
+                seen.setdefault("saved", []).append(state["phase"])
+        return hook
 
-    saved = []
-    real = D._State.save
-    monkeypatch.setattr(D._State, "save",
-                        lambda self, state: saved.append(state["phase"]) or real(self, state))
-    monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 1e9)
-    run_tiny(tmp_path / "slow")
-    assert saved == ["tally", "done"]          # only the end of each pass
-    saved.clear()
-    monkeypatch.setattr(D, "CHECKPOINT_SECONDS", 0.0)
-    run_tiny(tmp_path / "fast")
-    assert saved.count("record") >= 2 and saved.count("tally") >= 2
+    slow, fast = {}, {}
+    run_tiny(tmp_path / "slow", checkpoint_seconds=1e9,
+             after_batch=watch(tmp_path / "slow", slow))
+    assert slow["saved"] == ["tally", "done"]          # only the end of each pass
+    run_tiny(tmp_path / "fast", checkpoint_seconds=0.0,
+             after_batch=watch(tmp_path / "fast", fast))
+    assert fast["saved"].count("record") >= 2 and fast["saved"].count("tally") >= 2
     assert (tmp_path / "fast" / "units.csv").read_text() == \
         (tmp_path / "slow" / "units.csv").read_text()

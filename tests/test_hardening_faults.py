@@ -304,9 +304,11 @@ def test_no_writes_outside_out_and_cache(tmp_path, capsys, monkeypatch):
 # -- SIGINT / SIGKILL and resume; two runs in one folder -----------------------------------
 
 _SLOW_DISSECT = """
-import sys, time
+import functools, sys, time
 from neuroprobe import dissect as D
-D._AFTER_BATCH = lambda phase, j: time.sleep(0.5) if phase == "tally" else None
+# the command's library call, with a per-batch callback that slows pass 2 down
+D.dissect = functools.partial(
+    D.dissect, after_batch=lambda phase, j: time.sleep(0.5) if phase == "tally" else None)
 from neuroprobe.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -114,7 +114,7 @@ def test_collate_drops_markers_and_keeps_indices(folders):
 
 
 def test_view_skip_marker_and_stop_hint(folders):
-    from neuroprobe.dissect import _View
+    from neuroprobe.engine.runner import ItemView as _View
 
     ds = BrodenDataset(folders["bad"])
     skip = _View(ds, labels=True, on_bad_image="skip")
@@ -248,12 +248,11 @@ _KILL = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import test_skip_bad_images as T
-from neuroprobe import dissect as D
 def hook(phase, j):
     if phase == {phase!r} and j == {batch}:
         os.kill(os.getpid(), signal.SIGKILL)
-D._AFTER_BATCH = hook
-T.run({root!r}, out_dir={out!r}, on_bad_image="skip", checkpoint_every=1, batch_size=2)
+T.run({root!r}, out_dir={out!r}, on_bad_image="skip", checkpoint_every=1, batch_size=2,
+      after_batch=hook)
 """
 
 

@@ -1,0 +1,80 @@
+"""``image_counts.npz``: the per-image IoU counts a dissection run keeps for the bootstrap.
+
+A paired bootstrap over images of detector counts (``neuroprobe compare --bootstrap``) needs,
+for every unit ``u`` with its label ``l_u`` (the best label of units.csv), the counts that
+make its IoU, image by image: intersection ``inter[b, u, l_u]``, activation
+``act[b, u, c(l_u)]`` (under the run's denominator) and the label's pixels ``truth[b, l_u]``.
+The dense ``units x labels x images`` table is far too big (512 units x 1,198 Broden labels x
+63,305 images); this file holds only what the bootstrap uses:
+
+* per layer, ``<layer>/label`` ``(U,)``: each unit's label id (0 = none);
+* ``<layer>/image``, ``/unit``, ``/inter``, ``/act``: one entry per (image, unit) where the
+  unit fires above its threshold and counts for its label's category (a unit fires in the top
+  0.5 % of its activations, so in a fraction of the images);
+* ``<layer>/truth_image``, ``/truth_label``, ``/truth``: one entry per (image, label) for the
+  labels some unit of the layer carries;
+* ``images``: the data-set indices of all images dissected (unreadable ones left out).
+
+Summed over all images the entries give exactly the tallies behind units.csv, so a bootstrap
+weight of one on every image reproduces the run's detector counts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .io import atomic_path
+
+__all__ = ["FILE", "unit_label_ids", "write_image_counts", "read_image_counts"]
+
+FILE = "image_counts.npz"
+
+
+def unit_label_ids(iou: np.ndarray, labels) -> np.ndarray:
+    """Each unit's label id as :func:`neuroprobe.results.score_iou` chooses it: the best label
+    of every category, then the first category with the highest IoU."""
+    iou = np.asarray(iou)
+    units = iou.shape[0]
+    cat_idx = labels.category_index()
+    best = np.zeros(units, dtype=np.int64)
+    top = np.full(units, -1.0)
+    rows = np.arange(units)
+    for ci, _ in enumerate(labels.categories):
+        cols = np.nonzero(cat_idx == ci)[0]
+        if not len(cols):
+            continue
+        j = cols[np.argmax(iou[:, cols], axis=1)]
+        value = iou[rows, j]
+        better = value > top
+        best[better], top[better] = j[better], value[better]
+    return best
+
+
+def write_image_counts(path, tables: dict) -> None:
+    """``tables``: ``{layer: ImageCounts.table(...)}`` (atomically, compressed)."""
+    arrays = {"layers": np.array(list(tables), dtype=str)}
+    images = None
+    for layer, t in tables.items():
+        images = t["images"] if images is None else np.union1d(images, t["images"])
+        arrays.update({f"{layer}/{k}": v for k, v in t.items() if k != "images"})
+    arrays["images"] = images if images is not None else np.zeros(0, dtype=np.int64)
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def read_image_counts(run_dir) -> dict:
+    """``{"images": ..., layer: {name: array}}`` of a run folder's ``image_counts.npz``."""
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        raise UserError(f"run {run_dir} has no {FILE} (the per-image counts the bootstrap "
+                        "resamples)", hint="dissect the model again with --score iou or both "
+                        "and this version of neuroprobe into a new --out folder")
+    with np.load(path, allow_pickle=False) as z:
+        out = {"images": z["images"]}
+        for layer in z["layers"].tolist():
+            out[layer] = {k.split("/", 1)[1]: z[k] for k in z.files
+                          if k.startswith(f"{layer}/")}
+    return out
