@@ -210,7 +210,8 @@ def _kind_concepts(spec, models, out, dataset, concept_name, device) -> str:
 
 def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> str:
     from .compare import (bootstrap_count_difference, category_preference, changed_units,
-                          count_table, fixation_preference, load_run, per_image_tallies)
+                          count_table, fixation_preference, load_run)
+    from .engine import check_model
 
     runs = _dissect_runs(spec, models, out, dataset, concept_name, device, "both")
     loaded = [load_run(p) for p in runs.values()]
@@ -218,40 +219,20 @@ def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> st
     _csv(out / "counts.csv", table)
     text = [_runs_section(runs, out), "## Detector units per concept and layer (IoU)\n",
             _md_table(table)]
-    # paired bootstrap over images, first model vs each other
+    # paired bootstrap over images, first model vs each other, from the runs' saved counts
     cmp = spec.get("compare", {})
     n_boot = int(cmp.get("bootstrap", 200))
     base = loaded[0]
-    label_ids = {lab.name: lab.id for lab in dataset.labels}
-    layers = sorted({r["layer"] for r in base.units})
-
-    def tallies(run, layer):
-        rows = [r for r in run.units if r["layer"] == layer]
-        rows.sort(key=lambda r: r["unit"])
-        module, _ = _load(models[run.name], device)
-        thr = np.array([float(r["threshold"]) for r in rows])
-        labs = np.array([label_ids.get(r["label"], 0) for r in rows])
-        t = per_image_tallies(module, dataset, layer, thr, labs, device=device,
-                              denominator=run.summary["config"].get("denominator", "netdissect"))
-        return t, [r["label"] for r in rows]
-
     boot_rows = []
     if n_boot > 0:
         for other in loaded[1:]:
-            for layer in layers:
-                ta, la = tallies(base, layer)
-                tb, lb = tallies(other, layer)
-                for row in bootstrap_count_difference(ta, tb, la, lb, base.iou_threshold,
-                                                      n_boot=n_boot):
-                    boot_rows.append({"layer": layer, "comparison": f"{other.name} - {base.name}",
-                                      **row})
+            boot_rows += [{"comparison": f"{other.name} - {base.name}", **row}
+                          for row in bootstrap_count_difference(base, other, n_boot=n_boot)]
         _csv(out / "bootstrap.csv", boot_rows)
         text += [f"\n## Count differences with 95% bootstrap intervals ({n_boot} paired "
                  "resamples of the images; each unit keeps its run's label)\n",
-                 _md_table([r for r in boot_rows if r["difference"] or r["ci_low"] or
-                            r["ci_high"]],
-                           ["layer", "comparison", "concept", "difference", "ci_low",
-                            "ci_high"])]
+                 _md_table(boot_rows, ["layer", "comparison", "label", "count_a", "count_b",
+                                       "difference", "ci_low", "ci_high"])]
     changed = []
     for other in loaded[1:]:
         for c in changed_units(base, other):
@@ -275,8 +256,11 @@ def _kind_finetune_shift(spec, models, out, dataset, concept_name, device) -> st
     if cmp.get("preference", True) and dataset.has_fixations:
         limit = int(cmp.get("preference_images", 200))
         prefs = {}
+        runs_by_name = {r.name: r for r in loaded}
         for name, mspec in models.items():
             module, meta = _load(mspec, device)
+            if name in runs_by_name:   # the network its run dissected, or refuse
+                check_model(runs_by_name[name].summary, module, runs_by_name[name].path)
             if meta.get("task") == "saliency":
                 prefs[name] = category_preference(module, dataset, limit=limit, device=device)
         prefs["fixations"] = fixation_preference(dataset, limit=limit)

@@ -674,7 +674,8 @@ class ImageCounts:
         tally's category of each label; ``denominator`` its rule.  Returns ``label`` ``(U,)``;
         ``image``, ``unit``, ``inter``, ``act`` (one entry per image and unit where the unit
         fires and counts for its label's category); ``truth_image``, ``truth_label``,
-        ``truth`` (pixels of the units' labels per image) and ``images`` (every image seen).
+        ``truth`` (pixels of the units' labels per image), ``counted`` ``(U,)`` (the label has
+        a category the tally counts: otherwise its IoU is 0) and ``images`` (every image seen).
         Summed over all images they give the unit's ``inter[u, l_u]``, ``act[u, c(l_u)]`` and
         ``label[l_u]`` of the :class:`IoUTally`.
         """
@@ -704,7 +705,8 @@ class ImageCounts:
         keep = ok | (inter > 0)
         act = np.where(ok, d["active"], 0)
         assigned = np.isin(d["truth_label"], lab[lab > 0])
-        return {"label": lab.astype(np.int32), "image": d["active_image"][keep],
+        return {"label": lab.astype(np.int32), "counted": cu >= 0,
+                "image": d["active_image"][keep],
                 "unit": d["active_unit"][keep], "inter": inter[keep].astype(np.int32),
                 "act": act[keep].astype(np.int32), "truth_image": d["truth_image"][assigned],
                 "truth_label": d["truth_label"][assigned], "truth": d["truth"][assigned],

@@ -12,14 +12,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="folder for counts.csv, changed_units.csv and "
                    "difference.png (default: print only)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
-                   help="paired image bootstrap of the count differences with N resamples "
-                   "(re-runs the models over the run's images; needs the same concept set)")
+                   help="paired image bootstrap of the count differences with N resamples of "
+                   "the per-image counts the runs saved (image_counts.npz; no model is run); "
+                   "with --out also bootstrap.csv")
+    p.add_argument("--force", action="store_true",
+                   help="compare runs made on different concept sets, modes, quantiles, IoU "
+                   "thresholds or denominators (refused by default)")
 
 
 def _run(args) -> int:
     from pathlib import Path
 
-    from ..compare import changed_units, count_table, load_run
+    from ..compare import changed_units, check_comparable, check_model_files, count_table, \
+        load_run
     from ..errors import UserError
     from ..probes import _bar_plot, _csv, _md_table
     from ..utils import info
@@ -30,6 +35,9 @@ def _run(args) -> int:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError("run folders must have distinct names", hint="rename one of them")
+    check_model_files(runs)
+    if not args.force:
+        check_comparable(runs)
     table = count_table(runs)
     print(_md_table(table))
     changed = []
@@ -37,13 +45,14 @@ def _run(args) -> int:
         changed += [{"comparison": f"{runs[0].name} -> {other.name}", **c}
                     for c in changed_units(runs[0], other)]
     print(f"{len(changed)} units changed label between {names[0]} and the others")
-    if args.bootstrap:
-        _bootstrap(args, runs)
+    boot = _bootstrap(args, runs) if args.bootstrap else None
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         _csv(out / "counts.csv", table)
         _csv(out / "changed_units.csv", changed)
+        if boot is not None:
+            _csv(out / "bootstrap.csv", boot)
         labels = sorted({r["label"] for r in table})
         diff = {}
         for r in table:
@@ -51,52 +60,30 @@ def _run(args) -> int:
         _bar_plot(out / "difference.png", labels, {f"{names[-1]} - {names[0]}":
                                                    [diff[k] for k in labels]},
                   "difference in detector units per concept (all layers)", "units")
-        info(f"wrote {out}/counts.csv, changed_units.csv, difference.png")
+        info(f"wrote {out}/counts.csv, changed_units.csv, difference.png"
+             + (", bootstrap.csv" if boot is not None else ""))
     return 0
 
 
-def _bootstrap(args, runs) -> None:
-    import numpy as np
+#: the columns of bootstrap.csv (and of the printed table)
+BOOTSTRAP_COLUMNS = ["layer", "label", "category", "count_a", "count_b", "difference",
+                     "ci_low", "ci_high"]
 
-    from ..compare import bootstrap_count_difference, per_image_tallies
-    from ..concepts import open_concepts
-    from ..errors import UserError
-    from ..models import load
+
+def _bootstrap(args, runs) -> list:
+    """Paired bootstrap of the first run against each other one, from their saved per-image
+    counts; printed and returned as the rows of bootstrap.csv."""
+    from ..compare import bootstrap_count_difference
     from ..probes import _md_table
-    from ..utils import resolve_device
 
-    device = resolve_device(args.device)
-    cfgs = [r.summary.get("config", {}) for r in runs]
-    concept = [(c.get("concepts") or {}) for c in cfgs]
-    spec = concept[0].get("spec") or concept[0].get("name")
-    if not spec or any((c.get("spec") or c.get("name")) != spec for c in concept):
-        raise UserError("--bootstrap needs runs on the same concept set")
-    n = min(int(c.get("n") or 0) for c in concept) or None
-    dataset = open_concepts(spec, limit=n)
-    ids = {lab.name: lab.id for lab in dataset.labels}
-    # images any run left out as unreadable are left out of every run's tallies (paired)
-    skip = sorted({int(s["index"]) for r in runs for s in r.summary.get("skipped") or []})
     rows = []
-    tallies = {}
-    for run, cfg in zip(runs, cfgs):
-        mspec = (cfg.get("model") or {}).get("spec")
-        if not mspec:
-            raise UserError(f"{run.path}/summary.json does not name its model")
-        module, _ = load(mspec, device=device)
-        for layer in sorted({u["layer"] for u in run.units}):
-            us = sorted((u for u in run.units if u["layer"] == layer), key=lambda u: u["unit"])
-            thr = np.array([float(u["threshold"]) for u in us])
-            labs = np.array([ids.get(u["label"], 0) for u in us])
-            tallies[(run.name, layer)] = (per_image_tallies(
-                module, dataset, layer, thr, labs, device=device, skip=skip,
-                denominator=cfg.get("denominator") or "netdissect"), [u["label"] for u in us])
-    base = runs[0]
     for other in runs[1:]:
-        for (name, layer), (ta, la) in list(tallies.items()):
-            if name != base.name or (other.name, layer) not in tallies:
-                continue
-            tb, lb = tallies[(other.name, layer)]
-            for r in bootstrap_count_difference(ta, tb, la, lb, base.iou_threshold,
-                                                n_boot=args.bootstrap):
-                rows.append({"layer": layer, "comparison": f"{other.name} - {base.name}", **r})
-    print(_md_table(rows, ["layer", "comparison", "concept", "difference", "ci_low", "ci_high"]))
+        found = bootstrap_count_difference(runs[0], other, n_boot=args.bootstrap)
+        if len(runs) > 2:
+            found = [{"comparison": f"{other.name} - {runs[0].name}", **r} for r in found]
+        rows += found
+    columns = (["comparison"] if len(runs) > 2 else []) + BOOTSTRAP_COLUMNS
+    print(f"paired bootstrap over images ({args.bootstrap} resamples, 95% percentile "
+          f"intervals; count_a = {runs[0].name}):")
+    print(_md_table(rows, columns))
+    return [{k: r[k] for k in columns} for r in rows]

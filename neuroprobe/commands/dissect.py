@@ -161,6 +161,8 @@ def _run(args) -> int:
         if path.is_file() and Path(args.model).is_file():
             model_name = path.stem
     model_info.update({k: meta.get(k) for k in ("task", "variant", "input_size")})
+    if meta.get("seed") is not None:   # torchvision:NAME?weights=none: the seeded network
+        model_info["seed"] = meta["seed"]
     concepts = args.concepts or DEFAULT_CONCEPTS
     limit = args.limit
     if args.concepts is None and limit is None:

@@ -52,8 +52,8 @@ def check_model(summary: dict, model: torch.nn.Module, where) -> None:
     found = model_fingerprint(model)
     if found != recorded:
         spec = ((summary.get("config") or {}).get("model") or {}).get("spec") or "?"
-        raise UserError(f"the model {spec!r} loaded for run {where} is not the one it was made "
-                        f"with (fingerprint {found[:16]}, the run recorded {recorded[:16]})",
+        raise UserError(f"the model {spec!r} is not the network run {where} was made with "
+                        f"(fingerprint {found[:16]}, the run recorded {recorded[:16]})",
                         hint="restore the run's model file, or dissect the model again into a "
                         "new --out folder")
 

@@ -143,17 +143,37 @@ def load(spec: str, *, arch: str | dict | None = None, trust: bool = False,
     return LoadedModel(module, meta)
 
 
+def _load_torchvision(spec: str):
+    """``torchvision:NAME[?weights=imagenet|none|FILE][&seed=N]``.  Random weights
+    (``weights=none``) are drawn from ``torch.manual_seed(seed)`` (default 0) without touching
+    the caller's random state, so every load gives the same network."""
+    name, _, query = spec[len("torchvision:"):].partition("?")
+    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    unknown = sorted(set(params) - {"weights", "seed"})
+    if unknown:
+        raise CheckpointError(f"unknown parameter {unknown[0]!r} in model {spec!r}",
+                              hint="use torchvision:NAME?weights=none&seed=N")
+    weights = params.get("weights", "imagenet")
+    try:
+        seed = int(params.get("seed", 0))
+    except ValueError:
+        raise CheckpointError(f"seed {params['seed']!r} in model {spec!r} is not an integer",
+                              hint="e.g. torchvision:resnet18?weights=none&seed=1") from None
+    a = {"builder": "torchvision", "kwargs": {"name": name}}
+    from .adapters import build_torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build_torchvision(name, weights=weights)
+    extra = {"variant": f"torchvision-{weights}"}
+    if str(weights).lower() == "none":
+        extra.update(variant=f"torchvision-none-seed{seed}", seed=seed)
+    return module, _metadata_defaults(module, a, extra)
+
+
 def _load(spec: str, arch, trust: bool):
     if spec.startswith("torchvision:"):
-        name, _, query = spec[len("torchvision:"):].partition("?")
-        weights = "imagenet"
-        if query.startswith("weights="):
-            weights = query.split("=", 1)[1]
-        a = {"builder": "torchvision", "kwargs": {"name": name}}
-        from .adapters import build_torchvision
-
-        module = build_torchvision(name, weights=weights)
-        return module, _metadata_defaults(module, a, {"variant": f"torchvision-{weights}"})
+        return _load_torchvision(spec)
     from . import zoo
 
     if zoo.is_builtin(spec):

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..engine.store import check_model
 from ..errors import DataFormatError, UserError
 
 __all__ = ["unit_card", "outline", "read_run", "top_images", "unit_maps", "render_units",
@@ -228,37 +229,25 @@ def resolve_layer_name(model, name: str) -> str:
 
 # -- top images and maps -------------------------------------------------------------------------------
 
-def _loader(dataset, batch_size: int):
-    from ..concepts.base import collate
-
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       collate_fn=collate)
-
-
 def top_images(model, dataset, layers: Sequence[str], k: int = 8, batch_size: int = 32,
                show_progress: bool = True) -> dict:
-    """Top-``k`` images per unit by the unit's maximum activation (one pass over ``dataset``).
+    """Top-``k`` images per unit by the unit's maximum activation (one pass over ``dataset``
+    with :func:`neuroprobe.engine.run_pass`).
 
     Returns ``{layer: (values (U, k), index (U, k))}`` like
     :attr:`neuroprobe.dissect.DissectionResult.top_images`.
     """
-    from ..hooks import Recorder
+    from ..engine import run_pass
     from ..stats import TopK
-    from ..utils import progress
 
-    device = _device(model)
     stats = {name: TopK(k) for name in layers}
-    start = 0
-    model.eval()
-    loader = _loader(dataset, batch_size)
-    for batch in (progress(loader, desc="top images", leave=False) if show_progress else loader):
-        x = batch["image"].to(device)
-        with torch.no_grad(), Recorder(model, list(layers), stop=True, clone=False) as rec:
-            model(x)
-        idx = torch.arange(start, start + len(x))
-        for name in layers:
-            stats[name].add(rec[name].flatten(2).amax(2).float().cpu(), idx)
-        start += len(x)
+
+    def on_batch(acts, batch, j):
+        for name in (layers if acts else ()):
+            stats[name].add(acts[name].flatten(2).amax(2).float().cpu(), batch["index"])
+
+    run_pass(model.eval(), dataset, list(layers), on_batch, batch_size=batch_size,
+             device=_device(model), labels=False, progress=show_progress, desc="top images")
     return {name: (s.values, s.index) for name, s in stats.items()}
 
 
@@ -269,19 +258,18 @@ def _device(model) -> torch.device:
 
 
 def unit_maps(model, dataset, layer: str, indices: Sequence[int], batch_size: int = 32):
-    """Images (N, 3, H, W) and ``layer`` outputs (N, C, h, w) for the given data-set indices."""
-    from ..concepts.base import collate
-    from ..hooks import record
+    """Images (N, 3, H, W) and ``layer`` outputs (N, C, h, w) for the given data-set indices
+    (read and run by :func:`neuroprobe.engine.run_pass`)."""
+    from ..engine import model_input, run_pass
 
-    device = _device(model)
     images, maps = [], []
-    indices = [int(i) for i in indices]
-    for s in range(0, len(indices), batch_size):
-        batch = collate([dataset[i] for i in indices[s:s + batch_size]])
-        with torch.no_grad():
-            out = record(model, batch["image"].to(device), layer, clone=False)[layer]
-        images.append(batch["image"])
-        maps.append(out.float().cpu())
+
+    def on_batch(acts, batch, j):
+        images.append(model_input(batch["image"], "cpu", False))
+        maps.append(acts[layer].float().cpu())
+
+    run_pass(model, dataset, [layer], on_batch, indices=[int(i) for i in indices],
+             batch_size=batch_size, device=_device(model), labels=False)
     return torch.cat(images), torch.cat(maps)
 
 
@@ -490,6 +478,8 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
         raise UserError(f"no units to draw from {run}", hint="check --units / --detectors-only")
     if model is None or dataset is None:
         m, d = _reopen(summary, model_spec, concepts, device, arch, trust)
+        if model is None:   # a model loaded by name must be the network the run dissected
+            check_model(summary, m, run)
         model = model if model is not None else m
         dataset = dataset if dataset is not None else d
     model.eval()
