@@ -342,30 +342,32 @@ def fixation_preference(dataset, *, layers: Sequence[int] | None = None,
     inside each label's regions over the regions' share of the area."""
     import torch
 
+    from .engine import run_pass
     from .tally import fixation_pixels
 
     L = dataset.labels.max_id + 1
     hits = torch.zeros(L, dtype=torch.float64)
     area = torch.zeros(L, dtype=torch.float64)
-    total_fix = 0.0
-    total_area = 0.0
+    total = {"fix": 0.0, "area": 0.0}
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(n):
-        item = dataset[i]
-        fx = item.get("fixations")
-        if fx is None:
-            raise UserError(f"concept set {dataset.name!r} has no fixations")
-        regions = item["layers"] if layers is None else item["layers"][list(layers)]
-        h, w = regions.shape[-2:]
-        pix = fixation_pixels(fx, item["image"].shape[-2:], (h, w))
-        for k in range(regions.shape[0]):
-            ids = regions[k].reshape(-1)
-            at = ids[pix]
-            hits += torch.bincount(at[at > 0], minlength=L)[:L].double()
-            area += torch.bincount(ids[ids > 0], minlength=L)[:L].double()
-        total_fix += len(pix)
-        total_area += h * w
-    return _ratio(hits, area, total_fix, total_area)
+
+    def on_batch(acts, batch, j):
+        for b, fx in enumerate(batch.get("fixations") or ()):
+            if fx is None:
+                raise UserError(f"concept set {dataset.name!r} has no fixations")
+            regions = batch["layers"][b] if layers is None else batch["layers"][b][list(layers)]
+            h, w = regions.shape[-2:]
+            pix = fixation_pixels(fx, batch["image"].shape[-2:], (h, w))
+            for k in range(regions.shape[0]):
+                ids = regions[k].reshape(-1)
+                at = ids[pix]
+                hits.add_(torch.bincount(at[at > 0], minlength=L)[:L].double())
+                area.add_(torch.bincount(ids[ids > 0], minlength=L)[:L].double())
+            total["fix"] += len(pix)
+            total["area"] += h * w
+
+    run_pass(None, dataset, (), on_batch, n=n, batch_size=16)   # the data alone, no model
+    return _ratio(hits, area, total["fix"], total["area"])
 
 
 def _ratio(mass, area, total_mass, total_area) -> dict:

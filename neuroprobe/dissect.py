@@ -3,11 +3,14 @@
 The path of one unit through neuroprobe::
 
     load     concepts: a ConceptDataset yields images, label masks, whole-image labels, fixations
-    record   pass 1 (here): every requested layer in one forward pass per batch; per-unit
+    record   pass 1 (here, one :func:`neuroprobe.engine.run_pass` with a per-batch callback):
+             every requested layer in one forward pass per batch; per-unit
              statistics (neuroprobe.stats: Quantile for the IoU threshold, MinMax for region-NSS,
              TopK images for galleries); on the CPU the maps are kept in a spool on disk
     tally    pass 2 (here + neuroprobe.tally): thresholds -> active pixels -> (unit, label)
-             counts (IoU) or z-scored maps at fixations (region-NSS), in stats.IoUTally/NSSTally
+             counts (IoU) or z-scored maps at fixations (region-NSS), in stats.IoUTally/NSSTally;
+             with an output folder also the same counts per image (stats.ImageCounts, written as
+             image_counts.npz for compare's bootstrap)
     score    neuroprobe.results: IoU per label, best label per category and overall; region-NSS
              table (mean of the top units, units above the NSS threshold)
     report   neuroprobe.results: units.csv, summary.json, a bar plot, region_nss.csv
@@ -15,6 +18,10 @@ The path of one unit through neuroprobe::
 Methods: Network Dissection (Bau, Zhou, Khosla, Oliva & Torralba, CVPR 2017) with its two
 published denominators (NetDissect and NetDissect-Lite) and the unrestricted variant of
 Bau et al. (PNAS 2020); region-based NSS of He, Tavakoli, Borji, Mi & Pugeault (CVPR 2019).
+
+The statistics of a run are one :class:`~neuroprobe.stats.StatSet` built by
+:func:`_layer_stats` (adding a statistic is one line there); :class:`DissectConfig` holds the
+options; :func:`dissect` is the plan: record pass -> thresholds -> tally pass -> score -> write.
 
 Runs are resumable: statistics are checkpointed into ``<out>/.state/`` every few batches,
 keyed by a hash of the whole configuration; a killed run started again continues from the last
@@ -52,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from . import distributed
@@ -258,8 +266,9 @@ def _label_dtype(source):
     return torch.int16 if source.labels.max_id + 1 <= 2 ** 15 else torch.int32
 
 
-def _layer_stats(cfg: DissectConfig, shapes: dict, labels) -> dict:
-    """The statistics of every layer: one line per statistic."""
+def _layer_stats(cfg: DissectConfig, shapes: dict, labels, images_dir: Path | None) -> dict:
+    """The statistics of every layer: one line per statistic (``images_dir``: where the
+    per-image counts go, ``None``: not kept)."""
     num_labels = labels.max_id + 1
     report_cat = torch.from_numpy(labels.category_index())
     denom = MODES[cfg.mode]["denominator"] if cfg.denominator is None else cfg.denominator
@@ -272,8 +281,9 @@ def _layer_stats(cfg: DissectConfig, shapes: dict, labels) -> dict:
         stats["quantile"] = lambda layer: Quantile(cfg.sketch_capacity)
         stats["tally"] = lambda layer: IoUTally(shapes[layer][0], num_labels, tally_cat, n_cat,
                                                 denom)
-        if cfg.out_dir is not None:   # the per-image counts of compare's bootstrap
-            stats["images"] = lambda layer: ImageCounts(shapes[layer][0], num_labels)
+        if images_dir is not None:   # the per-image counts of compare's bootstrap
+            stats["images"] = lambda layer: ImageCounts(shapes[layer][0], num_labels,
+                                                        images_dir / layer)
     if cfg.use_nss:
         stats["minmax"] = lambda layer: MinMax()
         stats["nss"] = lambda layer: NSSTally(shapes[layer][0], num_labels, ddof=1)
@@ -350,7 +360,8 @@ def _start(model, dataset, layers, cfg: DissectConfig, device, dctx) -> _Run:
     shapes = probe_shapes(run.model, probe_set, layers, cfg.amp, device, cfg.on_bad_image)
     _configuration(run, shapes)
     state = _open_store(run)
-    run.stats = StatSet(layers, _layer_stats(cfg, shapes, dataset.labels))
+    images_dir = run.store.dir / "images" if run.out is not None else None
+    run.stats = StatSet(layers, _layer_stats(cfg, shapes, dataset.labels, images_dir))
     run.per_batch = cfg.batch_size
     if state is not None:
         run.phase, run.next_batch = state["phase"], int(state["next_batch"])
@@ -466,10 +477,8 @@ def _tally(run: _Run) -> None:
              exclude=frozenset(s["index"] for s in run.skipped if s["pass"] == "record"),
              checkpoint=checkpoint, **run.pass_options("tally", run.next_batch))
     run.store.drop_spool()
-    stats.merge_ranks(run.dctx, ("tally", "nss", "images"), run.device)
+    stats.merge_ranks(run.dctx, ("tally", "nss"), run.device)
     run.skipped[n_before:] = distributed.merge_lists(run.dctx, run.skipped[n_before:])
-    if run.dctx.active and run.store.enabled and run.tmp_spool is None:
-        shutil.rmtree(run.store.dir, ignore_errors=True)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     run.timing["tally_s"] = round(time.perf_counter() - t_start, 3)
@@ -527,29 +536,49 @@ def _finish(run: _Run, result: DissectionResult) -> None:
     """Write the results (rank 0) and clear what the run kept on the side."""
     if run.tmp_spool is not None:
         run.tmp_spool.cleanup()
+    tables = _image_tables(run)
     if run.out is not None and run.dctx.is_main:
         result.save(run.out)
-        _write_image_counts(run)
+        if tables is not None:
+            from .image_counts import FILE, write_image_counts
+
+            write_image_counts(run.out / FILE, tables)
+    if run.store.enabled and run.tmp_spool is None:
+        shutil.rmtree(run.store.dir / "images", ignore_errors=True)
+        if run.dctx.active:   # the rank's own folder (spool, per-image counts)
+            shutil.rmtree(run.store.dir, ignore_errors=True)
     run.dctx.barrier()
     if run.dctx.active and run.dctx.is_main and run.out is not None:
         with contextlib.suppress(OSError):   # the ranks' spool folders are gone
             (run.out / ".state").rmdir()
 
 
-def _write_image_counts(run: _Run) -> None:
-    """``image_counts.npz``: each unit's own-label counts image by image (see
-    :mod:`neuroprobe.image_counts`)."""
-    from .image_counts import FILE, unit_label_ids, write_image_counts
+def _image_tables(run: _Run) -> dict | None:
+    """Each unit's own-label counts per image, ``{layer: table}`` for ``image_counts.npz``
+    (see :mod:`neuroprobe.image_counts`), gathered from every process; ``None`` where the run
+    keeps none (no output folder, no IoU) or they were written already (a finished run run
+    again)."""
+    from .image_counts import unit_label_ids
 
+    if not all("images" in run.stats[name] for name in run.layers) or not run.layers:
+        return None
+    if not any(run.stats[name]["images"].files() for name in run.layers) and \
+            not run.dctx.active:
+        return None
     tables = {}
     for name in run.layers:
         st = run.stats[name]
-        if "images" not in st:
-            return
         tally = st["tally"]
         ids = unit_label_ids(tally.iou().cpu().numpy(), run.source.labels)
         tables[name] = st["images"].table(ids, tally.category_of_label, tally.denominator)
-    write_image_counts(run.out / FILE, tables)
+    if run.dctx.active:   # every rank holds the tables of its own batches
+        parts = distributed.merge_lists(run.dctx, [tables], key=lambda t: 0)
+        tables = {name: {k: (v if k in ("label", "counted") else np.concatenate(
+            [p[name][k] for p in parts])) for k, v in tables[name].items()}
+            for name in run.layers}
+        for t in tables.values():
+            t["images"] = np.unique(t["images"])
+    return tables
 
 
 # -- the engine ------------------------------------------------------------------------------

@@ -589,83 +589,78 @@ class ImageCounts:
     """The IoU counts of one layer image by image, sparse: what a bootstrap over images needs.
 
     Fed by :meth:`IoUTally.add` (``images=``) from the same active pixels as the tally, so the
-    per-image counts sum exactly to the tally's.  Kept: every (image, unit) with an active
-    pixel and its count; every nonzero per-image intersection (image, unit, label); every
+    per-image counts sum exactly to the tally's.  Kept per batch: every (image, unit) with an
+    active pixel and its count; every nonzero per-image intersection (image, unit, label); every
     (image, label) pixel count; each image's category flags.  A unit fires above its threshold
     (the top 0.5 % of its activations) in few images, so this is far smaller than the dense
-    units x labels x images.  :meth:`table` keeps of it only the counts of each unit's own label
-    (see :func:`neuroprobe.compare.bootstrap_count_difference`).  Merging concatenates (shards
-    hold distinct images).
+    units x labels x images, but it still grows with the data set: each batch is written to a
+    file in ``folder`` (named by the batch's first data-set index, so a resumed pass rewrites
+    the same files) and nothing stays in memory.  :meth:`table` reads them back keeping only
+    the counts of each unit's own label (see :mod:`neuroprobe.image_counts`).  The state is the
+    folder (and those of merged shards).
     """
 
-    fields = ("active_image", "active_unit", "active", "inter_image", "inter_unit",
-              "inter_label", "inter", "truth_image", "truth_label", "truth", "cat_image",
-              "categories")
-
-    def __init__(self, units: int, num_labels: int):
+    def __init__(self, units: int, num_labels: int, folder):
         self.units, self.num_labels = int(units), int(num_labels)
-        self._parts: dict = {f: [] for f in self.fields}
+        self.folders = [str(folder)]
 
     def add(self, counts: dict, index, layers, whole, categories) -> None:
         """One batch: ``counts`` from :func:`neuroprobe.tally.iou_counts` (``per_image``),
         the images' data-set ``index`` ``(B,)``, label layers, whole-image labels and category
         flags as given to the tally."""
+        from pathlib import Path
+
+        from .io import atomic_path
+
         U, L = self.units, self.num_labels
-        dev = counts["pair"].device
-        index = torch.as_tensor(index, dtype=torch.int64).to(dev)
+        index = torch.as_tensor(index, dtype=torch.int64).cpu()
         i32 = torch.int32
-        put = self._parts
-        pair = counts["pair"]
-        put["active_image"].append(index[pair // U].to(i32))
-        put["active_unit"].append((pair % U).to(i32))
-        put["active"].append(counts["active"].to(i32))
-        pair = counts["inter_pair"]
-        put["inter_image"].append(index[pair // U].to(i32))
-        put["inter_unit"].append((pair % U).to(i32))
-        put["inter_label"].append(counts["inter_label"].to(i32))
-        put["inter"].append(counts["inter"].to(i32))
+        c = {k: v.cpu() for k, v in counts.items()}
         B = layers.shape[0]
-        lay = layers.reshape(B, -1)
-        b = torch.arange(B, device=lay.device)[:, None].expand_as(lay)
+        lay = layers.reshape(B, -1).cpu()
+        b = torch.arange(B)[:, None].expand_as(lay)
         on = lay > 0
-        truth = torch.bincount(b[on] * L + lay[on], minlength=B * L)
+        truth = torch.bincount(b[on] * L + lay[on].long(), minlength=B * L)
+        whole = whole.cpu()
         on = whole > 0
         if on.any():
-            wb = torch.arange(B, device=whole.device)[:, None].expand_as(whole)
-            truth += torch.bincount(wb[on] * L + whole[on], minlength=B * L) \
+            wb = torch.arange(B)[:, None].expand_as(whole)
+            truth += torch.bincount(wb[on] * L + whole[on].long(), minlength=B * L) \
                 * (layers.shape[-1] * layers.shape[-2])
         nz = truth.nonzero().squeeze(1)
-        put["truth_image"].append(index.to(nz.device)[nz // L].to(i32))
-        put["truth_label"].append((nz % L).to(i32))
-        put["truth"].append(truth[nz].to(i32))
-        put["cat_image"].append(index.to(i32))
-        put["categories"].append(torch.as_tensor(categories).to(torch.bool))
-
-    def _joined(self, f):
-        parts = self._parts[f]
-        if len(parts) > 1:
-            self._parts[f] = parts = [torch.cat([p.to(parts[0].device) for p in parts])]
-        if parts:
-            return parts[0]
-        return torch.zeros((0, 0) if f == "categories" else 0,
-                           dtype=torch.bool if f == "categories" else torch.int32)
+        part = {"active_image": index[c["pair"] // U].to(i32),
+                "active_unit": (c["pair"] % U).to(i32), "active": c["active"].to(i32),
+                "inter_image": index[c["inter_pair"] // U].to(i32),
+                "inter_unit": (c["inter_pair"] % U).to(i32),
+                "inter_label": c["inter_label"].to(i32), "inter": c["inter"].to(i32),
+                "truth_image": index[nz // L].to(i32), "truth_label": (nz % L).to(i32),
+                "truth": truth[nz].to(i32), "cat_image": index.to(i32),
+                "categories": torch.as_tensor(categories).cpu().to(torch.bool)}
+        path = Path(self.folders[0]) / f"{int(index.min()):010d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(part, tmp)
 
     def merge(self, other: "ImageCounts") -> "ImageCounts":
-        for f in self.fields:
-            self._parts[f].extend(other._parts[f])
+        self.folders += [f for f in other.folders if f not in self.folders]
         return self
 
     def state_dict(self) -> dict:
         return {"kind": "ImageCounts", "units": self.units, "num_labels": self.num_labels,
-                **{f: self._joined(f) for f in self.fields}}
+                "folders": list(self.folders)}
 
     def load_state_dict(self, state: dict) -> None:
         self.units, self.num_labels = int(state["units"]), int(state["num_labels"])
-        self._parts = {f: [state[f]] for f in self.fields}
+        self.folders = [str(f) for f in state["folders"]]
 
     def to(self, device) -> "ImageCounts":
-        self._parts = {f: [p.to(device) for p in v] for f, v in self._parts.items()}
         return self
+
+    def files(self) -> list:
+        from pathlib import Path
+
+        return sorted(p for f in self.folders if Path(f).is_dir()
+                      for p in Path(f).glob("*.pt"))
 
     def table(self, unit_label, category_of_label, denominator: str) -> dict:
         """The counts of each unit's own label per image, as NumPy arrays.
@@ -681,36 +676,45 @@ class ImageCounts:
         """
         import numpy as np
 
-        d = {f: self._joined(f).cpu().numpy() for f in self.fields}
         lab = np.asarray(unit_label, dtype=np.int64)
         tcat = np.asarray(torch.as_tensor(category_of_label).cpu(), dtype=np.int64)
-        cu = np.where(lab > 0, tcat[lab], -1)                          # category of each unit
-        U = self.units
-        mine = d["inter_label"] == lab[d["inter_unit"]]
-        key_i = d["inter_image"][mine].astype(np.int64) * U + d["inter_unit"][mine]
-        key_a = d["active_image"].astype(np.int64) * U + d["active_unit"]
-        ok = cu[d["active_unit"]] >= 0
-        if denominator == "netdissect":
-            order = np.argsort(d["cat_image"], kind="stable")
-            row = order[np.searchsorted(d["cat_image"], d["active_image"], sorter=order)]
-            ok &= d["categories"][row, np.maximum(cu[d["active_unit"]], 0)]
-        elif denominator == "lite":   # the image counts where the unit touches its category
-            il = d["inter_label"]
-            touch = tcat[il] == cu[d["inter_unit"]]
-            ok &= np.isin(key_a, d["inter_image"][touch].astype(np.int64) * U
-                          + d["inter_unit"][touch])
-        inter = np.zeros(len(key_a), dtype=np.int64)
-        pos = np.searchsorted(key_a, key_i, sorter=np.argsort(key_a, kind="stable"))
-        inter[np.argsort(key_a, kind="stable")[pos]] = d["inter"][mine]
-        keep = ok | (inter > 0)
-        act = np.where(ok, d["active"], 0)
-        assigned = np.isin(d["truth_label"], lab[lab > 0])
-        return {"label": lab.astype(np.int32), "counted": cu >= 0,
-                "image": d["active_image"][keep],
-                "unit": d["active_unit"][keep], "inter": inter[keep].astype(np.int32),
-                "act": act[keep].astype(np.int32), "truth_image": d["truth_image"][assigned],
-                "truth_label": d["truth_label"][assigned], "truth": d["truth"][assigned],
-                "images": np.unique(d["cat_image"]).astype(np.int64)}
+        cu = np.where(lab > 0, tcat[np.maximum(lab, 0)], -1)          # category of each unit
+        parts = [_own_label(torch.load(p, weights_only=True), lab, tcat, cu, self.units,
+                            denominator) for p in self.files()]
+        out = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int32)
+               for k in ("image", "unit", "inter", "act", "truth_image", "truth_label",
+                         "truth", "images")}
+        out["images"] = np.unique(out["images"]).astype(np.int64)
+        return {"label": lab.astype(np.int32), "counted": cu >= 0, **out}
+
+
+def _own_label(part: dict, lab, tcat, cu, U: int, denominator: str) -> dict:
+    """One batch of :class:`ImageCounts` reduced to each unit's own label."""
+    import numpy as np
+
+    d = {k: v.numpy() for k, v in part.items()}
+    mine = d["inter_label"] == lab[d["inter_unit"]]
+    key_a = d["active_image"].astype(np.int64) * U + d["active_unit"]
+    key_i = d["inter_image"][mine].astype(np.int64) * U + d["inter_unit"][mine]
+    ok = cu[d["active_unit"]] >= 0
+    if denominator == "netdissect":   # the image carries annotation of the unit's category
+        order = np.argsort(d["cat_image"], kind="stable")
+        row = order[np.searchsorted(d["cat_image"], d["active_image"], sorter=order)]
+        ok &= d["categories"][row, np.maximum(cu[d["active_unit"]], 0)]
+    elif denominator == "lite":   # the unit's active pixels touch a label of its category
+        touch = tcat[d["inter_label"]] == cu[d["inter_unit"]]
+        ok &= np.isin(key_a, d["inter_image"][touch].astype(np.int64) * U
+                      + d["inter_unit"][touch])
+    order = np.argsort(key_a, kind="stable")
+    inter = np.zeros(len(key_a), dtype=np.int64)
+    inter[order[np.searchsorted(key_a, key_i, sorter=order)]] = d["inter"][mine]
+    keep = ok | (inter > 0)
+    assigned = np.isin(d["truth_label"], lab[lab > 0])
+    return {"image": d["active_image"][keep], "unit": d["active_unit"][keep],
+            "inter": inter[keep].astype(np.int32),
+            "act": np.where(ok, d["active"], 0)[keep].astype(np.int32),
+            "truth_image": d["truth_image"][assigned], "truth_label": d["truth_label"][assigned],
+            "truth": d["truth"][assigned], "images": d["cat_image"]}
 
 
 #: the statistics :func:`from_state` knows, by the ``"kind"`` of their state

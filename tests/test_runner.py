@@ -137,6 +137,11 @@ def test_image_counts_add_up_to_the_tally(tmp_path):
             assert t["truth"][t["truth_label"] == label].sum() == tally.label[label]
         names = [row["label"] for row in r.units]
         assert names == [Tiny().labels.name(int(x)) for x in lab]
+    # the per-batch files are gone; a finished run run again keeps its counts
+    assert not (tmp_path / "0" / ".state" / "images").exists()
+    saved = (tmp_path / "0" / "image_counts.npz").read_bytes()
+    run_tiny(tmp_path / "0")
+    assert (tmp_path / "0" / "image_counts.npz").read_bytes() == saved
 
 
 def test_dissect_config_equals_the_keywords(tmp_path):

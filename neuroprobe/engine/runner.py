@@ -277,7 +277,8 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
 
     Parameters
     ----------
-    model : the network (``None`` with ``spool``: the maps are read from the spool).
+    model : the network (``None`` with ``spool``: the maps are read from the spool; ``None``
+        without: a pass over the data alone, ``acts`` is empty).
     dataset : a concept set (or any dataset of item dicts).
     layers : the layers recorded (empty: the model's output, as ``acts[OUTPUT]``).
     on_batch : called after every batch's forward pass.
@@ -335,7 +336,7 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
         if batch["id"]:
             if spool is not None:
                 acts = {k: v.to(device) for k, v in batch["acts"].items()}
-            else:
+            elif model is not None:
                 acts = forward(model, model_input(batch["image"], device, channels_last),
                                list(layers), amp, device)
         on_batch(acts, batch, j)
