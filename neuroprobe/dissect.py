@@ -67,7 +67,10 @@ from .engine.runner import (CHECKPOINT_SECONDS, DATA_ERRORS, check_finite, none_
                             probe_shapes, run_pass)
 from .engine.store import RunStore, model_fingerprint
 from .errors import UserError
+from .hooks import resolve_layers
+from .image_counts import FILE as IMAGE_COUNTS, unit_label_ids, write_image_counts
 from .io import config_hash
+from .results import score_iou, score_nss, summarise, write_results
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
 from .tally import upsample
 from .utils import info, versions
@@ -117,8 +120,6 @@ class DissectionResult:
     skipped: list = field(default_factory=list)
 
     def save(self, out_dir) -> Path:
-        from .results import write_results
-
         return write_results(self, out_dir)
 
 
@@ -498,8 +499,6 @@ def _spool_record(acts: dict, batch: dict) -> dict:
 
 def _score(run: _Run) -> DissectionResult:
     """Unit rows, the region-NSS table and the summary, from the tallies."""
-    from .results import score_iou, score_nss, summarise
-
     cfg, labels = run.cfg, run.source.labels
     units, table = [], None
     for name in run.layers:
@@ -540,9 +539,7 @@ def _finish(run: _Run, result: DissectionResult) -> None:
     if run.out is not None and run.dctx.is_main:
         result.save(run.out)
         if tables is not None:
-            from .image_counts import FILE, write_image_counts
-
-            write_image_counts(run.out / FILE, tables)
+            write_image_counts(run.out / IMAGE_COUNTS, tables)
     if run.store.enabled and run.tmp_spool is None:
         shutil.rmtree(run.store.dir / "images", ignore_errors=True)
         if run.dctx.active:   # the rank's own folder (spool, per-image counts)
@@ -558,8 +555,6 @@ def _image_tables(run: _Run) -> dict | None:
     (see :mod:`neuroprobe.image_counts`), gathered from every process; ``None`` where the run
     keeps none (no output folder, no IoU) or they were written already (a finished run run
     again)."""
-    from .image_counts import unit_label_ids
-
     if not all("images" in run.stats[name] for name in run.layers) or not run.layers:
         return None
     if not any(run.stats[name]["images"].files() for name in run.layers) and \
@@ -599,8 +594,6 @@ def _locked(fn):
 
 
 def _resolve_layers(model, layers, model_info) -> list:
-    from .hooks import resolve_layers
-
     if layers is None:
         layers = (model_info or {}).get("layers") or []
     if isinstance(layers, str):

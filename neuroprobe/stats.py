@@ -496,11 +496,13 @@ class IoUTally(_Counts):
         out = iou_counts(maps, thresholds, layers, whole, categories, cat, self.num_labels,
                          self.num_categories, self.denominator, per_image=images is not None)
         inter, act = out[:2]
-        if images is not None:
-            images.add(out[2], index, layers, whole, categories)
         self.inter += inter
         self.act += act
-        self.label += label_counts(layers, whole, self.num_labels)
+        if images is not None:   # the per-image label counts sum to the batch's
+            images.add(out[2], index, categories)
+            self.label += out[2]["truth"].sum(0)
+        else:
+            self.label += label_counts(layers, whole, self.num_labels)
         self.images += maps.shape[0]
 
     def _meta(self):
@@ -604,10 +606,9 @@ class ImageCounts:
         self.units, self.num_labels = int(units), int(num_labels)
         self.folders = [str(folder)]
 
-    def add(self, counts: dict, index, layers, whole, categories) -> None:
+    def add(self, counts: dict, index, categories) -> None:
         """One batch: ``counts`` from :func:`neuroprobe.tally.iou_counts` (``per_image``),
-        the images' data-set ``index`` ``(B,)``, label layers, whole-image labels and category
-        flags as given to the tally."""
+        the images' data-set ``index`` ``(B,)`` and category flags as given to the tally."""
         from pathlib import Path
 
         from .io import atomic_path
@@ -616,17 +617,7 @@ class ImageCounts:
         index = torch.as_tensor(index, dtype=torch.int64).cpu()
         i32 = torch.int32
         c = {k: v.cpu() for k, v in counts.items()}
-        B = layers.shape[0]
-        lay = layers.reshape(B, -1).cpu()
-        b = torch.arange(B)[:, None].expand_as(lay)
-        on = lay > 0
-        truth = torch.bincount(b[on] * L + lay[on].long(), minlength=B * L)
-        whole = whole.cpu()
-        on = whole > 0
-        if on.any():
-            wb = torch.arange(B)[:, None].expand_as(whole)
-            truth += torch.bincount(wb[on] * L + whole[on].long(), minlength=B * L) \
-                * (layers.shape[-1] * layers.shape[-2])
+        truth = c["truth"].reshape(-1)
         nz = truth.nonzero().squeeze(1)
         part = {"active_image": index[c["pair"] // U].to(i32),
                 "active_unit": (c["pair"] % U).to(i32), "active": c["active"].to(i32),

@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "region_nss",
+__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "image_label_counts", "region_nss",
            "fixation_pixels", "interpolation_matrix", "DENOMINATORS"]
 
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
@@ -162,6 +162,21 @@ def label_counts(layers: torch.Tensor, whole: torch.Tensor, num_labels: int) -> 
     return out[:num_labels]
 
 
+def image_label_counts(layers: torch.Tensor, whole: torch.Tensor,
+                       num_labels: int) -> torch.Tensor:
+    """``G[b, l]``: :func:`label_counts` of every image ``b`` on its own, ``(B, L)``."""
+    B, L = layers.shape[0], int(num_labels)
+    flat = layers.reshape(B, -1)
+    offset = torch.arange(B, device=flat.device)[:, None] * L
+    out = torch.bincount((flat.long() + offset)[flat > 0], minlength=B * L)
+    on = whole > 0
+    if on.any():
+        wkeys = (whole.long() + offset.to(whole.device))[on]
+        out = out + torch.bincount(wkeys, minlength=B * L).to(out.device) \
+            * (layers.shape[-1] * layers.shape[-2])
+    return out.view(B, L)
+
+
 def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
                whole: torch.Tensor, categories: torch.Tensor, category_of_label: torch.Tensor,
                num_labels: int, num_categories: int, denominator: str = "netdissect",
@@ -194,7 +209,8 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     images : only with ``per_image``: the same counts per image, sparse: ``pair`` (flat
         ``b * U + u`` of every (image, unit) with an active pixel) and ``active`` (its active
         pixels); ``inter_pair``, ``inter_label``, ``inter`` (the nonzero per-image
-        intersections).  ``act`` of image ``b`` follows from them and ``categories[b]``.
+        intersections), ``truth`` ``(B, L)`` (:func:`image_label_counts`).  ``act`` of
+        image ``b`` follows from them and ``categories[b]``.
     """
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
@@ -248,7 +264,9 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         act = cnt.sum(0)[:, None].expand(U, C).clone()
     if keys is None:
         return inter.view(U, L), act
-    return inter.view(U, L), act, _image_counts(cnt, keys, L)
+    images = _image_counts(cnt, keys, L)
+    images["truth"] = image_label_counts(layers.to(dev), whole, L)
+    return inter.view(U, L), act, images
 
 
 #: at most this many (active pair, label) bins are counted densely by :func:`_image_counts`

@@ -26,7 +26,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..concepts.base import SKIPPED, collate
 from ..errors import ConceptSetError, DataFormatError, UserError
+from ..hooks import Recorder
 from ..utils import progress as _bar, release_heap
 
 __all__ = ["run_pass", "forward", "model_input", "probe_shapes", "ItemView", "check_finite",
@@ -45,8 +47,6 @@ CHECKPOINT_SECONDS = 60.0
 def forward(model, images, layers, amp=None, device=None) -> dict:
     """``{layer: output}`` of one forward pass (stopped after the last layer); with no
     layers, ``{OUTPUT: model(images)}``."""
-    from ..hooks import Recorder
-
     ctx = contextlib.nullcontext()
     if amp:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -123,8 +123,6 @@ class ItemView(torch.utils.data.Dataset):
         return out if self.labels else {"image": out["image"], "id": out["id"]}
 
     def __getitem__(self, index):
-        from ..concepts.base import SKIPPED
-
         try:
             out = self._read(index)
         except DATA_ERRORS as err:
@@ -175,8 +173,6 @@ def none_readable(dataset, n: int, error: str | None) -> UserError:
 def probe_shapes(model, dataset, layers, amp, device, on_bad_image="stop") -> dict:
     """Run one image (the first readable one in skip mode); check that every layer gives
     spatial maps.  Returns ``{layer: (U, h, w)}``."""
-    from ..concepts.base import collate
-
     sample, first_error = None, None
     for i in range(len(dataset)):
         try:
@@ -231,8 +227,6 @@ def _batches(n, batch_size, mine, start, exclude, indices):
 def _loader(source, batches, labels, validate, on_bad_image, num_workers, label_dtype, device):
     """``(j, batch)`` for every batch; a batch whose items were all left out is empty
     (``id == []``) and reads nothing."""
-    from ..concepts.base import collate
-
     data = torch.utils.data.DataLoader(
         ItemView(source, labels, on_bad_image, validate),
         batch_sampler=[b for _, b in batches if b], num_workers=num_workers,
@@ -327,8 +321,6 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
     cadence = _Cadence(checkpoint_every, checkpoint_seconds)
     ran_model = model is not None and spool is None
     for pos, (j, batch) in enumerate(items, start=start):
-        from ..concepts.base import SKIPPED
-
         if skipped is not None:
             skipped.extend({"index": int(s["index"]), "id": s["id"], "error": s["error"],
                             "pass": phase} for s in batch.get(SKIPPED, ()))
