@@ -641,8 +641,11 @@ class ImageCounts:
                 "folders": list(self.folders)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore; a statistic made for a run keeps its own folder (a resumed run may have
+        been moved), one rebuilt by :func:`from_state` takes the saved folders."""
         self.units, self.num_labels = int(state["units"]), int(state["num_labels"])
-        self.folders = [str(f) for f in state["folders"]]
+        if not getattr(self, "folders", None):
+            self.folders = [str(f) for f in state["folders"]]
 
     def to(self, device) -> "ImageCounts":
         return self
