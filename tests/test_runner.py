@@ -17,10 +17,8 @@ from neuroprobe.cli import main
 from neuroprobe.concepts import open_concepts
 from neuroprobe.dissect import DissectConfig, dissect
 from neuroprobe.engine import model_fingerprint, run_pass
-from neuroprobe.errors import UserError
 from neuroprobe.models import load
-from neuroprobe.stats import (ImageCounts, IoUTally, MinMax, Quantile, StatSet, TopK,
-                              from_state)
+from neuroprobe.stats import IoUTally, MinMax, Quantile, StatSet, TopK, from_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_dissect import Tiny, run_tiny, tiny_model  # noqa: E402
