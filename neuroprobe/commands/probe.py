@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--concepts", default=None, help="concept set instead of the recipe's")
     p.add_argument("--root", default=None, help="data folder of the concept set")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode the concept set's label files instead of using its label cache")
 
 
 def _run(args) -> int:
@@ -30,7 +32,8 @@ def _run(args) -> int:
             raise UserError(f"--model {item!r} is not NAME=SPEC", hint="e.g. --model frozen=a.pt")
         models[name] = spec
     report = run_probe(args.recipe, args.out, models=models, concepts=args.concepts,
-                       root=args.root, limit=args.limit, device=resolve_device(args.device))
+                       root=args.root, limit=args.limit, device=resolve_device(args.device),
+                       cache=not args.no_cache)
     info(f"wrote {report}")
     print(report.read_text())
     return 0
