@@ -76,7 +76,22 @@ def test_broden_round_trip_equals_png_path(broden, cache_env, monkeypatch):
     assert_items_equal(_items(ds), want)
     # the planes are a plain .npy file: memory-mappable
     mm = np.load(cache.folder / "chunk-000000.layers.npy", mmap_mode="r")
-    assert mm.dtype == np.uint16 and mm.shape[1:] == ds.mask_size
+    assert mm.dtype == np.uint8 and mm.shape[1:] == ds.mask_size   # palette codes
+
+
+def test_palette_encoding_exact_or_not_used():
+    rng = np.random.default_rng(1)
+    planes = rng.choice(np.arange(0, 60000, 7), (3, 5, 6)).astype(np.uint16)
+    codes, palette = ccache._palette_encode(planes)
+    assert codes.dtype == np.uint8 and palette.shape == (3, 256)
+    assert np.array_equal(np.take_along_axis(palette, codes.reshape(3, -1).astype(int), 1)
+                          .reshape(planes.shape), planes)
+    many = np.arange(300, dtype=np.uint16).reshape(1, 15, 20)     # 300 ids in one plane
+    same, none = ccache._palette_encode(np.concatenate([planes[:1, :1, :1].repeat(15, 1)
+                                                        .repeat(20, 2), many]))
+    assert none is None and same.dtype == np.uint16
+    narrow = planes.astype(np.uint8)
+    assert ccache._palette_encode(narrow)[1] is None
 
 
 def test_resized_masks_and_split_are_cached_separately(broden, cache_env, monkeypatch):
@@ -269,20 +284,33 @@ print("complete", c.complete(), flush=True)
 
 
 def test_two_processes_build_at_once(broden, cache_env):
-    env = {**os.environ, "NEUROPROBE_CACHE": str(cache_env),
+    env = {**os.environ, "NEUROPROBE_CACHE": str(cache_env), "NEUROPROBE_QUIET": "",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(broden)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    folder = ccache.cache_folder(BrodenDataset(broden))
+    # this process holds the lock until both builders are waiting for it, so that they start
+    # building at the same moment whatever the machine's load
+    with ccache._build_lock(folder):
+        procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(broden)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        errs = []
+        for p in procs:
+            lines = []
+            while True:
+                line = p.stderr.readline()
+                lines.append(line)
+                if not line or "waiting for process" in line:
+                    break
+            errs.append("".join(lines))
+        assert all("waiting for process" in e for e in errs), errs
+    outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     decoded = [[int(l.split()[1]) for l in o[0].splitlines() if l.startswith("decoded")]
                for o in outs]
     # every item decoded exactly once, by one of them; the other waited and used the result
+    # (without the lock both would decode all ten)
     assert sorted(decoded[0] + decoded[1]) == list(range(10))
     assert all("complete True" in o[0] for o in outs)
-    waited = [o[1] for o, d in zip(outs, decoded) if not d]
-    assert waited and "waiting for process" in waited[0]
     ds = BrodenDataset(broden)
     want = _items(BrodenDataset(broden, cache=False))
     ds.prepare_labels(progress=False)

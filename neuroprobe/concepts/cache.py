@@ -14,12 +14,14 @@ Where and how it is stored
     the key, what it was made of (:meth:`ConceptDataset.cache_spec`), the number of items, the
     chunk size, the mask size and the label dtype.
 ``chunk-NNNNNN.layers.npy``
-    the label planes of the chunk's :data:`CHUNK` items, ``(P, h, w)`` in the smallest unsigned
-    integer type that holds every label id of the set (``uint8`` / ``uint16`` / ``int32``), a
-    plain ``.npy`` file: ``numpy.load(path, mmap_mode="r")`` maps it.  The reader here reads
-    each item's planes with one ``pread`` instead of mapping the file, so that the pages read
-    do not count in the process's resident memory (a mapped file's pages do, and would grow
-    with the data set).
+    the label planes of the chunk's :data:`CHUNK` items, ``(P, h, w)``, a plain ``.npy`` file
+    (``numpy.load(path, mmap_mode="r")`` maps it): ``uint8`` where every label id of the set
+    fits; otherwise, where every plane of the chunk holds at most 256 distinct ids (Broden's
+    do), ``uint8`` codes into a per-plane palette kept in the meta file
+    (``palette[p][codes[p]]``, half the bytes of ``uint16``), else ``uint16`` / ``int32``.
+    The reader here reads each item's planes with one ``pread`` instead of mapping the file,
+    so that the pages read do not count in the process's resident memory (a mapped file's
+    pages do, and would grow with the data set).
 ``chunk-NNNNNN.meta.npz``
     per item: offsets into the planes, whole-image labels, category flags, fixations and
     observers, whether the item could not be read (``bad``: such items are decoded again on
@@ -192,6 +194,7 @@ def _write_chunk(folder: Path, c: int, recs: list[dict], start: int, png_bytes: 
     layers = (np.concatenate(planes) if any(len(p) for p in planes)
               else np.zeros((0,) + tuple(mask_size), dtype))
     n = len(recs)
+    layers, palette = _palette_encode(layers)
 
     def offsets(sizes):
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -213,6 +216,7 @@ def _write_chunk(folder: Path, c: int, recs: list[dict], start: int, png_bytes: 
         "observers": np.concatenate([np.zeros(0, np.int64)]
                                     + [o for o in obs if o is not None]).astype(np.int64),
         "bad": np.array([r["bad"] for r in recs], bool),
+        "palette": palette if palette is not None else np.zeros((0, 256), dtype),
         "stat": np.array([r["stat"] for r in recs], np.int64),
         "content": np.frombuffer(b"".join(r["content"] for r in recs),
                                  np.uint8).reshape(n, 16),
@@ -223,6 +227,24 @@ def _write_chunk(folder: Path, c: int, recs: list[dict], start: int, png_bytes: 
     with atomic_path(folder / f"{name}.meta.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **meta)
+
+
+def _palette_encode(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(P, h, w)`` planes in a wide dtype -> ``uint8`` codes and a ``(P, 256)`` palette per
+    plane (half the bytes of ``uint16`` planes), when every plane holds at most 256 distinct
+    ids; otherwise the planes unchanged and ``None``.  ``palette[p][codes[p]]`` gives them back
+    exactly."""
+    if layers.dtype.itemsize == 1 or not len(layers):
+        return layers, None
+    codes = np.empty(layers.shape, np.uint8)
+    palette = np.zeros((len(layers), 256), layers.dtype)
+    for p, plane in enumerate(layers):
+        ids, inverse = np.unique(plane, return_inverse=True)
+        if len(ids) > 256:
+            return layers, None
+        palette[p, :len(ids)] = ids
+        codes[p] = inverse.reshape(plane.shape)
+    return codes, palette
 
 
 @contextlib.contextmanager
@@ -379,24 +401,30 @@ class LabelCache:
             with np.load(path) as z:
                 self._meta[c] = {k: z[k] for k in z.files}
             mm = np.lib.format.open_memmap(layers, mode="r")
-            self._offset[c] = int(mm.offset)
+            self._offset[c] = (int(mm.offset), mm.dtype)
             del mm
         return self._meta[c]
 
     def _planes(self, c: int, a: int, b: int) -> np.ndarray:
+        """Planes ``a:b`` of chunk ``c`` (one ``pread``; palette-decoded where stored so)."""
         h, w = self.mask_size
-        size = h * w * self.dtype.itemsize
         if b <= a:
             return np.zeros((0, h, w), self.dtype)
+        offset, dtype = self._offset[c]
+        size = h * w * dtype.itemsize
         fd = os.open(self._paths(c)[0], os.O_RDONLY)
         try:
-            data = os.pread(fd, (b - a) * size, self._offset[c] + a * size)
+            data = os.pread(fd, (b - a) * size, offset + a * size)
         finally:
             os.close(fd)
         if len(data) != (b - a) * size:
             raise DataFormatError(f"concept cache file {self._paths(c)[0]} is truncated",
                                   hint=f"delete {self.folder} (it is rebuilt on next use)")
-        return np.frombuffer(data, self.dtype).reshape(b - a, h, w)
+        planes = np.frombuffer(data, dtype).reshape(b - a, h * w)
+        palette = self._meta[c]["palette"]
+        if len(palette):
+            planes = np.take_along_axis(palette[a:b], planes.astype(np.intp), axis=1)
+        return planes.reshape(b - a, h, w)
 
     def get(self, index: int, files: Sequence[Path]) -> dict | None:
         """Item ``index``'s labels, or ``None`` where the cache has no valid entry for it
