@@ -352,3 +352,34 @@ def test_dissection_identical_with_and_without_cache(tmp_path, cache_env, monkey
     assert plain.units == cold.units == warm.units
     for layer in plain.thresholds:
         assert torch.equal(plain.thresholds[layer], warm.thresholds[layer])
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def test_concepts_cache_command(broden, cache_env, capsys):
+    from neuroprobe.cli import main
+
+    assert main(["concepts", "cache", "broden", "--root", str(broden)]) == 0
+    out = capsys.readouterr().out
+    folder = ccache.cache_folder(BrodenDataset(broden))
+    assert str(folder) in out and "10 images" in out
+    assert "MB on disk; the label files it replaces:" in out
+    assert ccache.LabelCache(folder).complete()
+    assert main(["concepts", "cache", "broden", "--root", str(broden), "--verify"]) == 0
+    assert main(["concepts", "cache", "broden", "--root", str(broden), "--clear"]) == 0
+    assert "removed" in capsys.readouterr().out and not folder.exists()
+    assert main(["concepts", "cache", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("neuroprobe: error: concept set 'synthetic'")
+
+
+def test_dissect_no_cache_flag(broden, cache_env, tmp_path):
+    from neuroprobe.cli import main
+
+    args = ["--quiet", "dissect", "--model", "demo", "--concepts", "broden", "--root",
+            str(broden), "--image-size", "32", "--batch-size", "5", "--iou-threshold", "0.01"]
+    assert main(args + ["--no-cache", "--out", str(tmp_path / "a")]) == 0
+    assert not (cache_env / "concepts").exists()
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert len(list((cache_env / "concepts").iterdir())) == 1
+    assert (tmp_path / "a" / "units.csv").read_bytes() == (tmp_path / "b" / "units.csv").read_bytes()
