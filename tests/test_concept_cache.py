@@ -383,3 +383,13 @@ def test_dissect_no_cache_flag(broden, cache_env, tmp_path):
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     assert len(list((cache_env / "concepts").iterdir())) == 1
     assert (tmp_path / "a" / "units.csv").read_bytes() == (tmp_path / "b" / "units.csv").read_bytes()
+
+
+def test_reader_keeps_few_chunks_in_memory(broden, cache_env, monkeypatch):
+    monkeypatch.setattr(ccache, "_KEEP_META", 2)
+    ds = BrodenDataset(broden)
+    want = _items(BrodenDataset(broden, cache=False))
+    ds.prepare_labels(progress=False)
+    got = [ds.item(i) for i in (0, 5, 9, 1, 8, 4)]          # chunks 0, 1, 2, 0, 2, 1
+    assert len(ds.label_cache._meta) == 2 and set(ds.label_cache._offset) <= {1, 2}
+    assert_items_equal(got, [want[i] for i in (0, 5, 9, 1, 8, 4)])

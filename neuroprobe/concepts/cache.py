@@ -65,7 +65,7 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -80,6 +80,8 @@ __all__ = ["FORMAT", "CHUNK", "LabelCache", "prepare", "build", "cache_folder", 
 FORMAT = 1
 #: items per chunk (the unit of building, resuming and invalidation)
 CHUNK = 256
+#: chunks whose per-item arrays a reader keeps in memory (least recently used go first)
+_KEEP_META = 8
 #: errors of an item that cannot be decoded: stored as ``bad``, decoded (and raised) on read
 _DATA_ERRORS = (DataFormatError, ConceptSetError)
 
@@ -372,12 +374,14 @@ class LabelCache:
         self.mask_size = tuple(info["mask_size"])
         self.dtype = np.dtype(info["dtype"])
         self.key = info["key"]
-        self._meta: dict[int, dict] = {}
-        self._offset: dict[int, int] = {}
+        # the meta arrays of the chunks read last (a bounded LRU: memory stays flat in the size
+        # of the set, in every loader process)
+        self._meta: OrderedDict[int, dict] = OrderedDict()
+        self._offset: dict[int, tuple] = {}
         self._noted = False
 
     def __getstate__(self):
-        return {**self.__dict__, "_meta": {}, "_offset": {}}
+        return {**self.__dict__, "_meta": OrderedDict(), "_offset": {}}
 
     def _paths(self, c: int) -> tuple[Path, Path]:
         name = _chunk_name(c)
@@ -394,18 +398,25 @@ class LabelCache:
         self._offset.pop(c, None)
 
     def meta(self, c: int) -> dict | None:
-        if c not in self._meta:
-            layers, path = self._paths(c)
-            if not path.is_file():
-                return None
-            with np.load(path) as z:
-                self._meta[c] = {k: z[k] for k in z.files}
-            mm = np.lib.format.open_memmap(layers, mode="r")
-            self._offset[c] = (int(mm.offset), mm.dtype)
-            del mm
-        return self._meta[c]
+        """The per-item arrays of chunk ``c`` (``None`` where it is not built)."""
+        if c in self._meta:
+            self._meta.move_to_end(c)
+            return self._meta[c]
+        layers, path = self._paths(c)
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            meta = {k: z[k] for k in z.files}
+        mm = np.lib.format.open_memmap(layers, mode="r")
+        self._offset[c] = (int(mm.offset), mm.dtype)
+        del mm
+        self._meta[c] = meta
+        while len(self._meta) > _KEEP_META:
+            old, _ = self._meta.popitem(last=False)
+            self._offset.pop(old, None)
+        return meta
 
-    def _planes(self, c: int, a: int, b: int) -> np.ndarray:
+    def _planes(self, c: int, m: dict, a: int, b: int) -> np.ndarray:
         """Planes ``a:b`` of chunk ``c`` (one ``pread``; palette-decoded where stored so)."""
         h, w = self.mask_size
         if b <= a:
@@ -421,7 +432,7 @@ class LabelCache:
             raise DataFormatError(f"concept cache file {self._paths(c)[0]} is truncated",
                                   hint=f"delete {self.folder} (it is rebuilt on next use)")
         planes = np.frombuffer(data, dtype).reshape(b - a, h * w)
-        palette = self._meta[c]["palette"]
+        palette = m["palette"]
         if len(palette):
             planes = np.take_along_axis(palette[a:b], planes.astype(np.intp), axis=1)
         return planes.reshape(b - a, h, w)
@@ -440,7 +451,7 @@ class LabelCache:
                 _content_sig(files) != m["content"][k].tobytes():
             self._note_stale(files)
             return None
-        lay = self._planes(c, int(m["lay_off"][k]), int(m["lay_off"][k + 1]))
+        lay = self._planes(c, m, int(m["lay_off"][k]), int(m["lay_off"][k + 1]))
         out = {"layers": lay.astype(np.int64),
                "whole": m["whole"][m["whole_off"][k]:m["whole_off"][k + 1]].copy(),
                "categories": m["categories"][k].copy(), "fixations": None, "observers": None}
