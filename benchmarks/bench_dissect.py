@@ -138,7 +138,8 @@ def _load() -> str:
 
 
 def run(quick: bool = False) -> list[dict]:
-    n = 96 if quick else 2000
+    # NEUROPROBE_BENCH_DISSECT_N: another size (a machine too loaded for the full one)
+    n = int(os.environ.get("NEUROPROBE_BENCH_DISSECT_N") or (96 if quick else 2000))
     root = _export(n)
     conf = f"resnet18 {'+'.join(l.split('.')[-1] for l in LAYERS)}, {n} Broden-format 224px " \
            f"synthetic images, netdissect, batch {BATCH}, CPU threads {os.cpu_count()}"
