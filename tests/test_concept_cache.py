@@ -382,7 +382,8 @@ def test_dissect_no_cache_flag(broden, cache_env, tmp_path):
     assert not (cache_env / "concepts").exists()
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     assert len(list((cache_env / "concepts").iterdir())) == 1
-    assert (tmp_path / "a" / "units.csv").read_bytes() == (tmp_path / "b" / "units.csv").read_bytes()
+    a, b = (tmp_path / d / "units.csv" for d in "ab")
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_reader_keeps_few_chunks_in_memory(broden, cache_env, monkeypatch):
