@@ -18,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from ..io import atomic_path, write_text
+
 __all__ = ["write_report", "render_html", "summary_plot"]
 
 
@@ -235,8 +237,6 @@ def summary_plot(path, entries: list[dict], score_name: str = "IoU") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
-
     layers = list(dict.fromkeys(e["layer"] for e in entries))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     for layer in layers:
@@ -269,8 +269,6 @@ def write_report(out_dir, entries: list[dict], summary: dict, *, run_dir=None,
     render_units` returns them).  The run's own ``concepts.png`` is copied in when ``run_dir``
     has one, so the folder stays self-contained.
     """
-    from ..io import atomic_path, write_text
-
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     plots = []
