@@ -69,7 +69,17 @@ MODES = {
     "unrestricted": {"quantile": 0.01, "quantile_on": "upsampled maps", "denominator": "all"},
 }
 SCORES = ("iou", "region-nss", "both")
-DENOMINATOR_CHOICES = ("netdissect", "lite")
+DENOMINATOR_CHOICES = ("netdissect", "annotated", "lite")
+# -- fidelity (#18): region-NSS definition and NetDissect's tie rule --------------------------
+#: where region-NSS z-scores the maps: "image" (the study's) or "mask" (faster)
+NSS_RESOLUTION_CHOICES = ("image", "mask")
+#: what a region-NSS region is: one annotated "instance" (the study's) or all pixels of a "label"
+NSS_REGION_CHOICES = ("instance", "label")
+#: standard deviation of the z-score: ``np.std`` (ddof 0) as in the authors' demo code
+NSS_DDOF = 0
+#: which category wins a tie of best IoUs (see neuroprobe.results.score_iou)
+TIE_CHOICES = ("netdissect", "first")
+# -- end fidelity ----------------------------------------------------------------------------
 #: what to do with an item whose image or masks cannot be read (see the module docstring)
 BAD_IMAGE_CHOICES = ("stop", "skip")
 #: the errors the concept readers raise for an item they cannot decode (a missing, truncated,
@@ -130,7 +140,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size, on_bad_image="stop"):
+                   batch_size, on_bad_image="stop", nss_resolution="image",
+                   nss_regions="instance", ties="netdissect"):
+    for value, choices, flag in ((nss_resolution, NSS_RESOLUTION_CHOICES, "--nss-resolution"),
+                                 (nss_regions, NSS_REGION_CHOICES, "--nss-regions"),
+                                 (ties, TIE_CHOICES, "--ties")):
+        if value not in choices:
+            raise UserError(f"unknown {flag} {value!r}", hint=f"use {' or '.join(choices)}")
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise UserError(f"unknown --on-bad-image {on_bad_image!r}", hint="use stop or skip")
     if mode not in MODES:
@@ -143,7 +159,8 @@ def _check_options(mode, score, quantile, iou_threshold, denominator, nss_thresh
     if not 0 <= iou_threshold <= 1:
         raise UserError(f"--iou-threshold {iou_threshold} must lie in [0, 1]")
     if denominator is not None and denominator not in DENOMINATOR_CHOICES:
-        raise UserError(f"unknown denominator {denominator!r}", hint="use netdissect or lite")
+        raise UserError(f"unknown denominator {denominator!r}",
+                        hint="use netdissect, annotated or lite")
     if mode == "unrestricted" and denominator is not None:
         raise UserError("--denominator applies to --mode netdissect only (the unrestricted mode "
                         "counts every pixel)")
@@ -464,7 +481,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
             progress: bool = True, concepts_info: dict | None = None,
-            on_bad_image: str = "stop") -> DissectionResult:
+            on_bad_image: str = "stop", nss_resolution: str = "image",
+            nss_regions: str = "instance", ties: str = "netdissect") -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
 
     Parameters
@@ -481,7 +499,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         holds the IoU labels with the region-NSS label of each unit beside them).
     quantile : top fraction of activations above the threshold (default by mode).
     iou_threshold : IoU at which a unit counts as a detector of its best label (0.04).
-    denominator : ``"netdissect"`` (default) or ``"lite"`` (NetDissect-Lite's rule), see
+    denominator : ``"netdissect"`` (default: a unit's activation counts for category ``c`` on
+        the images holding a label of primary category ``c``, NetDissect's
+        ``count_act_with_labelcat``), ``"annotated"`` (on the images whose ``categories`` flag
+        is set: neuroprobe's rule before 0.2) or ``"lite"`` (NetDissect-Lite's rule), see
         :func:`neuroprobe.tally.iou_counts`.
     nss_threshold, top_units : region-NSS table: units with NSS above the threshold are counted;
         the mean NSS of the ``top_units`` best units is reported.
@@ -513,6 +534,16 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         what skipping guarantees.  Written into the configuration, not hashed into its key (a
         run stopped by a bad image resumes with ``"skip"``).
 
+    nss_resolution : ``"image"`` (default, the study's: each unit's map is upsampled to the
+        image size) or ``"mask"`` (to the mask size; faster), see
+        :func:`neuroprobe.tally.region_nss`.
+    nss_regions : ``"instance"`` (default, the study's: each annotated instance is a region,
+        where the concept source knows instances) or ``"label"`` (all pixels of a label in an
+        image form one region).  Region-NSS is computed per region, then averaged over the
+        label's regions.
+    ties : ``"netdissect"`` (default: of categories whose best IoUs tie, the later one in the
+        category order wins, as in NetDissect) or ``"first"`` (the first one).
+
     Returns
     -------
     DissectionResult (also written to ``out_dir`` when given).
@@ -522,7 +553,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     if quantile is None:
         quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
     _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size, on_bad_image)
+                   batch_size, on_bad_image, nss_resolution, nss_regions, ties)
     use_iou, use_nss = score in ("iou", "both"), score in ("region-nss", "both")
     if use_nss and not getattr(dataset, "has_fixations", False):
         raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "
@@ -554,7 +585,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
 def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshold, denominator,
                   nss_threshold, top_units, batch_size, device, amp, limit, out_dir, resume,
                   overwrite, keep, checkpoint_every, num_workers, model_info, sketch_capacity,
-                  top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image, **_):
+                  top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image,
+                  nss_resolution, nss_regions, ties, **_):
     import tempfile
 
     from .concepts.base import SKIPPED, collate
@@ -594,7 +626,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         "mode": mode, "score": score, "quantile": quantile,
         "quantile_on": MODES[mode]["quantile_on"], "iou_threshold": iou_threshold,
         "denominator": denom if use_iou else None,
-        "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": 1,
+        "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": NSS_DDOF,
+        "nss_resolution": nss_resolution, "nss_regions": nss_regions, "ties": ties,
         "image_size": list(source.image_size), "mask_size": list(mask_size), "amp": amp,
         "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
         "top_k": top_k, "on_bad_image": on_bad_image,
@@ -647,7 +680,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 s["tally"] = IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom)
             if use_nss:
                 s["minmax"] = MinMax()
-                s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=1)
+                s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=NSS_DDOF,
+                                    resolution=nss_resolution, regions=nss_regions)
             st[name] = s
         return st
 
@@ -655,7 +689,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         return {"top": lambda: TopK(top_k), "quantile": lambda: Quantile(sketch_capacity),
                 "tally": lambda: IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom),
                 "minmax": MinMax,
-                "nss": lambda: NSSTally(shapes[name][0], num_labels, ddof=1)}[k]()
+                "nss": lambda: NSSTally(shapes[name][0], num_labels, ddof=NSS_DDOF,
+                                        resolution=nss_resolution, regions=nss_regions)}[k]()
 
     stats = new_stats()
     thresholds: dict = {}
@@ -833,7 +868,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 if use_nss:
                     mm = st["minmax"]
                     st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
-                                  tuple(source.image_size))
+                                  tuple(source.image_size), batch.get("instances"))
             pbar.update(1)
             done = pos + 1
             if done == len(mine):
@@ -865,7 +900,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         rows = []
         if use_iou:
             rows = score_iou(name, stats[name]["tally"], thresholds[name], labels,
-                             iou_threshold)
+                             iou_threshold, ties=ties)
         if use_nss:
             nss_rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold,
                                         top_units)
@@ -900,8 +935,11 @@ def _spool_record(acts: dict, batch: dict) -> dict:
     if not batch["id"]:   # every item of the batch was skipped
         return {"acts": {}, "id": []}
     # the labels already come in the engine's smallest label dtype (int16 where ids fit)
-    return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
-            "layers": batch["layers"], "whole": batch["whole"],
-            "categories": batch["categories"], "fixations": batch["fixations"],
-            "id": list(batch["id"])}
+    out = {"acts": {k: v.detach().cpu() for k, v in acts.items()},
+           "layers": batch["layers"], "whole": batch["whole"],
+           "categories": batch["categories"], "fixations": batch["fixations"],
+           "id": list(batch["id"])}
+    if batch.get("instances") is not None:   # fidelity (#18): region-NSS instances
+        out["instances"] = batch["instances"]
+    return out
 
