@@ -548,7 +548,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     -------
     DissectionResult (also written to ``out_dir`` when given).
     """
-    from .hooks import resolve_layers
+    from .hooks import layer_aliases
 
     if quantile is None:
         quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
@@ -567,7 +567,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         layers = [s for s in layers.split(",") if s]
     if not layers:
         raise UserError("no layers to dissect", hint="name them with --layers a,b")
-    layers = list(resolve_layers(model, layers))
+    # names as the user gave them (a bare "layer4" of a wrapped model hooks "net.layer4") name
+    # the layers in the results and the configuration (fidelity #18)
+    aliases = layer_aliases(model, layers)
+    layers = list(aliases)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
@@ -586,7 +589,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                   nss_threshold, top_units, batch_size, device, amp, limit, out_dir, resume,
                   overwrite, keep, checkpoint_every, num_workers, model_info, sketch_capacity,
                   top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image,
-                  nss_resolution, nss_regions, ties, **_):
+                  nss_resolution, nss_regions, ties, aliases, **_):
     import tempfile
 
     from .concepts.base import SKIPPED, collate
@@ -620,7 +623,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     if "sha256" not in model_info:
         model_info["sha256"] = model_fingerprint(model)
     config = {
-        "model": model_info, "layers": layers,
+        "model": model_info, "layers": [aliases[name] for name in layers],
         "concepts": {**source.config(), "n": n,
                      **{k: v for k, v in (concepts_info or {}).items() if v is not None}},
         "mode": mode, "score": score, "quantile": quantile,
@@ -899,11 +902,11 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     for name in layers:
         rows = []
         if use_iou:
-            rows = score_iou(name, stats[name]["tally"], thresholds[name], labels,
+            rows = score_iou(aliases[name], stats[name]["tally"], thresholds[name], labels,
                              iou_threshold, ties=ties)
         if use_nss:
-            nss_rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold,
-                                        top_units)
+            nss_rows, trows = score_nss(aliases[name], stats[name]["nss"], labels,
+                                        nss_threshold, top_units)
             table = (table or []) + trows
             if use_iou:   # both: the unit's region-NSS label beside its IoU label
                 for r, q in zip(rows, nss_rows):
@@ -912,16 +915,16 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             else:
                 rows = nss_rows
         units += rows
-    summary = summarise(units, config, key, versions(), layers, labels, table)
+    summary = summarise(units, config, key, versions(), config["layers"], labels, table)
     # seconds of this process's passes (a resumed run times only what it did); not configuration
     summary["timing"] = {**timing, "device": str(device), "num_workers": num_workers}
     skipped = sorted(skipped, key=lambda s: s["index"])
     summary["skipped"] = skipped
     summary["n_skipped"] = len(skipped)
     result = DissectionResult(
-        units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
-        {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
-         for name in layers}, stats, skipped)
+        units, summary, table, {aliases[k]: v.cpu() for k, v in thresholds.items()},
+        {aliases[name]: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
+         for name in layers}, {aliases[name]: st for name, st in stats.items()}, skipped)
     if out is not None and dctx.is_main:
         result.save(out)
     dctx.barrier()

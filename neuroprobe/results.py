@@ -50,9 +50,10 @@ def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float,
     * overall, the category with the largest best IoU; of tied categories the **later** one in
       the category order wins (``score_pciou.argsort(axis=0)[::-1]``, a stable sort reversed)
       with ``ties="netdissect"``, the first one with ``ties="first"`` (neuroprobe before 0.2);
-    * a unit whose best IoU is 0 gets an empty ``label`` and ``category`` and score 0
-      (NetDissect writes the empty name of label 0; neuroprobe before 0.2 named it after the
-      first label).
+    * a unit whose best IoU is 0 (a dead unit) gets an empty ``label`` and score 0: NetDissect
+      writes the empty name of label 0 (neuroprobe before 0.2 named it after the first label);
+      its ``category`` is the winner of the all-zero tie (the last category under
+      ``ties="netdissect"``, as NetDissect writes it).
 
     A unit is a detector when its score reaches ``iou_threshold`` and is above 0.
     """
@@ -99,9 +100,10 @@ def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float,
                         f"{cat}-activation": int(act[u, tcat[j]]) if tcat[j] >= 0 else 0,
                         f"{cat}-truth": int(truth[j])})
         ci = int(win[u])
+        row["category"] = cats[ci] if cats else ""
         if score[ci, u] > 0:
             j = int(best[cats[ci]][u])
-            row.update(label=labels.name(j), category=cats[ci], score=_f(iou[u, j]))
+            row.update(label=labels.name(j), score=_f(iou[u, j]))
         row["detector"] = int(row["score"] >= iou_threshold and row["score"] > 0)
         row.update(per)
         rows.append(row)

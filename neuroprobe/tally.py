@@ -293,12 +293,17 @@ def fixation_pixels(fixations: torch.Tensor, image_size, mask_size) -> torch.Ten
 
 
 def interpolation_matrix(n_in: int, n_out: int, device="cpu", dtype=torch.float64):
-    """``(n_out, n_in)`` matrix ``R`` of :func:`upsample` along one axis (``up = Ry A Rx^T``)."""
-    i0, i1, w0, w1 = (t.cpu() for t in _axis(n_in, n_out))
+    """``(n_out, n_in)`` matrix ``R`` of bilinear upsampling along one axis (``up = Ry A Rx^T``),
+    pixel centres aligned and edges clamped (the rule of :func:`upsample`), its weights
+    computed in float64 (as ``F.interpolate`` does for float64 input)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().to(torch.int64).clamp(max=n_in - 1)
+    w1 = (src - i0.to(torch.float64)).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
     r = torch.zeros((n_out, n_in), dtype=torch.float64)
     rows = torch.arange(n_out)
-    r.index_put_((rows, i0), w0.double(), accumulate=True)
-    r.index_put_((rows, i1), w1.double(), accumulate=True)
+    r.index_put_((rows, i0), 1 - w1, accumulate=True)
+    r.index_put_((rows, i1), w1, accumulate=True)
     return r.to(device=device, dtype=dtype)
 
 
