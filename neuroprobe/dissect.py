@@ -502,7 +502,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     denominator : ``"netdissect"`` (default: a unit's activation counts for category ``c`` on
         the images holding a label of primary category ``c``, NetDissect's
         ``count_act_with_labelcat``), ``"annotated"`` (on the images whose ``categories`` flag
-        is set: neuroprobe's rule before 0.2) or ``"lite"`` (NetDissect-Lite's rule), see
+        is set: neuroprobe's former rule) or ``"lite"`` (NetDissect-Lite's rule), see
         :func:`neuroprobe.tally.iou_counts`.
     nss_threshold, top_units : region-NSS table: units with NSS above the threshold are counted;
         the mean NSS of the ``top_units`` best units is reported.

@@ -49,9 +49,9 @@ def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float,
       intersection 0, truth 0, and the unit's activation count of that category);
     * overall, the category with the largest best IoU; of tied categories the **later** one in
       the category order wins (``score_pciou.argsort(axis=0)[::-1]``, a stable sort reversed)
-      with ``ties="netdissect"``, the first one with ``ties="first"`` (neuroprobe before 0.2);
+      with ``ties="netdissect"``, the first one with ``ties="first"`` (neuroprobe's former rule);
     * a unit whose best IoU is 0 (a dead unit) gets an empty ``label`` and score 0: NetDissect
-      writes the empty name of label 0 (neuroprobe before 0.2 named it after the first label);
+      writes the empty name of label 0 (neuroprobe's former rule named it after the first label);
       its ``category`` is the winner of the all-zero tie (the last category under
       ``ties="netdissect"``, as NetDissect writes it).
 

@@ -214,7 +214,7 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         a label whose primary category is ``c`` (:func:`labelled_categories`), NetDissect's
         ``count_act_with_labelcat``.
         ``"annotated"``: on the images whose ``categories`` flag for ``c`` is set (for Broden:
-        the image's ``index.csv`` cell for ``c`` is not empty); neuroprobe's rule before 0.2,
+        the image's ``index.csv`` cell for ``c`` is not empty); neuroprobe's former rule,
         kept as an option.  It differs from NetDissect where a label of category ``c`` sits only
         in another category's mask (a material label in an object mask).
         ``"lite"``: NetDissect-Lite's rule: image ``b`` counts for category ``c`` only where the

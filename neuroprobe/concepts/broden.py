@@ -28,12 +28,12 @@ NetDissect's data rules (``primary="coverage"``, ``keep_empty_rows=False``, the 
   data and scores 0 whatever its category; NetDissect would put it in the last category,
   neuroprobe keeps it in the category file that lists it, else in its ``label.csv``
   category, so that its name is reported sensibly.)  ``primary="count"`` takes the largest count of the
-  ``label.csv`` category cell instead, ties to the earlier category (neuroprobe before 0.2);
+  ``label.csv`` category cell instead, ties to the earlier category (neuroprobe's former rule);
   it is also used when a ``c_<category>.csv`` file is missing.
 * **Rows without labels** are dropped, from both passes (thresholds too): NetDissect's
   ``SegmentationData`` keeps a row only when ``index_has_any_data``, i.e. some category cell
   holds a mask file or a non-zero whole-image label (a scene cell ``0`` alone does not count).
-  ``keep_empty_rows=True`` keeps them (neuroprobe before 0.2).  Rows are dropped before
+  ``keep_empty_rows=True`` keeps them (neuroprobe's former rule).  Rows are dropped before
   ``split`` and ``limit`` apply.
 
 An image carries annotation for a category (the ``categories`` item entry) when its cell for that
