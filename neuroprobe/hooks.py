@@ -196,13 +196,17 @@ class Recorder:
                  edit: EditFn | Mapping[str, EditFn] | None = None, stop: bool = False,
                  tokens_to_grid: bool | tuple[int, int] = False):
         self.model = model
-        self.layers = resolve_layers(model, layers)
+        resolved = _resolve(model, layers)
+        self.layers = OrderedDict((n, m) for n, (m, _) in resolved.items())
+        #: names as given (a bare ``layer4`` of a wrapped model) -> recorded dotted names
+        self._alias = {a: n for n, (_, a) in resolved.items() if a != n}
         self.record_outputs = outputs
         self.record_inputs = inputs
         self.clone = clone
         self.detach = detach
         self.retain_grad = retain_grad
         if isinstance(edit, Mapping):
+            edit = {self._alias.get(k, k): v for k, v in edit.items()}
             unknown = set(edit) - set(self.layers)
             if unknown:
                 raise LayerNotFound(f"edit names layers that are not recorded: {sorted(unknown)}")
@@ -305,6 +309,8 @@ class Recorder:
             for n, m in self.layers.items():
                 if m is name:
                     return n
+        if name not in self.layers and name in self._alias:
+            name = self._alias[name]
         if name not in self.layers:
             raise LayerNotFound(f"layer {name!r} is not recorded",
                                 hint=suggest(str(name), self.layers, "recorded layer"))
@@ -315,7 +321,7 @@ class Recorder:
         return self._one(self._outputs, name, "output")
 
     def __contains__(self, name) -> bool:
-        return name in self.layers
+        return name in self.layers or name in self._alias
 
     def keys(self) -> list[str]:
         return list(self.layers)

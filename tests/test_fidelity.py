@@ -280,3 +280,15 @@ def test_bare_layer_names_resolve_and_name_the_results(broden):
     assert res.summary["config"]["layers"] == ["layer2"] and "layer2" in res.thresholds
     same = dissect(model, BrodenDataset(broden, limit=8), ["net.layer2"], progress=False)
     assert [r["score"] for r in same.units] == [r["score"] for r in res.units]
+
+
+def test_recorder_answers_to_the_names_given():
+    from neuroprobe.hooks import Recorder, ablate
+
+    model = Wrapped().eval()
+    x = torch.rand((1, 3, 16, 16))
+    with Recorder(model, ["layer1", "net.layer2"], edit={"layer1": ablate([0])}) as rec:
+        model(x)
+    assert "layer1" in rec and rec["layer1"].shape == (1, 6, 8, 8)
+    assert torch.equal(rec["layer1"], rec["net.layer1"]) and (rec["layer1"][:, 0] == 0).all()
+    assert rec.keys() == ["net.layer1", "net.layer2"]
