@@ -292,3 +292,26 @@ def test_recorder_answers_to_the_names_given():
     assert "layer1" in rec and rec["layer1"].shape == (1, 6, 8, 8)
     assert torch.equal(rec["layer1"], rec["net.layer1"]) and (rec["layer1"][:, 0] == 0).all()
     assert rec.keys() == ["net.layer1", "net.layer2"]
+
+
+def test_cli_options_and_a_broden_folder(broden, tmp_path, capsys):
+    from neuroprobe.cli import main
+
+    out = tmp_path / "run"
+    code = main(["--quiet", "dissect", "--concepts", "synthetic", "--limit", "3",
+                 "--batch-size", "3", "--score", "region-nss", "--nss-resolution", "mask",
+                 "--nss-regions", "label", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["config"]["nss_resolution"], summary["config"]["nss_regions"]) == (
+        "mask", "label")
+    assert summary["region_nss_definition"]["resolution"] == "mask"
+    out = tmp_path / "broden"
+    code = main(["--quiet", "dissect", "--concepts", str(broden), "--limit", "4",
+                 "--denominator", "annotated", "--ties", "first", "--image-size", "128",
+                 "--out", str(out)])
+    assert code == 0
+    cfg = json.loads((out / "summary.json").read_text())["config"]
+    assert cfg["concepts"]["source"] == "broden" and cfg["concepts"]["n"] == 4
+    assert (cfg["denominator"], cfg["ties"]) == ("annotated", "first")
+    assert cfg["concepts"]["primary"] == "coverage" and cfg["concepts"]["dropped_rows"] == 6

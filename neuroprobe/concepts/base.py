@@ -266,7 +266,10 @@ def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
         "id": [s["id"] for s in samples],
     }
     if any(s.get("instances") is not None for s in samples):
-        inst = torch.zeros_like(layers)
+        top = max(int(s["instances"].max()) if s.get("instances") is not None
+                  and s["instances"].numel() else 0 for s in samples)
+        dtype = layers.dtype if top <= torch.iinfo(layers.dtype).max else torch.int64
+        inst = torch.zeros(layers.shape, dtype=dtype)
         for i, s in enumerate(samples):
             if s.get("instances") is not None:
                 inst[i, : s["instances"].shape[0]] = s["instances"]
