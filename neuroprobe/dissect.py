@@ -533,7 +533,6 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         readers' data errors (:data:`DATA_ERRORS`) are skipped; see the module docstring for
         what skipping guarantees.  Written into the configuration, not hashed into its key (a
         run stopped by a bad image resumes with ``"skip"``).
-
     nss_resolution : ``"image"`` (default, the study's: each unit's map is upsampled to the
         image size) or ``"mask"`` (to the mask size; faster), see
         :func:`neuroprobe.tally.region_nss`.
