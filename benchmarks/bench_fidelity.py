@@ -4,7 +4,7 @@
   images, 112 px masks; cross-category labels, material labels inside object masks, rows
   without labels), ResNet-18 with random weights (``torch.manual_seed(weight seed)``), layers
   ``layer3`` and ``layer4`` named bare (they resolve to ``net.layer3`` / ``net.layer4``), data
-  and weight seeds (0, 0) and (1, 1) (``--quick``: (0, 0) on 24 images).  neuroprobe's netdissect mode against
+  and weight seeds (0, 0) and (1, 1), 24 images each (``--quick``: (0, 0) only).  neuroprobe's netdissect mode against
   :func:`benchmarks.references.netdissect` (NetDissect's procedure restated): the share of
   units with the same best (category, label) and the largest |IoU difference| of the best
   label.  The rules before issue #18 (``primary="count"``, ``keep_empty_rows``,
@@ -60,7 +60,7 @@ def netdissect_rows(quick: bool) -> list[dict]:
     from neuroprobe.concepts.broden import BrodenDataset
     from neuroprobe.dissect import dissect
 
-    n = 24 if quick else 40
+    n = 24
     pairs = [(0, 0)] if quick else [(0, 0), (1, 1)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +95,7 @@ def region_nss_rows(quick: bool) -> list[dict]:
     from neuroprobe.concepts.synthetic import SyntheticWorld
     from neuroprobe.dissect import dissect
 
-    n = 6 if quick else 12
+    n = 6 if quick else 8
     ds = SyntheticWorld(seed=7, n=n, image_size=224, mask_size=112, observers=15)
     model = _resnet18(0)
     items = [ds[i] for i in range(n)]
