@@ -24,15 +24,42 @@ import numpy as np
 
 from .io import atomic_open, atomic_path, write_json
 
-__all__ = ["score_iou", "score_nss", "summarise", "write_results"]
+__all__ = ["score_iou", "score_nss", "summarise", "write_results", "TIE_RULES",
+           "nss_definition"]
 
 
 def _f(x) -> float:
     return float(x)
 
 
-def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float) -> list[dict]:
-    """One row per unit of ``layer`` from an :class:`~neuroprobe.stats.IoUTally`."""
+#: which category wins when the best IoUs of several categories tie (see :func:`score_iou`)
+TIE_RULES = ("netdissect", "first")
+
+
+def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float,
+              ties: str = "netdissect") -> list[dict]:
+    """One row per unit of ``layer`` from an :class:`~neuroprobe.stats.IoUTally`.
+
+    The naming follows NetDissect's ``score_tally_stats`` and ``generate_csv_summary``
+    (``src/makeresult.py``; NetDissect-Lite's ``FeatureOperator.tally`` is the same):
+
+    * per category, the best label is the first label (in global-number order) with the
+      largest IoU of that category (``pciou.argmax``); when every IoU of the category is 0
+      (a dead unit, or a category the unit never touches) the argmax falls on label 0, which
+      NetDissect names ``''``: the ``<cat>-label`` cell is then empty (with IoU 0,
+      intersection 0, truth 0, and the unit's activation count of that category);
+    * overall, the category with the largest best IoU; of tied categories the **later** one in
+      the category order wins (``score_pciou.argsort(axis=0)[::-1]``, a stable sort reversed)
+      with ``ties="netdissect"``, the first one with ``ties="first"`` (neuroprobe's former rule);
+    * a unit whose best IoU is 0 (a dead unit) gets an empty ``label`` and score 0: NetDissect
+      writes the empty name of label 0 (neuroprobe's former rule named it after the first label);
+      its ``category`` is the winner of the all-zero tie (the last category under
+      ``ties="netdissect"``, as NetDissect writes it).
+
+    A unit is a detector when its score reaches ``iou_threshold`` and is above 0.
+    """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
     iou = tally.iou().cpu().numpy()
     inter = tally.inter.cpu().numpy()
     act = tally.act.cpu().numpy()
@@ -41,32 +68,43 @@ def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float) -> li
     cat_idx = labels.category_index()
     thr = thresholds.cpu().numpy()
     units = iou.shape[0]
-    best = {}
-    for ci, cat in enumerate(labels.categories):
+    cats = list(labels.categories)
+    best, score = {}, np.zeros((len(cats), units))
+    for ci, cat in enumerate(cats):
         cols = np.nonzero(cat_idx == ci)[0]
         if len(cols):
             j = cols[np.argmax(iou[:, cols], axis=1)]
             best[cat] = j
+            score[ci] = iou[np.arange(units), j]
+    # the winning category per unit: the largest score; ties to the later or the first one
+    order = score[::-1] if ties == "netdissect" else score
+    win = np.argmax(order, axis=0)
+    win = len(cats) - 1 - win if ties == "netdissect" else win
     rows = []
     for u in range(units):
         row = {"layer": layer, "unit": u, "label": "", "category": "", "score": 0.0,
                "threshold": _f(thr[u]), "detector": 0}
-        top = -1.0
         per = {}
-        for cat in labels.categories:
-            if cat not in best:
+        for ci, cat in enumerate(cats):
+            if cat not in best or score[ci, u] <= 0:
+                c_act = 0
+                if cat in best and tally.num_categories == len(cats):
+                    c_act = int(act[u, ci])
+                elif cat in best:   # unrestricted: one activation count for all categories
+                    c_act = int(act[u, 0])
                 per.update({f"{cat}-label": "", f"{cat}-iou": 0.0, f"{cat}-intersection": 0,
-                            f"{cat}-activation": 0, f"{cat}-truth": 0})
+                            f"{cat}-activation": c_act, f"{cat}-truth": 0})
                 continue
             j = int(best[cat][u])
-            value = _f(iou[u, j])
-            per.update({f"{cat}-label": labels.name(j), f"{cat}-iou": value,
+            per.update({f"{cat}-label": labels.name(j), f"{cat}-iou": _f(iou[u, j]),
                         f"{cat}-intersection": int(inter[u, j]),
                         f"{cat}-activation": int(act[u, tcat[j]]) if tcat[j] >= 0 else 0,
                         f"{cat}-truth": int(truth[j])})
-            if value > top:
-                top = value
-                row.update(label=labels.name(j), category=cat, score=value)
+        ci = int(win[u])
+        row["category"] = cats[ci] if cats else ""
+        if score[ci, u] > 0:
+            j = int(best[cats[ci]][u])
+            row.update(label=labels.name(j), score=_f(iou[u, j]))
         row["detector"] = int(row["score"] >= iou_threshold and row["score"] > 0)
         row.update(per)
         rows.append(row)
@@ -113,6 +151,31 @@ def score_nss(layer: str, tally, labels, nss_threshold: float, top_units: int):
     return rows, table
 
 
+def nss_definition(config: dict) -> dict:
+    """How the region-NSS scores of a run were computed, in words and settings (written into
+    ``summary.json`` as ``region_nss_definition``)."""
+    res = config.get("nss_resolution", "mask")
+    rule = config.get("nss_regions", "label")
+    return {
+        "reference": "He, Tavakoli, Borji, Mi & Pugeault, Understanding and Visualizing Deep "
+                     "Visual Saliency Models, CVPR 2019",
+        "normalisation": "each unit's map divided into [0, 1] by the unit's data-set min and max",
+        "resolution": res,
+        "upsampling": ("bilinear (align_corners=False) to the image size" if res == "image"
+                       else "bilinear (align_corners=False) to the mask size"),
+        "z_score": f"over all pixels of the upsampled map, std with ddof={config.get('nss_ddof')}",
+        "regions": rule,
+        "region": ("one annotated instance (the pixels of one label with one instance id); "
+                   "where the concept source knows no instances, all pixels of the label in "
+                   "the image" if rule == "instance" else
+                   "all pixels of one label in one image (instances merged)"),
+        "region_nss": "mean z-score at the fixations inside the region (regions without a "
+                      "fixation are not scored)",
+        "aggregation": "per region, then the mean over all scored regions of the label "
+                       "across the data set",
+    }
+
+
 def summarise(units, config, key, versions, layers, labels, table=None) -> dict:
     """The summary: configuration, versions, and detector counts per concept and layer."""
     per_label = {layer: {} for layer in layers}
@@ -138,6 +201,7 @@ def summarise(units, config, key, versions, layers, labels, table=None) -> dict:
     }
     if table is not None:
         out["region_nss"] = table
+        out["region_nss_definition"] = nss_definition(config)
     note = (config.get("model") or {}).get("note")
     if note:
         out["note"] = note

@@ -151,14 +151,19 @@ def reference(ds, model, layer, thresholds, mode, denominator):
             if mode == "unrestricted":
                 act[u, 0] += count
             else:
+                # NetDissect (count_act_with_labelcat): the image holds a label of category c
+                held = {cat_of[lab] for lay in layers for lab in lay.ravel() if lab > 0}
+                held |= {cat_of[lab] for lab in whole}
                 for c in range(C):
-                    use = c in touched if denominator == "lite" else bool(item["categories"][c])
+                    use = {"lite": c in touched, "netdissect": c in held,
+                           "annotated": bool(item["categories"][c])}[denominator]
                     if use:
                         act[u, c] += count
     return inter, act, truth
 
 
 @pytest.mark.parametrize("mode,denominator", [("netdissect", None), ("netdissect", "lite"),
+                                              ("netdissect", "annotated"),
                                               ("unrestricted", None)])
 def test_engine_tallies_equal_brute_force(mode, denominator):
     ds, model = Tiny(n=10), tiny_model()
@@ -191,7 +196,8 @@ def test_engine_tallies_equal_brute_force(mode, denominator):
     a_ = act[0, cat_of[j]] if mode == "netdissect" else act[0, 0]
     iou = inter[0, j] / (a_ + truth[j] - inter[0, j])
     assert row["object-iou"] == pytest.approx(iou)
-    assert row["object-label"] == ds.labels.name(j)
+    # an all-zero category names no label (NetDissect's label 0, named '')
+    assert row["object-label"] == (ds.labels.name(j) if iou > 0 else "")
 
 
 def test_known_answer_planted_unit():
@@ -243,9 +249,12 @@ def test_whole_image_labels_label_zero_and_denominators():
     cats = torch.tensor([[True, True], [False, True]])
     cat_of = torch.tensor([-1, 0, 0, 1])
     thr = torch.tensor([0.5])
-    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "netdissect")
+    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "annotated")
     assert inter.tolist() == [[0, 1, 0, 4]]      # label 0 ignored; whole label: all 4 pixels
     assert act.tolist() == [[4, 8]]              # image 1 carries no category-0 annotation
+    # NetDissect: image 0 holds no label of category 1 (its flag says annotated, but no label)
+    inter2, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "netdissect")
+    assert torch.equal(inter2, inter) and act.tolist() == [[4, 4]]
     inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "lite")
     assert act.tolist() == [[4, 4]]              # image 0 touches no category-1 label
     inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "all")

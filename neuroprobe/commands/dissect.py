@@ -27,8 +27,10 @@ def register(subparsers) -> None:
     p.description += ("  Without --model: the built-in demo model (until the demo models are "
                       "installed, a documented stand-in, see summary.json).")
     p.add_argument("--concepts", default=None, metavar="NAME",
-                   help=f"concept set: shipped name or .toml path (default: {DEFAULT_CONCEPTS}, "
-                   f"first {DEMO_LIMIT} images unless --limit)")
+                   help=f"concept set: shipped name, .toml path, or a data folder (a Broden "
+                   "folder with index.csv, a mask folder with SegmentationClass/ or labelme "
+                   f"files) (default: {DEFAULT_CONCEPTS}, first {DEMO_LIMIT} images unless "
+                   "--limit)")
     p.add_argument("--root", default=None, help="data folder of the concept set (e.g. Broden)")
     p.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="draw / resize the concept set's images to N x N, masks to N/2 (default: "
@@ -41,10 +43,22 @@ def register(subparsers) -> None:
     p.add_argument("--score", choices=["auto", "iou", "region-nss", "both"], default="auto",
                    help="iou (Network Dissection), region-nss (He et al. 2019; needs fixations) "
                    "or both; auto (default): both where the concept set has fixations, else iou")
-    p.add_argument("--denominator", choices=["netdissect", "lite"], default=None,
+    p.add_argument("--denominator", choices=["netdissect", "annotated", "lite"], default=None,
                    help="netdissect mode: count a unit's activation for category c on images "
-                   "annotated with c (netdissect, default) or only where its active pixels "
-                   "touch a label of c (lite = NetDissect-Lite)")
+                   "holding a label of category c (netdissect, default, as NetDissect), on "
+                   "images annotated with c (annotated: the category's index.csv cell is not "
+                   "empty) or only where its active pixels touch a label of c (lite = "
+                   "NetDissect-Lite)")
+    p.add_argument("--ties", choices=["netdissect", "first"], default="netdissect",
+                   help="when a unit's best IoUs of several categories tie, the later category "
+                   "wins (netdissect, default, as NetDissect) or the first one")
+    p.add_argument("--nss-resolution", choices=["image", "mask"], default="image",
+                   help="region-NSS z-scores each unit's map upsampled to the image size "
+                   "(image, default: the study's definition) or to the mask size (mask: faster)")
+    p.add_argument("--nss-regions", choices=["instance", "label"], default="instance",
+                   help="region-NSS regions: each annotated instance (instance, default: the "
+                   "study's; where the concept set knows instances) or all pixels of a label "
+                   "in an image (label)")
     p.add_argument("--quantile", type=float, default=None,
                    help="top fraction of activations above the unit threshold "
                    "(default 0.005 netdissect, 0.01 unrestricted)")
@@ -162,6 +176,7 @@ def _run(args) -> int:
         batch_size=args.batch_size, device=device, amp=args.amp, limit=limit, out_dir=out,
         resume=not args.no_resume, overwrite=args.overwrite, keep=args.keep,
         num_workers=workers, model_info=model_info, on_bad_image=args.on_bad_image,
+        nss_resolution=args.nss_resolution, nss_regions=args.nss_regions, ties=args.ties,
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
                        "limit": limit})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports

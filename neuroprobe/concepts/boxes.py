@@ -12,6 +12,7 @@ Box geometry
     its centre ``(col, row)`` satisfies ``x <= col < x + width`` and ``y <= row < y + height``.
     EyeCrowd's ``left``/``top`` are MATLAB 1-based, so ``x = left - 1``, ``y = top - 1``.
     Overlapping boxes: larger boxes are painted first, smaller (usually nearer) ones on top.
+Each box is one instance (item key ``instances``): two faces are two region-NSS regions.
 
 A generic CSV of boxes is read too (``format = "csv"``): columns ``image,label,x,y,width,height``
 (0-based, as above) plus any ``0/1`` flag columns, with the images in ``images``.
@@ -139,8 +140,11 @@ class BoxDataset(ConceptDataset):
         rgb = read_image(rec.image)
         h, w = rgb.shape[:2]
         layer = np.zeros((h, w), dtype=np.int64)
-        for b in sorted(self.boxes(index), key=lambda b: -b.area):
-            layer[box_mask(b, h, w)] = b.label
+        inst = np.zeros((h, w), dtype=np.int64)   # each box is one region-NSS region
+        for k, b in enumerate(sorted(self.boxes(index), key=lambda b: -b.area), start=1):
+            m = box_mask(b, h, w)
+            layer[m] = b.label
+            inst[m] = k
         fix = obs = None
         if self.has_fixations:
             fix, obs = fixation_tensors(rec.fixations, (h, w), self.image_size)
@@ -148,6 +152,8 @@ class BoxDataset(ConceptDataset):
             "image": image_tensor(rgb, self.image_size),
             "layers": torch.from_numpy(np.ascontiguousarray(resize_labels(layer[None],
                                                                           self.mask_size))),
+            "instances": torch.from_numpy(np.ascontiguousarray(resize_labels(inst[None],
+                                                                             self.mask_size))),
             "whole": torch.zeros(0, dtype=torch.int64),
             "categories": self._annotated.clone(),
             "fixations": fix,

@@ -40,6 +40,8 @@ Layers
     ``layers[0]``: non-person objects (painted largest first, so smaller objects stay visible);
     ``layers[1]``: people (person part of every person, then heads on top); ``layers[2]`` (only
     with a COCO-Text file): text regions (their polygon, or box when the polygon is missing).
+    ``instances``: one id per annotation (a person's head and person part carry the person's
+    id), so that each annotated object is its own region-NSS region.
 
 Ids
     An item's ``id`` is the COCO image id as a string (``"785"``).  SALICON images are COCO 2014
@@ -338,10 +340,18 @@ class CocoParts(ConceptDataset):
 
     def masks(self, image_id: int) -> np.ndarray:
         """``int64 (K, H, W)`` study-label layers at the image's native size."""
+        return self.masks_and_instances(image_id)[0]
+
+    def masks_and_instances(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`masks` and, of the same shape, the instance id of every labelled pixel: one
+        per annotation (a person's head and person part carry the person's id), unique within
+        the image."""
         info = self.images[image_id]
         h, w = int(info["height"]), int(info["width"])
         objects = np.zeros((h, w), dtype=np.int64)
         people = np.zeros((h, w), dtype=np.int64)
+        inst = np.zeros((3, h, w), dtype=np.int64)
+        next_id = 1
         obj_list, person_list = [], []
         for ann in self.anns.get(image_id, []):
             if ann.get("iscrowd", 0) and self.crowd == "skip":
@@ -356,17 +366,22 @@ class CocoParts(ConceptDataset):
             m = decode_segmentation(ann["segmentation"], h, w,
                                     f"{where}, annotation {ann.get('id')}")
             objects[m] = self._label_of[self.cat_names[int(ann["category_id"])]]
+            inst[0][m] = next_id
+            next_id += 1
         heads = []
         for ann in sorted(person_list, key=lambda a: -float(a.get("area", 0))):
             m = decode_segmentation(ann["segmentation"], h, w,
                                     f"{where}, annotation {ann.get('id')}")
             people[m] = STUDY_CATEGORIES["person part"]
+            inst[1][m] = next_id
+            next_id += 1
             if ann.get("keypoints") and not ann.get("iscrowd", 0) and self.keypoint_names:
                 hm = head_mask(ann["keypoints"], self.keypoint_names, h, w, **self.head)
                 if hm is not None:
-                    heads.append(hm & m)
-        for hm in heads:
+                    heads.append((hm & m, next_id - 1))
+        for hm, k in heads:
             people[hm] = STUDY_CATEGORIES["person head"]
+            inst[1][hm] = k
         layers = [objects, people]
         if self.text is not None:
             text = np.zeros((h, w), dtype=np.int64)
@@ -381,8 +396,10 @@ class CocoParts(ConceptDataset):
                 else:
                     continue
                 text[m] = STUDY_CATEGORIES["text"]
+                inst[2][m] = next_id
+                next_id += 1
             layers.append(text)
-        return np.stack(layers)
+        return np.stack(layers), inst[:len(layers)]
 
     def item_id(self, index: int) -> str:
         return str(self.ids[index])
@@ -397,7 +414,9 @@ class CocoParts(ConceptDataset):
         if rgb.shape[:2] != (h, w):
             raise DataFormatError(f"COCO image {info['file_name']} is {rgb.shape[1]}x"
                                   f"{rgb.shape[0]}, the annotations say {w}x{h}")
-        layers = resize_labels(self.masks(image_id), self.mask_size)
+        layers, inst = self.masks_and_instances(image_id)
+        layers = resize_labels(layers, self.mask_size)
+        inst = resize_labels(inst, self.mask_size)
         fix = obs = None
         if self.fixations is not None:
             rec = self.fixations.get(image_id)
@@ -407,6 +426,7 @@ class CocoParts(ConceptDataset):
         return {
             "image": image_tensor(rgb, self.image_size),
             "layers": torch.from_numpy(np.ascontiguousarray(layers)),
+            "instances": torch.from_numpy(np.ascontiguousarray(inst)),
             "whole": torch.zeros(0, dtype=torch.int64),
             "categories": torch.ones(len(self.categories), dtype=torch.bool),
             "fixations": fix,

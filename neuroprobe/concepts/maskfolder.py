@@ -5,7 +5,8 @@ Two layouts are read:
 * **VOC style** (as PASCAL VOC and the OSIE-SR masks of He et al., CVPR 2019 use it):
   ``SegmentationClass/<stem>.png``, a palette (``P``) or grayscale (``L``) PNG whose pixel values
   are class values (0 background, 255 "void", ignored), optional
-  ``SegmentationObject/<stem>.png`` with one value per instance, and the photos in
+  ``SegmentationObject/<stem>.png`` with one value per instance (items then carry them as
+  ``instances``: each instance is one region-NSS region, as in the study), and the photos in
   ``JPEGImages/`` (or the folder given as ``images``).
 * **labelme**: one ``<stem>.json`` per image with ``shapes`` (``polygon``, ``rectangle``,
   ``circle``; ``line``/``point`` shapes have no area and are skipped) whose ``label`` is a label
@@ -391,7 +392,7 @@ class MaskFolderDataset(ConceptDataset):
         if self.fixations is not None:
             rec = self.fixations.get(img_path.name) or self.fixations.get(self.items[index][0])
             fix, obs = fixation_tensors(rec, hw, self.image_size)
-        return {
+        out = {
             "image": image_tensor(rgb, self.image_size),
             "layers": layers,
             "whole": torch.zeros(0, dtype=torch.int64),
@@ -400,6 +401,22 @@ class MaskFolderDataset(ConceptDataset):
             "observers": obs,
             "id": self.items[index][0],
         }
+        inst = self._instance_map(index, mask.shape)
+        if inst is not None:   # OSIE-SR / VOC instance masks: one region-NSS region each
+            out["instances"] = torch.from_numpy(np.ascontiguousarray(
+                resize_labels(np.where(mask > 0, inst, 0)[None], self.mask_size)))
+        return out
+
+    def _instance_map(self, index: int, shape) -> np.ndarray | None:
+        """The native-size ``SegmentationObject`` map of item ``index`` (void values -> 0), or
+        None where the folder has none for it."""
+        path = self.objects_dir / f"{self.items[index][0]}.png"
+        if self.format != "voc" or not path.is_file():
+            return None
+        inst = read_mask_png(path, tuple(shape))
+        for v in self.void:
+            inst[inst == v] = 0
+        return inst
 
     def instances(self, index: int) -> tuple[np.ndarray, dict[int, int]]:
         """Instance map at ``mask_size`` (0 = none) and the label of each instance.
@@ -408,14 +425,10 @@ class MaskFolderDataset(ConceptDataset):
         under the instance) or, for labelme, one instance per shape is not kept: labelme
         folders give an empty map.
         """
-        stem = self.items[index][0]
-        path = self.objects_dir / f"{stem}.png"
         _, mask, _ = self.raw(index)
-        if self.format != "voc" or not path.is_file():
+        inst = self._instance_map(index, mask.shape)
+        if inst is None:
             return np.zeros(self.mask_size, dtype=np.int64), {}
-        inst = read_mask_png(path, mask.shape)
-        for v in self.void:
-            inst[inst == v] = 0
         out = {}
         for k in np.unique(inst):
             if k == 0:

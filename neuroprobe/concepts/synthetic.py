@@ -18,7 +18,9 @@ Labels (global ids)
 Item layout
     ``layers[0]`` object layer (person, animal, vehicle, text, symbol, object, food, plant, drink,
     other), ``layers[1]`` part layer (person head / person part = person minus head, animal head /
-    animal part), ``layers[2]`` colour names of the pixels; ``whole = [scene, texture]``.
+    animal part), ``layers[2]`` colour names of the pixels; ``whole = [scene, texture]``;
+    ``instances``: each drawn object's number + 1 on its object- and part-layer pixels (two
+    people are two person-head regions for region-NSS), 0 on the colour layer.
 
 Synthetic observers (the priority model)
     Fixations of ``observers`` observers are sampled per image from a region-based priority
@@ -508,8 +510,21 @@ class SyntheticWorld(ConceptDataset):
         else:
             fixations = observers = None
         return {"image": image, "layers": layers_t, "whole": whole, "categories": cats,
+                "instances": torch.from_numpy(self._instances(r, cs, layers)),
                 "fixations": fixations, "observers": observers,
                 "id": f"synthetic:{self.seed}:{index}"}
+
+    @staticmethod
+    def _instances(r: dict, cs: np.ndarray, layers: np.ndarray) -> np.ndarray:
+        """Instance ids of the object and part layers: the object's number + 1 (a person's
+        head and body carry the person's id); the colour layer has none."""
+        lut = np.zeros(256, dtype=np.int64)
+        if r["regions"]:
+            lut[1:len(r["regions"]) + 1] = np.asarray(r["regions"], dtype=np.int64)[:, 2] + 1
+        inst = np.zeros_like(layers)
+        inst[0] = np.where(layers[0] > 0, lut[cs], 0)
+        inst[1] = np.where(layers[1] > 0, lut[cs], 0)
+        return inst
 
     def _layers(self, r: dict) -> tuple[np.ndarray, np.ndarray]:
         regions = r["regions"]
