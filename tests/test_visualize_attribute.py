@@ -299,8 +299,10 @@ def test_overlay_colours_signed_and_magnitude(images):
     assert (hsv[:, :4, 1] > 0.5).all() and (hsv[:, -4:, 1] > 0.5).all()
     assert hsv[:, 5:7, 1].max() < 1e-6                       # zero: grey, no colour
     m = at.overlay(images[0], heat, signed=False).astype(float) / 255
-    # |heat| = 1 on both sides: the same colour, saturated, from the sequential map
-    torch.testing.assert_close(torch.tensor(m[:, :4]), torch.tensor(m[:, -4:]))
+    # |heat| = 1 on both sides: the same colour from the sequential map (up to the 15 % of the
+    # grey image that still shows through)
+    torch.testing.assert_close(torch.tensor(m[:, :4]), torch.tensor(m[:, -4:]), atol=0.08,
+                               rtol=0)
     assert (mc.rgb_to_hsv(m)[:, :4, 1] > 0.5).all()
     assert at.is_signed("ig") and at.is_signed("occlusion") and not at.is_signed("gradcam")
     bar = at.colorbar_strip(20, 3, signed=True)
