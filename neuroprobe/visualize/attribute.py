@@ -70,8 +70,8 @@ _LABELS = {"integrated_gradients": "integrated gradients", "gradient": "gradient
 
 #: colour map of signed attributions (blue negative, white zero, red positive)
 CMAP_SIGNED = "RdBu_r"
-#: colour map of magnitudes (Grad-CAM, absolute values): dark = 0, yellow = largest
-CMAP_MAGNITUDE = "inferno"
+#: colour map of magnitudes (Grad-CAM, absolute values): dark blue = 0, yellow = largest
+CMAP_MAGNITUDE = "plasma"
 
 
 def _method(name: str) -> str:
