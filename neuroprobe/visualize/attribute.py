@@ -49,7 +49,7 @@ from ..hooks import Recorder, resolve_layers
 
 __all__ = ["attribute_unit", "attribute_units", "attribute_output", "gradcam",
            "unit_function", "output_function", "completeness_delta", "attribution_map",
-           "overlay", "colorbar_strip", "is_signed", "method_label", "eval_mode", "METHODS",
+           "overlay", "colorbar_strip", "canonical_method", "is_signed", "method_label", "eval_mode", "METHODS",
            "CMAP_SIGNED", "CMAP_MAGNITUDE", "greyed", "figure"]
 
 Layer = Union[str, nn.Module]
@@ -67,6 +67,9 @@ _ALIASES = {"ig": "integrated_gradients", "integrated-gradients": "integrated_gr
 _LABELS = {"integrated_gradients": "integrated gradients", "gradient": "gradient",
            "smoothgrad": "SmoothGrad", "occlusion": "occlusion", "gradient_shap": "GradientSHAP",
            "guided_gradcam": "guided Grad-CAM", "gradcam": "Grad-CAM"}
+_SHORT = {"integrated_gradients": "IG", "gradient": "gradient", "smoothgrad": "SmoothGrad",
+          "occlusion": "occlusion", "gradient_shap": "GradSHAP", "guided_gradcam": "guided GC",
+          "gradcam": "Grad-CAM"}
 
 #: colour map of signed attributions (blue negative, white zero, red positive)
 CMAP_SIGNED = "RdBu_r"
@@ -81,14 +84,22 @@ def _method(name: str) -> str:
     return _ALIASES[name]
 
 
+def canonical_method(name: str) -> str:
+    """The canonical name of a method or alias (``"ig"`` -> ``"integrated_gradients"``);
+    one clear error for an unknown one."""
+    return _method(name)
+
+
 def is_signed(method: str) -> bool:
     """Whether ``method`` gives signed maps (everything but Grad-CAM, which is rectified)."""
     return method != "gradcam" and _method(method) is not None
 
 
-def method_label(method: str) -> str:
-    """A short human name of a method (``"integrated gradients"``, ``"Grad-CAM"``)."""
-    return _LABELS["gradcam" if method == "gradcam" else _method(method)]
+def method_label(method: str, short: bool = False) -> str:
+    """A human name of a method (``"integrated gradients"``, ``"Grad-CAM"``; ``short=True``:
+    at most 10 characters, ``"IG"``, for captions under small tiles)."""
+    key = "gradcam" if method == "gradcam" else _method(method)
+    return (_SHORT if short else _LABELS)[key]
 
 
 @contextmanager
