@@ -169,7 +169,8 @@ def category_colour(category: str, seen: dict) -> str:
     return seen[category]
 
 
-def _run_names(summary: dict) -> tuple[str, str]:
+def run_names(summary: dict) -> tuple[str, str]:
+    """``(model, concept set)`` names of a run from its summary ("?" where absent)."""
     cfg = summary.get("config") or {}
     model = cfg.get("model") or {}
     concepts = cfg.get("concepts") or {}
@@ -242,7 +243,7 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
         ax.tick_params(axis="x", labelsize=8)
     for k in range(len(layers), nrow * cols):
         axes[k // cols][k % cols].axis("off")
-    model, concepts = _run_names(summary)
+    model, concepts = run_names(summary)
     head = f"Detector units per concept: model {model}, concepts {concepts}"
     fig.suptitle(head + (f"\n{title}" if title else ""), fontsize=11)
     if used:

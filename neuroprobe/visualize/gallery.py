@@ -633,5 +633,9 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     if report:
         from .report import write_report
 
-        page = write_report(out, entries, summary, run_dir=run, score_name=score_name)
+        picked = [w for w, on in (("detector units only", detectors_only),
+                                   (f"the best {max_units} by score", max_units is not None),
+                                   ("units chosen with --units", units is not None)) if on]
+        page = write_report(out, entries, summary, run_dir=run, score_name=score_name,
+                            selection="; ".join(picked))
     return GalleryResult(out, [out / e["png"] for e in entries], page, entries)
