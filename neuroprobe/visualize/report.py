@@ -186,7 +186,8 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
     cat_order = sorted(c for c in cats if c)
     meta = [f"model <b>{_e(model)}</b>", f"concepts <b>{_e(concepts)}</b>",
             f"mode {_e(cfg.get('mode', '?'))}", f"score {_e(score_name)}",
-            f"{len(entries)} units", f"{detectors} detectors"]
+            f"{len(entries)} unit{'' if len(entries) == 1 else 's'}",
+            f"{detectors} detector{'' if detectors == 1 else 's'}"]
     if cfg.get("iou_threshold") is not None and score_name == "IoU":
         meta.append(f"IoU threshold {_e(cfg.get('iou_threshold'))}")
     versions = summary.get("versions", {}) if summary else {}
