@@ -389,7 +389,8 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
                                           internal_batch_size=internal_batch_size)
                 heat = at.attribution_map(attr, signed=signed).cpu()
                 for j in range(len(chunk)):
-                    overlays[s + j] = at.overlay(chunk[j], heat[j], signed=signed)
+                    overlays[s + j] = at.overlay(chunk[j], heat[j], signed=signed,
+                                                 smooth=_blur(chunk.shape[-1]))
         for j, r in enumerate(lrows):
             u = r["unit"]
             sel = [pos[int(i)] for i in index[u, :kk].tolist() if i >= 0]
@@ -483,14 +484,21 @@ def _entry(row: dict, **fields) -> dict:
     return e
 
 
+def _blur(edge: int) -> float:
+    """Display blur of attribution maps on cards: 1/64 of the image edge (2 px at 128 px)."""
+    return edge / 64.0
+
+
 def _colour_map_note(attribution) -> str | None:
     from . import attribute as at
 
     if not attribution or attribution == "none":
         return None
+    how = ("map summed over colour channels, blurred (Gaussian sigma 1/64 of the image edge), "
+           "scaled by the 99th percentile of its absolute value")
     if at.is_signed(attribution):
-        return f"{at.CMAP_SIGNED} (diverging: blue negative, white 0, red positive)"
-    return f"{at.CMAP_MAGNITUDE} (sequential: 0 to max)"
+        return f"{at.CMAP_SIGNED} (diverging: blue negative, white 0, red positive); {how}"
+    return f"{at.CMAP_MAGNITUDE} (sequential: 0 to max); {how}"
 
 
 def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["write_report", "render_html", "summary_plot"]
+__all__ = ["write_report", "render_html", "summary_plot", "scores_figure"]
 
 
 def _e(value) -> str:
@@ -245,35 +245,58 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
 
 def summary_plot(path, entries: list[dict], score_name: str = "IoU", summary: dict | None = None,
                  selection: str = "") -> None:
-    """``scores.png``: the score histogram of the drawn units per layer and their most
+    """Write :func:`scores_figure` as ``path`` (a PNG, atomically)."""
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    fig = scores_figure(entries, score_name, summary, selection)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def scores_figure(entries: list[dict], score_name: str = "IoU", summary: dict | None = None,
+                  selection: str = ""):
+    """``scores.png``: the scores of the drawn units per layer and their most
     frequent labels (bars coloured by category), titled with model, concept set, layers and
     which units were drawn (``selection``, e.g. "detector units only")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    from ..io import atomic_path
-    from ..results import run_names, category_colour
+    from ..results import category_colour, run_names
 
     def tex(text) -> str:   # a "$" in a name would start matplotlib mathtext
         return str(text).replace("$", r"\$")
 
-    layers = list(dict.fromkeys(e["layer"] for e in entries))
+    layers = sorted(dict.fromkeys(e["layer"] for e in entries))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     which = f"{len(entries)} {'unit' if len(entries) == 1 else 'units'}" + (
         f", {selection}" if selection else "")
-    for layer in layers:
-        axes[0].hist([float(e["score"]) for e in entries if e["layer"] == layer], bins=30,
-                     alpha=0.6, label=tex(layer))
-    axes[0].set_xlabel(f"{score_name} (higher is better)", fontsize=10)
-    axes[0].set_ylabel("units", fontsize=10)
-    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_title(f"{score_name} of the drawn units ({which}), per layer", fontsize=10)
-    if layers:
+    scores = {layer: [float(e["score"]) for e in entries if e["layer"] == layer]
+              for layer in layers}
+    if len(entries) <= 60:      # few units: every unit a dot, one row per layer
+        for k, layer in enumerate(layers):
+            jitter = np.random.default_rng(k).uniform(-0.15, 0.15, len(scores[layer]))
+            axes[0].scatter(scores[layer], k + jitter, s=22, alpha=0.75, color=f"C{k}")
+        axes[0].set_yticks(range(len(layers)))
+        axes[0].set_yticklabels([tex(layer) for layer in layers], fontsize=9)
+        axes[0].set_ylim(-0.6, len(layers) - 0.4)
+        axes[0].invert_yaxis()
+    else:                       # many: histograms on shared bins
+        edges = np.histogram_bin_edges([v for vs in scores.values() for v in vs], bins=30)
+        for layer in layers:
+            axes[0].hist(scores[layer], bins=edges, alpha=0.6, label=tex(layer))
+        axes[0].set_ylabel("units", fontsize=10)
+        axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].legend(fontsize=8, title="layer", title_fontsize=8)
+    axes[0].set_xlabel(f"{score_name} (higher is better)", fontsize=10)
+    axes[0].set_title(f"{score_name} of the drawn units ({which}), per layer", fontsize=10)
     counts = Counter(e.get("label") or "-" for e in entries).most_common(15)
     cat_of = {e.get("label") or "-": e.get("category") or "" for e in entries}
     spare: dict = {}
@@ -295,9 +318,7 @@ def summary_plot(path, entries: list[dict], score_name: str = "IoU", summary: di
     fig.suptitle(f"Gallery units: model {tex(model)}, concepts {tex(concepts)}, layers "
                  f"{tex(', '.join(layers)) or '-'}", fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    return fig
 
 
 def write_report(out_dir, entries: list[dict], summary: dict, *, run_dir=None,
