@@ -256,8 +256,21 @@ def test_cli_gallery_and_visualize(tmp_path, capsys):
     for u in meta["units"]:
         with Image.open(out / u["png"]) as im:
             assert im.size == (24, 24)
+        # issue 16: each attribution is a figure with colour (a diverging map for IG)
+        (att,) = u["attributions"]
+        assert att["signed"] is True and att["method"] == "integrated_gradients"
+        with Image.open(out / att["png"]) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        saturated = (rgb.max(-1) - rgb.min(-1)) > 80
+        assert saturated.sum() > 200                    # the colour bar at least
         assert (out / u["attributions"][0]["png"]).is_file()
     assert (out / "maximization.png").is_file()
+    rc = main(["--quiet", "visualize", "--model", str(ckpt), "--units", "block4:3",
+               "--out", str(tmp_path / "vis2"), "--steps", "2", "--size", "24", "--image",
+               str(img), "--attribution", "gradcam"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "vis2" / "visualize.json").read_text())
+    assert meta["units"][0]["attributions"][0]["signed"] is False
     capsys.readouterr()
     assert main(["visualize", "--model", str(ckpt), "--units", "block4:999", "--out",
                  str(out), "--steps", "1"]) == 2

@@ -632,31 +632,48 @@ def colorbar_strip(width: int, height: int, signed: bool, cmap: str | None = Non
 
 
 def figure(image, heat, *, signed: bool, title: str = "", method: str = "",
-           outlier_perc: float = 1.0):
-    """A matplotlib figure of an attribution with Captum's own visualisation
-    (``captum.attr.visualization.visualize_image_attr``, ``blended_heat_map`` over the greyed
-    image) and a labelled colour bar; the caller saves and closes it."""
-    from captum.attr import visualization as viz
+           percentile: float = 99.0, smooth: float = 0.0):
+    """A matplotlib figure of an attribution: :func:`overlay` (the map in colour over the
+    greyed image) with a colour bar in the map's own units, ``title`` above and the method and
+    colour map stated below.  The caller saves it (no pyplot state is touched).
+
+    Captum's ``visualize_image_attr(method="blended_heat_map")`` lays its colour map over the
+    image at one opacity, so pixels with no attribution are veiled in the map's middle colour
+    (white for a diverging map); :func:`overlay` fades the colour out towards 0 instead.
+    ``smooth``: Gaussian blur of the map in pixels, as in :func:`overlay`.
+    """
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     img = _hwc(image)
-    h = _heat(heat, img.shape[:2])
-    fig = Figure(figsize=(4.2, 3.6), dpi=110)
+    h = _heat(heat, img.shape[:2]).astype(np.float64)
+    if smooth > 0:
+        from scipy import ndimage
+
+        h = ndimage.gaussian_filter(h, sigma=float(smooth), mode="nearest")
+    if not signed:
+        h = np.abs(h)
+    top = float(np.percentile(np.abs(h), percentile)) if h.size else 0.0
+    top = top if top > 0 else 1.0
+    cmap = CMAP_SIGNED if signed else CMAP_MAGNITUDE
+    fig = Figure(figsize=(4.4, 4.6), dpi=110, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    viz.visualize_image_attr(h[..., None], greyed(img), method="blended_heat_map",
-                             sign="all" if signed else "absolute_value",
-                             cmap=CMAP_SIGNED if signed else CMAP_MAGNITUDE, alpha_overlay=0.6,
-                             outlier_perc=outlier_perc, show_colorbar=True,
-                             plt_fig_axis=(fig, ax), use_pyplot=False)
-    cbar = fig.axes[-1] if len(fig.axes) > 1 else None
-    if cbar is not None:
-        cbar.set_ylabel(("attribution, scaled (blue -, red +)" if signed
-                         else "attribution magnitude, scaled"), fontsize=8)
-        cbar.tick_params(labelsize=7)
+    ax.imshow(overlay(img, h, signed=signed, percentile=percentile))
+    ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    if method:
-        ax.set_xlabel(f"{method}; colour map {CMAP_SIGNED if signed else CMAP_MAGNITUDE}, "
-                      f"{'signed' if signed else 'magnitude'}", fontsize=8)
+    norm = Normalize(-top, top) if signed else Normalize(0.0, top)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=matplotlib.colormaps[cmap]), ax=ax,
+                       orientation="horizontal", fraction=0.06, pad=0.03, extend="both"
+                       if signed else "max")
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.xaxis.set_major_locator(MaxNLocator(5))
+    bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    what = "blue negative, red positive" if signed else "magnitude"
+    bar.set_label(f"{method + ' ' if method else ''}attribution: {what}\ncolour map {cmap}"
+                  + (f", blurred (sigma {smooth:.3g} px)" if smooth > 0 else ""), fontsize=8)
     return fig
 
 
