@@ -64,15 +64,27 @@ def contact_sheet(dataset, out_png, n: int = 8, columns: int = 2, start: int = 0
     n : number of images (from ``start``).
     columns : images per row.
     """
+    out_png = Path(out_png)
+    if out_png.suffix.lower() != ".png":
+        raise UserError(f"contact sheet output {out_png} must end in .png")
+    fig, n = sheet_figure(dataset, n, columns, start)
+    meta = {"Software": f"neuroprobe {versions().get('neuroprobe')}",
+            "Description": json.dumps({"dataset": dataset.config(), "n": n, "start": start,
+                                       "versions": versions()}, default=str)}
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", metadata=meta)
+    return out_png
+
+
+def sheet_figure(dataset, n: int = 8, columns: int = 2, start: int = 0):
+    """The contact sheet as a matplotlib ``Figure`` (see :func:`contact_sheet`) and the number
+    of images drawn."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     if n < 1:
         raise UserError(f"contact sheet needs n >= 1 images, got {n}")
-    out_png = Path(out_png)
-    if out_png.suffix.lower() != ".png":
-        raise UserError(f"contact sheet output {out_png} must end in .png")
     n = min(n, len(dataset) - start)
     if n < 1:
         raise UserError(f"the concept set has only {len(dataset)} images")
@@ -133,12 +145,7 @@ def contact_sheet(dataset, out_png, n: int = 8, columns: int = 2, start: int = 0
                    frameon=False, title=_key_title(label_ids, observers), title_fontsize=8)
     fig.suptitle(f"{dataset.config().get('name', 'concept set')}: {n} "
                  f"image{'s' if n != 1 else ''} from #{start}", fontsize=10)
-    meta = {"Software": f"neuroprobe {versions().get('neuroprobe')}",
-            "Description": json.dumps({"dataset": dataset.config(), "n": n, "start": start,
-                                       "versions": versions()}, default=str)}
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", metadata=meta)
-    return out_png
+    return fig, n
 
 
 def _column_category(dataset, items, kept, j: int) -> str:
