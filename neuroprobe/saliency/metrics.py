@@ -101,7 +101,8 @@ def metric_title(key: str) -> str:
 EPS = 2.2204e-16  # MATLAB eps, as used by the MIT benchmark code
 
 __all__ = [
-    "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur", "mit_sigma", "gaussian_density",
+    "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur",
+    "mit_sigma", "gaussian_density",
     "fixation_map", "auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig", "emd",
     "evaluate_map", "evaluate_batch", "has_emd", "leave_out_density",
 ]

@@ -49,7 +49,8 @@ from ..hooks import Recorder, resolve_layers
 
 __all__ = ["attribute_unit", "attribute_units", "attribute_output", "gradcam",
            "unit_function", "output_function", "completeness_delta", "attribution_map",
-           "overlay", "colorbar_strip", "canonical_method", "is_signed", "method_label", "eval_mode", "METHODS",
+           "overlay", "colorbar_strip", "canonical_method", "is_signed", "method_label",
+           "eval_mode", "METHODS",
            "CMAP_SIGNED", "CMAP_MAGNITUDE", "greyed", "figure"]
 
 Layer = Union[str, nn.Module]

@@ -390,7 +390,7 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
                 heat = at.attribution_map(attr, signed=signed).cpu()
                 for j in range(len(chunk)):
                     overlays[s + j] = at.overlay(chunk[j], heat[j], signed=signed,
-                                                 smooth=_blur(chunk.shape[-1]))
+                                                 smooth=_blur(chunk.shape[-1]), **_DISPLAY)
         for j, r in enumerate(lrows):
             u = r["unit"]
             sel = [pos[int(i)] for i in index[u, :kk].tolist() if i >= 0]
@@ -484,9 +484,14 @@ def _entry(row: dict, **fields) -> dict:
     return e
 
 
+#: how cards draw attribution maps: colour saturates at the 96th percentile of |map|, colour
+#: weight |h| ** 0.5 (weak regions stay visible at tile size)
+_DISPLAY = {"percentile": 96.0, "gamma": 0.5}
+
+
 def _blur(edge: int) -> float:
-    """Display blur of attribution maps on cards: 1/64 of the image edge (2 px at 128 px)."""
-    return edge / 64.0
+    """Display blur of attribution maps on cards: 1/42 of the image edge (3 px at 128 px)."""
+    return edge / 42.0
 
 
 def _colour_map_note(attribution) -> str | None:
@@ -494,8 +499,8 @@ def _colour_map_note(attribution) -> str | None:
 
     if not attribution or attribution == "none":
         return None
-    how = ("map summed over colour channels, blurred (Gaussian sigma 1/64 of the image edge), "
-           "scaled by the 99th percentile of its absolute value")
+    how = ("map summed over colour channels, blurred (Gaussian sigma 1/42 of the image edge), "
+           "colour saturated at the 96th percentile of its absolute value")
     if at.is_signed(attribution):
         return f"{at.CMAP_SIGNED} (diverging: blue negative, white 0, red positive); {how}"
     return f"{at.CMAP_MAGNITUDE} (sequential: 0 to max); {how}"

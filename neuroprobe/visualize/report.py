@@ -190,6 +190,12 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
             f"{detectors} detector{'' if detectors == 1 else 's'}"]
     if cfg.get("iou_threshold") is not None and score_name == "IoU":
         meta.append(f"IoU threshold {_e(cfg.get('iou_threshold'))}")
+    method = next((e.get("attribution") for e in entries if e.get("attribution")), None)
+    if method:
+        colours = ("blue negative, red positive" if entries[0].get("attribution_signed", True)
+                   else "dark blue 0 to yellow max")
+        meta.append(f"attribution {_e(str(method).replace('_', ' '))} ({colours})")
+    meta.append("outlined: region above the unit's threshold; peak: the map's maximum")
     versions = summary.get("versions", {}) if summary else {}
     if versions.get("neuroprobe"):
         meta.append(f"neuroprobe {_e(versions['neuroprobe'])}")
