@@ -17,13 +17,12 @@ import os
 import pkgutil
 import sys
 
-from . import __version__
+from . import __version__, commands
+from .commands import add_global_options
 from .errors import UserError
 
 
 def _command_modules():
-    from . import commands
-
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             yield importlib.import_module(f"{commands.__name__}.{info.name}")
@@ -41,18 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _command_modules():
         module.register(sub)
     return parser
-
-
-def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """Options accepted before or after the sub-command name."""
-    default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                        default=argparse.SUPPRESS if suppress else "auto",
-                        help="where models run (default: auto = cuda when available)")
-    parser.add_argument("--debug", action="store_true", default=default if suppress else False,
-                        help="show tracebacks of errors")
-    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
-                        help="no progress bars or informational output")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from .errors import DownloadError
+from .errors import DownloadError, suggest
+from .utils import progress
 
 __all__ = ["download", "extract", "fetch", "mirror_url", "KNOWN", "DEFAULT_TIMEOUT"]
 
@@ -214,8 +215,6 @@ def _attempt(sess, url: str, part: Path, size: int | None, timeout: float, chunk
     """One request; appends to ``part``.  Raises _Retry on transient failure."""
     import requests
 
-    from .utils import progress
-
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
@@ -345,8 +344,6 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
 
 def _extract_zip(archive: Path, tmp: Path) -> None:
-    from .utils import progress
-
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -411,8 +408,6 @@ def fetch(name: str, out: str | os.PathLike, *, mirror: str | None = None,
     that folder exists already.  The archive is kept in ``out`` only when ``keep_archive``.
     """
     if name not in KNOWN:
-        from .errors import suggest
-
         raise DownloadError(f"unknown data set {name!r}",
                             hint=f"{suggest(name, KNOWN, 'data set')}; known: "
                             f"{', '.join(KNOWN)}")

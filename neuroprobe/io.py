@@ -7,12 +7,20 @@ or Ctrl-C leaves either the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+from .errors import DataFormatError, UserError
 
 
 @contextlib.contextmanager
@@ -91,12 +99,6 @@ def _json_default(obj):
 def read_toml(path, what: str = "file", error=None) -> dict:
     """Parse a TOML file; an unreadable or invalid one raises ``error`` (a UserError subclass)
     with one line naming ``what`` it is (``"concept set"``, ``"probe"``) and the path."""
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib
-    from .errors import UserError
-
     error = error or UserError
     try:
         with open(path, "rb") as fh:
@@ -115,10 +117,6 @@ def read_csv(path, required=(), *, missing_hint: str | None = None,
     :class:`~neuroprobe.errors.DataFormatError` with one line naming the file (``missing_hint``
     and ``format_hint`` say how to fix the first two).
     """
-    import csv
-
-    from .errors import DataFormatError
-
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"file {path} does not exist", hint=missing_hint)

@@ -15,6 +15,7 @@ report
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import Counter
 from pathlib import Path
@@ -275,8 +276,6 @@ def write_results(result, out_dir) -> Path:
 def write_top_images(path: Path, top_images: dict) -> None:
     """``{layer: {"values": (U, k), "index": (U, k)}}`` (torch.save, atomically): the top-k
     images of every unit, read by :func:`neuroprobe.visualize.gallery.make_gallery`."""
-    import io
-
     import torch
 
     buf = io.BytesIO()

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_global_options
+
+def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Options accepted before or after the sub-command name."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                        default=argparse.SUPPRESS if suppress else "auto",
+                        help="where models run (default: auto = cuda when available)")
+    parser.add_argument("--debug", action="store_true", default=default if suppress else False,
+                        help="show tracebacks of errors")
+    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
+                        help="no progress bars or informational output")
 
 
 def add_command(subparsers, name: str, help: str, func, description: str | None = None):
@@ -27,4 +37,4 @@ def add_subcommand_group(subparsers, name: str, help: str):
     return parser, group
 
 
-__all__ = ["add_command", "add_subcommand_group", "argparse"]
+__all__ = ["add_command", "add_subcommand_group", "add_global_options", "argparse"]

@@ -85,45 +85,6 @@ def default_workers(device) -> int:
     return 1 if cores > 1 else 0
 
 
-def _stand_in():
-    """The documented stand-in for the demo model: the study's architecture on the small
-    encoder (``saliency:small``) with random weights from ``torch.manual_seed(0)``."""
-    import torch
-
-    from ..models import build_saliency
-    from ..models.adapters import default_layers
-
-    arch = {"builder": "saliency", "kwargs": {"encoder": "small", "decoder": "conv1x1"}}
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        module = build_saliency("small").eval()
-    finally:
-        torch.random.set_rng_state(state)
-    meta = {"task": "saliency", "variant": "stand-in", "input_size": [224, 224],
-            "layers": default_layers(module, arch)}
-    note = ("stand-in model: saliency:small with random weights (torch.manual_seed(0)), used "
-            "because the built-in demo models are not installed yet; results show the "
-            "pipeline, not a trained model")
-    return module, meta, {"spec": "stand-in:saliency:small:seed0", "note": note}
-
-
-def _demo_available() -> bool:
-    try:
-        from ..resources import cache_dir
-        from ..train.demo import SHIPPED, demo_file
-    except ImportError:
-        return False
-    folders = [SHIPPED, cache_dir() / "models"]
-    try:
-        from ..train.demo import _cache_folder
-
-        folders.append(_cache_folder())
-    except ImportError:
-        pass
-    return any(demo_file("frozen", f).is_file() for f in folders)
-
-
 def _run(args) -> int:
     from pathlib import Path
 
@@ -131,12 +92,13 @@ def _run(args) -> int:
     from ..dissect import dissect
     from ..errors import UserError
     from ..io import sha256_file
+    from ..models.standin import demo_installed, stand_in
     from ..utils import info, resolve_device
     from .layers import load_model_from_args
 
     device = resolve_device(getattr(args, "device", "auto"))
-    if args.model is None and not _demo_available():
-        module, meta, model_info = _stand_in()
+    if args.model is None and not demo_installed():
+        module, meta, model_info = stand_in()
         module = module.to(device)
         info(f"neuroprobe: {model_info['note']}")
         model_name = "stand-in"

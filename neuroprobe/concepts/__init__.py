@@ -17,9 +17,12 @@ with the parsed TOML (plus ``spec["_path"]``, the file's path) and keyword overr
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..errors import ConceptSetError, suggest
+from ..io import read_toml
+from ..resources import shipped_dir
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable, collate
 
 __all__ = ["open_concepts", "list_concept_sets", "load_spec", "SOURCES", "ConceptDataset",
@@ -36,14 +39,10 @@ SOURCES: dict[str, str] = {
 
 
 def _toml_load(path: Path) -> dict:
-    from ..io import read_toml
-
     return read_toml(path, "concept set", ConceptSetError)
 
 
 def _shipped() -> dict[str, Path]:
-    from ..resources import shipped_dir
-
     try:
         folder = shipped_dir("concepts")
     except FileNotFoundError:
@@ -82,9 +81,7 @@ def load_spec(name_or_path: str) -> dict:
 def _sources() -> dict[str, str]:
     found = dict(SOURCES)
     try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group="neuroprobe.concepts"):
+        for ep in importlib_metadata.entry_points(group="neuroprobe.concepts"):
             found.setdefault(ep.name, ep.value)
     except Exception:  # pragma: no cover - broken metadata must not break built-ins
         pass

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
+from ..io import read_csv
+from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, LabelTable
 from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
                          resolve_data_path, study_label_table)
@@ -174,8 +176,6 @@ def read_eyecrowd(root: str | Path) -> list[BoxRecord]:
     """
     import scipy.io as sio
 
-    from ..saliency.fixations import read_subjects_mat
-
     root = Path(root)
     labels_path = root / "labels.mat"
     if not labels_path.is_file():
@@ -220,7 +220,6 @@ def read_box_csv(path: str | Path, images: str | Path, labels: LabelTable,
                  fixations: dict | None = None) -> list[BoxRecord]:
     """``image,label,x,y,width,height[,flag...]`` rows (label = name or id) -> box records."""
     path, images = Path(path), Path(images)
-    from ..io import read_csv
 
     required = ("image", "label", "x", "y", "width", "height")
     header, rows = read_csv(path, required, missing_hint="pass the path of the box CSV",
@@ -289,8 +288,6 @@ def from_spec(spec: dict, **overrides) -> BoxDataset:
                                    what="image folder", hint=hint)
         fix = None
         if opts.get("fixations"):
-            from ..saliency.fixations import read_subjects_mat
-
             fix = read_subjects_mat(resolve_data_path(opts["fixations"], spec,
                                                       what="fixation file", hint=hint))
         return BoxDataset(read_box_csv(boxes, images, labels, fix), labels=labels, **common)

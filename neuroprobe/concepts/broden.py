@@ -32,7 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..download import extract, fetch
 from ..errors import ConceptSetError, DataFormatError
+from ..io import read_csv
+from ..resources import cache_dir
 from .base import ConceptDataset, Label, LabelTable
 from .maskfolder import (as_size, check_known_ids, image_tensor, image_uint8, read_image,
                          resize_labels, resolve_data_path)
@@ -45,8 +48,6 @@ _CAT_RE = re.compile(r"^\s*([^()]+?)\s*\(\s*(\d+)\s*\)\s*$")
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
-    from ..io import read_csv
-
     return read_csv(path, required,
                     missing_hint="the Broden folder is incomplete; download it again",
                     format_hint="the file is not in the Broden format")[1]
@@ -153,8 +154,6 @@ class BrodenDataset(ConceptDataset):
                  image_size=None, mask_size=None, name: str = "broden"):
         root = Path(root)
         if root.is_file() and root.suffix == ".zip":
-            from ..download import extract
-
             target = root.with_suffix("")
             if not target.exists():
                 extract(root, target)
@@ -306,9 +305,6 @@ def from_spec(spec: dict, **overrides) -> BrodenDataset:
     except ConceptSetError:
         if not opts.get("download"):
             raise
-        from ..download import fetch
-        from ..resources import cache_dir
-
         path = fetch(name, cache_dir() / "data", mirror=opts.get("mirror"))
     return BrodenDataset(path, split=opts.get("split"), limit=opts.get("limit"),
                          image_size=opts.get("image_size"), mask_size=opts.get("mask_size"),

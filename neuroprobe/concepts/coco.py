@@ -57,7 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..download import download, fetch
 from ..errors import ConceptSetError, DataFormatError
+from ..resources import cache_dir
 from .base import STUDY_CATEGORIES, ConceptDataset
 from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
                          resolve_data_path, study_label_table)
@@ -327,9 +329,6 @@ class CocoParts(ConceptDataset):
             if folder is not None and (folder / fname).is_file():
                 return folder / fname
         if self.fetch_images and info.get("coco_url"):
-            from ..download import download
-            from ..resources import cache_dir
-
             cache = self.image_cache or cache_dir() / "data" / "coco" / "images"
             return download(info["coco_url"], cache / fname, desc=fname)
         where = self.images_dir or "no image folder"
@@ -448,16 +447,12 @@ def from_spec(spec: dict, **overrides) -> CocoParts:
     if ann:
         paths = [resolve_data_path(a, spec, what="COCO annotation file", hint=hint) for a in ann]
     else:
-        from ..resources import cache_dir
-
         folder = cache_dir() / "data" / "coco" / f"annotations_trainval{year}"
         files = [folder / f"instances_{split}{year}.json",
                  folder / f"person_keypoints_{split}{year}.json"]
         if not all(f.is_file() for f in files):
             if not opts.get("download"):
                 raise ConceptSetError("no COCO annotation files given", hint=hint)
-            from ..download import fetch
-
             fetch(f"coco-annotations-{year}", cache_dir() / "data" / "coco",
                   mirror=opts.get("mirror"))
         paths = files

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
+from ..resources import cache_dir
+from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
 
 __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "read_image",
@@ -149,8 +151,6 @@ def resolve_data_path(value, spec: dict | None = None, *, what: str, hint: str,
     the working directory, to ``$NEUROPROBE_DATA``, to ``<cache>/data``, to the concept-set
     file's folder, and to ``../shared/data`` (the shared data folder next to a project checkout).
     """
-    from ..resources import cache_dir
-
     if value is None or str(value) == "":
         raise ConceptSetError(f"no {what} given", hint=hint)
     path = Path(str(value)).expanduser()
@@ -334,8 +334,6 @@ class MaskFolderDataset(ConceptDataset):
             self.items = self.items[: int(limit)]
         self.fixations = None
         if fixations:
-            from ..saliency.fixations import read_subjects_mat
-
             self.fixations = read_subjects_mat(fixations)
             self.has_fixations = True
 

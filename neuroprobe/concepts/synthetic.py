@@ -43,6 +43,7 @@ Synthetic observers (the priority model)
 """
 from __future__ import annotations
 
+import copy
 import math
 from functools import lru_cache
 
@@ -51,7 +52,9 @@ import torch
 from PIL import Image
 
 from ..errors import ConceptSetError
+from ..io import config_hash
 from . import _draw as D
+from . import load_spec
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
 
 CATEGORIES = ["object", "part", "color", "texture", "scene"]
@@ -106,8 +109,6 @@ OPTIONS = ("seed", "n", "image_size", "mask_size", "observers", "limit", "fixati
 
 @lru_cache(maxsize=1)
 def _shipped_spec() -> dict:
-    from . import load_spec
-
     return load_spec("synthetic")
 
 
@@ -315,8 +316,6 @@ class SyntheticWorld(ConceptDataset):
         return LabelTable(labs, CATEGORIES)
 
     def config(self) -> dict:
-        from ..io import config_hash
-
         cfg = super().config()
         cfg.update(seed=self.seed, observers=self.observers,
                    world=config_hash({"fixations": self.fix, "weights": self.weights,
@@ -326,8 +325,6 @@ class SyntheticWorld(ConceptDataset):
     def with_size(self, n: int) -> "SyntheticWorld":
         """The same world with ``n`` images (images are functions of ``(seed, index)``, so the
         first ones are unchanged)."""
-        import copy
-
         other = copy.copy(self)
         other.n, other.limit = int(n), None
         return other

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, suggest
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, encoder_info
+from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
+                       imagenet_state_dict, load_state_strict)
 
 
 class Normalize(nn.Module):
@@ -173,12 +174,8 @@ def build_torchvision(name: str, weights=None, num_classes: int | None = None) -
     kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
     net = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None and str(weights).lower() == "imagenet":
-        from .encoders import imagenet_state_dict, load_state_strict
-
         load_state_strict(net, imagenet_state_dict(name), source=f"ImageNet weights of {name}")
     elif weights is not None and str(weights).lower() != "none":
-        from .encoders import _read_state_file, load_state_strict
-
         load_state_strict(net, _read_state_file(weights), source=str(weights))
     return ImageClassifier(net)
 

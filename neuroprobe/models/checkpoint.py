@@ -21,14 +21,18 @@ import io
 import pickle
 import warnings
 import zipfile
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import CheckpointError, suggest
-from .adapters import BUILDERS, default_layers
+from ..io import atomic_path
+from . import zoo
+from .adapters import BUILDERS, build_encoder_only, build_torchvision, default_layers
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict
 
 FORMAT = "neuroprobe-checkpoint"
@@ -45,9 +49,7 @@ class LoadedModel(NamedTuple):
 def _builders() -> dict:
     found = dict(BUILDERS)
     try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group="neuroprobe.models"):
+        for ep in importlib_metadata.entry_points(group="neuroprobe.models"):
             if ep.name not in found:
                 found[ep.name] = ep  # resolved on use
     except Exception:  # pragma: no cover
@@ -95,8 +97,6 @@ def parse_arch(text: str) -> dict:
 
 
 def _metadata_defaults(module: nn.Module, arch: dict | None, meta: dict | None) -> dict:
-    from .. import __version__
-
     out = {"task": getattr(module, "task", "unknown"), "variant": None,
            "input_size": [224, 224], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
            "layers": default_layers(module, arch), "arch": arch,
@@ -111,8 +111,6 @@ def _metadata_defaults(module: nn.Module, arch: dict | None, meta: dict | None) 
 
 def save(path, module: nn.Module, arch: dict, metadata: dict | None = None) -> Path:
     """Write a neuroprobe checkpoint atomically and return its path."""
-    from ..io import atomic_path
-
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                "metadata": _metadata_defaults(module, arch, metadata)}
@@ -150,14 +148,10 @@ def _load(spec: str, arch, trust: bool):
         if query.startswith("weights="):
             weights = query.split("=", 1)[1]
         a = {"builder": "torchvision", "kwargs": {"name": name}}
-        from .adapters import build_torchvision
-
         module = build_torchvision(name, weights=weights)
         return module, _metadata_defaults(module, a, {"variant": f"torchvision-{weights}"})
-    from . import zoo
-
     if zoo.is_builtin(spec):
-        return _load(str(zoo.builtin_path(spec)), None, False)
+        return _load(str(builtin_file(spec)), None, False)
 
     path = Path(spec).expanduser()
     if not path.exists():
@@ -248,6 +242,34 @@ def _from_object(obj, path: Path, arch):
         state = {f"net.{k}": v for k, v in state.items()}
     load_state_strict(module, state, source=str(path))
     return module, _metadata_defaults(module, spec, {"format": "state-dict"})
+
+
+def builtin_file(name: str) -> Path:
+    """The checkpoint file of built-in model ``name`` (:mod:`.zoo`), writing the random control's
+    file first when it is asked for and missing."""
+    if zoo.BUILTIN.get(name) == "random":
+        return random_control()
+    return zoo.builtin_path(name)
+
+
+def random_control(seed: int = 0) -> Path:
+    """The demo encoder's architecture with seeded random weights (a control for dissection:
+    what an untrained network of the same shape already 'detects').  Written once into the
+    cache (:func:`.zoo.random_control_path`); returns its path."""
+    pretrained_meta = load("demo-pretrained").metadata
+    path = zoo.random_control_path(seed)
+    if not path.is_file():
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            module = build_encoder_only("small")
+        finally:
+            torch.random.set_rng_state(state)
+        save(path, module, {"builder": "encoder", "kwargs": {"encoder": "small"}},
+             {"variant": "random", "task": "encoder", "seed": seed,
+              "input_size": pretrained_meta.get("input_size"),
+              "note": "random initialisation (seeded), the control for demo-pretrained"})
+    return path
 
 
 def describe(spec: str, **kwargs) -> str:  # pragma: no cover - convenience

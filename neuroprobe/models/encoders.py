@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.hub import get_dir
 
 from ..errors import CheckpointError, suggest
 
@@ -192,7 +193,6 @@ def imagenet_state_dict(tv_name: str) -> dict:
 
     Raises :class:`CheckpointError` saying where to put the file when neither works.
     """
-    from torch.hub import get_dir
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(tv_name).IMAGENET1K_V1

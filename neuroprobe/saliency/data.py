@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import download as dl
 from ..errors import DataFormatError, UserError, suggest
 from .fixations import Fixations, read_subjects_mat
+from .metrics import GroundTruth, gaussian_density, mit_sigma
 
 __all__ = ["FixationDataset", "load_osie", "load_eyecrowd", "read_salicon_json",
            "read_salicon_mat", "read_mit1003", "read_csv", "open_dataset", "fetch_repository",
@@ -163,8 +165,6 @@ def _find_layout(folder: Path) -> Path:
 def fetch_repository(name: str, out, *, mirror: str | None = None) -> Path:
     """Download the public repository archive of ``osie`` or ``eyecrowd`` into ``out`` (once)
     with :func:`neuroprobe.download.download`, extract it safely, and return the data folder."""
-    from .. import download as dl
-
     if name not in REPOSITORIES:
         raise UserError(f"no repository archive known for {name!r}",
                         hint="known: " + ", ".join(REPOSITORIES))
@@ -398,8 +398,6 @@ def inter_observer(fixations: Fixations, shape=None, **gt_kwargs):
     pairs: the *prediction* is built from the fixations of all other observers and evaluated
     against the held-out observer's fixations.  Observers without fixations are skipped.
     """
-    from .metrics import GroundTruth
-
     shape = shape or fixations.size
     for o in np.unique(fixations.observer):
         held = fixations.observer == o
@@ -414,8 +412,6 @@ def centre_prior(dataset_fixations: list[Fixations], shape, exclude: int | None 
     """Centre-bias baseline from data: the density of all fixations of the *other* images
     (rescaled to ``shape``), blurred with a Gaussian (sigma in pixels, default the MIT-equivalent
     sigma of the shape).  Leaving image ``exclude`` out keeps it a fair baseline for that image."""
-    from .metrics import gaussian_density, mit_sigma
-
     rows, cols = [], []
     for i, f in enumerate(dataset_fixations):
         if i == exclude or len(f) == 0:

@@ -13,6 +13,7 @@ Model specs, as on the command line:
 """
 from __future__ import annotations
 
+import csv
 import math
 import warnings
 from pathlib import Path
@@ -20,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io import atomic_open, atomic_path, write_json, write_text
+from ..utils import model_device, progress, resolve_device, versions
 from . import classical
-from .metrics import (METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
-                      evaluate_protocols, leave_out_density, other_fixations)
+from .data import centre_prior, inter_observer
+from .metrics import (HIGHER_IS_BETTER, METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
+                      evaluate_protocols, leave_out_density, metric_title, other_fixations)
 
 BASELINES = ("observers", "prior", "uniform")
 
@@ -40,7 +44,6 @@ def checkpoint_model(spec: str, device: str = "cpu"):
     import torch.nn.functional as F
 
     from ..models import load
-    from ..utils import resolve_device
 
     module, meta = load(spec, device=resolve_device(device))
     task = meta.get("task")
@@ -48,7 +51,7 @@ def checkpoint_model(spec: str, device: str = "cpu"):
         raise UserError(f"model {spec} is a {task} model, not a saliency model",
                         hint="give a saliency checkpoint (metadata task = saliency)")
     size = meta.get("input_size")
-    dev = next(module.parameters()).device if any(True for _ in module.parameters()) else "cpu"
+    dev = model_device(module)
 
     def run(image):
         img = classical.as_image(image)
@@ -95,8 +98,6 @@ def resolve_models(specs, device: str = "auto") -> dict:
 
 def _observer_scores(fx, gt, protocols, metrics, others, baseline, rng) -> dict:
     """Mean over observers of the leave-one-out scores of one image."""
-    from .data import inter_observer
-
     acc = {p: {m: [] for m in metrics} for p in protocols}
     for _, rest, held in inter_observer(fx, gt.shape, sigma=gt.sigma, cycles=gt.cycles):
         for p in protocols:
@@ -128,8 +129,6 @@ def evaluate_dataset(dataset, models: dict, protocols=PROTOCOLS, metrics=METRICS
 
 def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                    show_progress) -> list[dict]:
-    from ..utils import progress
-
     rows = []
     base_cache: dict = {}
     for i in progress(range(len(gts)), desc=f"{dataset.name}: evaluating", unit="img",
@@ -151,8 +150,6 @@ def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                 if name == "uniform":
                     smap = np.ones(gt.shape)
                 elif name == "prior":
-                    from .data import centre_prior
-
                     smap = centre_prior(dataset.fixations, gt.shape, exclude=i)
                 elif fn is classical.centre_bias:
                     smap = classical.centre_bias(gt.shape)
@@ -205,8 +202,6 @@ def summarise(rows: list[dict], metrics) -> list[dict]:
 
 def markdown_table(summary: list[dict], metrics, title: str = "") -> str:
     """One table per protocol: models as rows, ``mean ± CI half-width`` per metric."""
-    from .metrics import HIGHER_IS_BETTER
-
     lines = [f"## {title}", ""] if title else []
     for protocol in dict.fromkeys(r["protocol"] for r in summary):
         lines.append(f"Protocol: `{protocol}` (mean ± 95% CI half-width over images)")
@@ -228,10 +223,6 @@ def markdown_table(summary: list[dict], metrics, title: str = "") -> str:
 
 
 def _write_csv(path, rows: list[dict]) -> None:
-    import csv
-
-    from ..io import atomic_open
-
     cols = list(rows[0]) if rows else []
     with atomic_open(path, "w") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -247,10 +238,6 @@ def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    from .metrics import metric_title
 
     models = list(dict.fromkeys(r["model"] for r in summary))
     protocols = list(dict.fromkeys(r["protocol"] for r in summary))
@@ -285,9 +272,6 @@ def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
 def write_results(out, rows, summary, metrics, config: dict, title: str = "") -> dict:
     """``per_image.csv``, ``summary.csv``, ``summary.md``, ``summary.png`` and ``config.json``
     (configuration and versions) in ``out``, each written atomically."""
-    from ..io import write_json, write_text
-    from ..utils import versions
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "per_image.csv", rows)

@@ -31,8 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..concepts import open_concepts
 from ..errors import DataFormatError, UserError
-from ..saliency.fixations import Fixations
+from ..saliency.data import read_salicon_mat
+from ..saliency.fixations import Fixations, read_subjects_mat
+from ..utils import progress
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 DEMO_WORLD_SEED = 1
@@ -115,8 +118,6 @@ def _to_input_frame(fix: Fixations, orig: tuple[int, int], size: tuple[int, int]
 
 def _from_files(paths: list[Path], fixes: list[Fixations] | None, size, desc: str,
                 labels=None) -> ImageSet:
-    from ..utils import progress
-
     imgs, in_frame, original = [], [], []
     for i, p in enumerate(progress(paths, desc=f"loading {desc}", unit="img", leave=False)):
         im, orig = load_image(p, size)
@@ -134,8 +135,6 @@ def _from_files(paths: list[Path], fixes: list[Fixations] | None, size, desc: st
 # -- synthetic --------------------------------------------------------------------------------
 
 def synthetic_world(n: int, seed: int, size: tuple[int, int], observers: int = 15):
-    from ..concepts import open_concepts
-
     mask = (max(1, size[0] // 2), max(1, size[1] // 2))
     return open_concepts("synthetic", n=n, seed=seed, image_size=list(size),
                          mask_size=list(mask), observers=observers)
@@ -153,8 +152,6 @@ def load_synthetic(n: int, seed: int, size: tuple[int, int], min_fraction: float
     ``targets`` marks a recognition class present when it covers at least ``min_fraction`` of the
     mask pixels (tiny, occluded remnants are not asked for).
     """
-    from ..utils import progress
-
     world = synthetic_world(n, seed, size)
     rec = recognition_classes(world)
     rec_index = {lab.id: k for k, lab in enumerate(rec)}
@@ -201,8 +198,6 @@ def osie_root(arg: str | None) -> Path:
 def load_osie(arg: str | None, size, n_train: int = 500, limit: int | None = None,
               split: str = "both") -> tuple[ImageSet | None, ImageSet | None]:
     """OSIE's first ``n_train`` images (sorted by name) to train, the rest to validate/test."""
-    from ..saliency.fixations import read_subjects_mat
-
     root = osie_root(arg)
     fix = read_subjects_mat(root / "fixations.mat")
     names = sorted(n for n in fix if (root / "stimuli" / n).is_file())
@@ -232,8 +227,6 @@ def load_salicon(arg: str, size, limit=None, val_limit=None):
         if not img_dir.is_dir() or not fix_dir.is_dir():
             raise DataFormatError(f"{root} lacks images/{split} or fixations/{split}",
                                   hint="expected the SALICON 2017 layout")
-        from ..saliency.data import read_salicon_mat
-
         ds = read_salicon_mat(fix_dir, images_root=img_dir).subset(lim)
         keep = [i for i, p in enumerate(ds.image_paths) if p is not None and p.is_file()]
         paths = [ds.image_paths[i] for i in keep]

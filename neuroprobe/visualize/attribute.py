@@ -46,6 +46,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..hooks import Recorder, resolve_layers
+from ..utils import model_device
 
 __all__ = ["attribute_unit", "attribute_units", "attribute_output", "gradcam",
            "unit_function", "output_function", "completeness_delta", "attribution_map",
@@ -116,18 +117,12 @@ def eval_mode(model: nn.Module):
             m.training = training
 
 
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _prepare(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:
         images = images[None]
     if images.dim() != 4:
         raise UserError(f"images must be (B, 3, H, W) tensors, got shape {tuple(images.shape)}")
-    return images.to(_device(model), torch.float32)
+    return images.to(model_device(model), torch.float32)
 
 
 def _baselines(images: torch.Tensor, baselines):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DataFormatError, UserError
+from ..utils import model_device
 
 __all__ = ["unit_card", "outline", "read_run", "top_images", "unit_maps", "render_units",
            "make_gallery", "unit_filename", "GalleryResult", "parse_units"]
@@ -279,7 +280,7 @@ def top_images(model, dataset, layers: Sequence[str], k: int = 8, batch_size: in
     from ..stats import TopK
     from ..utils import progress
 
-    device = _device(model)
+    device = model_device(model)
     stats = {name: TopK(k) for name in layers}
     start = 0
     model.eval()
@@ -295,18 +296,12 @@ def top_images(model, dataset, layers: Sequence[str], k: int = 8, batch_size: in
     return {name: (s.values, s.index) for name, s in stats.items()}
 
 
-def _device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def unit_maps(model, dataset, layer: str, indices: Sequence[int], batch_size: int = 32):
     """Images (N, 3, H, W) and ``layer`` outputs (N, C, h, w) for the given data-set indices."""
     from ..concepts.base import collate
     from ..hooks import record
 
-    device = _device(model)
+    device = model_device(model)
     images, maps = [], []
     indices = [int(i) for i in indices]
     for s in range(0, len(indices), batch_size):
@@ -433,7 +428,7 @@ def _peaks(model, layer: str, am_images: torch.Tensor, units: Sequence[int]) -> 
     from ..hooks import record
 
     with torch.no_grad():
-        out = record(model, am_images.to(_device(model)), layer, clone=False)[layer]
+        out = record(model, am_images.to(model_device(model)), layer, clone=False)[layer]
     return [float(out[j, int(u)].max()) for j, u in enumerate(units)]
 
 
@@ -521,9 +516,9 @@ def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
                         hint="pass --model PATH")
     if spec.startswith("stand-in:") and not model_spec:
         try:   # the dissect command's documented stand-in (random weights, fixed seed)
-            from ..commands.dissect import _stand_in
+            from ..models.standin import stand_in
 
-            model = _stand_in()[0].to(device)
+            model = stand_in()[0].to(device)
         except (ImportError, AttributeError):
             raise UserError(f"cannot rebuild the run's stand-in model {spec!r}",
                             hint="pass --model PATH") from None

@@ -18,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from ..io import atomic_path, write_text
+
 __all__ = ["write_report", "render_html", "summary_plot", "scores_figure"]
 
 
@@ -254,8 +256,6 @@ def summary_plot(path, entries: list[dict], score_name: str = "IoU", summary: di
     """Write :func:`scores_figure` as ``path`` (a PNG, atomically)."""
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
-
     fig = scores_figure(entries, score_name, summary, selection)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -337,8 +337,6 @@ def write_report(out_dir, entries: list[dict], summary: dict, *, run_dir=None,
     has one, so the folder stays self-contained.  ``selection`` says which units were drawn
     ("detector units only"), for the title of ``scores.png``.
     """
-    from ..io import atomic_path, write_text
-
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     plots = []
