@@ -218,36 +218,105 @@ def _csv(path: Path, rows: list[dict]) -> None:
             w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def plot_counts(path: Path, summary: dict, title: str = "") -> None:
-    """Bar plot of detector units per concept, one panel per layer."""
+#: one colour per concept category in every figure (matplotlib's tab10 order)
+CATEGORY_COLOURS = {"object": "#1f77b4", "part": "#ff7f0e", "scene": "#2ca02c",
+                    "material": "#d62728", "texture": "#9467bd", "color": "#8c564b",
+                    "colour": "#8c564b", "nss": "#e377c2"}
+_OTHER_COLOURS = ["#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
+
+
+def category_colour(category: str, seen: dict) -> str:
+    """The colour of a concept category (fixed for the usual ones, then a spare palette)."""
+    if category in CATEGORY_COLOURS:
+        return CATEGORY_COLOURS[category]
+    if category not in seen:
+        seen[category] = _OTHER_COLOURS[len(seen) % len(_OTHER_COLOURS)]
+    return seen[category]
+
+
+def run_names(summary: dict) -> tuple[str, str]:
+    """``(model, concept set)`` names of a run from its summary ("?" where absent)."""
+    cfg = summary.get("config") or {}
+    model = cfg.get("model") or {}
+    concepts = cfg.get("concepts") or {}
+    return (str(model.get("spec") or model.get("name") or "?"),
+            str(concepts.get("name") or concepts.get("spec") or "?"))
+
+
+def plot_counts(path: Path, summary: dict, title: str = "", units=None,
+                max_concepts: int = 20) -> None:
+    """Write :func:`counts_figure` as a PNG (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = counts_figure(summary, title, units, max_concepts)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int = 20):
+    """Detector units per concept: one panel per layer, horizontal bars coloured by concept
+    category with a legend, integer unit axes, the figure titled with model, concept set and
+    the detector rule.  ``units``: the unit rows (they map labels to categories; without them
+    every bar is grey); ``max_concepts``: the most frequent concepts shown per layer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     per = summary["detectors_per_concept"]
     layers = list(per)
-    fig, axes = plt.subplots(len(layers), 1, figsize=(9, 2.2 + 0.9 * len(layers) * 2),
-                             squeeze=False)
-    for ax, layer in zip(axes[:, 0], layers):
-        items = list(per[layer].items())[:30]
+    cat_of = {r["label"]: r["category"] for r in (units or []) if r.get("detector")}
+    shown = {layer: list(per[layer].items())[:max_concepts] for layer in layers}
+    rows_max = max([len(v) for v in shown.values()] + [1])
+    cols = min(len(layers), 3) or 1
+    nrow = -(-len(layers) // cols) if layers else 1
+    height = 1.0 + nrow * (1.4 + 0.3 * max(rows_max, 4))
+    fig, axes = plt.subplots(nrow, cols, figsize=(4.4 * cols + 0.8, height), squeeze=False)
+    spare: dict = {}
+    used = {}
+    for k, layer in enumerate(layers):
+        ax = axes[k // cols][k % cols]
+        items = shown[layer]
         if items:
-            ax.bar(range(len(items)), [v for _, v in items], color="tab:blue")
-            ax.set_xticks(range(len(items)))
-            ax.set_xticklabels([k for k, _ in items], rotation=60, ha="right", fontsize=7)
+            cats = [cat_of.get(name, "") for name, _ in items]
+            colours = [category_colour(c, spare) if c else "#999999" for c in cats]
+            used.update({c: col for c, col in zip(cats, colours) if c})
+            y = [rows_max - 1 - i for i in range(len(items))]     # from the top down
+            ax.barh(list(y), [v for _, v in items], color=colours)
+            ax.set_yticks(list(y))
+            # a "$" in a label would start matplotlib mathtext
+            ax.set_yticklabels([n.replace("$", r"\$") for n, _ in items], fontsize=9)
+            ax.set_ylim(-0.6, rows_max - 0.4)
+            for yy, (_, v) in zip(y, items):
+                ax.text(v, yy, f" {v}", va="center", fontsize=8)
+            ax.set_xlim(0, max(v for _, v in items) * 1.15 + 0.5)
         else:
             ax.text(0.5, 0.5, "no detector units", ha="center", va="center",
-                    transform=ax.transAxes)
-            ax.set_xticks([])
-        ax.set_ylabel("units")
-        ax.set_title(f"{layer}: {summary['detectors'][layer]} of {summary['units'][layer]} "
-                     "units are detectors", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+                    transform=ax.transAxes, fontsize=10)
+            ax.set_yticks([])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("detector units", fontsize=9)
+        n_det, n_units = summary["detectors"][layer], summary["units"][layer]
+        n_con = len(per[layer])
+        more = f", top {len(items)} shown" if n_con > len(items) else ""
+        are = "units is a detector" if n_det == 1 else "units are detectors"
+        ax.set_title(f"{layer.replace('$', chr(92) + '$')}\n{n_det} of {n_units} {are}, "
+                     f"{n_con} {'concept' if n_con == 1 else 'concepts'}{more}", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    for k in range(len(layers), nrow * cols):
+        axes[k // cols][k % cols].axis("off")
+    model, concepts = run_names(summary)
+    head = f"Detector units per concept: model {model}, concepts {concepts}"
+    fig.suptitle(head + (f"\n{title}" if title else ""), fontsize=11)
+    if used:
+        fig.legend(handles=[Patch(color=c, label=k) for k, c in sorted(used.items())],
+                   title="category", fontsize=9, title_fontsize=9, loc="lower center",
+                   ncol=min(6, len(used)), frameon=False)
+    fig.tight_layout(rect=(0, 0.55 / height if used else 0, 1, 1))
+    return fig
 
 
 def write_results(result, out_dir) -> Path:
@@ -262,7 +331,7 @@ def write_results(result, out_dir) -> Path:
     what = "region-NSS > {}".format(cfg["nss_threshold"]) if cfg["score"] == "region-nss" \
         else "IoU >= {}".format(cfg["iou_threshold"])
     plot_counts(out / "concepts.png", result.summary,
-                f"detector units per concept ({cfg['mode']} mode, {what})")
+                f"{cfg['mode']} mode, detectors: {what}", units=result.units)
     write_top_images(out / "top_images.pt", result.top_images)
     write_json(out / "summary.json", result.summary)
     return out

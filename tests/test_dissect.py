@@ -421,3 +421,39 @@ def test_checkpoints_by_time_when_no_batch_interval(tmp_path, monkeypatch):
     assert saved.count("record") >= 2 and saved.count("tally") >= 2
     assert (tmp_path / "fast" / "units.csv").read_text() == \
         (tmp_path / "slow" / "units.csv").read_text()
+
+
+def test_concepts_figure_explains_itself():
+    """concepts.png (issue 16): model and concept set in the title, integer unit axes, bars
+    coloured by category with a legend, singular "1 concept"."""
+    import matplotlib.colors as mc
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.results import CATEGORY_COLOURS, counts_figure
+
+    summary = {"config": {"model": {"spec": "demo"}, "concepts": {"name": "synthetic"}},
+               "detectors_per_concept": {"b2": {"head": 3, "red": 1}, "b3": {"car": 1},
+                                         "b4": {}},
+               "detectors": {"b2": 4, "b3": 1, "b4": 0}, "units": {"b2": 8, "b3": 8, "b4": 8}}
+    units = [{"label": "head", "category": "part", "detector": True},
+             {"label": "red", "category": "color", "detector": True},
+             {"label": "car", "category": "object", "detector": True}]
+    fig = counts_figure(summary, "netdissect mode", units)
+    try:
+        head = fig._suptitle.get_text()
+        assert "demo" in head and "synthetic" in head and "netdissect" in head
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title().split("\n")[0] for ax in axes] == ["b2", "b3", "b4"]
+        assert "1 concept" in axes[1].get_title() and "1 concepts" not in axes[1].get_title()
+        for ax in axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks)
+        colours = {ax.get_yticklabels()[i].get_text(): mc.to_hex(bar.get_facecolor())
+                   for ax in axes[:2] for i, bar in enumerate(ax.patches)}
+        assert colours == {"head": CATEGORY_COLOURS["part"], "red": CATEGORY_COLOURS["color"],
+                           "car": CATEGORY_COLOURS["object"]}
+        legend = fig.legends[0]
+        assert sorted(t.get_text() for t in legend.get_texts()) == ["color", "object", "part"]
+        assert axes[2].texts[0].get_text() == "no detector units"
+    finally:
+        plt.close(fig)

@@ -403,3 +403,14 @@ def test_leave_out_density_equals_the_direct_blur_of_the_rest():
     with pytest.raises(UserError, match="subset"):
         M.leave_out_density(M.GroundTruth.from_fixations(xy[:3], shape),
                             M.GroundTruth.from_fixations(xy[3:9], shape), "mit")
+
+
+def test_metric_titles_say_which_way_is_better():
+    from neuroprobe.saliency.metrics import metric_title
+
+    assert metric_title("nss") == "NSS (higher is better)"
+    assert metric_title("kl") == "KL divergence (lower is better)"
+    assert metric_title("auc_judd") == "AUC-Judd (higher is better)"
+    assert metric_title("loss") == "loss (lower is better)"
+    assert metric_title("accuracy") == "accuracy (higher is better)"
+    assert metric_title("custom") == "custom"

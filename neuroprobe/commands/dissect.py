@@ -184,6 +184,10 @@ def _run(args) -> int:
     return 0
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _print_summary(result, out) -> None:
     s = result.summary
     cfg = s["config"]
@@ -199,7 +203,7 @@ def _print_summary(result, out) -> None:
     for layer in s["units"]:
         top = ", ".join(f"{k} {v}" for k, v in list(s["detectors_per_concept"][layer].items())[:6])
         print(f"  {layer}: {s['detectors'][layer]}/{s['units'][layer]} units, "
-              f"{s['unique_concepts'][layer]} concepts" + (f" ({top})" if top else ""))
+              f"{_plural(s['unique_concepts'][layer], 'concept')}" + (f" ({top})" if top else ""))
     if result.nss_table:
         layers = list(s["units"])
         print(f"  region-NSS (mean NSS of the top {cfg['top_units']} units / units with NSS > "

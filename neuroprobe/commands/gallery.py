@@ -27,8 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="maximization image size (default: the concept set's image size)")
     p.add_argument("--attribution", default="integrated_gradients",
-                   choices=["integrated_gradients", "ig", "gradient", "none"],
-                   help="attribution map on each unit's top image (default integrated_gradients)")
+                   choices=["integrated_gradients", "ig", "gradient", "smoothgrad", "occlusion",
+                            "gradient_shap", "guided_gradcam", "none"],
+                   help="attribution map on each unit's top image, through Captum (default "
+                   "integrated_gradients; signed maps are drawn blue-white-red)")
     p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
     p.add_argument("--tile", type=int, default=96, help="tile size in pixels (default 96)")
     p.add_argument("--batch-size", type=int, default=32)

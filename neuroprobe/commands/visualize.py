@@ -31,8 +31,12 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="units optimised together")
     p.add_argument("--image", action="append", default=[],
                    help="an image file to attribute each unit on (repeatable)")
-    p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient", "gradcam"],
-                   default="integrated_gradients")
+    p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient",
+                                             "smoothgrad", "occlusion", "gradient_shap",
+                                             "guided_gradcam", "gradcam"],
+                   default="integrated_gradients",
+                   help="attribution method, through Captum (default integrated_gradients); "
+                   "signed maps are drawn blue (-) / red (+), Grad-CAM in a sequential map")
     p.add_argument("--ig-steps", type=int, default=32)
 
 
@@ -53,6 +57,64 @@ def _load_image(path, size):
     return torch.from_numpy(a).permute(2, 0, 1)
 
 
+def _attributions(model, layer: str, unit: int, pics, images, out, name: str, args,
+                  meta) -> list[dict]:
+    """One figure per image: the unit's attribution in colour over the greyed image with a
+    colour bar (:func:`neuroprobe.visualize.attribute.figure`), titled with model, layer, unit,
+    method and image."""
+    from ..io import atomic_path
+    from ..visualize import attribute as at
+
+    signed = at.is_signed(args.attribution)
+    if args.attribution == "gradcam":
+        heat = at.gradcam(model, layer, pics, unit=unit)[:, 0].detach().cpu()
+    else:
+        attr = at.attribute_unit(model, layer, unit, pics, method=args.attribution,
+                                 n_steps=args.ig_steps)
+        heat = at.attribution_map(attr, signed=signed).cpu()
+    label = at.method_label(args.attribution)
+    done = []
+    for k, (path, _) in enumerate(images):
+        aname = name[:-4] + f"-attr-{k:02d}-{path.stem[:40]}.png"
+        aname = "".join(c if c.isalnum() or c in "._-" else "_" for c in aname)
+        fig = at.figure(pics[k], heat[k], signed=signed, method=label,
+                        smooth=pics.shape[-1] / 64.0,
+                        title=f"{args.model}  {layer}:{unit}\n{label} on {path.name[:40]}")
+        with atomic_path(out / aname) as tmp:
+            fig.savefig(tmp, format="png")
+        done.append({"image": str(path), "png": aname, "method": args.attribution,
+                     "signed": signed})
+    return done
+
+
+def _sheet(path, sheet, records, args) -> None:
+    """``maximization.png``: every unit's maximization image, titled with its layer, unit and
+    the activation it reached, under a title naming the model and the optimisation."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    cols = min(6, len(sheet))
+    nrow = math.ceil(len(sheet) / cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(2.3 * cols, 2.5 * nrow + 0.6), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < len(sheet):
+            r = records[k]
+            ax.imshow(sheet[k])
+            what = "mean activation" if args.objective == "channel" else "centre neuron"
+            ax.set_title(f"{r['layer'].replace('$', chr(92) + '$')}:{r['unit']}\n"
+                         f"{what} reached {r['activation']:.3g}", fontsize=8)
+    fig.suptitle(f"Activation maximization: model {args.model}, {args.steps} steps, "
+                 f"{args.param} parameterization, seed {args.seed}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def _run(args) -> int:
     from pathlib import Path
 
@@ -63,7 +125,6 @@ def _run(args) -> int:
     from ..errors import UserError
     from ..io import atomic_path, write_json
     from ..utils import info, progress, versions
-    from ..visualize import attribute as at
     from ..visualize import maximize as am
     from ..visualize.gallery import parse_units, resolve_layer_name, unit_filename
     from .layers import load_model_from_args
@@ -111,30 +172,17 @@ def _run(args) -> int:
             with atomic_path(out / name) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
             sheet.append(img)
-            rec = {"layer": layer, "unit": u, "png": name,
+            rec = {"layer": layer, "unit": u, "png": name, "objective": args.objective,
                    "activation": float(res.activations[j]), "attributions": []}
             if pics is not None:
-                if args.attribution == "gradcam":
-                    heat = at.gradcam(model, layer, pics, unit=u)[:, 0].detach().cpu()
-                else:
-                    attr = at.attribute_unit(model, layer, u, pics, method=args.attribution,
-                                             n_steps=args.ig_steps)
-                    heat = at.attribution_map(attr).cpu()
-                for k, (path, _) in enumerate(images):
-                    aname = name[:-4] + f"-attr-{k:02d}-{path.stem[:40]}.png"
-                    aname = "".join(c if c.isalnum() or c in "._-" else "_" for c in aname)
-                    with atomic_path(out / aname) as tmp:
-                        Image.fromarray(at.overlay(pics[k], heat[k])).save(tmp, format="PNG")
-                    rec["attributions"].append({"image": str(path), "png": aname})
+                rec["attributions"] = _attributions(model, layer, u, pics, images, out, name,
+                                                    args, meta)
             records.append(rec)
             bar.update(1)
         config = res.config
     bar.close()
     if sheet:
-        gap = np.full((args.size, 4, 3), 255, np.uint8)
-        row = np.concatenate(sum(([s, gap] for s in sheet), [])[:-1], axis=1)
-        with atomic_path(out / "maximization.png") as tmp:
-            Image.fromarray(row).save(tmp, format="PNG")
+        _sheet(out / "maximization.png", sheet, records, args)
     write_json(out / "visualize.json", {
         "config": {"model": args.model, "arch": args.arch, "units": args.units,
                    "steps": args.steps, "size": args.size, "lr": args.lr, "param": args.param,

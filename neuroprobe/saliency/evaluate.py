@@ -26,7 +26,7 @@ from ..utils import model_device, progress, resolve_device, versions
 from . import classical
 from .data import centre_prior, inter_observer
 from .metrics import (HIGHER_IS_BETTER, METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
-                      evaluate_protocols, leave_out_density, other_fixations)
+                      evaluate_protocols, leave_out_density, metric_title, other_fixations)
 
 BASELINES = ("observers", "prior", "uniform")
 
@@ -232,7 +232,8 @@ def _write_csv(path, rows: list[dict]) -> None:
 
 
 def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
-    """Bar chart: one panel per metric, models grouped, one bar per protocol, 95% CI bars."""
+    """Bar chart: one panel per metric (titled with its name and whether higher or lower is
+    better), models grouped, one bar per protocol, 95% CI bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,13 +255,14 @@ def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
             ax.bar(np.arange(len(models)) + j * width, vals, width, yerr=np.nan_to_num(errs),
                    label=p, capsize=2)
         ax.set_xticks(np.arange(len(models)) + width * (len(protocols) - 1) / 2)
-        ax.set_xticklabels(models, rotation=45, ha="right", fontsize=7)
-        ax.set_title(m, fontsize=9)
+        ax.set_xticklabels(models, rotation=45, ha="right", fontsize=8)
+        ax.set_title(metric_title(m), fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
     for k in range(len(metrics), nrow * cols):
         axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    axes[0][0].legend(fontsize=7, title="protocol", title_fontsize=7)
+    fig.suptitle((f"{title}: " if title else "") + "mean per image with 95% intervals",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -82,10 +82,27 @@ OPTIONAL_METRICS = ("emd",)
 #: For each metric: True when larger is better.
 HIGHER_IS_BETTER = {"auc_judd": True, "auc_borji": True, "sauc": True, "nss": True, "cc": True,
                     "kl": False, "sim": True, "ig": True, "emd": False}
+#: Display names of metrics (and of the other validation scores of training).
+METRIC_NAMES = {"auc_judd": "AUC-Judd", "auc_borji": "AUC-Borji", "sauc": "shuffled AUC",
+                "nss": "NSS", "cc": "CC", "kl": "KL divergence", "sim": "SIM",
+                "ig": "information gain", "emd": "EMD", "accuracy": "accuracy",
+                "mAP": "mean average precision", "loss": "loss"}
+_HIGHER = {**HIGHER_IS_BETTER, "accuracy": True, "mAP": True, "loss": False}
+
+
+def metric_title(key: str) -> str:
+    """``"nss"`` -> ``"NSS (higher is better)"``: a metric's name and direction, for plots."""
+    name = METRIC_NAMES.get(key, key)
+    if key not in _HIGHER:
+        return name
+    return f"{name} ({'higher' if _HIGHER[key] else 'lower'} is better)"
+
+
 EPS = 2.2204e-16  # MATLAB eps, as used by the MIT benchmark code
 
 __all__ = [
-    "PROTOCOLS", "METRICS", "GroundTruth", "mit_blur", "mit_sigma", "gaussian_density",
+    "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur",
+    "mit_sigma", "gaussian_density",
     "fixation_map", "auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig", "emd",
     "evaluate_map", "evaluate_batch", "has_emd", "leave_out_density",
 ]

@@ -52,7 +52,8 @@ from ..models import zoo
 from ..models.adapters import DECODERS, Normalize, SaliencyModel, SceneModel, build_encoder_only
 from ..models.checkpoint import save
 from ..models.encoders import build_encoder, encoder_info, load_state_strict
-from ..saliency.metrics import evaluate_batch, gaussian_density, ground_truths, mit_sigma
+from ..saliency.metrics import (evaluate_batch, gaussian_density, ground_truths,
+                                metric_title, mit_sigma)
 from ..utils import info, model_device, progress, versions
 from . import losses as L
 from .data import load_task_data
@@ -450,33 +451,36 @@ def plain(obj):
 
 
 def plot_curve(history: list[dict], path: Path, title: str = "") -> Path:
-    """Training loss and validation scores per epoch, as a PNG (written atomically)."""
+    """Training loss and each validation score per epoch, one panel each (every panel says
+    whether higher or lower is better), as a PNG (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ep = [h["epoch"] for h in history]
     vals = sorted(k for k in history[0] if k.startswith("val_"))
-    fig, axes = plt.subplots(1, 1 + bool(vals), figsize=(5 + 4 * bool(vals), 3.4), squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", color="C0")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    if vals:
-        ax2 = axes[0, 1]
-        for k, key in enumerate(vals):
-            ys = [h.get(key, math.nan) for h in history]
-            ax2.plot(ep, ys, "o-", color=f"C{k + 1}", label=key[4:])
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("validation")
-        ax2.legend(fontsize=8)
-        ax2.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
+    panels = [("train_loss", "training loss (lower is better)")] + [
+        (k, "validation " + metric_title(k[4:])) for k in vals]
+    cols = min(3, len(panels))
+    nrow = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(3.8 * cols, 2.9 * nrow + 0.5),
+                             squeeze=False)
+    for k, (key, name) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        ax.plot(ep, [h.get(key, math.nan) for h in history], "o-", color=f"C{k}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for k in range(len(panels), nrow * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
 
