@@ -18,6 +18,7 @@ import pkgutil
 import sys
 
 from . import __version__
+from .commands._common import add_global_options
 from .errors import UserError
 
 
@@ -29,8 +30,19 @@ def _command_modules():
             yield importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other neuroprobe error: a bad option value
+    (``--workers -3``) prints ``neuroprobe: error: <command>: argument --workers: ...`` and
+    exits with status 2 (the sub-command parsers inherit this class)."""
+
+    def error(self, message):
+        where = self.prog.replace("neuroprobe", "", 1).strip()
+        text = " ".join(f"{where + ': ' if where else ''}{message}".split())
+        self.exit(2, f"neuroprobe: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="neuroprobe",
         description="Open up PyTorch vision models: record layers, dissect units into concepts, "
         "visualize and compare them.",
@@ -41,18 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _command_modules():
         module.register(sub)
     return parser
-
-
-def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """Options accepted before or after the sub-command name."""
-    default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                        default=argparse.SUPPRESS if suppress else "auto",
-                        help="where models run (default: auto = cuda when available)")
-    parser.add_argument("--debug", action="store_true", default=default if suppress else False,
-                        help="show tracebacks of errors")
-    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
-                        help="no progress bars or informational output")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -98,43 +99,70 @@ def read_toml(path, what: str = "file", error=None) -> dict:
     from .errors import UserError
 
     error = error or UserError
+    text = read_text(path, what, error)
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise error(f"{what} {path} is not valid TOML: {err}") from None
 
 
+def read_text(path, what: str = "file", error=None) -> str:
+    """The text of a UTF-8 file (a byte-order mark is accepted and dropped).
+
+    A missing or unreadable file, or bytes that are not UTF-8, raise ``error`` (a UserError
+    subclass, default :class:`~neuroprobe.errors.DataFormatError`) with one line naming
+    ``what`` it is, the path and, for an encoding error, the line and the byte.
+    """
+    from .errors import DataFormatError
+
+    error = error or DataFormatError
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise error(f"{what} {path} is not UTF-8 text (line {line}: byte "
+                    f"0x{data[err.start]:02x})",
+                    hint="save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def read_csv(path, required=(), *, missing_hint: str | None = None,
-             format_hint: str | None = None) -> tuple[list[str], list[dict]]:
+             format_hint: str | None = None, what: str = "CSV file"
+             ) -> tuple[list[str], list[dict]]:
     """``(header, rows)`` of a CSV file that must have the ``required`` columns.
 
-    A missing file, missing columns, or undecodable content raise
-    :class:`~neuroprobe.errors.DataFormatError` with one line naming the file (``missing_hint``
-    and ``format_hint`` say how to fix the first two).
+    The one CSV reader of neuroprobe: UTF-8 with or without a byte-order mark, header names
+    stripped of surrounding blanks.  A missing file, missing columns, text that is not UTF-8 or
+    not CSV raise :class:`~neuroprobe.errors.DataFormatError` with one line naming the file
+    (``missing_hint`` and ``format_hint`` say how to fix the first two).
     """
     import csv
 
     from .errors import DataFormatError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise DataFormatError(f"file {path} does not exist", hint=missing_hint)
+    text = read_text(path, what)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = list(reader.fieldnames or [])
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DataFormatError(f"{path} lacks the column(s) {', '.join(missing)} "
-                                      f"(header: {','.join(header) or 'empty'})",
-                                      hint=format_hint)
-            return header, list(reader)
-    except OSError as err:
-        raise DataFormatError(f"cannot read {path}: {err.strerror}") from None
-    except (UnicodeDecodeError, csv.Error) as err:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [h.strip() if isinstance(h, str) else h for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataFormatError(f"{path} lacks the column(s) {', '.join(missing)} "
+                                  f"(header: {','.join(header) or 'empty'})",
+                                  hint=format_hint)
+        return header, list(reader)
+    except csv.Error as err:
         raise DataFormatError(f"{path} is not a readable CSV file ({err})") from None
 
 

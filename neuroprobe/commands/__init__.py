@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_global_options
+from ._common import add_global_options
 
 
 def add_command(subparsers, name: str, help: str, func, description: str | None = None):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import nonnegative_int, output_folder, positive_int
 
 
 def register(subparsers) -> None:
@@ -11,12 +12,12 @@ def register(subparsers) -> None:
     p.add_argument("--models", default="itti,spectral,signature,centre",
                    help="comma-separated classical names (itti, spectral, signature, centre) "
                    "and/or saliency checkpoint paths")
-    p.add_argument("--n", type=int, default=300, help="number of arrays (default 300)")
+    p.add_argument("--n", type=positive_int, default=300, help="number of arrays (default 300)")
     p.add_argument("--features", default="colour,orientation,size",
                    help="subset of colour,orientation,size")
-    p.add_argument("--size", type=int, default=448, help="array side in pixels (default 448)")
+    p.add_argument("--size", type=positive_int, default=448, help="array side in pixels (default 448)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--examples", type=int, default=6, help="example arrays saved as PNG")
+    p.add_argument("--examples", type=nonnegative_int, default=6, help="example arrays saved as PNG")
     p.add_argument("--out", required=True, help="output folder")
 
 
@@ -33,6 +34,7 @@ def _popout(args) -> int:
         raise UserError("--n must be at least 1")
     if args.size < 56:
         raise UserError("--size must be at least 56 pixels (8 per grid cell)")
+    output_folder(args.out)
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     specs = [s for s in args.models.split(",") if s.strip()]
     for s in specs:
@@ -41,7 +43,7 @@ def _popout(args) -> int:
     models = resolve_models(specs, getattr(args, "device", "auto"))
     from pathlib import Path
 
-    out = Path(args.out)
+    out = output_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     examples = []

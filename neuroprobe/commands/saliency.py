@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
+from ._common import output_folder, positive_int
 
 
 def register(subparsers) -> None:
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--protocols", default="mit,exact", help="mit, exact or both (default both)")
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; add emd "
                    "with the optional package POT)")
-    p.add_argument("--n", type=int, default=None, help="only the first N images")
+    p.add_argument("--n", type=positive_int, default=None, help="only the first N images")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parts (default 0)")
     p.add_argument("--out", required=True, help="output folder")
 
@@ -49,6 +50,7 @@ def _eval(args) -> int:
             raise UserError("--metrics emd needs the optional package POT", hint="pip install pot")
     if args.n is not None and args.n < 1:
         raise UserError("--n must be at least 1")
+    output_folder(args.out)
     ds = open_dataset(args.data, root=args.root, images=args.images).subset(args.n)
     models = resolve_models(args.models.split(","), getattr(args, "device", "auto"))
     info(f"{ds.name}: {len(ds)} images, models {', '.join(models)}, protocols "
