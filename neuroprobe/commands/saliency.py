@@ -28,11 +28,13 @@ def register(subparsers) -> None:
 
 
 def _eval(args) -> int:
+    import sys
     import warnings
 
     from ..errors import UserError
     from ..saliency.data import open_dataset
-    from ..saliency.evaluate import evaluate_dataset, resolve_models, summarise, write_results
+    from ..saliency.evaluate import (NoFixationsWarning, evaluate_dataset, resolve_models,
+                                     summarise, write_results)
     from ..saliency.metrics import METRICS, PROTOCOLS, _check_metrics
     from ..utils import info
 
@@ -59,6 +61,9 @@ def _eval(args) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         rows = evaluate_dataset(ds, models, protocols, metrics, seed=args.seed)
     notes = sorted({str(w.message) for w in caught})
+    for message in sorted({str(w.message) for w in caught
+                           if issubclass(w.category, NoFixationsWarning)}):
+        print(f"neuroprobe: warning: {message}", file=sys.stderr)   # shown under --quiet too
     for note in notes[:5]:
         info(f"note: {note}")
     summary = summarise(rows, metrics)

@@ -40,17 +40,13 @@ def register(subparsers) -> None:
 def _load_image(path, size):
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from ..errors import UserError
+    from ..imageio import read_image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"cannot read image {path}: {err}",
-                        hint="give a PNG or JPEG file") from None
+    im = Image.fromarray(read_image(path, "--image")).resize((size[1], size[0]),
+                                                             Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32) / 255.0
     return torch.from_numpy(a).permute(2, 0, 1)
 
 

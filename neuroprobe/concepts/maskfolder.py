@@ -74,17 +74,9 @@ def as_size(value, default=None) -> tuple[int, int] | None:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to ``uint8 (H, W, 3)`` RGB; a clear error when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_image as _read
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"image {path} cannot be decoded ({type(err).__name__}: {err})",
-                              hint="replace the file or leave it out of the data set") from None
+    return _read(path, "image")
 
 
 def image_uint8(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -201,20 +193,11 @@ def check_known_ids(arr: np.ndarray, labels: LabelTable, where: str) -> None:
 
 def read_mask_png(path: Path, size: tuple[int, int] | None, modes=("P", "L")) -> np.ndarray:
     """Read a single-channel class-value PNG (palette indices for ``P``)."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_label_image
 
-    if not path.is_file():
-        raise DataFormatError(f"mask {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode not in modes:
-                raise DataFormatError(f"mask {path} has mode {mode}; expected a palette (P) or "
-                                      "grayscale (L) PNG of class values",
-                                      hint="save masks as indexed PNGs, as VOC does")
-            arr = np.asarray(im).astype(np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"mask {path} cannot be decoded ({err})") from None
+    arr = read_label_image(path, "mask", modes=tuple(modes),
+                           hint="save masks as indexed (P) or grayscale (L) PNGs of class "
+                           "values, as VOC does").astype(np.int64)
     if size is not None and arr.shape != tuple(size):
         raise DataFormatError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
                               f"{size[1]}x{size[0]}", hint="masks must have the image's size")

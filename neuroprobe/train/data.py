@@ -95,15 +95,14 @@ def load_image(path: Path, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[i
     original ``(height, width)``."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            orig = (im.height, im.width)
-            if orig != tuple(size):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except OSError as err:
-        raise DataFormatError(f"cannot read image {path}: {err}") from None
+    from ..imageio import read_image
+
+    rgb = read_image(path)
+    orig = rgb.shape[:2]
+    arr = rgb
+    if orig != tuple(size):
+        im = Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), orig
 
 

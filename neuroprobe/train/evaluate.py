@@ -37,8 +37,7 @@ def model_maps(model, data, batch_size: int = 16):
 
 def classical_maps(name: str, data):
     """``i -> map`` of a classical model on the original image."""
-    from PIL import Image
-
+    from ..imageio import read_image
     from ..saliency.classical import get_model
 
     fn = get_model(name)
@@ -46,8 +45,7 @@ def classical_maps(name: str, data):
     def get(i):
         if name.startswith("centre"):
             return fn(tuple(data.original[i].size))
-        with Image.open(data.paths[i]) as im:
-            return fn(np.asarray(im.convert("RGB")))
+        return fn(read_image(data.paths[i]))
 
     return get
 
