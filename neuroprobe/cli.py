@@ -11,11 +11,14 @@ non-zero status; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from . import __version__
 from .commands._common import add_global_options
@@ -55,7 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (like Ctrl-C), so that the same clean-up runs:
+    checkpoints are kept, temporary files removed, and a rerun resumes."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM like SIGINT while a command runs (main thread only; the previous handler
+    is restored afterwards, so an in-process caller keeps its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
@@ -87,12 +118,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuroprobe: error: {os.strerror(err.errno).lower()}{where} "
               f"({_USER_ERRNOS[err.errno]}; results written before are kept)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except RuntimeError as err:
+        # torch's serializer reports a failed write (a full disk) as a RuntimeError; the
+        # writers map it (neuroprobe.io.save_torch), this catches any path that does not
+        from .hooks import SCRIPT_HOOKS_HINT, SCRIPT_HOOKS_MESSAGE, is_script_hook_error
+        from .io import is_write_failure
+
+        if not debug and is_script_hook_error(err):   # e.g. Captum hooking a TorchScript model
+            print(f"neuroprobe: error: {SCRIPT_HOOKS_MESSAGE} ({SCRIPT_HOOKS_HINT})",
+                  file=sys.stderr)
+            return 2
+        if debug or not is_write_failure(err):
+            raise
+        print("neuroprobe: error: a write failed, most likely no space left on the device "
+              f"({_USER_ERRNOS[errno.ENOSPC]}; results written before are kept)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print("neuroprobe: interrupted; completed work is kept and a rerun resumes where "
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"neuroprobe: {what}; completed work is kept and a rerun resumes where "
               "possible", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, Terminated) else 130
     except MemoryError:
         if debug:
             raise

@@ -7,6 +7,7 @@ or Ctrl-C leaves either the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -37,6 +38,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+#: texts of torch's serializer when a write to the file fails (its writer reports a short write
+#: as ``[enforce fail at inline_container.cc] unexpected pos N vs M``, not as an OSError)
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """Whether ``err`` is torch's RuntimeError for a write that failed (a full disk)."""
+    return isinstance(err, RuntimeError) and any(t in str(err) for t in _TORCH_WRITE_FAILURES)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, flushed to disk; a write that fails (a full
+    disk) raises ``OSError(ENOSPC)`` naming ``path`` instead of torch's RuntimeError, so the CLI
+    prints its one line and the previous file stays as it was."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except RuntimeError as err:
+            if not is_write_failure(err):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
 
 
 def _umask() -> int:

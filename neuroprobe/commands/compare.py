@@ -18,7 +18,6 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from pathlib import Path
 
     from ..compare import changed_units, count_table, load_run
     from ..errors import UserError

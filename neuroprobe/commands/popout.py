@@ -41,7 +41,6 @@ def _popout(args) -> int:
         if s.strip() in ("observers", "prior", "uniform"):
             raise UserError(f"{s} needs fixation data; it is not a model for pop-out arrays")
     models = resolve_models(specs, getattr(args, "device", "auto"))
-    from pathlib import Path
 
     out = output_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)

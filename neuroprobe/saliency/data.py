@@ -27,7 +27,6 @@ Baselines built from fixations: :func:`inter_observer` (leave one observer out) 
 """
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 from dataclasses import dataclass, field
