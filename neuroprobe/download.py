@@ -454,9 +454,9 @@ def fetch(name: str, out: str | os.PathLike, *, mirror: str | None = None,
         # a file that fails its check is not kept: the next run fetches it again
         archive.unlink(missing_ok=True)
         shutil.rmtree(unpacked, ignore_errors=True)
-        raise DownloadError(err.message, hint=(err.hint + "; " if err.hint and "download it "
-                                               "again" not in err.hint else "")
-                            + f"the downloaded file was removed, so a rerun fetches it "
+        keep = err.hint if err.hint and "download it again" not in err.hint else ""
+        raise DownloadError(err.message, hint=(keep + "; " if keep else "")
+                            + "the downloaded file was removed, so a rerun fetches it "
                             "again") from None
     shutil.rmtree(unpacked, ignore_errors=True)
     if not keep_archive:

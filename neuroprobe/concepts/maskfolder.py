@@ -43,6 +43,8 @@ __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "re
 OSIE_SR: dict[int, str] = {v: k for k, v in STUDY_CATEGORIES.items()}
 #: The study labels that are NetDissect "part" labels; the rest are "object".
 PART_LABELS = ("person head", "person part", "animal head", "animal part")
+#: the largest class value an 8-bit (palette or grayscale) mask can hold
+MAX_CLASS_VALUE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 
@@ -422,10 +424,17 @@ def _label_map(spec: dict) -> dict[int, str] | None:
     if not table:
         return None
     try:
-        return {int(k): str(v) for k, v in table.items()}
+        out = {int(k): str(v) for k, v in table.items()}
     except (ValueError, AttributeError):
         raise ConceptSetError(f"concept set {spec.get('_path')}: [labels] must map class values "
                               "to names, e.g. 1 = \"person head\"") from None
+    bad = [k for k in out if not 1 <= k <= MAX_CLASS_VALUE]
+    if bad:
+        raise ConceptSetError(f"concept set {spec.get('_path')}: [labels] class value {bad[0]} "
+                              f"is outside 1..{MAX_CLASS_VALUE}",
+                              hint="mask PNGs (palette or grayscale) hold class values 0-255; "
+                              "0 is unlabelled")
+    return out
 
 
 def from_spec(spec: dict, **overrides) -> MaskFolderDataset:
