@@ -23,7 +23,6 @@ of images is a pure function of the seed.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,11 +252,12 @@ def _folder_images(root: Path) -> list[Path]:
 
 
 def _read_csv(path: Path, need: tuple[str, ...]) -> list[dict]:
+    from ..io import read_csv
+
     if not path.is_file():
         raise UserError(f"CSV file {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = set(rows[0]) if rows else set()
+    header, rows = read_csv(path)
+    cols = set(header) if rows else set()
     if not rows or not set(need) <= cols:
         raise DataFormatError(f"{path} needs the columns {', '.join(need)} (found "
                               f"{', '.join(sorted(cols)) or 'no rows'})")
@@ -273,9 +273,13 @@ def load_folder_saliency(arg: str, size) -> ImageSet:
     paths = _folder_images(root)
     rows = _read_csv(root / "fixations.csv", ("image", "x", "y"))
     by = {}
-    for r in rows:
-        by.setdefault(_match(paths, r["image"]), []).append((float(r["x"]), float(r["y"]),
-                                                            int(r.get("observer") or 0)))
+    for line, r in enumerate(rows, start=2):
+        try:
+            point = (float(r["x"]), float(r["y"]), int(r.get("observer") or 0))
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{root / 'fixations.csv'}, line {line}: x, y must be numbers "
+                                  "and observer an integer") from None
+        by.setdefault(_match(paths, r["image"]), []).append(point)
     fixes = []
     for p in paths:
         pts = np.asarray(by.get(p.name, []), dtype=np.float64).reshape(-1, 3)
