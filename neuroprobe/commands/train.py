@@ -84,9 +84,9 @@ def _run(args, task: str) -> int:
 
     from ..utils import resolve_device
 
+    out = str(output_file(args.out or f"{task}-{args.encoder}-{args.variant}.pt"))
     cfg = _config(args, task)
     device = resolve_device(getattr(args, "device", "auto"))
-    out = str(output_file(args.out or f"{task}-{cfg.encoder}-{cfg.variant}.pt"))
     summary = train(cfg, out, resume=args.resume, device=device)
     last = summary["history"][-1] if summary["history"] else {}
     scores = ", ".join(f"{k[4:]}={v:.4g}" for k, v in last.items() if k.startswith("val_"))
