@@ -591,8 +591,8 @@ GOOD = _zip({"broden1_224/index.csv": b"image\n"})
     ("top-folder-without-files", _zip({"broden1_224/readme.txt": b"hi\n"}), ["index.csv"]),
     ("html-page", b"<!DOCTYPE html><html><body>Moved</body></html>\n" * 20, ["web page"]),
 ])
-def test_archive_that_fails_a_check_is_removed_and_refetched(server, tmp_path, capsys, name,  # noqa: F811
-                                                             payload, words):
+def test_archive_that_fails_a_check_is_removed_and_refetched(server, tmp_path,  # noqa: F811
+                                                             capsys, name, payload, words):
     server.files["data/broden1_224.zip"] = payload
     out = seed_folder(tmp_path / "data")
     rc, _, err = cli(["download", "broden", "--out", out, "--mirror", server.url], capsys)

@@ -17,8 +17,8 @@ import argparse
 import math
 from pathlib import Path
 
-__all__ = ["add_global_options", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "finite_float", "probability", "open_probability", "timeout_seconds",
+__all__ = ["add_global_options", "positive_int", "nonnegative_int", "positive_float",
+           "nonnegative_float", "seed", "finite_float", "probability", "open_probability", "timeout_seconds",
            "add_model_options", "add_concept_options", "add_batch_size", "add_workers",
            "add_limit", "output_folder", "output_file"]
 
@@ -53,6 +53,16 @@ def nonnegative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative (give 0 or more)")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: a whole number in [0, 2**63) (numpy refuses negative seeds, torch larger
+    ones)."""
+    value = _int(text)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed (give a whole number from 0 to "
+                                         f"{2 ** 63 - 1})")
     return value
 
 

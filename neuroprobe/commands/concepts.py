@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
-from ._common import add_limit, nonnegative_int, output_file, output_folder, positive_int
+from ._common import add_limit, nonnegative_int, output_file, output_folder, positive_int, seed
 
 
 def register(subparsers) -> None:
@@ -20,13 +20,13 @@ def register(subparsers) -> None:
     p.add_argument("--format", default="broden", choices=["broden"])
     p.add_argument("--workers", type=nonnegative_int, default=1,
                    help="processes drawing images in parallel (output identical)")
-    p.add_argument("--seed", type=int, default=None, help="world seed (synthetic sets)")
+    p.add_argument("--seed", type=seed, default=None, help="world seed (synthetic sets)")
     _source_options(p)
     p = add_command(group, "show", "contact sheet of images with masks and fixations", _show)
     p.add_argument("name")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed, default=None)
     _source_options(p)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 
 from . import add_command
-from ._common import (add_batch_size, add_concept_options, add_limit, add_model_options, add_workers, finite_float,
-                      open_probability, output_folder, positive_int, probability)
+from ._common import (add_batch_size, add_concept_options, add_limit, add_model_options,
+                      add_workers, finite_float, open_probability, output_folder, positive_int,
+                      probability)
 
 #: images of the synthetic world used when --concepts is not given (keeps the default run short)
 DEMO_LIMIT = 200

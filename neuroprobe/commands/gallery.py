@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import add_command
 from ._common import (add_batch_size, add_trust_option, nonnegative_int, output_folder,
-                      positive_int)
+                      positive_int, seed)
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--units", default=None,
                    help="only these units, e.g. layer4:12,layer4:40 or layer4:0-15")
     p.add_argument("--detectors-only", action="store_true", help="only detector units")
-    p.add_argument("--max-units", type=positive_int, default=None, help="only the best N units by score")
+    p.add_argument("--max-units", type=positive_int, default=None,
+                   help="only the best N units by score")
     p.add_argument("--top-k", type=positive_int, default=8, help="top images per unit (default 8)")
     p.add_argument("--steps", type=nonnegative_int, default=128,
                    help="activation-maximization steps (0 = no maximization image; default 128)")
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--ig-steps", type=positive_int, default=16, help="integrated-gradients steps")
     p.add_argument("--tile", type=positive_int, default=96, help="tile size in pixels (default 96)")
     add_batch_size(p, 32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-report", action="store_true", help="only the PNGs, no index.html")
 
 

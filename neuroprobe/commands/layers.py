@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     add_model_options(p)
     p.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                    help="dummy input size (default: the model's own)")
-    p.add_argument("--depth", type=nonnegative_int, default=None, help="only names with at most this many dots")
+    p.add_argument("--depth", type=nonnegative_int, default=None,
+                   help="only names with at most this many dots")
 
 
 def _run(args) -> int:

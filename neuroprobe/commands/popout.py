@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
-from ._common import nonnegative_int, output_folder, positive_int
+from ._common import nonnegative_int, output_folder, positive_int, seed
 
 
 def register(subparsers) -> None:
@@ -15,9 +15,11 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=positive_int, default=300, help="number of arrays (default 300)")
     p.add_argument("--features", default="colour,orientation,size",
                    help="subset of colour,orientation,size")
-    p.add_argument("--size", type=positive_int, default=448, help="array side in pixels (default 448)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--examples", type=nonnegative_int, default=6, help="example arrays saved as PNG")
+    p.add_argument("--size", type=positive_int, default=448,
+                   help="array side in pixels (default 448)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--examples", type=nonnegative_int, default=6,
+                   help="example arrays saved as PNG")
     p.add_argument("--out", required=True, help="output folder")
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
-from ._common import output_folder, positive_int
+from ._common import output_folder, positive_int, seed
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; add emd "
                    "with the optional package POT)")
     p.add_argument("--n", type=positive_int, default=None, help="only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random parts (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random parts (default 0)")
     p.add_argument("--out", required=True, help="output folder")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import add_command, add_subcommand_group
 from ._common import (add_batch_size, nonnegative_int, open_probability, output_file,
-                      positive_float, positive_int)
+                      positive_float, positive_int, seed)
 
 
 def _common(p, task: str) -> None:
@@ -18,7 +18,8 @@ def _common(p, task: str) -> None:
                    help="frozen = only the decoder/classifier trains (Setup I); finetune-last = "
                    "the last block too; finetune-all = everything")
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
-    p.add_argument("--lr", type=positive_float, default=5e-3, help="Adam learning rate (default 5e-3)")
+    p.add_argument("--lr", type=positive_float, default=5e-3,
+                   help="Adam learning rate (default 5e-3)")
     p.add_argument("--lr-decay", type=open_probability, default=0.8,
                    help="learning-rate factor after each epoch (default 0.8)")
     add_batch_size(p, 5)
@@ -28,7 +29,7 @@ def _common(p, task: str) -> None:
                    help="use at most this many training images (synthetic: how many to render, "
                    "default 1000)")
     p.add_argument("--val", type=nonnegative_int, default=None, help="number of validation images")
-    p.add_argument("--seed", type=int, default=0, help="random seed (initialisation, order)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (initialisation, order)")
     p.add_argument("--out", default=None,
                    help=f"checkpoint path (default {task}-ENCODER-VARIANT.pt); also writes "
                    "OUT.resume.pt and OUT.curve.png")

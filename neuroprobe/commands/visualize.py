@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import add_command
 from ._common import (add_batch_size, add_model_options, nonnegative_int, output_folder,
-                      positive_float, positive_int)
+                      positive_float, positive_int, seed)
 
 
 def register(subparsers) -> None:
@@ -18,9 +18,11 @@ def register(subparsers) -> None:
                    help="units as LAYER:INDEX, comma-separated (layer4:12,layer4:40; "
                    "layer4:0-7 is a range); a layer may be named by its last part")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=nonnegative_int, default=256, help="optimisation steps (default 256)")
+    p.add_argument("--steps", type=nonnegative_int, default=256,
+                   help="optimisation steps (default 256)")
     p.add_argument("--size", type=positive_int, default=128, help="image size (default 128)")
-    p.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
+                   help="Adam learning rate (default 0.05)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterization (default fourier)")
     p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
@@ -28,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
     p.add_argument("--no-transforms", action="store_true",
                    help="no pad/jitter/scale/rotate robustness transforms")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     add_batch_size(p, 32, help="units optimised together (default 32)")
     p.add_argument("--image", action="append", default=[],
                    help="an image file to attribute each unit on (repeatable)")

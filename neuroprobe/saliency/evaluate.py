@@ -26,8 +26,8 @@ from .metrics import (METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
 
 BASELINES = ("observers", "prior", "uniform")
 
-__all__ = ["NoFixationsWarning", "resolve_models", "checkpoint_model", "evaluate_dataset", "summarise",
-           "write_results", "BASELINES"]
+__all__ = ["NoFixationsWarning", "resolve_models", "checkpoint_model", "evaluate_dataset",
+           "summarise", "write_results", "BASELINES"]
 
 
 def checkpoint_model(spec: str, device: str = "cpu"):
