@@ -163,6 +163,19 @@ def read_text(path, what: str = "file", error=None) -> str:
                     hint="save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
 
 
+def read_json(path, what: str = "file", error=None) -> Any:
+    """Parse a JSON file through :func:`read_text` (UTF-8, byte-order mark accepted); invalid
+    JSON raises ``error`` (default DataFormatError) in one line naming ``what`` and the path."""
+    from .errors import DataFormatError
+
+    error = error or DataFormatError
+    text = read_text(path, what, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{what} {path} is not valid JSON ({err})") from None
+
+
 def read_csv(path, required=(), *, missing_hint: str | None = None,
              format_hint: str | None = None, what: str = "CSV file"
              ) -> tuple[list[str], list[dict]]:
@@ -193,6 +206,26 @@ def read_csv(path, required=(), *, missing_hint: str | None = None,
         return header, list(reader)
     except csv.Error as err:
         raise DataFormatError(f"{path} is not a readable CSV file ({err})") from None
+
+
+def confined(root, name: str, *, source, what: str = "image", hint: str | None = None) -> Path:
+    """``root / name`` for a file name read from a data-set file ``source``; a name that leads
+    outside ``root`` (an absolute path, ``..``, a link out of it) raises
+    :class:`~neuroprobe.errors.DataFormatError`, so a data-set file cannot make neuroprobe read
+    (or, for downloads, write) any file on the machine."""
+    from .errors import DataFormatError
+
+    root = Path(root)
+    name = str(name)
+    candidate = root / name
+    try:
+        candidate.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise DataFormatError(f"{source}: {what} {name!r} is outside the folder {root}",
+                              hint=hint or f"{what} names must be relative to {root}") from None
+    if not name.strip() or candidate.resolve() == root.resolve():
+        raise DataFormatError(f"{source}: empty {what} name")
+    return candidate
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -620,3 +620,45 @@ def test_extract_refuses_a_link_to_the_target_itself(tmp_path):
                                               ("d/g", "sym", "f")]))
     out = extract(tmp_path / "b.tar.gz", tmp_path / "out")
     assert (out / "d" / "g").read_bytes() == b"x"
+
+
+# -- every data-set file that names images stays inside its folder ------------------------------
+
+def test_confined_helper(tmp_path):
+    from neuroprobe.io import confined
+
+    (tmp_path / "img").mkdir()
+    assert confined(tmp_path / "img", "a/b.png", source="x.csv") == tmp_path / "img" / "a/b.png"
+    for name in ("/etc/passwd", "../x.png", "a/../../x.png", "", "."):
+        with pytest.raises(DataFormatError, match="x.csv"):
+            confined(tmp_path / "img", name, source="x.csv")
+    (tmp_path / "img" / "out").symlink_to(tmp_path)
+    with pytest.raises(DataFormatError, match="outside"):
+        confined(tmp_path / "img", "out/secret.png", source="x.csv")
+
+
+def test_labelme_image_path_outside_its_folder(tmp_path):
+    import json
+
+    from neuroprobe.concepts.maskfolder import MaskFolderDataset
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    rgb_png(folder / "pic.png", 16, 16)
+    rgb_png(tmp_path / "secret.png", 16, 16)
+    doc = {"imagePath": "../secret.png", "shapes": [
+        {"label": "vehicle", "points": [[0, 0], [9, 0], [9, 5]], "shape_type": "polygon"}]}
+    (folder / "pic.json").write_text(json.dumps(doc))
+    ds = MaskFolderDataset(folder, image_size=(16, 16))
+    with pytest.raises(DataFormatError, match="outside the folder"):
+        ds[0]
+
+
+def test_coco_file_name_outside_the_image_folder(tmp_path):
+    from neuroprobe.concepts.coco import CocoParts
+
+    ds = CocoParts.__new__(CocoParts)   # only the path logic is under test
+    ds.images = {7: {"file_name": "../../etc/passwd"}}
+    ds.images_dir, ds.image_cache, ds.fetch_images = tmp_path, None, True
+    with pytest.raises(DataFormatError, match="outside"):
+        ds.image_path(7)

@@ -25,7 +25,6 @@ resizing, nearest-neighbour mask resizing, fixation scaling, data-folder resolut
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -328,16 +327,17 @@ class MaskFolderDataset(ConceptDataset):
         return len(self.items)
 
     def _labelme_doc(self, path: Path) -> tuple[dict, Path]:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise DataFormatError(f"cannot read {path}: {err.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataFormatError(f"{path} is not valid JSON ({err})") from None
+        from ..io import read_json
+
+        doc = read_json(path, "labelme file")
         if not isinstance(doc, dict):
             raise DataFormatError(f"{path} is not a labelme file")
         image_path = doc.get("imagePath")
-        img = path.parent / image_path if image_path else None
+        img = None
+        if image_path:
+            from ..io import confined
+
+            img = confined(path.parent, image_path, source=path, what="imagePath")
         if img is None or not img.is_file():
             img = find_image(self.images_dir, path.stem) or find_image(path.parent, path.stem)
         if img is None:

@@ -27,7 +27,6 @@ Baselines built from fixations: :func:`inter_observer` (leave one observer out) 
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +180,9 @@ def read_salicon_json(path, images_root=None) -> FixationDataset:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"SALICON fixation file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{path} is not JSON ({err})") from None
+    from ..io import read_json
+
+    data = read_json(path, "SALICON fixation file")
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DataFormatError(f"{path} is not a SALICON 2015 fixation file",
                               hint="expected COCO-style keys 'images' and 'annotations' with "
@@ -375,16 +373,10 @@ def read_csv(path, images_root=None, sizes: dict | None = None) -> FixationDatas
 
 def _inside(root: Path, name: str, csv_path: Path, lineno: int) -> Path:
     """``root / name``, refused where it resolves (links followed) outside ``root``."""
-    candidate = root / name
-    try:
-        candidate.resolve().relative_to(root.resolve())
-    except ValueError:
-        raise DataFormatError(f"{csv_path}, line {lineno}: image {name!r} is outside the image "
-                              f"folder {root}", hint="the image column must name files inside "
-                              "--images DIR, relative to it") from None
-    if not name.strip():
-        raise DataFormatError(f"{csv_path}, line {lineno}: empty image name")
-    return candidate
+    from ..io import confined
+
+    return confined(root, name, source=f"{csv_path}, line {lineno}",
+                    hint="the image column must name files inside --images DIR, relative to it")
 
 
 SOURCES = {"osie": load_osie, "eyecrowd": load_eyecrowd, "salicon-2015": read_salicon_json,
