@@ -39,15 +39,9 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..errors import UserError
     from ..utils import resolve_device
     from ..visualize.gallery import make_gallery
 
-    for name in ("top_k", "tile", "batch_size", "ig_steps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.steps < 0:
-        raise UserError("--steps must be >= 0")
     out = output_folder(args.out) if args.out else None
     device = resolve_device(getattr(args, "device", "auto"))
     res = make_gallery(args.run_dir, out, units=args.units,

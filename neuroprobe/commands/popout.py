@@ -32,8 +32,6 @@ def _popout(args) -> int:
     from ..saliency.evaluate import _write_csv, resolve_models
     from ..utils import info, progress, versions
 
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
     if args.size < 56:
         raise UserError("--size must be at least 56 pixels (8 per grid cell)")
     output_folder(args.out)

@@ -50,8 +50,6 @@ def _eval(args) -> int:
 
         if not has_emd():
             raise UserError("--metrics emd needs the optional package POT", hint="pip install pot")
-    if args.n is not None and args.n < 1:
-        raise UserError("--n must be at least 1")
     output_folder(args.out)
     ds = open_dataset(args.data, root=args.root, images=args.images).subset(args.n)
     models = resolve_models(args.models.split(","), getattr(args, "device", "auto"))

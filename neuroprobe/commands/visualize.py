@@ -67,8 +67,8 @@ def _run(args) -> int:
     from ..visualize.gallery import parse_units, resolve_layer_name, unit_filename
     from .layers import load_model_from_args
 
-    if args.steps < 0 or args.size < 8 or args.batch_size < 1:
-        raise UserError("--steps must be >= 0, --size >= 8 and --batch-size >= 1")
+    if args.size < 8:   # the ranges of the numbers were checked while parsing (_common.py)
+        raise UserError("--size must be at least 8 pixels")
     out = output_folder(args.out)
     units = parse_units(args.units)
     images = [(Path(p), None) for p in args.image]
