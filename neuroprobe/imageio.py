@@ -33,8 +33,8 @@ import numpy as np
 
 from .errors import DataFormatError
 
-__all__ = ["read_image", "read_label_image", "image_size", "max_pixels", "MAX_PIXELS_ENV",
-           "DEFAULT_MAX_PIXELS"]
+__all__ = ["read_image", "read_label_image", "image_size", "max_pixels", "parse_size",
+           "MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS"]
 
 #: environment variable that raises (or lowers) the pixel limit
 MAX_PIXELS_ENV = "NEUROPROBE_MAX_PIXELS"
@@ -55,6 +55,28 @@ def max_pixels() -> int:
         raise DataFormatError(f"{MAX_PIXELS_ENV}={text!r} is not a positive number of pixels",
                               hint=f"e.g. {MAX_PIXELS_ENV}=400000000, or unset it")
     return value
+
+
+def parse_size(value, what: str = "size", error=None) -> tuple[int, int]:
+    """``N`` or ``[H, W]`` (whole numbers >= 1) -> ``(H, W)``; anything else, or a size above the
+    pixel limit (:func:`max_pixels`), raises ``error`` (default DataFormatError) in one line."""
+    error = error or DataFormatError
+    items = list(value) if isinstance(value, (list, tuple)) else [value, value]
+
+    def whole(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return None
+        return int(v) if float(v).is_integer() else None
+
+    dims = [whole(v) for v in items]
+    if len(dims) != 2 or any(d is None or d < 1 for d in dims):
+        raise error(f"{what} must be N or [height, width] with whole numbers >= 1, got {value!r}")
+    h, w = dims
+    limit = max_pixels()
+    if h * w > limit:
+        raise error(f"{what} {value!r} is {h * w} pixels, more than the limit of {limit}",
+                    hint=f"use a smaller {what}, or raise the limit with {MAX_PIXELS_ENV}")
+    return h, w
 
 
 def _bomb(path, what: str, pixels: int, limit: int, dims: str = "") -> DataFormatError:

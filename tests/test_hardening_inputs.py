@@ -662,3 +662,14 @@ def test_coco_file_name_outside_the_image_folder(tmp_path):
     ds.images_dir, ds.image_cache, ds.fetch_images = tmp_path, None, True
     with pytest.raises(DataFormatError, match="outside"):
         ds.image_path(7)
+
+
+@pytest.mark.parametrize("source", ["mask-folder", "synthetic"])
+@pytest.mark.parametrize("value", ["-4", '"abc"', "[1.5, 2]", "[10]", "100000"])
+def test_concept_set_sizes_are_checked(tmp_path, capsys, source, value):
+    root = _mask_folder(tmp_path / "masks", None)
+    (tmp_path / "c.toml").write_text(f'source = "{source}"\nimage_size = {value}\n')
+    rc, _, err = cli(["dissect", "--concepts", tmp_path / "c.toml", "--root", root, "--limit", "2",
+                      "--out", tmp_path / "out"], capsys)
+    assert_one_line(rc, err, "size")
+    assert "out of memory" not in err

@@ -63,14 +63,11 @@ def study_label_table(label_map: dict[int, str] | None = None) -> LabelTable:
 
 def as_size(value, default=None) -> tuple[int, int] | None:
     """``224`` or ``[224, 224]`` -> ``(224, 224)``."""
+    from ..imageio import parse_size
+
     if value is None:
         return default
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2 or min(value) < 1:
-        raise ConceptSetError(f"a size must be N or [H, W] with positive values, got {value}")
-    return value
+    return parse_size(value, "image or mask size", ConceptSetError)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
