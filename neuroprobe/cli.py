@@ -154,6 +154,10 @@ _USER_ERRNOS = {
     errno.EACCES: "check the permissions or choose another --out folder",
     errno.EPERM: "check the permissions or choose another --out folder",
     errno.EROFS: "the file system is read-only: choose another --out folder",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "the path is a folder where a file is needed: choose another path",
+    errno.EEXIST: "something is in the way at that path: choose another path or remove it",
 }
 
 

@@ -673,3 +673,10 @@ def test_concept_set_sizes_are_checked(tmp_path, capsys, source, value):
                       "--out", tmp_path / "out"], capsys)
     assert_one_line(rc, err, "size")
     assert "out of memory" not in err
+
+
+def test_out_path_too_long_is_one_line(tmp_path, capsys):
+    out = tmp_path / ("x" * 300)
+    rc, _, err = cli(["popout", "--models", "centre", "--n", "1", "--size", "64", "--out", out],
+                     capsys)
+    assert_one_line(rc, err, "file name too long", "shorter path")
