@@ -375,9 +375,9 @@ def _eval(capsys, csv_path, img, out, *extra):
 
 @pytest.mark.parametrize("case,rows,words", [
     ("truncated", "trunc.png,3,4,0", ["trunc.png", "cannot be decoded"]),
-    ("system-file", "/etc/passwd,3,4,0", ["/etc/passwd", "outside the image folder"]),
-    ("dotdot", "../outside.png,3,4,0", ["outside.png", "outside the image folder"]),
-    ("link-out", "link.png,3,4,0", ["link.png", "outside the image folder"]),
+    ("system-file", "/etc/passwd,3,4,0", ["/etc/passwd", "outside the folder"]),
+    ("dotdot", "../outside.png,3,4,0", ["outside.png", "outside the folder"]),
+    ("link-out", "link.png,3,4,0", ["link.png", "outside the folder"]),
     ("missing", "nothere.png,3,4,0", ["nothere.png", "does not exist", "--images"]),
     ("all-nan", "a.png,nan,nan,0\nb.png,nan,4,1", ["no image has a fixation"]),
     ("all-outside", "a.png,-50,4,0\nb.png,3,400,1", ["no image has a fixation"]),
