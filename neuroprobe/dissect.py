@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import ConceptSetError, DataFormatError, UserError
-from .io import atomic_path, config_hash, write_json
+from .io import config_hash, save_torch, write_json
 from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
 from .tally import upsample
 from .utils import release_heap
@@ -365,8 +365,7 @@ class _State:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.dir / "config.json", {"key": self.key, "config": self.config})
         state = {**state, "key": self.key, "version": STATE_VERSION}
-        with atomic_path(self.dir / "state.pt") as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.dir / "state.pt")
 
     def spool_path(self, j: int) -> Path:
         return self.dir / "spool" / f"{j:07d}.pt"
@@ -374,8 +373,7 @@ class _State:
     def write_spool(self, j: int, obj: dict) -> None:
         path = self.spool_path(j)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+        save_torch(obj, path)
 
     def read_spool(self, j: int) -> dict:
         return torch.load(self.spool_path(j), map_location="cpu", weights_only=True)

@@ -43,6 +43,19 @@ from torch import nn
 
 from .errors import LayerNotFound, UserError, suggest
 
+#: the one line for a TorchScript model, whose modules take no Python hooks
+SCRIPT_HOOKS_MESSAGE = ("the model is TorchScript (torch.jit), whose layers cannot take the "
+                        "forward hooks that record them")
+SCRIPT_HOOKS_HINT = ("save the model's state dict (torch.save(model.state_dict(), PATH)) and "
+                     "load it with --arch, or use a command that only runs the model")
+
+
+def is_script_hook_error(err: BaseException) -> bool:
+    """Whether ``err`` is torch's refusal to hook a TorchScript module."""
+    return isinstance(err, RuntimeError) and "not supported on ScriptModules" in str(err)
+
+
+
 __all__ = ["Recorder", "StopForward", "resolve_layers", "layer_aliases", "ablate", "clamp",
            "record", "tokens_to_grid", "layer_names"]
 
@@ -225,6 +238,11 @@ class Recorder:
         try:
             for name, module in self.layers.items():
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except RuntimeError as err:
+            self.remove()
+            if not is_script_hook_error(err):
+                raise
+            raise UserError(SCRIPT_HOOKS_MESSAGE, hint=SCRIPT_HOOKS_HINT) from None
         except BaseException:
             self.remove()
             raise

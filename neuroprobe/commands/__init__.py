@@ -7,17 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """Options accepted before or after the sub-command name."""
-    default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                        default=argparse.SUPPRESS if suppress else "auto",
-                        help="where models run (default: auto = cuda when available)")
-    parser.add_argument("--debug", action="store_true", default=default if suppress else False,
-                        help="show tracebacks of errors")
-    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
-                        help="no progress bars or informational output")
+from ._common import add_global_options
 
 
 def add_command(subparsers, name: str, help: str, func, description: str | None = None):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 
 from . import add_command
-from .layers import add_model_options
+from ._common import (add_batch_size, add_concept_options, add_limit, add_model_options,
+                      add_workers, finite_float, open_probability, output_folder, positive_int,
+                      probability)
 
 #: images of the synthetic world used when --concepts is not given (keeps the default run short)
 DEMO_LIMIT = 200
@@ -26,13 +28,11 @@ def register(subparsers) -> None:
     p.set_defaults(model=None)   # None = the demo model, or its stand-in until it is installed
     p.description += ("  Without --model: the built-in demo model (until the demo models are "
                       "installed, a documented stand-in, see summary.json).")
-    p.add_argument("--concepts", default=None, metavar="NAME",
-                   help=f"concept set: shipped name, .toml path, or a data folder (a Broden "
-                   "folder with index.csv, a mask folder with SegmentationClass/ or labelme "
-                   f"files) (default: {DEFAULT_CONCEPTS}, first {DEMO_LIMIT} images unless "
-                   "--limit)")
-    p.add_argument("--root", default=None, help="data folder of the concept set (e.g. Broden)")
-    p.add_argument("--image-size", type=int, default=None, metavar="N",
+    add_concept_options(p, limit=False, concepts_help="concept set: shipped name, .toml path, "
+                        "or a data folder (a Broden folder with index.csv, a mask folder with "
+                        "SegmentationClass/ or labelme files) (default: "
+                        f"{DEFAULT_CONCEPTS}, first {DEMO_LIMIT} images unless --limit)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="N",
                    help="draw / resize the concept set's images to N x N, masks to N/2 (default: "
                    "the set's own size; without --concepts the model's input size)")
     p.add_argument("--layers", default=None, help="comma-separated layer names "
@@ -59,17 +59,17 @@ def register(subparsers) -> None:
                    help="region-NSS regions: each annotated instance (instance, default: the "
                    "study's; where the concept set knows instances) or all pixels of a label "
                    "in an image (label)")
-    p.add_argument("--quantile", type=float, default=None,
+    p.add_argument("--quantile", type=open_probability, default=None,
                    help="top fraction of activations above the unit threshold "
                    "(default 0.005 netdissect, 0.01 unrestricted)")
-    p.add_argument("--iou-threshold", type=float, default=0.04,
+    p.add_argument("--iou-threshold", type=probability, default=0.04,
                    help="IoU at which a unit is a detector (default 0.04)")
-    p.add_argument("--nss-threshold", type=float, default=1.5,
+    p.add_argument("--nss-threshold", type=finite_float, default=1.5,
                    help="region-NSS above which a unit counts for a concept (default 1.5)")
-    p.add_argument("--top-units", type=int, default=10,
+    p.add_argument("--top-units", type=positive_int, default=10,
                    help="region-NSS table: mean NSS of this many best units (default 10)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    add_batch_size(p, 32)
+    add_limit(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/dissect-<model>, "
                    "runs/dissect-<model>-<concepts> with --concepts)")
     p.add_argument("--overwrite", action="store_true",
@@ -85,8 +85,7 @@ def register(subparsers) -> None:
                    help="an image or mask of the concept set that cannot be decoded: stop the "
                    "run with one line naming the file (default), or skip such images and list "
                    "them in summary.json (skipped)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="data-loading worker processes (default: 1 on a multi-core CPU; "
+    add_workers(p, None, help="data-loading worker processes (default: 1 on a multi-core CPU; "
                    "on a GPU one per core but one, at most 12)")
 
 
@@ -157,7 +156,7 @@ def _run(args) -> int:
     if size and tuple(size) != tuple(dataset.image_size):
         info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
              f"{tuple(dataset.image_size)} images")
-    out = Path(args.out) if args.out else Path("runs") / (
+    out = output_folder(args.out) if args.out else Path("runs") / (
         f"dissect-{model_name}" + ("" if args.concepts is None else f"-{Path(concepts).stem}"))
     workers = args.workers
     if workers is None:

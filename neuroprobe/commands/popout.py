@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import nonnegative_int, output_folder, positive_int, seed
 
 
 def register(subparsers) -> None:
@@ -11,12 +12,14 @@ def register(subparsers) -> None:
     p.add_argument("--models", default="itti,spectral,signature,centre",
                    help="comma-separated classical names (itti, spectral, signature, centre) "
                    "and/or saliency checkpoint paths")
-    p.add_argument("--n", type=int, default=300, help="number of arrays (default 300)")
+    p.add_argument("--n", type=positive_int, default=300, help="number of arrays (default 300)")
     p.add_argument("--features", default="colour,orientation,size",
                    help="subset of colour,orientation,size")
-    p.add_argument("--size", type=int, default=448, help="array side in pixels (default 448)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--examples", type=int, default=6, help="example arrays saved as PNG")
+    p.add_argument("--size", type=positive_int, default=448,
+                   help="array side in pixels (default 448)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--examples", type=nonnegative_int, default=6,
+                   help="example arrays saved as PNG")
     p.add_argument("--out", required=True, help="output folder")
 
 
@@ -25,10 +28,9 @@ def _popout(args) -> int:
     from ..saliency.popout_eval import evaluate_popout
     from ..utils import info
 
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
     if args.size < 56:
         raise UserError("--size must be at least 56 pixels (8 per grid cell)")
+    output_folder(args.out)
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     specs = [s for s in args.models.split(",") if s.strip()]
     run = evaluate_popout(specs, args.out, n=args.n, features=features, size=args.size,

@@ -6,7 +6,8 @@ Activation-maximization images of the given units (one PNG each plus a sheet) an
 from __future__ import annotations
 
 from . import add_command
-from .layers import add_model_options
+from ._common import (add_batch_size, add_model_options, nonnegative_int, output_folder,
+                      positive_float, positive_int, seed)
 
 
 def register(subparsers) -> None:
@@ -17,9 +18,11 @@ def register(subparsers) -> None:
                    help="units as LAYER:INDEX, comma-separated (layer4:12,layer4:40; "
                    "layer4:0-7 is a range); a layer may be named by its last part")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=256, help="optimisation steps (default 256)")
-    p.add_argument("--size", type=int, default=128, help="image size (default 128)")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument("--steps", type=nonnegative_int, default=256,
+                   help="optimisation steps (default 256)")
+    p.add_argument("--size", type=positive_int, default=128, help="image size (default 128)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
+                   help="Adam learning rate (default 0.05)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterization (default fourier)")
     p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
@@ -27,8 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
     p.add_argument("--no-transforms", action="store_true",
                    help="no pad/jitter/scale/rotate robustness transforms")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="units optimised together")
+    p.add_argument("--seed", type=seed, default=0)
+    add_batch_size(p, 32, help="units optimised together (default 32)")
     p.add_argument("--image", action="append", default=[],
                    help="an image file to attribute each unit on (repeatable)")
     p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient",
@@ -37,23 +40,19 @@ def register(subparsers) -> None:
                    default="integrated_gradients",
                    help="attribution method, through Captum (default integrated_gradients); "
                    "signed maps are drawn blue (-) / red (+), Grad-CAM in a sequential map")
-    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--ig-steps", type=positive_int, default=32)
 
 
 def _load_image(path, size):
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from ..errors import UserError
+    from ..imageio import read_image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"cannot read image {path}: {err}",
-                        hint="give a PNG or JPEG file") from None
+    im = Image.fromarray(read_image(path, "--image")).resize((size[1], size[0]),
+                                                             Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32) / 255.0
     return torch.from_numpy(a).permute(2, 0, 1)
 
 
@@ -129,8 +128,9 @@ def _run(args) -> int:
     from ..visualize.gallery import parse_units, resolve_layer_name, unit_filename
     from .layers import load_model_from_args
 
-    if args.steps < 0 or args.size < 8 or args.batch_size < 1:
-        raise UserError("--steps must be >= 0, --size >= 8 and --batch-size >= 1")
+    if args.size < 8:   # the ranges of the numbers were checked while parsing (_common.py)
+        raise UserError("--size must be at least 8 pixels")
+    out = output_folder(args.out)
     units = parse_units(args.units)
     images = [(Path(p), None) for p in args.image]
     for p, _ in images:
@@ -153,7 +153,6 @@ def _run(args) -> int:
         if bad:
             raise UserError(f"unit {bad[0]} is out of range for layer {layer!r} with "
                             f"{width} channels")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     in_size = tuple(meta.get("input_size") or (args.size, args.size))
     pics = torch.stack([_load_image(p, in_size) for p, _ in images]) if images else None

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
-from ..io import read_csv
+from ..io import confined, read_csv
 from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, LabelTable
 from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
@@ -201,7 +201,7 @@ def read_eyecrowd(root: str | Path) -> list[BoxRecord]:
         fields = getattr(rec, "_fieldnames", None) or []
         if "img" not in fields or "faces" not in fields:
             raise DataFormatError(f"{labels_path}: records need img and faces (found {fields})")
-        image = root / "stimuli" / str(rec.img)
+        image = confined(root / "stimuli", str(rec.img), source=labels_path)
         if not image.is_file():
             continue
         boxes = []

@@ -130,19 +130,13 @@ def read_label_csv(path: Path, categories: list[str],
 
 def decode_label_png(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """A Broden segmentation PNG -> ``int64 (H, W)`` global labels ``R + 256 * G``."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_label_image
 
     if not path.is_file():
         raise DataFormatError(f"Broden mask {path} does not exist",
                               hint="the Broden folder is incomplete; download it again")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("RGB", "RGBA"):
-                raise DataFormatError(f"Broden mask {path} has mode {im.mode}; expected RGB "
-                                      "(label = R + 256*G)")
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"Broden mask {path} cannot be decoded ({err})") from None
+    arr = read_label_image(path, "Broden mask", modes=("RGB", "RGBA"),
+                           hint="Broden masks are RGB with label = R + 256*G")
     if size is not None and arr.shape[:2] != tuple(size):
         raise DataFormatError(f"Broden mask {path} is {arr.shape[1]}x{arr.shape[0]}, index.csv "
                               f"says {size[1]}x{size[0]}")

@@ -51,7 +51,6 @@ Ids
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -170,15 +169,11 @@ def head_mask(keypoints, names, height: int, width: int, *, pair_ratios=None,
 
 
 def _load_json(path: Path, what: str) -> dict:
+    from ..io import read_json
+
     if not path.is_file():
         raise DataFormatError(f"{what} {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except OSError as err:
-        raise DataFormatError(f"cannot read {what} {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{what} {path} is not valid JSON ({err})") from None
+    return read_json(path, what)
 
 
 def _check_coco(doc, path: Path) -> None:
@@ -325,8 +320,11 @@ class CocoParts(ConceptDataset):
         return self._pos[key]
 
     def image_path(self, image_id: int) -> Path:
+        from ..io import confined
+
         info = self.images[image_id]
         fname = info["file_name"]
+        confined(Path("."), fname, source=f"COCO image {image_id}", what="file_name")
         for folder in (self.images_dir, self.image_cache):
             if folder is not None and (folder / fname).is_file():
                 return folder / fname

@@ -26,7 +26,6 @@ resizing, nearest-neighbour mask resizing, fixation scaling, data-folder resolut
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -46,6 +45,8 @@ __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "re
 OSIE_SR: dict[int, str] = {v: k for k, v in STUDY_CATEGORIES.items()}
 #: The study labels that are NetDissect "part" labels; the rest are "object".
 PART_LABELS = ("person head", "person part", "animal head", "animal part")
+#: the largest class value an 8-bit (palette or grayscale) mask can hold
+MAX_CLASS_VALUE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 
@@ -65,29 +66,18 @@ def study_label_table(label_map: dict[int, str] | None = None) -> LabelTable:
 
 def as_size(value, default=None) -> tuple[int, int] | None:
     """``224`` or ``[224, 224]`` -> ``(224, 224)``."""
+    from ..imageio import parse_size
+
     if value is None:
         return default
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2 or min(value) < 1:
-        raise ConceptSetError(f"a size must be N or [H, W] with positive values, got {value}")
-    return value
+    return parse_size(value, "image or mask size", ConceptSetError)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to ``uint8 (H, W, 3)`` RGB; a clear error when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_image as _read
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"image {path} cannot be decoded ({type(err).__name__}: {err})",
-                              hint="replace the file or leave it out of the data set") from None
+    return _read(path, "image")
 
 
 def image_uint8(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -202,20 +192,11 @@ def check_known_ids(arr: np.ndarray, labels: LabelTable, where: str) -> None:
 
 def read_mask_png(path: Path, size: tuple[int, int] | None, modes=("P", "L")) -> np.ndarray:
     """Read a single-channel class-value PNG (palette indices for ``P``)."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_label_image
 
-    if not path.is_file():
-        raise DataFormatError(f"mask {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode not in modes:
-                raise DataFormatError(f"mask {path} has mode {mode}; expected a palette (P) or "
-                                      "grayscale (L) PNG of class values",
-                                      hint="save masks as indexed PNGs, as VOC does")
-            arr = np.asarray(im).astype(np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"mask {path} cannot be decoded ({err})") from None
+    arr = read_label_image(path, "mask", modes=tuple(modes),
+                           hint="save masks as indexed (P) or grayscale (L) PNGs of class "
+                           "values, as VOC does").astype(np.int64)
     if size is not None and arr.shape != tuple(size):
         raise DataFormatError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
                               f"{size[1]}x{size[0]}", hint="masks must have the image's size")
@@ -342,16 +323,17 @@ class MaskFolderDataset(ConceptDataset):
         return len(self.items)
 
     def _labelme_doc(self, path: Path) -> tuple[dict, Path]:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise DataFormatError(f"cannot read {path}: {err.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataFormatError(f"{path} is not valid JSON ({err})") from None
+        from ..io import read_json
+
+        doc = read_json(path, "labelme file")
         if not isinstance(doc, dict):
             raise DataFormatError(f"{path} is not a labelme file")
         image_path = doc.get("imagePath")
-        img = path.parent / image_path if image_path else None
+        img = None
+        if image_path:
+            from ..io import confined
+
+            img = confined(path.parent, image_path, source=path, what="imagePath")
         if img is None or not img.is_file():
             img = find_image(self.images_dir, path.stem) or find_image(path.parent, path.stem)
         if img is None:
@@ -450,10 +432,17 @@ def _label_map(spec: dict) -> dict[int, str] | None:
     if not table:
         return None
     try:
-        return {int(k): str(v) for k, v in table.items()}
+        out = {int(k): str(v) for k, v in table.items()}
     except (ValueError, AttributeError):
         raise ConceptSetError(f"concept set {spec.get('_path')}: [labels] must map class values "
                               "to names, e.g. 1 = \"person head\"") from None
+    bad = [k for k in out if not 1 <= k <= MAX_CLASS_VALUE]
+    if bad:
+        raise ConceptSetError(f"concept set {spec.get('_path')}: [labels] class value {bad[0]} "
+                              f"is outside 1..{MAX_CLASS_VALUE}",
+                              hint="mask PNGs (palette or grayscale) hold class values 0-255; "
+                              "0 is unlabelled")
+    return out
 
 
 def from_spec(spec: dict, **overrides) -> MaskFolderDataset:

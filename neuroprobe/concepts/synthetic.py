@@ -115,14 +115,9 @@ def _shipped_spec() -> dict:
 
 
 def _size(value, what: str) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ConceptSetError(f"synthetic {what} must be an integer or [height, width], "
-                                  f"got {value!r}")
-        h, w = (int(v) for v in value)
-    else:
-        h = w = int(value)
-    return h, w
+    from ..imageio import parse_size
+
+    return parse_size(value, f"synthetic {what}", ConceptSetError)
 
 
 def from_spec(spec: dict, **overrides) -> "SyntheticWorld":

@@ -161,8 +161,17 @@ def _load(spec: str, arch, trust: bool):
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file")
     if _is_torchscript(path):
+        if not trust:
+            # TorchScript is code: torch.jit.load runs the module's __setstate__ and more
+            raise CheckpointError(
+                f"{path} is a TorchScript file, which is code and can run anything when "
+                "loaded, so it was not loaded",
+                hint="save a state dict or a neuroprobe checkpoint instead, or pass "
+                "--trust-checkpoint (trust=True) only if you trust where the file came from")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():   # "torch.jit.load is deprecated": not for users
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
             raise CheckpointError(f"{path} looks like TorchScript but does not load: "
                                   f"{str(err).splitlines()[0][:160]}") from None
@@ -205,6 +214,43 @@ def _load(spec: str, arch, trust: bool):
     return _from_object(obj, path, arch)
 
 
+def _check_payload(obj: dict, path: Path) -> None:
+    """The fields of a neuroprobe checkpoint have the types :func:`save` writes; anything else
+    (a hand-edited or foreign file) is refused in one line naming the field."""
+    def bad(field: str, what: str):
+        return CheckpointError(f"{path} is a damaged neuroprobe checkpoint: {field} {what}",
+                               hint="write it again with neuroprobe (train, or "
+                               "neuroprobe.models.save)")
+
+    arch, meta, state = obj.get("arch"), obj.get("metadata"), obj.get("state_dict")
+    if not isinstance(arch, dict) or not isinstance(arch.get("builder"), str):
+        raise bad("'arch'", f"is a {type(arch).__name__}, not a dict with a 'builder'")
+    if not isinstance(arch.get("kwargs", {}), dict):
+        raise bad("'arch.kwargs'", "is not a dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise bad("'state_dict'", "is not a dict of tensors")
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise bad("'metadata'", f"is a {type(meta).__name__}, not a dict")
+    size = meta.get("input_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise bad("'metadata.input_size'", f"is {size!r}, not two positive whole numbers")
+    layers = meta.get("layers")
+    if layers is not None and not (isinstance(layers, (list, tuple))
+                                   and all(isinstance(v, str) for v in layers)):
+        raise bad("'metadata.layers'", "is not a list of layer names")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad(f"'metadata.{key}'", "is not three numbers")
+    if meta.get("std") is not None and any(v <= 0 for v in meta["std"]):
+        raise bad("'metadata.std'", "is not positive")
+
+
 def _load_trusted(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -225,6 +271,7 @@ def _from_object(obj, path: Path, arch):
         if obj.get("format_version", 1) > FORMAT_VERSION:
             raise CheckpointError(f"{path} was written by a newer neuroprobe (format "
                                   f"{obj['format_version']})", hint="upgrade neuroprobe")
+        _check_payload(obj, path)
         module = build(obj["arch"])
         load_state_strict(module, obj["state_dict"], source=str(path))
         return module, _metadata_defaults(module, obj["arch"], obj.get("metadata"))

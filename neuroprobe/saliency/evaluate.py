@@ -30,8 +30,8 @@ from .metrics import (HIGHER_IS_BETTER, METRICS, PROTOCOLS, GroundTruth, _Map, b
 
 BASELINES = ("observers", "prior", "uniform")
 
-__all__ = ["resolve_models", "checkpoint_model", "evaluate_dataset", "summarise",
-           "write_results", "BASELINES"]
+__all__ = ["NoFixationsWarning", "resolve_models", "checkpoint_model", "evaluate_dataset",
+           "summarise", "write_results", "BASELINES"]
 
 
 def checkpoint_model(spec: str, device: str = "cpu"):
@@ -122,9 +122,34 @@ def evaluate_dataset(dataset, models: dict, protocols=PROTOCOLS, metrics=METRICS
     image ``i`` use ``default_rng([seed, i])`` for every model, so models see the same splits.
     """
     gts = [GroundTruth.from_fixations(f, f.size) for f in dataset.fixations]
+    _check_fixations(dataset, gts)
     with blas_single_thread():  # see neuroprobe.saliency.metrics.blas_single_thread
         return _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                               show_progress)
+
+
+class NoFixationsWarning(RuntimeWarning):
+    """Some images have no usable fixation (all NaN or outside the image): their scores are
+    n/a and the means leave them out."""
+
+
+def _check_fixations(dataset, gts) -> None:
+    """Refuse a data set in which no image has a fixation inside it (all NaN, all outside the
+    image: every score would be n/a); warn, naming them, when only some images have none."""
+    from ..errors import DataFormatError
+
+    empty = [dataset.fixations[i].image for i, gt in enumerate(gts) if len(gt) == 0]
+    if not empty:
+        return
+    examples = ", ".join(str(e) for e in empty[:3]) + (", ..." if len(empty) > 3 else "")
+    if len(empty) == len(gts):
+        raise DataFormatError(f"{dataset.name} data in {dataset.root}: no image has a fixation "
+                              f"inside its bounds (all NaN or outside the image; {examples})",
+                              hint="check the x, y columns (pixels, 0-based for csv) and the "
+                              "image sizes")
+    warnings.warn(f"{len(empty)} of {len(gts)} images have no fixation inside the image (all "
+                  f"NaN or outside): their scores are n/a and left out of the means ({examples})",
+                  NoFixationsWarning, stacklevel=3)
 
 
 def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,

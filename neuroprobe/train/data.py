@@ -23,7 +23,6 @@ of images is a pure function of the seed.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,15 +97,14 @@ def load_image(path: Path, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[i
     original ``(height, width)``."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            orig = (im.height, im.width)
-            if orig != tuple(size):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except OSError as err:
-        raise DataFormatError(f"cannot read image {path}: {err}") from None
+    from ..imageio import read_image
+
+    rgb = read_image(path)
+    orig = rgb.shape[:2]
+    arr = rgb
+    if orig != tuple(size):
+        im = Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), orig
 
 
@@ -247,11 +245,12 @@ def _folder_images(root: Path) -> list[Path]:
 
 
 def _read_csv(path: Path, need: tuple[str, ...]) -> list[dict]:
+    from ..io import read_csv
+
     if not path.is_file():
         raise UserError(f"CSV file {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = set(rows[0]) if rows else set()
+    header, rows = read_csv(path)
+    cols = set(header) if rows else set()
     if not rows or not set(need) <= cols:
         raise DataFormatError(f"{path} needs the columns {', '.join(need)} (found "
                               f"{', '.join(sorted(cols)) or 'no rows'})")
@@ -267,9 +266,13 @@ def load_folder_saliency(arg: str, size) -> ImageSet:
     paths = _folder_images(root)
     rows = _read_csv(root / "fixations.csv", ("image", "x", "y"))
     by = {}
-    for r in rows:
-        by.setdefault(_match(paths, r["image"]), []).append((float(r["x"]), float(r["y"]),
-                                                            int(r.get("observer") or 0)))
+    for line, r in enumerate(rows, start=2):
+        try:
+            point = (float(r["x"]), float(r["y"]), int(r.get("observer") or 0))
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{root / 'fixations.csv'}, line {line}: x, y must be numbers "
+                                  "and observer an integer") from None
+        by.setdefault(_match(paths, r["image"]), []).append(point)
     fixes = []
     for p in paths:
         pts = np.asarray(by.get(p.name, []), dtype=np.float64).reshape(-1, 3)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..imageio import read_image
 from ..io import write_json, write_text
 from ..saliency.classical import get_model
 from ..saliency.metrics import evaluate_batch, ground_truths
@@ -42,15 +43,13 @@ def model_maps(model, data, batch_size: int = 16):
 
 def classical_maps(name: str, data):
     """``i -> map`` of a classical model on the original image."""
-    from PIL import Image
 
     fn = get_model(name)
 
     def get(i):
         if name.startswith("centre"):
             return fn(tuple(data.original[i].size))
-        with Image.open(data.paths[i]) as im:
-            return fn(np.asarray(im.convert("RGB")))
+        return fn(read_image(data.paths[i]))
 
     return get
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, UserError
-from ..io import _json_default, atomic_path
+from ..io import _json_default, atomic_path, save_torch
 from ..models import zoo
 from ..models.adapters import DECODERS, Normalize, SaliencyModel, SceneModel, build_encoder_only
 from ..models.checkpoint import save
@@ -427,11 +427,10 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
             if save_dtype is not None:
                 to_save = copy.deepcopy(to_save).to(save_dtype)
             save(out, to_save, arch, plain(meta))
-            with atomic_path(rpath) as tmp:
-                torch.save({"config": cfg.to_dict(), "epoch": epoch + 1, "history": history,
-                            "model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state()}, tmp)
+            save_torch({"config": cfg.to_dict(), "epoch": epoch + 1, "history": history,
+                        "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "torch_rng": torch.get_rng_state()}, rpath)
     if plot and history:
         plot_curve(history, out.with_suffix(".curve.png"), title=f"{cfg.task} {cfg.variant} "
                    f"({cfg.encoder}, {cfg.data})")

@@ -27,7 +27,6 @@ set named in ``summary.json`` (one forward pass over the data set).
 """
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import DataFormatError, UserError
+from ..io import read_csv
 from ..utils import model_device
 
 __all__ = ["unit_card", "outline", "read_run", "top_images", "unit_maps", "render_units",
@@ -192,12 +192,7 @@ def read_run(run_dir) -> tuple[list[dict], dict]:
     if not units_csv.is_file():
         raise UserError(f"{run} is not a dissection run folder: it has no units.csv",
                         hint="run `neuroprobe dissect ... --out DIR` first")
-    try:
-        with open(units_csv, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, ValueError, csv.Error) as err:
-        raise DataFormatError(f"cannot read {units_csv}: {err}",
-                              hint="rerun `neuroprobe dissect` into this folder") from None
+    _, rows = read_csv(units_csv, format_hint="rerun `neuroprobe dissect` into this folder")
     try:
         summary = json.loads(summary_json.read_text(encoding="utf-8")) \
             if summary_json.is_file() else {}
