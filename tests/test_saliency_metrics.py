@@ -306,8 +306,8 @@ def test_fast_auc_judd_both_protocols_match_brute_force_on_tied_maps():
         ex = M.evaluate_map(smap, gt, "exact", ("auc_judd",))["auc_judd"]
         assert ex == pytest.approx(brute_auc(smap.ravel()[gt.flat], smap.ravel()))
         got = M.evaluate_map(smap, gt, "mit", ("auc_judd",), rng=np.random.default_rng(trial))
-        seed = np.random.default_rng(trial)
-        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0])
+        # the metric's own stream (issue 18): the same as evaluate_map derives from this seed
+        prng = M.metric_rng(np.random.default_rng(trial), "mit", "auc_judd")
         jitter = prng.random(smap.size).reshape(smap.shape) / 1e7
         assert got["auc_judd"] == pytest.approx(matlab_auc_judd(smap, gt.binary_map(), jitter))
 
@@ -343,8 +343,7 @@ def test_fast_sauc_mit_matches_argsort_loop():
             rng.integers(0, [50, 40], size=(n_other, 2)).astype(float), (40, 50))
         got = M.evaluate_map(smap, gt, "mit", ("sauc",), other=other,
                              rng=np.random.default_rng(4))["sauc"]
-        seed = np.random.default_rng(4)
-        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0])
+        prng = M.metric_rng(np.random.default_rng(4), "mit", "sauc")  # its own stream
         assert got == pytest.approx(literal_sauc_mit(smap, gt, other, prng), abs=1e-12)
 
 
