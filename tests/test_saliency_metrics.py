@@ -299,8 +299,11 @@ def test_fast_auc_judd_both_protocols_match_brute_force_on_tied_maps():
     """The sorted / searchsorted AUC-Judd against the pairwise definition and MATLAB's threshold
     loop, on maps with many ties (values quantised to 5 levels) and repeated fixations."""
     rng = np.random.default_rng(11)
-    for trial in range(5):
-        smap = rng.integers(0, 5, size=(20, 30)).astype(float) / 4
+    for trial in range(8):
+        if trial < 5:  # few levels: long runs of ties (the jittered map is sorted)
+            smap = rng.integers(0, 5, size=(20, 30)).astype(float) / 4
+        else:  # near-ties within the jitter's reach (only short runs get jittered)
+            smap = np.round(rng.random((20, 30)) * 2e-5, 13) + (trial == 7) * 5.0
         fix = rng.integers(0, [30, 20], size=(40, 2)).astype(float)  # repeats likely
         gt = M.GroundTruth.from_fixations(fix, (20, 30))
         ex = M.evaluate_map(smap, gt, "exact", ("auc_judd",))["auc_judd"]
@@ -308,7 +311,13 @@ def test_fast_auc_judd_both_protocols_match_brute_force_on_tied_maps():
         got = M.evaluate_map(smap, gt, "mit", ("auc_judd",), rng=np.random.default_rng(trial))
         # the metric's own stream (issue 18): the same as evaluate_map derives from this seed
         prng = M.metric_rng(np.random.default_rng(trial), "mit", "auc_judd")
-        jitter = prng.random(smap.size).reshape(smap.shape) / 1e7
+        # one draw per pixel in the order of the values (fixated pixels first among equal
+        # values, row-major within): the documented assignment of the jitter to pixels
+        flat = smap.ravel()
+        order = np.lexsort((np.arange(flat.size), ~gt.binary_map().ravel(), flat))
+        jitter = np.empty(flat.size)
+        jitter[order] = prng.random(flat.size) / 1e7
+        jitter = jitter.reshape(smap.shape)
         assert got["auc_judd"] == pytest.approx(matlab_auc_judd(smap, gt.binary_map(), jitter))
 
 

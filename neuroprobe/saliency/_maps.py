@@ -108,6 +108,8 @@ class Map:
     def dist(self) -> np.ndarray:
         """Shifted to minimum 0 and divided by the sum (uniform if constant): the ``mit`` SIM
         (min-max normalised, then divided by the sum, is the same map) and IG."""
+        if self.lo == 0:  # nothing to shift: the map over its sum, the same numbers
+            return self.get("dist", lambda: as_density(self.flat, 0.0, self.total))
         return self.get("dist", lambda: as_distribution(self.flat, self.lo))
 
     @property
@@ -116,7 +118,7 @@ class Map:
         pysaliency's ``convert_saliency_map_to_density``): the ``exact`` SIM and KL."""
         if self.lo <= 0:
             return self.dist  # a minimum of 0: shifting changes nothing, one array serves both
-        return self.get("density", lambda: as_density(self.flat, self.lo))
+        return self.get("density", lambda: as_density(self.flat, self.lo, self.total))
 
     @property
     def total(self) -> float:
@@ -129,6 +131,11 @@ class Map:
     @property
     def centred(self) -> np.ndarray:
         return self.get("centred", lambda: self.flat - self.mean)
+
+    @property
+    def centred_sum(self) -> float:
+        """Sum of the centred map (0 up to rounding)."""
+        return self.get("csum", lambda: float(self.centred.sum()))
 
     @property
     def ss(self) -> float:
@@ -170,14 +177,14 @@ def as_distribution(v: np.ndarray, lo: float | None = None) -> np.ndarray:
     return np.full_like(v, 1.0 / v.size)
 
 
-def as_density(v: np.ndarray, lo: float | None = None) -> np.ndarray:
+def as_density(v: np.ndarray, lo: float | None = None, total: float | None = None) -> np.ndarray:
     """Divide by the sum, shifting to minimum 0 first only where the minimum is negative
     (pysaliency's ``convert_saliency_map_to_density`` with ``minimum_value=0``); a map whose sum
-    is 0 becomes uniform."""
+    is 0 becomes uniform.  ``lo`` and ``total``: the minimum and sum where the caller knows them."""
     lo = float(v.min()) if lo is None else lo
     if lo < 0:
         return as_distribution(v, lo)
-    total = v.sum()
+    total = v.sum() if total is None else total
     if total > 0:
         return v / total
     return np.full_like(v, 1.0 / v.size)

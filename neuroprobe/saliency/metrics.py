@@ -132,55 +132,63 @@ def metric_rng(seed, protocol: str, metric: str) -> np.random.Generator:
 # protocol name, and the shared options; the public functions below document them.
 def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     flat = sm.flat
+    srt = sm.sorted  # one sort of the map serves both protocols
     if protocol == "exact":
-        return auc_exact_sorted(flat[gt.flat], sm.sorted)
-    # MIT: map + rand(size(map)) / 1e7 (one uniform per pixel, row-major), thresholds at the
-    # jittered values of the fixated pixels, negatives = non-fixated pixels
+        return auc_exact_sorted(flat[gt.flat], srt)
+    # MIT: the map plus a uniform jitter in [0, 1e-7], thresholds at the jittered values of the
+    # fixated pixels, negatives = the non-fixated pixels
     at = gt.unique_flat
     k, n = len(at), flat.size
     if n == k:
         return float("nan")
-    jitter = _rng(rng).random(out=sm.scratch)
+    jitter = _rng(rng).random(out=sm.scratch)  # one per pixel, in the order of the sorted map
     fixed = flat[at]
-    jit_at = fixed + jitter[at] / 1e7
+    jit_at = fixed + jitter[_sorted_positions(srt, fixed)] / 1e7
     th = np.sort(jit_at)[::-1]  # descending, i = 1..k
-    ge = _count_jittered_ge(sm, fixed, jit_at, th)
-    if ge is None:  # ties within the jitter's reach: count on the whole jittered map
-        jittered = np.divide(jitter, 1e7, out=jitter)
-        jittered += flat  # = flat + rand / 1e7
-        jittered.sort()
-        ge = n - np.searchsorted(jittered, th, side="left")
+    ge = _count_jittered_ge(srt, jitter, th)
     i = np.arange(1, k + 1)
     tp = np.concatenate([[0.0], i / k, [1.0]])
     fp = np.concatenate([[0.0], (ge - i) / (n - k), [1.0]])
     return float(trapz(fp, tp))
 
 
-def _count_jittered_ge(sm: Map, fixed, jit_at, th):
-    """Pixels of the jittered map at or above each threshold ``th``, counted on the *sorted
-    unjittered* map (shared with the exact protocol), or None where that cannot be decided.
+def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Positions in the sorted map of the pixels with ``values`` (the fixated pixels, in
+    row-major order): within a run of equal values the fixated pixels take its first places, in
+    row-major order.  Which places tied pixels take changes nothing but which jitter each draws,
+    and the jitters are independent and identically distributed."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    rank = np.arange(len(v)) - np.searchsorted(v, v, side="left")  # among equal fixated values
+    pos = np.empty(len(v), dtype=np.int64)
+    pos[order] = np.searchsorted(srt, v, side="left") + rank
+    return pos
 
-    ``fixed`` and ``jit_at`` are the fixated pixels' values before and after the jitter.  The
-    jitter lies in [0, 1e-7], so a pixel at or above ``t`` stays there and one more than
-    ``w = 2e-7`` (plus rounding) below it stays below.  Pixels in ``[t - w, t)`` are decided by
-    their jitter, known here only at the fixated pixels: when every pixel in such a window is a
-    fixated one (a map without near-ties) the count is exact, otherwise the answer is None.
+
+def _count_jittered_ge(srt: np.ndarray, jitter: np.ndarray, th: np.ndarray) -> np.ndarray:
+    """For each threshold, the pixels of the jittered map ``srt + jitter / 1e7`` at or above it.
+
+    ``srt`` is the sorted map and ``jitter / 1e7`` (at most 1e-7) belongs to its positions, so a
+    position at or above ``t`` stays there and one more than ``w = 2e-7`` (plus rounding) below
+    stays below: only the positions in ``[t - w, t)``, a contiguous run, need their jitter
+    added.  Where those runs are long (many ties) the jittered map is sorted instead.
     """
-    srt = sm.sorted
+    n = srt.size
     lower = th - (2e-7 + 4 * np.spacing(np.abs(th)))
     hi = np.searchsorted(srt, th, side="left")
     lo = np.searchsorted(srt, lower, side="left")
-    order = np.argsort(fixed, kind="stable")
-    f_s, j_s = fixed[order], jit_at[order]
-    a_hi = np.searchsorted(f_s, th, side="left")
-    a_lo = np.searchsorted(f_s, lower, side="left")
-    lengths = a_hi - a_lo
-    if not np.array_equal(hi - lo, lengths) or lengths.sum() > 64 * len(th) + 4096:
-        return None
+    lengths = hi - lo
+    total = int(lengths.sum())
+    if total > n // 4 + 4096:  # a map with many ties: one more sort is cheaper
+        jittered = np.divide(jitter, 1e7, out=jitter)
+        jittered += srt
+        jittered.sort()
+        return n - np.searchsorted(jittered, th, side="left")
     owner = np.repeat(np.arange(len(th)), lengths)
-    idx = np.repeat(a_lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-    above = np.bincount(owner, weights=j_s[idx] >= th[owner], minlength=len(th))
-    return (srt.size - hi) + above.astype(np.int64)
+    idx = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    above = np.bincount(owner, weights=(srt[idx] + jitter[idx] / 1e7) >= th[owner],
+                        minlength=len(th))
+    return (n - hi) + above.astype(np.int64)
 
 
 def _m_auc_borji(sm: Map, gt, protocol, rng, n_splits=100, step=0.1, **_):
@@ -231,11 +239,19 @@ def _m_nss(sm: Map, gt, protocol, **_):
 
 def _m_cc(sm: Map, gt, protocol, **_):
     d = gt.density(protocol).ravel()
-    mean = _gt_get(gt, "mean_" + protocol, lambda: d.mean())
-    g = np.subtract(d, mean, out=sm.scratch)  # the centred ground truth, in the work array
-    gss = _gt_get(gt, "gss_" + protocol, lambda: dot(g, g))
+    mean = _gt_get(gt, "mean_" + protocol, lambda: float(d.mean()))
+
+    def centred_ss():  # once per image: the centred ground truth lives only in the work array
+        g = np.subtract(d, mean, out=sm.scratch)
+        return dot(g, g)
+
+    gss = _gt_get(gt, "gss_" + protocol, centred_ss)
     den = math.sqrt(sm.ss * gss)
-    return dot(sm.centred, g) / den if den > 0 and not sm.constant else 0.0
+    if not den > 0 or sm.constant:
+        return 0.0
+    # sum(a * (d - mean)) = sum(a * d) - mean * sum(a) for the centred map a, without writing
+    # the centred ground truth again
+    return (dot(sm.centred, d) - mean * sm.centred_sum) / den
 
 
 def _gt_sum1_mit(gt):
@@ -393,8 +409,11 @@ def auc_judd(saliency, fixations, protocol: str = "mit", **kwargs) -> float:
 
 auc_judd.__doc__ = _doc("""AUC-Judd: area under the ROC curve of the fixations against all pixels.
 
-    ``mit`` (``AUC_Judd.m``): the map plus a uniform jitter in [0, 1e-7) (one draw per pixel,
-    row-major) to break ties; the thresholds are the jittered values at the fixated pixels
+    ``mit`` (``AUC_Judd.m``): the map plus a uniform jitter in [0, 1e-7) to break ties (one
+    draw per pixel, in the order of the map's values, ascending; within a run of equal values
+    the fixated pixels first, each in row-major order: the same distribution as MATLAB's
+    ``rand(size(map))``, drawn so that the sort the ``exact`` protocol needs serves here too);
+    the thresholds are the jittered values at the fixated pixels
     (each pixel once); at the i-th highest threshold the true-positive rate is i / k and the
     false-positive rate (pixels above it - i) / (non-fixated pixels); trapezoid area with the
     end points (0, 0) and (1, 1).
