@@ -225,11 +225,6 @@ def test_help_imports_no_heavy_library():
     assert _help_imports(["--help"]) == []
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="`neuroprobe saliency --help` fails today: its help text has an unescaped '%' "
-        "('95% CIs'), which argparse reads as a format (commands/saliency.py)"))
-    if c == "saliency" else c for c in _commands()])
+@pytest.mark.parametrize("command", _commands())
 def test_command_help_imports_no_heavy_library(command):
     assert _help_imports([command, "--help"]) == []

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     _, group = add_subcommand_group(subparsers, "saliency", "evaluate saliency models on "
                                     "eye-fixation data")
     p = add_command(group, "eval", "score models on fixation data: every metric, both "
-                    "protocols, per image and mean with 95% CIs", _eval)
+                    "protocols, per image and mean with 95%% CIs", _eval)
     p.add_argument("--data", required=True,
                    help="NAME or NAME:PATH; NAME is osie, eyecrowd, salicon-2015, salicon-2017, "
                    "mit1003 or csv (e.g. osie:../shared/data/osie)")
