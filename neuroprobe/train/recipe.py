@@ -166,7 +166,7 @@ def encoder_state(weights: str) -> dict:
 
 def build_encoder_weights(name: str, weights):
     """An encoder from ``weights`` = none | imagenet | demo | PATH (see :func:`encoder_state`)."""
-    from ..models.encoders import build_encoder, load_state_strict
+    from ..models.encoders import build_encoder, encoder_state_for, load_state_strict
 
     w = None if weights is None else str(weights)
     if w is None or w.lower() in ("none", "imagenet"):
@@ -179,7 +179,9 @@ def build_encoder_weights(name: str, weights):
 
         w = str(build_demo("pretrained"))
     enc = build_encoder(name, None)
-    load_state_strict(enc, {k: v.float() for k, v in encoder_state(w).items()}, source=w)
+    state = encoder_state_for(name, encoder_state(w))  # e.g. a CIFAR file's module./linear.
+    load_state_strict(enc, {k: v.float() if v.is_floating_point() else v
+                            for k, v in state.items()}, source=w)
     return enc
 
 
