@@ -242,3 +242,14 @@ def test_dissect_and_train_saliency_on_the_published_file(tmp_path, capsys, monk
     assert meta["task"] == "saliency" and meta["layers"][-1] == "encoder.layer3"
     trained = load(path).module
     assert torch.equal(model.encoder.layer2[1].conv2.weight, trained.layer2[1].conv2.weight)
+
+
+@pytest.mark.parametrize("name", ["concepts-in-cifar-resnet", "concepts-in-cifar-resnet-eyecrowd"])
+def test_finding1_recipes_name_the_trained_file_and_its_random_control(name):
+    from neuroprobe.probes import load_probe
+
+    spec = load_probe(name)
+    assert spec["kind"] == "finetune-shift" and list(spec["models"]) == ["random", "trained"]
+    assert spec["models"]["random"] == "random:cifar-resnet56?seed=0"
+    assert Path(spec["models"]["trained"]).name == FILES[56][0].name
+    assert spec["compare"]["bootstrap"] >= 1000 and spec["compare"]["preference"] is False
