@@ -32,7 +32,7 @@ def _akamaster_like_file(path: Path, depth: int = 20, seed: int = 1, location: s
     state = {f"module.{k}": v for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     buf = io.BytesIO()
-    torch.save({"best_prec1": 12.5, "state_dict": state}, buf,
+    torch.save({"best_prec1": 12.5, "arch": "resnet", "state_dict": state}, buf,
                _use_new_zipfile_serialization=False)
     raw = buf.getvalue()
     if location != "cpu":
@@ -108,6 +108,7 @@ def test_gpu_saved_checkpoint_loads_on_the_cpu(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(own[k], v), k
     assert meta["best_prec1"] == 12.5
+    assert meta["arch"]["builder"] == "cifar-resnet"    # a stored extra never replaces ours
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model.eval()(x))

@@ -273,14 +273,15 @@ def _from_object(obj, path: Path, arch):
                               "by neuroprobe")
     state = strip_prefix(state, "module.")   # saved from a DataParallel wrapper
     # numbers and strings stored beside the state dict (e.g. a training script's "best_prec1",
-    # "epoch") are kept in the metadata as they are
+    # "epoch") are kept in the metadata as they are, without replacing neuroprobe's own keys
     extras = {k: v for k, v in obj.items() if k != "state_dict" and
               isinstance(v, (int, float, str, bool))} if wrapped else {}
+    own = {"format": "state-dict"}
     if arch is None:
         from .cifar import infer_cifar_arch
 
         arch = infer_cifar_arch(state)
-        extras["arch_inferred"] = arch is not None
+        own["arch_inferred"] = arch is not None
     if arch is None:
         raise CheckpointError(f"{path} is a plain state dict without an architecture",
                               hint="pass --arch (e.g. resnet18, saliency:vgg16, scene:resnet18:6, "
@@ -290,7 +291,10 @@ def _from_object(obj, path: Path, arch):
     if spec["builder"] == "torchvision" and not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}
     load_state_strict(module, state, source=str(path))
-    return module, _metadata_defaults(module, spec, {"format": "state-dict", **extras})
+    meta = _metadata_defaults(module, spec, own)
+    for key, value in extras.items():
+        meta.setdefault(key, value)
+    return module, meta
 
 
 def describe(spec: str, **kwargs) -> str:  # pragma: no cover - convenience
