@@ -32,7 +32,6 @@ from .encoders import IMAGENET_MEAN, IMAGENET_STD
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
 STAGE_WIDTHS = (16, 32, 64)
-DEPTHS = (20, 32, 44, 56, 110)
 
 
 class PadShortcut(nn.Module):
@@ -123,12 +122,11 @@ class CifarResNet(nn.Module):
         self.linear = nn.Linear(STAGE_WIDTHS[-1], int(num_classes))
         nn.init.kaiming_normal_(self.linear.weight)   # as the published training code
         classes = list(CIFAR10_CLASSES) if int(num_classes) == 10 else None
-        #: metadata defaults the loader records for this architecture
-        self.default_metadata = {"input_size": [32, 32], "classes": classes,
-                                 "trained_on": "CIFAR-10 (32x32)"}
+        #: metadata defaults the loader records for this architecture (whatever its weights)
+        self.default_metadata = {"input_size": [32, 32], "classes": classes}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``layer3`` of normalised input ``x`` in [0, 1]."""
+        """``layer3`` for images ``x`` in [0, 1] (normalised here)."""
         x = self.relu(self.bn1(self.conv1(self.normalize(x))))
         return self.layer3(self.layer2(self.layer1(x)))
 
