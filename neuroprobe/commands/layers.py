@@ -7,11 +7,12 @@ from . import add_command
 def add_model_options(parser, default: str | None = None) -> None:
     """The options that say which model to load (shared by every command that loads one)."""
     parser.add_argument("--model", default=default, required=default is None,
-                        help="checkpoint path, built-in name (demo, demo-scene, ...), or "
-                        "torchvision:NAME" + (f" (default: {default})" if default else ""))
+                        help="checkpoint path, built-in name (demo, demo-scene, ...), "
+                        "torchvision:NAME, or random:ARCH[?seed=N] (seeded random weights)"
+                        + (f" (default: {default})" if default else ""))
     parser.add_argument("--arch", default=None,
                         help="architecture of a plain state dict (resnet18, saliency:vgg16, "
-                        "scene:resnet18:6, ...)")
+                        "scene:resnet18:6, cifar-resnet56, ...)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling arbitrary Python objects (only for files you trust)")
 
