@@ -180,8 +180,7 @@ def build_encoder_weights(name: str, weights):
         w = str(build_demo("pretrained"))
     enc = build_encoder(name, None)
     state = encoder_state_for(name, encoder_state(w))  # e.g. a CIFAR file's module./linear.
-    load_state_strict(enc, {k: v.float() if v.is_floating_point() else v
-                            for k, v in state.items()}, source=w)
+    load_state_strict(enc, {k: v.float() for k, v in state.items()}, source=w)
     return enc
 
 
