@@ -131,11 +131,12 @@ def add_model_options(parser, default: str | None = None, *, required: bool | No
     """``--model``, ``--arch`` and ``--trust-checkpoint`` (every command that loads one model)."""
     parser.add_argument("--model", default=default,
                         required=(default is None) if required is None else required,
-                        help="checkpoint path, built-in name (demo, demo-scene, ...), or "
-                        "torchvision:NAME" + (f" (default: {default})" if default else ""))
+                        help="checkpoint path, built-in name (demo, demo-scene, ...), "
+                        "torchvision:NAME, or random:ARCH[?seed=N] (seeded random weights)"
+                        + (f" (default: {default})" if default else ""))
     parser.add_argument("--arch", default=None,
                         help="architecture of a plain state dict (resnet18, saliency:vgg16, "
-                        "scene:resnet18:6, ...)")
+                        "scene:resnet18:6, cifar-resnet56, ...)")
     add_trust_option(parser)
 
 

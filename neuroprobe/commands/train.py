@@ -5,10 +5,16 @@ from . import add_command, add_subcommand_group
 from ._common import (add_batch_size, nonnegative_int, open_probability, output_file,
                       positive_float, positive_int, seed)
 
+# the keys of neuroprobe.models.encoders.ENCODERS (kept here so that the parser imports no torch;
+# tests/test_cifar.py checks that the two agree)
+ENCODER_NAMES = ["vgg16", "resnet18", "resnet50", "small", "cifar-resnet20", "cifar-resnet32",
+                 "cifar-resnet44", "cifar-resnet56"]
+
 
 def _common(p, task: str) -> None:
-    p.add_argument("--encoder", default="vgg16", choices=["vgg16", "resnet18", "resnet50", "small"],
-                   help="encoder (default vgg16, as in the study)")
+    p.add_argument("--encoder", default="vgg16", choices=ENCODER_NAMES,
+                   help="encoder (default vgg16, as in the study; cifar-resnetN: the CIFAR-10 "
+                   "ResNets, with --weights FILE)")
     p.add_argument("--weights", default="imagenet" if task != "recognition" else "none",
                    help="encoder weights: imagenet | none | demo (the small encoder pretrained "
                    "on the synthetic world) | PATH (state dict or neuroprobe checkpoint)")

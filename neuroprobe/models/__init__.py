@@ -5,7 +5,8 @@
   ``torchvision:NAME`` or a built-in demo name.
 * :func:`save` writes the one checkpoint format (architecture spec + state dict + metadata).
 * Builders: :func:`build_saliency` (encoder + the study's decoder), :func:`build_scene`
-  (encoder + classifier), :func:`build_torchvision`; encoders vgg16 / resnet18 / resnet50 / small.
+  (encoder + classifier), :func:`build_torchvision`; encoders vgg16 / resnet18 / resnet50 / small
+  / cifar-resnetN; the CIFAR-10 ResNets (``--arch cifar-resnet56``) in :mod:`.cifar`.
 """
 import torch
 

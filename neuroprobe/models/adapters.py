@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, suggest
+from .cifar import build_cifar_resnet
 from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
                        imagenet_state_dict, load_state_strict)
 
@@ -181,6 +182,7 @@ def build_torchvision(name: str, weights=None, num_classes: int | None = None) -
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "cifar-resnet": build_cifar_resnet,
     "saliency": build_saliency,
     "scene": build_scene,
     "encoder": build_encoder_only,
@@ -195,6 +197,8 @@ def default_layers(module: nn.Module, arch: dict | None = None) -> list[str]:
     if arch.get("builder") in ("saliency", "scene", "encoder"):
         info = encoder_info(kwargs.get("encoder", "vgg16"))
         return [f"encoder.{n}" for n in info.layers]
+    if arch.get("builder") == "cifar-resnet":
+        return ["layer1", "layer2", "layer3"]
     if arch.get("builder") == "torchvision":
         names = {n for n, _ in module.named_modules()}
         for cand in (["net.layer3", "net.layer4"], ["net.features"]):

@@ -33,7 +33,7 @@ from ..errors import CheckpointError, suggest
 from ..io import atomic_path
 from . import zoo
 from .adapters import BUILDERS, build_encoder_only, build_torchvision, default_layers
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict, strip_prefix
 
 FORMAT = "neuroprobe-checkpoint"
 FORMAT_VERSION = 1
@@ -79,7 +79,13 @@ def build(arch: dict) -> nn.Module:
 
 def parse_arch(text: str) -> dict:
     """``--arch`` text -> spec.  ``resnet18`` / ``torchvision:resnet18`` = torchvision classifier,
-    ``saliency:vgg16``, ``scene:resnet18:6`` (6 classes), ``encoder:vgg16``."""
+    ``saliency:vgg16``, ``scene:resnet18:6`` (6 classes), ``encoder:vgg16``, ``cifar-resnet56``
+    (the CIFAR-10 ResNets of :mod:`neuroprobe.models.cifar`)."""
+    from .cifar import parse_cifar_arch
+
+    cifar = parse_cifar_arch(text)
+    if cifar is not None:
+        return cifar
     parts = text.split(":")
     if len(parts) == 1:
         return {"builder": "torchvision", "kwargs": {"name": parts[0]}}
@@ -101,6 +107,7 @@ def _metadata_defaults(module: nn.Module, arch: dict | None, meta: dict | None) 
            "input_size": [224, 224], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
            "layers": default_layers(module, arch), "arch": arch,
            "neuroprobe_version": __version__}
+    out.update(getattr(module, "default_metadata", None) or {})   # e.g. a CIFAR net's 32x32
     norm = getattr(module, "normalize", None)
     if norm is not None and hasattr(norm, "mean"):
         out["mean"] = [round(float(v), 6) for v in norm.mean.flatten()]
@@ -150,6 +157,8 @@ def _load(spec: str, arch, trust: bool):
         a = {"builder": "torchvision", "kwargs": {"name": name}}
         module = build_torchvision(name, weights=weights)
         return module, _metadata_defaults(module, a, {"variant": f"torchvision-{weights}"})
+    if spec.startswith("random:"):
+        return _load_random(spec)
     if zoo.is_builtin(spec):
         return _load(str(builtin_file(spec)), None, False)
 
@@ -251,6 +260,28 @@ def _check_payload(obj: dict, path: Path) -> None:
         raise bad("'metadata.std'", "is not positive")
 
 
+def _load_random(spec: str):
+    """``random:ARCH[?seed=N]``: the architecture ``ARCH`` (as ``--arch`` takes it) with seeded
+    random weights (seed 0 unless given), a control for dissection; the global RNG is restored."""
+    text, _, query = spec[len("random:"):].partition("?")
+    seed = 0
+    if query:
+        key, _, value = query.partition("=")
+        if key != "seed" or not value.lstrip("-").isdigit():
+            raise CheckpointError(f"cannot read {spec!r}",
+                                  hint="write random:ARCH or random:ARCH?seed=N")
+        seed = int(value)
+    a = parse_arch(text)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        module = build(a)
+    finally:
+        torch.random.set_rng_state(state)
+    return module, _metadata_defaults(module, a, {"variant": "random", "seed": seed,
+                                                   "format": "random"})
+
+
 def _load_trusted(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -275,20 +306,36 @@ def _from_object(obj, path: Path, arch):
         module = build(obj["arch"])
         load_state_strict(module, obj["state_dict"], source=str(path))
         return module, _metadata_defaults(module, obj["arch"], obj.get("metadata"))
-    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    wrapped = isinstance(obj.get("state_dict"), dict)
+    state = obj["state_dict"] if wrapped else obj
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is neither a neuroprobe checkpoint nor a state dict",
                               hint="expected torch.save(model.state_dict()) or a file written "
                               "by neuroprobe")
+    state = strip_prefix(state, "module.")   # saved from a DataParallel wrapper
+    # numbers and strings stored beside the state dict (e.g. a training script's "best_prec1",
+    # "epoch") are kept in the metadata as they are, without replacing neuroprobe's own keys
+    extras = {k: v for k, v in obj.items() if k != "state_dict" and
+              isinstance(v, (int, float, str, bool))} if wrapped else {}
+    own = {"format": "state-dict"}
+    if arch is None:
+        from .cifar import infer_cifar_arch
+
+        arch = infer_cifar_arch(state)
+        own["arch_inferred"] = arch is not None
     if arch is None:
         raise CheckpointError(f"{path} is a plain state dict without an architecture",
-                              hint="pass --arch (e.g. resnet18, saliency:vgg16, scene:resnet18:6)")
+                              hint="pass --arch (e.g. resnet18, saliency:vgg16, scene:resnet18:6, "
+                              "cifar-resnet56)")
     spec = parse_arch(arch) if isinstance(arch, str) else dict(arch)
     module = build(spec)
     if spec["builder"] == "torchvision" and not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}
     load_state_strict(module, state, source=str(path))
-    return module, _metadata_defaults(module, spec, {"format": "state-dict"})
+    meta = _metadata_defaults(module, spec, own)
+    for key, value in extras.items():
+        meta.setdefault(key, value)
+    return module, meta
 
 
 def builtin_file(name: str) -> Path:

@@ -51,7 +51,7 @@ from ..io import _json_default, atomic_path, save_torch
 from ..models import zoo
 from ..models.adapters import DECODERS, Normalize, SaliencyModel, SceneModel, build_encoder_only
 from ..models.checkpoint import save
-from ..models.encoders import build_encoder, encoder_info, load_state_strict
+from ..models.encoders import build_encoder, encoder_info, encoder_state_for, load_state_strict
 from ..saliency.metrics import (evaluate_batch, gaussian_density, ground_truths,
                                 metric_title, mit_sigma)
 from ..utils import info, model_device, progress, versions
@@ -180,7 +180,8 @@ def build_encoder_weights(name: str, weights):
                                   hint="use --encoder small, or --weights imagenet|none|PATH")
         w = str(zoo.builtin_path("demo-pretrained"))
     enc = build_encoder(name, None)
-    load_state_strict(enc, {k: v.float() for k, v in encoder_state(w).items()}, source=w)
+    state = encoder_state_for(name, encoder_state(w))  # e.g. a CIFAR file's module./linear.
+    load_state_strict(enc, {k: v.float() for k, v in state.items()}, source=w)
     return enc
 
 
