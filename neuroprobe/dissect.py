@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import ConceptSetError, DataFormatError, UserError
-from .io import atomic_path, config_hash, write_json
+from .io import config_hash, save_torch, write_json
 from .stats import IoUTally, MinMax, NSSTally, Quantile, TopK
 from .tally import upsample
 from .utils import release_heap
@@ -69,7 +69,17 @@ MODES = {
     "unrestricted": {"quantile": 0.01, "quantile_on": "upsampled maps", "denominator": "all"},
 }
 SCORES = ("iou", "region-nss", "both")
-DENOMINATOR_CHOICES = ("netdissect", "lite")
+DENOMINATOR_CHOICES = ("netdissect", "annotated", "lite")
+# -- fidelity (#18): region-NSS definition and NetDissect's tie rule --------------------------
+#: where region-NSS z-scores the maps: "image" (the study's) or "mask" (faster)
+NSS_RESOLUTION_CHOICES = ("image", "mask")
+#: what a region-NSS region is: one annotated "instance" (the study's) or all pixels of a "label"
+NSS_REGION_CHOICES = ("instance", "label")
+#: standard deviation of the z-score: ``np.std`` (ddof 0) as in the authors' demo code
+NSS_DDOF = 0
+#: which category wins a tie of best IoUs (see neuroprobe.results.score_iou)
+TIE_CHOICES = ("netdissect", "first")
+# -- end fidelity ----------------------------------------------------------------------------
 #: what to do with an item whose image or masks cannot be read (see the module docstring)
 BAD_IMAGE_CHOICES = ("stop", "skip")
 #: the errors the concept readers raise for an item they cannot decode (a missing, truncated,
@@ -130,7 +140,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size, on_bad_image="stop"):
+                   batch_size, on_bad_image="stop", nss_resolution="image",
+                   nss_regions="instance", ties="netdissect"):
+    for value, choices, flag in ((nss_resolution, NSS_RESOLUTION_CHOICES, "--nss-resolution"),
+                                 (nss_regions, NSS_REGION_CHOICES, "--nss-regions"),
+                                 (ties, TIE_CHOICES, "--ties")):
+        if value not in choices:
+            raise UserError(f"unknown {flag} {value!r}", hint=f"use {' or '.join(choices)}")
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise UserError(f"unknown --on-bad-image {on_bad_image!r}", hint="use stop or skip")
     if mode not in MODES:
@@ -143,7 +159,8 @@ def _check_options(mode, score, quantile, iou_threshold, denominator, nss_thresh
     if not 0 <= iou_threshold <= 1:
         raise UserError(f"--iou-threshold {iou_threshold} must lie in [0, 1]")
     if denominator is not None and denominator not in DENOMINATOR_CHOICES:
-        raise UserError(f"unknown denominator {denominator!r}", hint="use netdissect or lite")
+        raise UserError(f"unknown denominator {denominator!r}",
+                        hint="use netdissect, annotated or lite")
     if mode == "unrestricted" and denominator is not None:
         raise UserError("--denominator applies to --mode netdissect only (the unrestricted mode "
                         "counts every pixel)")
@@ -348,8 +365,7 @@ class _State:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.dir / "config.json", {"key": self.key, "config": self.config})
         state = {**state, "key": self.key, "version": STATE_VERSION}
-        with atomic_path(self.dir / "state.pt") as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.dir / "state.pt")
 
     def spool_path(self, j: int) -> Path:
         return self.dir / "spool" / f"{j:07d}.pt"
@@ -357,8 +373,7 @@ class _State:
     def write_spool(self, j: int, obj: dict) -> None:
         path = self.spool_path(j)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+        save_torch(obj, path)
 
     def read_spool(self, j: int) -> dict:
         return torch.load(self.spool_path(j), map_location="cpu", weights_only=True)
@@ -464,7 +479,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
             progress: bool = True, concepts_info: dict | None = None,
-            on_bad_image: str = "stop") -> DissectionResult:
+            on_bad_image: str = "stop", nss_resolution: str = "image",
+            nss_regions: str = "instance", ties: str = "netdissect") -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
 
     Parameters
@@ -481,7 +497,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         holds the IoU labels with the region-NSS label of each unit beside them).
     quantile : top fraction of activations above the threshold (default by mode).
     iou_threshold : IoU at which a unit counts as a detector of its best label (0.04).
-    denominator : ``"netdissect"`` (default) or ``"lite"`` (NetDissect-Lite's rule), see
+    denominator : ``"netdissect"`` (default: a unit's activation counts for category ``c`` on
+        the images holding a label of primary category ``c``, NetDissect's
+        ``count_act_with_labelcat``), ``"annotated"`` (on the images whose ``categories`` flag
+        is set: neuroprobe's former rule) or ``"lite"`` (NetDissect-Lite's rule), see
         :func:`neuroprobe.tally.iou_counts`.
     nss_threshold, top_units : region-NSS table: units with NSS above the threshold are counted;
         the mean NSS of the ``top_units`` best units is reported.
@@ -512,17 +531,26 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         readers' data errors (:data:`DATA_ERRORS`) are skipped; see the module docstring for
         what skipping guarantees.  Written into the configuration, not hashed into its key (a
         run stopped by a bad image resumes with ``"skip"``).
+    nss_resolution : ``"image"`` (default, the study's: each unit's map is upsampled to the
+        image size) or ``"mask"`` (to the mask size; faster), see
+        :func:`neuroprobe.tally.region_nss`.
+    nss_regions : ``"instance"`` (default, the study's: each annotated instance is a region,
+        where the concept source knows instances) or ``"label"`` (all pixels of a label in an
+        image form one region).  Region-NSS is computed per region, then averaged over the
+        label's regions.
+    ties : ``"netdissect"`` (default: of categories whose best IoUs tie, the later one in the
+        category order wins, as in NetDissect) or ``"first"`` (the first one).
 
     Returns
     -------
     DissectionResult (also written to ``out_dir`` when given).
     """
-    from .hooks import resolve_layers
+    from .hooks import layer_aliases
 
     if quantile is None:
         quantile = MODES.get(mode, MODES["netdissect"])["quantile"]
     _check_options(mode, score, quantile, iou_threshold, denominator, nss_threshold, top_units,
-                   batch_size, on_bad_image)
+                   batch_size, on_bad_image, nss_resolution, nss_regions, ties)
     use_iou, use_nss = score in ("iou", "both"), score in ("region-nss", "both")
     if use_nss and not getattr(dataset, "has_fixations", False):
         raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "
@@ -536,7 +564,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         layers = [s for s in layers.split(",") if s]
     if not layers:
         raise UserError("no layers to dissect", hint="name them with --layers a,b")
-    layers = list(resolve_layers(model, layers))
+    # names as the user gave them (a bare "layer4" of a wrapped model hooks "net.layer4") name
+    # the layers in the results and the configuration (fidelity #18)
+    aliases = layer_aliases(model, layers)
+    layers = list(aliases)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
@@ -554,7 +585,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
 def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshold, denominator,
                   nss_threshold, top_units, batch_size, device, amp, limit, out_dir, resume,
                   overwrite, keep, checkpoint_every, num_workers, model_info, sketch_capacity,
-                  top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image, **_):
+                  top_k, progress, concepts_info, dctx, use_iou, use_nss, on_bad_image,
+                  nss_resolution, nss_regions, ties, aliases, **_):
     import tempfile
 
     from .concepts.base import SKIPPED, collate
@@ -589,13 +621,14 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     if "sha256" not in model_info:
         model_info["sha256"] = model_fingerprint(model)
     config = {
-        "model": model_info, "layers": layers,
+        "model": model_info, "layers": [aliases[name] for name in layers],
         "concepts": {**source.config(), "n": n,
                      **{k: v for k, v in (concepts_info or {}).items() if v is not None}},
         "mode": mode, "score": score, "quantile": quantile,
         "quantile_on": MODES[mode]["quantile_on"], "iou_threshold": iou_threshold,
         "denominator": denom if use_iou else None,
-        "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": 1,
+        "nss_threshold": nss_threshold, "top_units": top_units, "nss_ddof": NSS_DDOF,
+        "nss_resolution": nss_resolution, "nss_regions": nss_regions, "ties": ties,
         "image_size": list(source.image_size), "mask_size": list(mask_size), "amp": amp,
         "sketch": {"method": "KLL compactors, high-rank accuracy", "capacity": sketch_capacity},
         "top_k": top_k, "on_bad_image": on_bad_image,
@@ -648,7 +681,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 s["tally"] = IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom)
             if use_nss:
                 s["minmax"] = MinMax()
-                s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=1)
+                s["nss"] = NSSTally(shapes[name][0], num_labels, ddof=NSS_DDOF,
+                                    resolution=nss_resolution, regions=nss_regions)
             st[name] = s
         return st
 
@@ -656,7 +690,8 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         return {"top": lambda: TopK(top_k), "quantile": lambda: Quantile(sketch_capacity),
                 "tally": lambda: IoUTally(shapes[name][0], num_labels, tally_cat, n_cat, denom),
                 "minmax": MinMax,
-                "nss": lambda: NSSTally(shapes[name][0], num_labels, ddof=1)}[k]()
+                "nss": lambda: NSSTally(shapes[name][0], num_labels, ddof=NSS_DDOF,
+                                        resolution=nss_resolution, regions=nss_regions)}[k]()
 
     stats = new_stats()
     thresholds: dict = {}
@@ -834,7 +869,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
                 if use_nss:
                     mm = st["minmax"]
                     st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
-                                  tuple(source.image_size))
+                                  tuple(source.image_size), batch.get("instances"))
             pbar.update(1)
             done = pos + 1
             if done == len(mine):
@@ -865,11 +900,11 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
     for name in layers:
         rows = []
         if use_iou:
-            rows = score_iou(name, stats[name]["tally"], thresholds[name], labels,
-                             iou_threshold)
+            rows = score_iou(aliases[name], stats[name]["tally"], thresholds[name], labels,
+                             iou_threshold, ties=ties)
         if use_nss:
-            nss_rows, trows = score_nss(name, stats[name]["nss"], labels, nss_threshold,
-                                        top_units)
+            nss_rows, trows = score_nss(aliases[name], stats[name]["nss"], labels,
+                                        nss_threshold, top_units)
             table = (table or []) + trows
             if use_iou:   # both: the unit's region-NSS label beside its IoU label
                 for r, q in zip(rows, nss_rows):
@@ -878,16 +913,16 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
             else:
                 rows = nss_rows
         units += rows
-    summary = summarise(units, config, key, versions(), layers, labels, table)
+    summary = summarise(units, config, key, versions(), config["layers"], labels, table)
     # seconds of this process's passes (a resumed run times only what it did); not configuration
     summary["timing"] = {**timing, "device": str(device), "num_workers": num_workers}
     skipped = sorted(skipped, key=lambda s: s["index"])
     summary["skipped"] = skipped
     summary["n_skipped"] = len(skipped)
     result = DissectionResult(
-        units, summary, table, {k: v.cpu() for k, v in thresholds.items()},
-        {name: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
-         for name in layers}, stats, skipped)
+        units, summary, table, {aliases[k]: v.cpu() for k, v in thresholds.items()},
+        {aliases[name]: (stats[name]["top"].values.cpu(), stats[name]["top"].index.cpu())
+         for name in layers}, {aliases[name]: st for name, st in stats.items()}, skipped)
     if out is not None and dctx.is_main:
         result.save(out)
     dctx.barrier()
@@ -901,8 +936,11 @@ def _spool_record(acts: dict, batch: dict) -> dict:
     if not batch["id"]:   # every item of the batch was skipped
         return {"acts": {}, "id": []}
     # the labels already come in the engine's smallest label dtype (int16 where ids fit)
-    return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
-            "layers": batch["layers"], "whole": batch["whole"],
-            "categories": batch["categories"], "fixations": batch["fixations"],
-            "id": list(batch["id"])}
+    out = {"acts": {k: v.detach().cpu() for k, v in acts.items()},
+           "layers": batch["layers"], "whole": batch["whole"],
+           "categories": batch["categories"], "fixations": batch["fixations"],
+           "id": list(batch["id"])}
+    if batch.get("instances") is not None:   # fidelity (#18): region-NSS instances
+        out["instances"] = batch["instances"]
+    return out
 

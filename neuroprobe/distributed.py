@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["Context", "setup", "teardown", "merge_stats", "merge_lists", "world_size_from_env"]
 
 
@@ -71,8 +73,6 @@ def setup(device: torch.device | str | None = None) -> Context:
     if world <= 1:
         return Context()
     if not dist.is_available():
-        from .errors import UserError
-
         raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed",
                         hint="run without torchrun, or install a PyTorch with distributed")
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -386,22 +386,19 @@ def _popout_compact(path: Path) -> str:
 
 
 def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
-    from .cli import main as cli_main
+    from .saliency.popout_eval import evaluate_popout
 
     p = spec.get("popout", {})
     model_list = list(p.get("classical", ["itti", "spectral", "signature", "centre"]))
     deep = dict(models)
     paths = {}
     for name, mspec in deep.items():
-        from .models.zoo import builtin_path, is_builtin
+        from .models.checkpoint import builtin_file
+        from .models.zoo import is_builtin
 
-        paths[name] = str(builtin_path(mspec)) if is_builtin(mspec) else mspec
-    argv = ["--quiet", "--device", str(device), "popout", "--models",
-            ",".join(model_list + list(paths.values())), "--n", str(int(p.get("n", 60))),
-            "--out", str(out / "runs" / "popout"), "--seed", str(int(p.get("seed", 0)))]
-    code = cli_main(argv)
-    if code:
-        raise UserError("the pop-out evaluation failed (see above)")
+        paths[name] = str(builtin_file(mspec)) if is_builtin(mspec) else mspec
+    evaluate_popout(model_list + list(paths.values()), out / "runs" / "popout",
+                    n=int(p.get("n", 60)), seed=int(p.get("seed", 0)), device=str(device))
     summary = _popout_compact(out / "runs" / "popout" / "summary.csv")
     # natural images: the dataset's own fixations
     from .saliency import classical

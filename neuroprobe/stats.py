@@ -499,7 +499,11 @@ class NSSTally(_Counts):
 
     ``total[u, l]`` sum over annotated regions of label ``l`` of the unit's NSS there;
     ``regions[l]`` number of such regions with at least one fixation inside.  The mean
-    region-NSS is ``total / regions``.  ``add`` forwards to :func:`neuroprobe.tally.region_nss`.
+    region-NSS is ``total / regions`` (per region, then the mean over the label's regions).
+    ``add`` forwards to :func:`neuroprobe.tally.region_nss` with this tally's ``ddof``,
+    ``resolution`` (``"image"``: maps upsampled to the image size, the study's definition;
+    ``"mask"``) and ``regions`` (``"instance"``: one region per annotated instance, the
+    study's; ``"label"``: one per label and image).
 
     Sums are ``float64``; each batch's contribution is rounded to a multiple of ``GRID``
     (``2**-32``, far below the float32 precision of the maps) before it is added, so every
@@ -512,11 +516,13 @@ class NSSTally(_Counts):
 
     fields = ("total", "regions", "images")
 
-    def __init__(self, units: int, num_labels: int, ddof: int = 1):
+    def __init__(self, units: int, num_labels: int, ddof: int = 1, *, resolution: str = "mask",
+                 regions: str = "instance"):
         self.units, self.num_labels, self.ddof = int(units), int(num_labels), int(ddof)
+        self.resolution, self.region_rule = resolution, regions
         self.total = self.regions = self.images = None
 
-    def add(self, maps, lo, hi, layers, fixations, image_size) -> None:
+    def add(self, maps, lo, hi, layers, fixations, image_size, instances=None) -> None:
         from .tally import region_nss
 
         dev = maps.device
@@ -526,13 +532,14 @@ class NSSTally(_Counts):
             self.regions = torch.zeros(self.num_labels, dtype=torch.int64, device=dev)
             self.images = torch.zeros((), dtype=torch.int64, device=dev)
         total, regions = region_nss(maps, lo, hi, layers, fixations, image_size,
-                                    self.num_labels, ddof=self.ddof)
+                                    self.num_labels, ddof=self.ddof, resolution=self.resolution,
+                                    instances=instances, regions=self.region_rule)
         self.total += torch.round(total / self.GRID) * self.GRID
         self.regions += regions
         self.images += maps.shape[0]
 
     def _meta(self):
-        return {"ddof": self.ddof}
+        return {"ddof": self.ddof, "resolution": self.resolution, "region_rule": self.region_rule}
 
     def mean(self) -> torch.Tensor:
         """``(U, L)`` mean region-NSS (``nan`` where a label has no fixated region)."""

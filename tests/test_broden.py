@@ -125,7 +125,10 @@ def test_label_table_and_primary_category(broden):
     for number, name, _, primary in LABELS:
         assert ds.labels[number].name == name
         assert ds.labels.category(number) == primary
-    assert ds.labels[5].coverage == {"material": 7, "object": 9}
+    assert ds.labels[5].coverage == {"object": 0.1}          # c_object.csv's coverage
+    counted = BrodenDataset(root, primary="count")
+    assert counted.labels[5].coverage == {"material": 7, "object": 9}
+    assert all(counted.labels.category(n) == p for n, _, _, p in LABELS)
     assert ds.codes["part"] == {301: 1, 700: 2}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
+from ._common import add_limit, nonnegative_int, output_file, output_folder, positive_int, seed
 
 
 def register(subparsers) -> None:
@@ -14,12 +15,12 @@ def register(subparsers) -> None:
     _source_options(p)
     p = add_command(group, "export", "write a concept set to disk in a standard format", _export)
     p.add_argument("name")
-    p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
+    p.add_argument("--n", type=positive_int, default=100, help="number of images (default 100)")
     p.add_argument("--out", required=True, help="output folder (created; must be empty)")
     p.add_argument("--format", default="broden", choices=["broden"])
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=nonnegative_int, default=1,
                    help="processes drawing images in parallel (output identical)")
-    p.add_argument("--seed", type=int, default=None, help="world seed (synthetic sets)")
+    p.add_argument("--seed", type=seed, default=None, help="world seed (synthetic sets)")
     _source_options(p)
     p = add_command(group, "cache", "build (or check, or clear) a concept set's label cache",
                     _cache, description="Decode every label file of a concept set once into "
@@ -35,15 +36,15 @@ def register(subparsers) -> None:
     p = add_command(group, "show", "contact sheet of images with masks and fixations", _show)
     p.add_argument("name")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
+    p.add_argument("--seed", type=seed, default=None)
     _source_options(p)
 
 
 def _source_options(p) -> None:
     p.add_argument("--root", help="local data folder (Broden folder or zip, COCO images, "
                    "EyeCrowd, mask folder)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    add_limit(p)
     p.add_argument("--split", default=None, help="data split where the source has one")
 
 
@@ -85,8 +86,9 @@ def _export(args) -> int:
     from ..concepts import open_concepts
     from ..concepts.export import export_broden
 
+    out = output_folder(args.out)
     ds = open_concepts(args.name, **_overrides(args))
-    export_broden(ds, args.out, n=args.n, workers=args.workers)
+    export_broden(ds, out, n=args.n, workers=args.workers)
     return 0
 
 
@@ -94,8 +96,9 @@ def _show(args) -> int:
     from ..concepts import open_concepts
     from ..concepts.sheet import contact_sheet
 
+    out = output_file(args.out)
     ds = open_concepts(args.name, **_overrides(args))
-    contact_sheet(ds, args.out, n=args.n)
+    contact_sheet(ds, out, n=args.n)
     return 0
 
 

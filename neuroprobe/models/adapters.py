@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, suggest
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, encoder_info
+from .cifar import build_cifar_resnet
+from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
+                       imagenet_state_dict, load_state_strict)
 
 
 class Normalize(nn.Module):
@@ -173,17 +175,14 @@ def build_torchvision(name: str, weights=None, num_classes: int | None = None) -
     kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
     net = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None and str(weights).lower() == "imagenet":
-        from .encoders import imagenet_state_dict, load_state_strict
-
         load_state_strict(net, imagenet_state_dict(name), source=f"ImageNet weights of {name}")
     elif weights is not None and str(weights).lower() != "none":
-        from .encoders import _read_state_file, load_state_strict
-
         load_state_strict(net, _read_state_file(weights), source=str(weights))
     return ImageClassifier(net)
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "cifar-resnet": build_cifar_resnet,
     "saliency": build_saliency,
     "scene": build_scene,
     "encoder": build_encoder_only,
@@ -198,6 +197,8 @@ def default_layers(module: nn.Module, arch: dict | None = None) -> list[str]:
     if arch.get("builder") in ("saliency", "scene", "encoder"):
         info = encoder_info(kwargs.get("encoder", "vgg16"))
         return [f"encoder.{n}" for n in info.layers]
+    if arch.get("builder") == "cifar-resnet":
+        return ["layer1", "layer2", "layer3"]
     if arch.get("builder") == "torchvision":
         names = {n for n, _ in module.named_modules()}
         for cand in (["net.layer3", "net.layer4"], ["net.features"]):
