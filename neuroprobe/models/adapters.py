@@ -21,22 +21,9 @@ from torch import nn
 
 from ..errors import CheckpointError, suggest
 from .cifar import build_cifar_resnet
+from .normalize import Normalize
 from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
                        imagenet_state_dict, load_state_strict)
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; buffers so that ``.to(device)`` moves them."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
-                             persistent=False)
-
-    def forward(self, x):
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 def minmax_per_image(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

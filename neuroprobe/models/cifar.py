@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .encoders import IMAGENET_MEAN, IMAGENET_STD
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -112,8 +112,6 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int = 56, num_classes: int = 10):
         super().__init__()
-        from .adapters import Normalize
-
         self.depth = int(depth)
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         for name, mod in build_trunk(depth).named_children():

@@ -29,9 +29,9 @@ from torch import nn
 from torch.hub import get_dir
 
 from ..errors import CheckpointError, suggest
+from .cifar import build_trunk
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,6 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None) -> nn.Seq
     elif name.startswith("resnet"):
         enc = _resnet(name)
     elif name.startswith("cifar-resnet"):
-        from .cifar import build_trunk
-
         enc = build_trunk(int(name[len("cifar-resnet"):]))
     else:
         enc = _small()
