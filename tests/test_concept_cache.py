@@ -177,6 +177,7 @@ def test_no_cache_and_uncached_sources(broden, cache_env):
 
 def test_changed_file_is_decoded_again_touched_file_is_not(broden, cache_env, monkeypatch,
                                                            capsys):
+    monkeypatch.delenv("NEUROPROBE_QUIET", raising=False)   # an earlier --quiet run sets it
     ds = BrodenDataset(broden)
     ds.prepare_labels(progress=False)
     # rewrite item 1's object mask with other labels (same size and mode)
