@@ -614,6 +614,7 @@ def _dissect_body(*, model, dataset, layers, mode, score, quantile, iou_threshol
         keep = "disk" if device.type == "cpu" else "recompute"
     if keep not in ("disk", "recompute"):
         raise UserError(f"unknown keep option {keep!r}", hint="disk, recompute or auto")
+    getattr(source, "prepare_labels", lambda *a, **k: None)(range(n), progress=progress)
     shapes = _probe(model, dataset, layers, amp, device, on_bad_image)
     mask_size = tuple(source.mask_size)
     denom = MODES[mode]["denominator"] if denominator is None else denominator

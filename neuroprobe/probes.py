@@ -433,8 +433,9 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
 
 def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
               concepts: str | None = None, root=None, limit: int | None = None,
-              device="cpu") -> Path:
-    """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path."""
+              device="cpu", cache: bool = True) -> Path:
+    """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path.
+    ``cache=False``: decode the concept set's label files instead of using its label cache."""
     from .utils import info, versions
 
     spec = load_probe(name_or_path)
@@ -457,6 +458,7 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
     spec["concepts"] = concepts_spec
     concept_name, dataset = _open_concepts(spec, root,
                                            limit or spec.get("concepts", {}).get("limit"))
+    dataset.use_cache = cache
     kind = spec["kind"]
     fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,
           "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain}[kind]

@@ -316,7 +316,9 @@ def test_engine_reads_masks_only_in_the_tally_pass(broden, monkeypatch):
     from neuroprobe.dissect import dissect
 
     root, _ = broden
-    ds = BrodenDataset(root)
+    # the PNG path (with the concept-set cache, masks are decoded once when it is built; see
+    # tests/test_concept_cache.py)
+    ds = BrodenDataset(root, cache=False)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5, stride=4), torch.nn.ReLU())
     masks_per_pass = sum(e.strip().endswith(".png") for row in ds.rows

@@ -22,6 +22,17 @@ def register(subparsers) -> None:
                    help="processes drawing images in parallel (output identical)")
     p.add_argument("--seed", type=seed, default=None, help="world seed (synthetic sets)")
     _source_options(p)
+    p = add_command(group, "cache", "build (or check, or clear) a concept set's label cache",
+                    _cache, description="Decode every label file of a concept set once into "
+                    "neuroprobe's cache folder (resumable; safe to run twice at once); later "
+                    "runs read it instead of the PNGs.  Prints its size beside the size of the "
+                    "files it replaces.")
+    p.add_argument("name")
+    p.add_argument("--verify", action="store_true",
+                   help="also re-check every cached item against its files and rebuild the "
+                   "chunks whose files changed or were touched")
+    p.add_argument("--clear", action="store_true", help="delete this set's cache instead")
+    _source_options(p)
     p = add_command(group, "show", "contact sheet of images with masks and fixations", _show)
     p.add_argument("name")
     p.add_argument("--out", required=True, help="PNG file to write")
@@ -88,4 +99,33 @@ def _show(args) -> int:
     out = output_file(args.out)
     ds = open_concepts(args.name, **_overrides(args))
     contact_sheet(ds, out, n=args.n)
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _cache(args) -> int:
+    import shutil
+
+    from ..concepts import open_concepts
+    from ..concepts.cache import build, cache_folder
+    from ..errors import UserError
+
+    ds = open_concepts(args.name, **_overrides(args))
+    if ds.cache_spec() is None:
+        raise UserError(f"concept set {args.name!r} ({type(ds).__name__}) has no label cache",
+                        hint="only Broden-format sets are cached (see README, concept-set "
+                        "cache)")
+    folder = cache_folder(ds)
+    if args.clear:
+        existed = folder.exists()
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"{'removed' if existed else 'no cache at'} {folder}")
+        return 0
+    cache = build(ds, verify=args.verify, progress=True)
+    print(f"concept cache of {ds.name} ({cache.built_items():,} images): {folder}")
+    print(f"  {_mb(cache.disk_bytes())} on disk; the label files it replaces: "
+          f"{_mb(cache.source_bytes())}")
     return 0

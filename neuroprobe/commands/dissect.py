@@ -85,6 +85,9 @@ def register(subparsers) -> None:
                    help="an image or mask of the concept set that cannot be decoded: stop the "
                    "run with one line naming the file (default), or skip such images and list "
                    "them in summary.json (skipped)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode the concept set's label files instead of reading (and on first "
+                   "use building) its label cache in neuroprobe's cache folder")
     add_workers(p, None, help="data-loading worker processes (default: 1 on a multi-core CPU; "
                    "on a GPU one per core but one, at most 12)")
 
@@ -148,6 +151,7 @@ def _run(args) -> int:
     if image_size:
         overrides.update(image_size=image_size, mask_size=image_size // 2)
     dataset = open_concepts(concepts, **overrides)
+    dataset.use_cache = not args.no_cache
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else \
         list(meta.get("layers") or [])
     if not layers:

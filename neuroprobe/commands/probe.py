@@ -15,6 +15,8 @@ def register(subparsers) -> None:
                    help="replace or add a model of the recipe (repeatable), e.g. "
                    "--model frozen=my_frozen.pt")
     add_concept_options(p, concepts_help="concept set instead of the recipe's")
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode the concept set's label files instead of using its label cache")
 
 
 def _run(args) -> int:
@@ -29,7 +31,8 @@ def _run(args) -> int:
             raise UserError(f"--model {item!r} is not NAME=SPEC", hint="e.g. --model frozen=a.pt")
         models[name] = spec
     report = run_probe(args.recipe, output_folder(args.out), models=models, concepts=args.concepts,
-                       root=args.root, limit=args.limit, device=resolve_device(args.device))
+                       root=args.root, limit=args.limit, device=resolve_device(args.device),
+                       cache=not args.no_cache)
     info(f"wrote {report}")
     print(report.read_text())
     return 0

@@ -195,6 +195,41 @@ class ConceptDataset(torch.utils.data.Dataset):
             out = {"image": out["image"], "id": out["id"]}
         return out
 
+    # -- the concept-set cache (neuroprobe.concepts.cache) --------------------------------
+    #: read labels through the concept-set cache where the source has one (``--no-cache``:
+    #: set it to False)
+    use_cache: bool = True
+    #: the attached :class:`~neuroprobe.concepts.cache.LabelCache` (see :meth:`prepare_labels`)
+    label_cache = None
+
+    def cache_spec(self) -> dict | None:
+        """What determines the decoded labels of every item, besides the label files
+        themselves (hashed into the cache key); ``None``: this source has no cache."""
+        return None
+
+    def label_files(self, index: int) -> list:
+        """The files item ``index``'s labels are decoded from (their signatures validate its
+        cache entry)."""
+        return []
+
+    def decode_labels(self, index: int) -> dict:
+        """Item ``index``'s ``layers`` (numpy, at :attr:`mask_size`), ``whole``,
+        ``categories``, ``fixations`` and ``observers``, decoded from the source's files."""
+        raise NotImplementedError(f"{type(self).__name__} has no decode_labels")
+
+    def prepare_labels(self, indices=None, *, progress: bool = True):
+        """Build (where missing) and attach the cache for the items ``indices`` (default: all);
+        a no-op returning ``None`` where the source has no cache or :attr:`use_cache` is off."""
+        from .cache import prepare
+
+        return prepare(self, indices, progress=progress)
+
+    def cached_labels(self, index: int) -> dict | None:
+        """Item ``index``'s labels from the attached cache (``None``: decode them)."""
+        if self.label_cache is None or not self.use_cache:
+            return None
+        return self.label_cache.get(index, self.label_files(index))
+
     def present_categories(self, layers: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
         """Default ``categories`` entry: the categories of the labels that occur in the image."""
         cat_idx = torch.from_numpy(self.labels.category_index())

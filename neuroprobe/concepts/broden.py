@@ -188,7 +188,9 @@ class BrodenDataset(ConceptDataset):
 
     def __init__(self, root, *, split: str | None = None, limit: int | None = None,
                  image_size=None, mask_size=None, name: str = "broden",
-                 primary: str = "coverage", keep_empty_rows: bool = False):
+                 primary: str = "coverage", keep_empty_rows: bool = False,
+                 cache: bool = True):
+        self.use_cache = bool(cache)
         root = Path(root)
         if root.is_file() and root.suffix == ".zip":
             target = root.with_suffix("")
@@ -330,8 +332,8 @@ class BrodenDataset(ConceptDataset):
                "id": self.item_id(index)}
         if not labels:
             return out
-        lay, whole, cats = self._decode_labels(index)
-        lay = resize_labels(lay, self.mask_size)
+        got = self.cached_labels(index) or self.decode_labels(index)
+        lay, whole, cats = got["layers"], got["whole"], got["categories"]
         return {
             "image": out["image"],
             "layers": torch.from_numpy(np.ascontiguousarray(lay)),
@@ -341,6 +343,29 @@ class BrodenDataset(ConceptDataset):
             "observers": None,
             "id": out["id"],
         }
+
+    # -- the concept-set cache (neuroprobe.concepts.cache) ----------------------------------
+    def decode_labels(self, index: int) -> dict:
+        """Row ``index``'s labels from its PNGs, masks resized to :attr:`mask_size`."""
+        lay, whole, cats = self._decode_labels(index)
+        return {"layers": resize_labels(lay, self.mask_size), "whole": whole,
+                "categories": cats, "fixations": None, "observers": None}
+
+    def label_files(self, index: int) -> list[Path]:
+        """The mask PNGs of row ``index`` (its whole-image labels live in ``index.csv``)."""
+        images = self.root / "images"
+        return [images / e.strip() for cell in self.rows[index]["cells"].values()
+                for e in cell.split(";") if e.strip() and not re.fullmatch(r"\d+", e.strip())]
+
+    def cache_spec(self) -> dict:
+        """The tables' contents and the options that shape the decoded labels (not the
+        folder's path: a copy of the same set shares the cache)."""
+        from .cache import hash_files
+
+        tables = ["index.csv", "category.csv", "label.csv"] + sorted(
+            p.name for p in self.root.glob("c_*.csv"))
+        return {"source": "broden", "tables": hash_files(self.root / t for t in tables),
+                **{k: v for k, v in self.config().items() if k != "root"}}
 
     def config(self) -> dict:
         out = super().config()
@@ -388,4 +413,5 @@ def from_spec(spec: dict, **overrides) -> BrodenDataset:
                          image_size=opts.get("image_size"), mask_size=opts.get("mask_size"),
                          name=spec.get("name", "broden"),
                          primary=opts.get("primary", "coverage"),
-                         keep_empty_rows=bool(opts.get("keep_empty_rows", False)))
+                         keep_empty_rows=bool(opts.get("keep_empty_rows", False)),
+                         cache=opts.get("cache", True))
