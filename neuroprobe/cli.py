@@ -11,26 +11,39 @@ non-zero status; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
-from . import __version__
+from . import __version__, commands
+from .commands._common import add_global_options
 from .errors import UserError
 
 
 def _command_modules():
-    from . import commands
-
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             yield importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other neuroprobe error: a bad option value
+    (``--workers -3``) prints ``neuroprobe: error: <command>: argument --workers: ...`` and
+    exits with status 2 (the sub-command parsers inherit this class)."""
+
+    def error(self, message):
+        where = self.prog.replace("neuroprobe", "", 1).strip()
+        text = " ".join(f"{where + ': ' if where else ''}{message}".split())
+        self.exit(2, f"neuroprobe: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="neuroprobe",
         description="Open up PyTorch vision models: record layers, dissect units into concepts, "
         "visualize and compare them.",
@@ -43,19 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """Options accepted before or after the sub-command name."""
-    default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                        default=argparse.SUPPRESS if suppress else "auto",
-                        help="where models run (default: auto = cuda when available)")
-    parser.add_argument("--debug", action="store_true", default=default if suppress else False,
-                        help="show tracebacks of errors")
-    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
-                        help="no progress bars or informational output")
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (like Ctrl-C), so that the same clean-up runs:
+    checkpoints are kept, temporary files removed, and a rerun resumes."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM like SIGINT while a command runs (main thread only; the previous handler
+    is restored afterwards, so an in-process caller keeps its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
@@ -87,12 +116,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuroprobe: error: {os.strerror(err.errno).lower()}{where} "
               f"({_USER_ERRNOS[err.errno]}; results written before are kept)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except RuntimeError as err:
+        # torch's serializer reports a failed write (a full disk) as a RuntimeError; the
+        # writers map it (neuroprobe.io.save_torch), this catches any path that does not
+        from .hooks import SCRIPT_HOOKS_HINT, SCRIPT_HOOKS_MESSAGE, is_script_hook_error
+        from .io import is_write_failure
+
+        if not debug and is_script_hook_error(err):   # e.g. Captum hooking a TorchScript model
+            print(f"neuroprobe: error: {SCRIPT_HOOKS_MESSAGE} ({SCRIPT_HOOKS_HINT})",
+                  file=sys.stderr)
+            return 2
+        if debug or not is_write_failure(err):
+            raise
+        print("neuroprobe: error: a write failed, most likely no space left on the device "
+              f"({_USER_ERRNOS[errno.ENOSPC]}; results written before are kept)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print("neuroprobe: interrupted; completed work is kept and a rerun resumes where "
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"neuroprobe: {what}; completed work is kept and a rerun resumes where "
               "possible", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, Terminated) else 130
     except MemoryError:
         if debug:
             raise
@@ -107,6 +152,10 @@ _USER_ERRNOS = {
     errno.EACCES: "check the permissions or choose another --out folder",
     errno.EPERM: "check the permissions or choose another --out folder",
     errno.EROFS: "the file system is read-only: choose another --out folder",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "the path is a folder where a file is needed: choose another path",
+    errno.EEXIST: "something is in the way at that path: choose another path or remove it",
 }
 
 

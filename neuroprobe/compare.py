@@ -22,7 +22,6 @@ the comparisons, each usable on its own:
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .errors import UserError
+from .io import read_csv
 
 __all__ = ["Run", "load_run", "count_table", "changed_units", "check_comparable",
            "check_model_files", "bootstrap_count_difference", "unit_ious", "category_preference", "fixation_preference",
@@ -62,15 +62,16 @@ def load_run(path) -> Run:
     if not units_csv.is_file() or not summary_json.is_file():
         raise UserError(f"{path} is not a dissection run folder (units.csv and summary.json are "
                         "needed)", hint="pass the --out folder of `neuroprobe dissect`")
-    with open(units_csv, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    need = {"layer", "unit", "label", "category", "score", "detector"}
-    if rows and not need <= set(rows[0]):
-        raise UserError(f"{units_csv} lacks columns {sorted(need - set(rows[0]))}")
-    for r in rows:
-        r["unit"] = int(r["unit"])
-        r["score"] = float(r["score"])
-        r["detector"] = int(float(r["detector"]))
+    _, rows = read_csv(units_csv, ("layer", "unit", "label", "category", "score", "detector"),
+                       format_hint="rerun `neuroprobe dissect` into this folder")
+    for line, r in enumerate(rows, start=2):
+        try:
+            r["unit"] = int(r["unit"])
+            r["score"] = float(r["score"])
+            r["detector"] = int(float(r["detector"]))
+        except (TypeError, ValueError):
+            raise UserError(f"{units_csv}, line {line}: unit, score and detector must be "
+                            "numbers", hint="rerun `neuroprobe dissect` into this folder") from None
     try:
         summary = json.loads(summary_json.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

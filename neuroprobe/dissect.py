@@ -67,16 +67,17 @@ from .engine.runner import (CHECKPOINT_SECONDS, DATA_ERRORS, check_finite, none_
                             probe_shapes, run_pass)
 from .engine.store import RunStore, model_fingerprint
 from .errors import UserError
-from .hooks import resolve_layers
+from .hooks import layer_aliases
 from .image_counts import FILE as IMAGE_COUNTS, unit_label_ids, write_image_counts
 from .io import config_hash
 from .results import score_iou, score_nss, summarise, write_results
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
 from .tally import upsample
-from .utils import info, versions
+from .utils import info, model_device, versions
 
 __all__ = ["dissect", "DissectConfig", "DissectionResult", "model_fingerprint", "MODES",
-           "SCORES", "DENOMINATOR_CHOICES", "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
+           "SCORES", "DENOMINATOR_CHOICES", "NSS_RESOLUTION_CHOICES", "NSS_REGION_CHOICES",
+           "NSS_DDOF", "TIE_CHOICES", "BAD_IMAGE_CHOICES", "DATA_ERRORS"]
 
 #: Defaults of each mode: top fraction of activations above threshold, where the quantile is
 #: taken, and the IoU denominator.
@@ -85,7 +86,17 @@ MODES = {
     "unrestricted": {"quantile": 0.01, "quantile_on": "upsampled maps", "denominator": "all"},
 }
 SCORES = ("iou", "region-nss", "both")
-DENOMINATOR_CHOICES = ("netdissect", "lite")
+DENOMINATOR_CHOICES = ("netdissect", "annotated", "lite")
+# -- fidelity (#18): region-NSS definition and NetDissect's tie rule --------------------------
+#: where region-NSS z-scores the maps: "image" (the study's) or "mask" (faster)
+NSS_RESOLUTION_CHOICES = ("image", "mask")
+#: what a region-NSS region is: one annotated "instance" (the study's) or all pixels of a "label"
+NSS_REGION_CHOICES = ("instance", "label")
+#: standard deviation of the z-score: ``np.std`` (ddof 0) as in the authors' demo code
+NSS_DDOF = 0
+#: which category wins a tie of best IoUs (see neuroprobe.results.score_iou)
+TIE_CHOICES = ("netdissect", "first")
+# -- end fidelity ----------------------------------------------------------------------------
 #: what to do with an item whose image or masks cannot be read (see the module docstring)
 BAD_IMAGE_CHOICES = ("stop", "skip")
 #: configuration keys written into summary.json but not hashed into the run's key
@@ -158,6 +169,9 @@ class DissectConfig:
     progress: bool = True
     concepts_info: dict | None = None
     on_bad_image: str = "stop"
+    nss_resolution: str = "image"
+    nss_regions: str = "instance"
+    ties: str = "netdissect"
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     after_batch: Callable | None = field(default=None, repr=False)
 
@@ -179,6 +193,12 @@ class DissectConfig:
 
     def check(self) -> None:
         """Refuse an impossible option with one line."""
+        for value, choices, flag in ((self.nss_resolution, NSS_RESOLUTION_CHOICES,
+                                      "--nss-resolution"),
+                                     (self.nss_regions, NSS_REGION_CHOICES, "--nss-regions"),
+                                     (self.ties, TIE_CHOICES, "--ties")):
+            if value not in choices:
+                raise UserError(f"unknown {flag} {value!r}", hint=f"use {' or '.join(choices)}")
         if self.on_bad_image not in BAD_IMAGE_CHOICES:
             raise UserError(f"unknown --on-bad-image {self.on_bad_image!r}",
                             hint="use stop or skip")
@@ -194,7 +214,7 @@ class DissectConfig:
             raise UserError(f"--iou-threshold {self.iou_threshold} must lie in [0, 1]")
         if self.denominator is not None and self.denominator not in DENOMINATOR_CHOICES:
             raise UserError(f"unknown denominator {self.denominator!r}",
-                            hint="use netdissect or lite")
+                            hint="use netdissect, annotated or lite")
         if self.mode == "unrestricted" and self.denominator is not None:
             raise UserError("--denominator applies to --mode netdissect only (the unrestricted "
                             "mode counts every pixel)")
@@ -214,10 +234,13 @@ class _Run:
 
     model: torch.nn.Module
     source: object                 # the concept set
-    layers: list
+    layers: list                   # the hooked (resolved) layer names
     cfg: DissectConfig
     device: torch.device
     dctx: distributed.Context
+    # {hooked name: the name as given}: results, configuration and the per-image counts are
+    # keyed by the names the user typed (a bare "layer4" hooks "net.layer4"; fidelity #18)
+    aliases: dict = field(default_factory=dict)
     n: int = 0                     # items dissected (the first n of the set)
     keep: str = "disk"
     channels_last: bool = False
@@ -287,7 +310,9 @@ def _layer_stats(cfg: DissectConfig, shapes: dict, labels, images_dir: Path | No
                                                         images_dir / layer)
     if cfg.use_nss:
         stats["minmax"] = lambda layer: MinMax()
-        stats["nss"] = lambda layer: NSSTally(shapes[layer][0], num_labels, ddof=1)
+        stats["nss"] = lambda layer: NSSTally(shapes[layer][0], num_labels, ddof=NSS_DDOF,
+                                              resolution=cfg.nss_resolution,
+                                              regions=cfg.nss_regions)
     return stats
 
 
@@ -300,13 +325,14 @@ def _configuration(run: _Run, shapes: dict) -> None:
     model_info["fingerprint"] = fingerprint
     denom = MODES[cfg.mode]["denominator"] if cfg.denominator is None else cfg.denominator
     run.config = {
-        "model": model_info, "layers": run.layers,
+        "model": model_info, "layers": [run.aliases[name] for name in run.layers],
         "concepts": {**source.config(), "n": run.n,
                      **{k: v for k, v in (cfg.concepts_info or {}).items() if v is not None}},
         "mode": cfg.mode, "score": cfg.score, "quantile": cfg.quantile,
         "quantile_on": MODES[cfg.mode]["quantile_on"], "iou_threshold": cfg.iou_threshold,
         "denominator": denom if cfg.use_iou else None,
-        "nss_threshold": cfg.nss_threshold, "top_units": cfg.top_units, "nss_ddof": 1,
+        "nss_threshold": cfg.nss_threshold, "top_units": cfg.top_units, "nss_ddof": NSS_DDOF,
+        "nss_resolution": cfg.nss_resolution, "nss_regions": cfg.nss_regions, "ties": cfg.ties,
         "image_size": list(source.image_size), "mask_size": list(source.mask_size),
         "amp": cfg.amp,
         "sketch": {"method": "KLL compactors, high-rank accuracy",
@@ -342,10 +368,12 @@ def _open_store(run: _Run) -> dict | None:
     return state
 
 
-def _start(model, dataset, layers, cfg: DissectConfig, device, dctx) -> _Run:
+def _start(model, dataset, aliases: dict, cfg: DissectConfig, device, dctx) -> _Run:
     """Prepare a run: check the model on one image, the configuration, the store, the
-    statistics, and restore a checkpoint of the same configuration."""
-    run = _Run(model.to(device).eval(), dataset, layers, cfg, device, dctx)
+    statistics, and restore a checkpoint of the same configuration (``aliases``: ``{hooked
+    layer name: the name as given}``)."""
+    layers = list(aliases)
+    run = _Run(model.to(device).eval(), dataset, layers, cfg, device, dctx, aliases=aliases)
     # on a GPU, convolutions run fastest with channels-last tensors (the model's parameters are
     # converted in place, which changes no value)
     run.channels_last = device.type == "cuda"
@@ -358,6 +386,10 @@ def _start(model, dataset, layers, cfg: DissectConfig, device, dctx) -> _Run:
     probe_set = dataset if run.n == n_total else torch.utils.data.Subset(dataset, range(run.n))
     run.keep = cfg.keep if cfg.keep != "auto" else ("disk" if device.type == "cpu"
                                                     else "recompute")
+    # the concept cache (#20): built or opened here, in the main process, before any loader
+    # worker starts (sources without one have no prepare_labels)
+    getattr(dataset, "prepare_labels", lambda *a, **k: None)(range(run.n),
+                                                             progress=cfg.progress)
     shapes = probe_shapes(run.model, probe_set, layers, cfg.amp, device, cfg.on_bad_image)
     _configuration(run, shapes)
     state = _open_store(run)
@@ -466,7 +498,7 @@ def _tally(run: _Run) -> None:
             if cfg.use_nss:
                 mm = st["minmax"]
                 st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
-                              tuple(source.image_size))
+                              tuple(source.image_size), batch.get("instances"))
 
     def checkpoint(done, last):
         run.checkpoint(*(("done", 0) if last else ("tally", done)))
@@ -489,25 +521,28 @@ def _spool_record(acts: dict, batch: dict) -> dict:
     if not batch["id"]:   # every item of the batch was skipped
         return {"acts": {}, "id": []}
     # the labels already come in the engine's smallest label dtype (int16 where ids fit)
-    return {"acts": {k: v.detach().cpu() for k, v in acts.items()},
-            "layers": batch["layers"], "whole": batch["whole"],
-            "categories": batch["categories"], "fixations": batch["fixations"],
-            "id": list(batch["id"]), "index": batch["index"]}
+    out = {"acts": {k: v.detach().cpu() for k, v in acts.items()},
+           "layers": batch["layers"], "whole": batch["whole"],
+           "categories": batch["categories"], "fixations": batch["fixations"],
+           "id": list(batch["id"]), "index": batch["index"]}
+    if batch.get("instances") is not None:   # fidelity (#18): region-NSS instances
+        out["instances"] = batch["instances"]
+    return out
 
 
 # -- scoring ---------------------------------------------------------------------------------
 
 def _score(run: _Run) -> DissectionResult:
     """Unit rows, the region-NSS table and the summary, from the tallies."""
-    cfg, labels = run.cfg, run.source.labels
+    cfg, labels, alias = run.cfg, run.source.labels, run.aliases
     units, table = [], None
     for name in run.layers:
         rows = []
         if cfg.use_iou:
-            rows = score_iou(name, run.stats[name]["tally"], run.thresholds[name], labels,
-                             cfg.iou_threshold)
+            rows = score_iou(alias[name], run.stats[name]["tally"], run.thresholds[name], labels,
+                             cfg.iou_threshold, ties=cfg.ties)
         if cfg.use_nss:
-            nss_rows, trows = score_nss(name, run.stats[name]["nss"], labels,
+            nss_rows, trows = score_nss(alias[name], run.stats[name]["nss"], labels,
                                         cfg.nss_threshold, cfg.top_units)
             table = (table or []) + trows
             if cfg.use_iou:   # both: the unit's region-NSS label beside its IoU label
@@ -517,18 +552,26 @@ def _score(run: _Run) -> DissectionResult:
             else:
                 rows = nss_rows
         units += rows
-    summary = summarise(units, run.config, run.key, versions(), run.layers, labels, table)
+    summary = summarise(units, run.config, run.key, versions(), run.config["layers"], labels,
+                        table)
     # seconds of this process's passes (a resumed run times only what it did); not configuration
     summary["timing"] = {**run.timing, "device": str(run.device),
                          "num_workers": cfg.num_workers}
     skipped = sorted(run.skipped, key=lambda s: s["index"])
     summary["skipped"] = skipped
     summary["n_skipped"] = len(skipped)
-    top = {name: (run.stats[name]["top"].values.cpu(), run.stats[name]["top"].index.cpu())
-           for name in run.layers}
+    top = {alias[name]: (run.stats[name]["top"].values.cpu(),
+                         run.stats[name]["top"].index.cpu()) for name in run.layers}
     return DissectionResult(units, summary, table,
-                            {k: v.cpu() for k, v in run.thresholds.items()}, top,
-                            run.stats, skipped)
+                            {alias[k]: v.cpu() for k, v in run.thresholds.items()}, top,
+                            _renamed(run.stats, alias), skipped)
+
+
+def _renamed(stats: StatSet, alias: dict) -> StatSet:
+    """``stats`` keyed by the layer names as given."""
+    out = StatSet()
+    out.update({alias[name]: st for name, st in stats.items()})
+    return out
 
 
 def _finish(run: _Run, result: DissectionResult) -> None:
@@ -564,13 +607,14 @@ def _image_tables(run: _Run) -> dict | None:
     for name in run.layers:
         st = run.stats[name]
         tally = st["tally"]
-        ids = unit_label_ids(tally.iou().cpu().numpy(), run.source.labels)
-        tables[name] = st["images"].table(ids, tally.category_of_label, tally.denominator)
+        ids = unit_label_ids(tally.iou().cpu().numpy(), run.source.labels, run.cfg.ties)
+        tables[run.aliases[name]] = st["images"].table(ids, tally.category_of_label,
+                                                       tally.denominator)
     if run.dctx.active:   # every rank holds the tables of its own batches
         parts = distributed.merge_lists(run.dctx, [tables], key=lambda t: 0)
         tables = {name: {k: (v if k in ("label", "counted") else np.concatenate(
             [p[name][k] for p in parts])) for k, v in tables[name].items()}
-            for name in run.layers}
+            for name in tables}
         for t in tables.values():
             t["images"] = np.unique(t["images"])
     return tables
@@ -593,14 +637,16 @@ def _locked(fn):
     return wrapper
 
 
-def _resolve_layers(model, layers, model_info) -> list:
+def _layer_aliases(model, layers, model_info) -> dict:
+    """``{hooked layer name: the name as given}`` (a bare ``layer4`` of a wrapped model hooks
+    ``net.layer4``; the results name it ``layer4``)."""
     if layers is None:
         layers = (model_info or {}).get("layers") or []
     if isinstance(layers, str):
         layers = [s for s in layers.split(",") if s]
     if not layers:
         raise UserError("no layers to dissect", hint="name them with --layers a,b")
-    return list(resolve_layers(model, layers))
+    return dict(layer_aliases(model, layers))
 
 
 @_locked
@@ -613,7 +659,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
             model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
             progress: bool = True, concepts_info: dict | None = None,
-            on_bad_image: str = "stop", after_batch: Callable | None = None,
+            on_bad_image: str = "stop", nss_resolution: str = "image",
+            nss_regions: str = "instance", ties: str = "netdissect",
+            after_batch: Callable | None = None,
             checkpoint_seconds: float = CHECKPOINT_SECONDS,
             config: DissectConfig | None = None) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on a concept dataset.
@@ -632,7 +680,10 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         holds the IoU labels with the region-NSS label of each unit beside them).
     quantile : top fraction of activations above the threshold (default by mode).
     iou_threshold : IoU at which a unit counts as a detector of its best label (0.04).
-    denominator : ``"netdissect"`` (default) or ``"lite"`` (NetDissect-Lite's rule), see
+    denominator : ``"netdissect"`` (default: a unit's activation counts for category ``c`` on
+        the images holding a label of primary category ``c``, NetDissect's
+        ``count_act_with_labelcat``), ``"annotated"`` (on the images whose ``categories`` flag
+        is set: neuroprobe's former rule) or ``"lite"`` (NetDissect-Lite's rule), see
         :func:`neuroprobe.tally.iou_counts`.
     nss_threshold, top_units : region-NSS table: units with NSS above the threshold are counted;
         the mean NSS of the ``top_units`` best units is reported.
@@ -663,7 +714,15 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         readers' data errors (:data:`DATA_ERRORS`) are skipped; see the module docstring for
         what skipping guarantees.  Written into the configuration, not hashed into its key (a
         run stopped by a bad image resumes with ``"skip"``).
-
+    nss_resolution : ``"image"`` (default, the study's: each unit's map is upsampled to the
+        image size) or ``"mask"`` (to the mask size; faster), see
+        :func:`neuroprobe.tally.region_nss`.
+    nss_regions : ``"instance"`` (default, the study's: each annotated instance is a region,
+        where the concept source knows instances) or ``"label"`` (all pixels of a label in an
+        image form one region).  Region-NSS is computed per region, then averaged over the
+        label's regions.
+    ties : ``"netdissect"`` (default: of categories whose best IoUs tie, the later one in the
+        category order wins, as in NetDissect) or ``"first"`` (the first one).
     after_batch : ``after_batch(phase, batch_index)`` at the end of every batch of both passes
         (to watch, slow or stop a run at a known point).
     checkpoint_seconds : the interval of time-based checkpoints (:data:`CHECKPOINT_SECONDS`).
@@ -682,7 +741,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             resume=resume, overwrite=overwrite, keep=keep, checkpoint_every=checkpoint_every,
             num_workers=num_workers, model_info=model_info, sketch_capacity=sketch_capacity,
             top_k=top_k, progress=progress, concepts_info=concepts_info,
-            on_bad_image=on_bad_image, after_batch=after_batch,
+            on_bad_image=on_bad_image, nss_resolution=nss_resolution,
+            nss_regions=nss_regions, ties=ties, after_batch=after_batch,
             checkpoint_seconds=checkpoint_seconds)
     cfg = config.resolved()
     if cfg.use_nss and not getattr(dataset, "has_fixations", False):
@@ -690,15 +750,14 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
                         "--score region-nss needs them",
                         hint="use --score iou, or a concept set with fixations (synthetic, "
                         "eyecrowd, a mask folder with OSIE fixations)")
-    layers = _resolve_layers(model, layers, cfg.model_info)
-    device = torch.device(cfg.device if cfg.device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu")))
+    aliases = _layer_aliases(model, layers, cfg.model_info)
+    device = torch.device(cfg.device if cfg.device is not None else model_device(model))
     dctx = distributed.setup(device)
     if dctx.active and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", dctx.local_rank)
     try:
         # the plan: record pass -> thresholds -> tally pass -> score -> write
-        run = _start(model, dataset, layers, cfg, device, dctx)
+        run = _start(model, dataset, aliases, cfg, device, dctx)
         if run.phase == "record":
             _record(run)
         _thresholds(run)

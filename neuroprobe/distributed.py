@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["Context", "setup", "teardown", "merge_stats", "merge_lists", "world_size_from_env"]
 
 
@@ -71,8 +73,6 @@ def setup(device: torch.device | str | None = None) -> Context:
     if world <= 1:
         return Context()
     if not dist.is_available():
-        from .errors import UserError
-
         raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed",
                         hint="run without torchrun, or install a PyTorch with distributed")
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -100,17 +100,16 @@ def _cpu_state(obj) -> dict:
     return {k: cpu(v) for k, v in sd.items()}
 
 
-def merge_stats(ctx: Context, stats: dict, keys, make, device) -> dict:
+def merge_stats(ctx: Context, stats: dict, keys, rebuild, device) -> dict:
     """Replace ``stats[layer][key]`` for ``key`` in ``keys`` by the merge over all ranks.
 
-    ``make(layer, key)`` builds an empty statistic (``None``: each rank's statistic is rebuilt
-    from its state, :func:`neuroprobe.stats.from_state`).  Every rank receives every rank's
-    state and merges them in rank order, so the result is the same on all ranks.
+    ``rebuild(state)`` makes a statistic from one rank's saved state (the caller passes
+    :func:`neuroprobe.stats.from_state`; taking it as an argument keeps this module free of
+    ``neuroprobe.stats``, which imports it).  Every rank receives every rank's state and merges
+    them in rank order, so the result is the same on all ranks.
     """
     if not ctx.active:
         return stats
-    from .stats import from_state
-
     mine = {layer: {k: _cpu_state(st[k]) for k in keys if k in st}
             for layer, st in stats.items()}
     gathered = [None] * ctx.world
@@ -121,11 +120,7 @@ def merge_stats(ctx: Context, stats: dict, keys, make, device) -> dict:
                 continue
             merged = None
             for part in gathered:
-                if make is None:
-                    other = from_state(part[layer][k])
-                else:
-                    other = make(layer, k)
-                    other.load_state_dict(part[layer][k])
+                other = rebuild(part[layer][k])
                 merged = other if merged is None else merged.merge(other)
             st[k] = merged.to(device)
     return stats

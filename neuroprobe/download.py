@@ -20,7 +20,9 @@ A mirror replaces the scheme and host of every URL (the path is kept): pass ``mi
 
 :func:`extract` unpacks zip and tar archives into a temporary folder next to the target and
 renames it into place, so a corrupt archive leaves nothing half-extracted.  Entries with absolute
-paths, ``..`` components, links that point outside the target, and device files are refused.
+paths, ``..`` components, links that point outside the target or to a folder holding them
+(``up -> ..``), and device files are refused.  :func:`fetch` also checks the archive's layout
+before moving its data folder into place, and deletes a downloaded file that fails a check.
 
 Every failure is a :class:`neuroprobe.errors.DownloadError` with a one-line message.
 """
@@ -39,7 +41,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from .errors import DownloadError
+from .errors import DownloadError, suggest
+from .utils import progress
 
 __all__ = ["download", "extract", "fetch", "mirror_url", "KNOWN", "DEFAULT_TIMEOUT"]
 
@@ -51,21 +54,26 @@ SPACE_MARGIN = 64 * 1024 * 1024
 #: size and sha256.  The hosts publish no checksums, so only the byte count is verified.
 KNOWN: dict[str, dict] = {
     "broden": {"url": "http://netdissect.csail.mit.edu/data/broden1_224.zip",
-               "folder": "broden1_224", "about": "Broden 224x224 (about 1 GB)"},
+               "folder": "broden1_224", "about": "Broden 224x224 (about 1 GB)",
+               "expect": ["index.csv"]},
     "broden227": {"url": "http://netdissect.csail.mit.edu/data/broden1_227.zip",
-                  "folder": "broden1_227", "about": "Broden 227x227 (about 1 GB)"},
+                  "folder": "broden1_227", "about": "Broden 227x227 (about 1 GB)",
+                  "expect": ["index.csv"]},
     "broden384": {"url": "http://netdissect.csail.mit.edu/data/broden1_384.zip",
-                  "folder": "broden1_384", "about": "Broden 384x384 (about 2 GB)"},
+                  "folder": "broden1_384", "about": "Broden 384x384 (about 2 GB)",
+                  "expect": ["index.csv"]},
     "coco-annotations-2017": {
         "url": "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
         "folder": "annotations_trainval2017", "inner": "annotations",
-        "about": "COCO 2017 instance + keypoint annotations (241 MB)"},
+        "about": "COCO 2017 instance + keypoint annotations (241 MB)",
+        "expect": ["instances_val2017.json"]},
     "coco-val2017": {"url": "http://images.cocodataset.org/zips/val2017.zip",
                      "folder": "val2017", "about": "COCO 2017 validation images (5,000; 778 MB)"},
     "coco-annotations-2014": {
         "url": "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
         "folder": "annotations_trainval2014", "inner": "annotations",
-        "about": "COCO 2014 annotations (SALICON images are COCO 2014)"},
+        "about": "COCO 2014 annotations (SALICON images are COCO 2014)",
+        "expect": ["instances_val2014.json"]},
 }
 
 
@@ -214,8 +222,6 @@ def _attempt(sess, url: str, part: Path, size: int | None, timeout: float, chunk
     """One request; appends to ``part``.  Raises _Retry on transient failure."""
     import requests
 
-    from .utils import progress
-
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
@@ -345,8 +351,6 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
 
 def _extract_zip(archive: Path, tmp: Path) -> None:
-    from .utils import progress
-
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -385,8 +389,11 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
                     link = PurePosixPath(m.linkname)
                     base = PurePosixPath(*p.parts[:-1]) if m.issym() else PurePosixPath()
                     resolved = os.path.normpath(os.path.join(root, base, link))
-                    if link.is_absolute() or not (resolved == str(root) or resolved.startswith(
-                            str(root) + os.sep)):
+                    here = os.path.normpath(os.path.join(root, base))
+                    # strictly inside the target, and not a folder holding the link (a loop)
+                    loop = m.issym() and (here == resolved
+                                          or here.startswith(resolved.rstrip(os.sep) + os.sep))
+                    if link.is_absolute() or loop or not resolved.startswith(str(root) + os.sep):
                         raise DownloadError(f"archive {archive} holds a link that points "
                                             f"outside the target ({m.name!r} -> "
                                             f"{m.linkname!r}); refused",
@@ -409,10 +416,14 @@ def fetch(name: str, out: str | os.PathLike, *, mirror: str | None = None,
 
     Returns the extracted data folder (``out / KNOWN[name]["folder"]``).  Nothing is fetched if
     that folder exists already.  The archive is kept in ``out`` only when ``keep_archive``.
+
+    Before the data folder is moved into place the archive's layout is checked: it must hold the
+    expected folder (``KNOWN[name]["inner"]`` or ``["folder"]``) with the expected files
+    (``["expect"]``), and every link in it must stay inside it.  An archive that fails a check
+    (an HTML page answered with status 200, a corrupt or foreign archive) is deleted, so that the
+    next run downloads it again; nothing is left in ``out``.
     """
     if name not in KNOWN:
-        from .errors import suggest
-
         raise DownloadError(f"unknown data set {name!r}",
                             hint=f"{suggest(name, KNOWN, 'data set')}; known: "
                             f"{', '.join(KNOWN)}")
@@ -428,11 +439,69 @@ def fetch(name: str, out: str | os.PathLike, *, mirror: str | None = None,
     unpacked = out / f".{archive.stem}.unpacked"
     if unpacked.exists():
         shutil.rmtree(unpacked)
-    extract(archive, unpacked)
-    inner = unpacked / entry.get("inner", entry["folder"])
-    source = inner if inner.is_dir() else unpacked
-    os.rename(source, folder)
+    try:
+        _check_not_html(archive, mirror_url(url, mirror))
+        extract(archive, unpacked)
+        source = _expected_layout(unpacked, entry, archive)
+        _check_links(source, archive)
+        os.rename(source, folder)
+    except DownloadError as err:
+        # a file that fails its check is not kept: the next run fetches it again
+        archive.unlink(missing_ok=True)
+        shutil.rmtree(unpacked, ignore_errors=True)
+        keep = err.hint if err.hint and "download it again" not in err.hint else ""
+        raise DownloadError(err.message, hint=(keep + "; " if keep else "")
+                            + "the downloaded file was removed, so a rerun fetches it "
+                            "again") from None
     shutil.rmtree(unpacked, ignore_errors=True)
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return folder
+
+
+def _check_not_html(archive: Path, url: str) -> None:
+    """An HTML page (a login, error or "moved" page answered with status 200) where an archive
+    was expected."""
+    with open(archive, "rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        raise DownloadError(f"{url} answered a web page, not the archive ({archive.name} is "
+                            "HTML)", hint="check the URL or --mirror")
+
+
+def _expected_layout(unpacked: Path, entry: dict, archive: Path) -> Path:
+    """The folder of ``unpacked`` that becomes the data folder, after checking it holds what
+    the data set must hold."""
+    want = entry.get("inner", entry["folder"])
+    source = unpacked / want
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in unpacked.iterdir())[:5]
+    if not source.is_dir() or source.is_symlink():
+        raise DownloadError(f"archive {archive.name} does not hold the folder {want}/ (found: "
+                            f"{', '.join(found) or 'nothing'})",
+                            hint="it is not the expected data set; check the URL or --mirror")
+    missing = [f for f in entry.get("expect", ()) if not (source / f).exists()]
+    if missing or not any(source.iterdir()):
+        raise DownloadError(f"archive {archive.name}: {want}/ lacks "
+                            f"{', '.join(missing) or 'any file'}",
+                            hint="it is not the expected data set; check the URL or --mirror")
+    return source
+
+
+def _check_links(folder: Path, archive: Path) -> None:
+    """Every symbolic link under ``folder`` points to something strictly inside it and not to
+    a folder that contains the link (``up -> ..`` would make the data folder a loop, or reach
+    outside once moved)."""
+    root = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                continue
+            target = Path(os.path.realpath(p))
+            inside = target != root and root in target.parents
+            loop = target == p.parent.resolve() or target in p.parent.resolve().parents
+            if not inside or loop:
+                raise DownloadError(f"archive {archive.name} holds a link that leaves the data "
+                                    f"folder ({p.relative_to(folder.parent)} -> "
+                                    f"{os.readlink(p)}); refused",
+                                    hint="the archive is unsafe: get it from a trusted source")

@@ -43,8 +43,21 @@ from torch import nn
 
 from .errors import LayerNotFound, UserError, suggest
 
-__all__ = ["Recorder", "StopForward", "resolve_layers", "ablate", "clamp", "record",
-           "tokens_to_grid", "layer_names"]
+#: the one line for a TorchScript model, whose modules take no Python hooks
+SCRIPT_HOOKS_MESSAGE = ("the model is TorchScript (torch.jit), whose layers cannot take the "
+                        "forward hooks that record them")
+SCRIPT_HOOKS_HINT = ("save the model's state dict (torch.save(model.state_dict(), PATH)) and "
+                     "load it with --arch, or use a command that only runs the model")
+
+
+def is_script_hook_error(err: BaseException) -> bool:
+    """Whether ``err`` is torch's refusal to hook a TorchScript module."""
+    return isinstance(err, RuntimeError) and "not supported on ScriptModules" in str(err)
+
+
+
+__all__ = ["Recorder", "StopForward", "resolve_layers", "layer_aliases", "ablate", "clamp",
+           "record", "tokens_to_grid", "layer_names"]
 
 EditFn = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -61,14 +74,38 @@ def layer_names(model: nn.Module) -> list[str]:
 def resolve_layers(model: nn.Module, layers) -> "OrderedDict[str, nn.Module]":
     """Turn names, glob patterns or module objects into an ordered ``{name: module}``.
 
+    A name (or pattern) that names no module is also looked up under each top-level child:
+    for a wrapped model (a torchvision classifier behind its normalisation, ``net.layer4``;
+    an encoder inside a saliency model, ``encoder.conv5_3``) the bare ``layer4`` resolves to
+    ``net.layer4`` when exactly one child holds it.  :func:`layer_aliases` gives the names as
+    the user wrote them.
+
     Raises :class:`~neuroprobe.errors.LayerNotFound` with the closest existing names when a
-    name or pattern matches nothing.
+    name or pattern matches nothing (or, relative to a child, more than one child).
     """
+    return OrderedDict((name, module) for name, (module, _) in _resolve(model, layers).items())
+
+
+def layer_aliases(model: nn.Module, layers) -> "OrderedDict[str, str]":
+    """``{resolved dotted name: the name as given}`` for the layers of :func:`resolve_layers`
+    (a bare ``layer4`` of a wrapped model maps ``net.layer4 -> layer4``; a pattern
+    ``layer4.*`` maps ``net.layer4.0 -> layer4.0``; module objects keep their own name)."""
+    return OrderedDict((name, alias) for name, (_, alias) in _resolve(model, layers).items())
+
+
+def _matches(named, spec: str) -> list[str]:
+    if any(ch in spec for ch in "*?["):
+        return [n for n in named if fnmatch.fnmatchcase(n, spec)]
+    return [spec] if spec in named else []
+
+
+def _resolve(model: nn.Module, layers) -> "OrderedDict[str, tuple[nn.Module, str]]":
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     named = OrderedDict((n, m) for n, m in model.named_modules() if n)
     by_module = {id(m): n for n, m in named.items()}
-    out: "OrderedDict[str, nn.Module]" = OrderedDict()
+    children = [n for n, _ in model.named_children()]
+    out: "OrderedDict[str, tuple[nn.Module, str]]" = OrderedDict()
     for spec in layers:
         if isinstance(spec, nn.Module):
             name = by_module.get(id(spec))
@@ -77,25 +114,34 @@ def resolve_layers(model: nn.Module, layers) -> "OrderedDict[str, nn.Module]":
                     name = ""
                 else:
                     raise LayerNotFound("the given module object is not a sub-module of the model")
-            out[name] = spec
+            out[name] = (spec, name)
             continue
         spec = str(spec)
-        if any(ch in spec for ch in "*?["):
-            hits = [n for n in named if fnmatch.fnmatchcase(n, spec)]
-            if not hits:
-                raise LayerNotFound(f"layer pattern {spec!r} matches no layer of "
-                                    f"{type(model).__name__}",
-                                    hint=suggest(spec.replace("*", ""), named, "name"))
-            for n in hits:
-                out[n] = named[n]
-        elif spec in named:
-            out[spec] = named[spec]
-        elif spec == "":
-            out[""] = model
-        else:
-            raise LayerNotFound(f"unknown layer {spec!r} in {type(model).__name__}",
-                                hint=suggest(spec, named, "name") +
-                                "; `neuroprobe layers --model ...` lists them all")
+        if spec == "" and spec not in named:
+            out[""] = (model, "")
+            continue
+        hits = _matches(named, spec)
+        prefix = ""
+        if not hits:   # relative to exactly one top-level child (a wrapped model)
+            found = {c: _matches(named, f"{c}.{spec}") for c in children}
+            found = {c: h for c, h in found.items() if h}
+            if len(found) > 1:
+                raise LayerNotFound(f"layer {spec!r} is ambiguous in {type(model).__name__}: "
+                                    + ", ".join(h[0] for h in found.values()),
+                                    hint="write the full dotted name")
+            if found:
+                prefix, hits = next(iter(found.items()))
+                prefix += "."
+        if not hits:
+            pattern = any(ch in spec for ch in "*?[")
+            what = f"layer pattern {spec!r} matches no layer of" if pattern \
+                else f"unknown layer {spec!r} in"
+            raise LayerNotFound(f"{what} {type(model).__name__}",
+                                hint=suggest(spec.replace("*", ""), named, "name") +
+                                ("" if pattern else
+                                 "; `neuroprobe layers --model ...` lists them all"))
+        for n in hits:
+            out[n] = (named[n], n[len(prefix):])
     if not out:
         raise LayerNotFound("no layer given")
     return out
@@ -163,13 +209,17 @@ class Recorder:
                  edit: EditFn | Mapping[str, EditFn] | None = None, stop: bool = False,
                  tokens_to_grid: bool | tuple[int, int] = False):
         self.model = model
-        self.layers = resolve_layers(model, layers)
+        resolved = _resolve(model, layers)
+        self.layers = OrderedDict((n, m) for n, (m, _) in resolved.items())
+        #: names as given (a bare ``layer4`` of a wrapped model) -> recorded dotted names
+        self._alias = {a: n for n, (_, a) in resolved.items() if a != n}
         self.record_outputs = outputs
         self.record_inputs = inputs
         self.clone = clone
         self.detach = detach
         self.retain_grad = retain_grad
         if isinstance(edit, Mapping):
+            edit = {self._alias.get(k, k): v for k, v in edit.items()}
             unknown = set(edit) - set(self.layers)
             if unknown:
                 raise LayerNotFound(f"edit names layers that are not recorded: {sorted(unknown)}")
@@ -188,6 +238,11 @@ class Recorder:
         try:
             for name, module in self.layers.items():
                 self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except RuntimeError as err:
+            self.remove()
+            if not is_script_hook_error(err):
+                raise
+            raise UserError(SCRIPT_HOOKS_MESSAGE, hint=SCRIPT_HOOKS_HINT) from None
         except BaseException:
             self.remove()
             raise
@@ -272,6 +327,8 @@ class Recorder:
             for n, m in self.layers.items():
                 if m is name:
                     return n
+        if name not in self.layers and name in self._alias:
+            name = self._alias[name]
         if name not in self.layers:
             raise LayerNotFound(f"layer {name!r} is not recorded",
                                 hint=suggest(str(name), self.layers, "recorded layer"))
@@ -282,7 +339,7 @@ class Recorder:
         return self._one(self._outputs, name, "output")
 
     def __contains__(self, name) -> bool:
-        return name in self.layers
+        return name in self.layers or name in self._alias
 
     def keys(self) -> list[str]:
         return list(self.layers)

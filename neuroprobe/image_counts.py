@@ -32,24 +32,32 @@ __all__ = ["FILE", "unit_label_ids", "write_image_counts", "read_image_counts"]
 FILE = "image_counts.npz"
 
 
-def unit_label_ids(iou: np.ndarray, labels) -> np.ndarray:
+def unit_label_ids(iou: np.ndarray, labels, ties: str = "netdissect") -> np.ndarray:
     """Each unit's label id as :func:`neuroprobe.results.score_iou` chooses it: the best label
-    of every category, then the first category with the highest IoU."""
+    of every category (the first of equal IoUs), then the category with the highest of those,
+    ties to the later category (``ties="netdissect"``, NetDissect's rule) or the first one
+    (``"first"``); 0 (no label) for a unit whose best IoU is 0, which units.csv leaves
+    unlabelled."""
     iou = np.asarray(iou)
     units = iou.shape[0]
     cat_idx = labels.category_index()
-    best = np.zeros(units, dtype=np.int64)
-    top = np.full(units, -1.0)
+    n_cats = len(labels.categories)
+    best = np.zeros((n_cats, units), dtype=np.int64)
+    score = np.zeros((n_cats, units))
     rows = np.arange(units)
-    for ci, _ in enumerate(labels.categories):
+    for ci in range(n_cats):
         cols = np.nonzero(cat_idx == ci)[0]
         if not len(cols):
             continue
-        j = cols[np.argmax(iou[:, cols], axis=1)]
-        value = iou[rows, j]
-        better = value > top
-        best[better], top[better] = j[better], value[better]
-    return best
+        best[ci] = cols[np.argmax(iou[:, cols], axis=1)]
+        score[ci] = iou[rows, best[ci]]
+    if not n_cats:
+        return np.zeros(units, dtype=np.int64)
+    if ties == "netdissect":
+        win = n_cats - 1 - np.argmax(score[::-1], axis=0)
+    else:
+        win = np.argmax(score, axis=0)
+    return np.where(score[win, rows] > 0, best[win, rows], 0)
 
 
 def write_image_counts(path, tables: dict) -> None:

@@ -370,22 +370,19 @@ def _popout_compact(path: Path) -> str:
 
 
 def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
-    from .cli import main as cli_main
+    from .saliency.popout_eval import evaluate_popout
 
     p = spec.get("popout", {})
     model_list = list(p.get("classical", ["itti", "spectral", "signature", "centre"]))
     deep = dict(models)
     paths = {}
     for name, mspec in deep.items():
-        from .models.zoo import builtin_path, is_builtin
+        from .models.checkpoint import builtin_file
+        from .models.zoo import is_builtin
 
-        paths[name] = str(builtin_path(mspec)) if is_builtin(mspec) else mspec
-    argv = ["--quiet", "--device", str(device), "popout", "--models",
-            ",".join(model_list + list(paths.values())), "--n", str(int(p.get("n", 60))),
-            "--out", str(out / "runs" / "popout"), "--seed", str(int(p.get("seed", 0)))]
-    code = cli_main(argv)
-    if code:
-        raise UserError("the pop-out evaluation failed (see above)")
+        paths[name] = str(builtin_file(mspec)) if is_builtin(mspec) else mspec
+    evaluate_popout(model_list + list(paths.values()), out / "runs" / "popout",
+                    n=int(p.get("n", 60)), seed=int(p.get("seed", 0)), device=str(device))
     summary = _popout_compact(out / "runs" / "popout" / "summary.csv")
     # natural images: the dataset's own fixations
     from .saliency import classical
@@ -420,8 +417,9 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
 
 def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
               concepts: str | None = None, root=None, limit: int | None = None,
-              device="cpu") -> Path:
-    """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path."""
+              device="cpu", cache: bool = True) -> Path:
+    """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path.
+    ``cache=False``: decode the concept set's label files instead of using its label cache."""
     from .utils import info, versions
 
     spec = load_probe(name_or_path)
@@ -444,6 +442,7 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
     spec["concepts"] = concepts_spec
     concept_name, dataset = _open_concepts(spec, root,
                                            limit or spec.get("concepts", {}).get("limit"))
+    dataset.use_cache = cache
     kind = spec["kind"]
     fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,
           "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain}[kind]

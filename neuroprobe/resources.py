@@ -5,6 +5,7 @@ checkout (editable install) they are the top-level folders of the repository.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -20,8 +21,6 @@ def shipped_dir(name: str) -> Path:
 
 def cache_dir() -> Path:
     """neuroprobe's cache folder (``$NEUROPROBE_CACHE`` or ``~/.cache/neuroprobe``)."""
-    import os
-
     root = os.environ.get("NEUROPROBE_CACHE")
     if root:
         return Path(root).expanduser()

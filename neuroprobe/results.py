@@ -15,6 +15,7 @@ report
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import Counter
 from pathlib import Path
@@ -23,15 +24,42 @@ import numpy as np
 
 from .io import atomic_open, atomic_path, write_json
 
-__all__ = ["score_iou", "score_nss", "summarise", "write_results"]
+__all__ = ["score_iou", "score_nss", "summarise", "write_results", "TIE_RULES",
+           "nss_definition"]
 
 
 def _f(x) -> float:
     return float(x)
 
 
-def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float) -> list[dict]:
-    """One row per unit of ``layer`` from an :class:`~neuroprobe.stats.IoUTally`."""
+#: which category wins when the best IoUs of several categories tie (see :func:`score_iou`)
+TIE_RULES = ("netdissect", "first")
+
+
+def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float,
+              ties: str = "netdissect") -> list[dict]:
+    """One row per unit of ``layer`` from an :class:`~neuroprobe.stats.IoUTally`.
+
+    The naming follows NetDissect's ``score_tally_stats`` and ``generate_csv_summary``
+    (``src/makeresult.py``; NetDissect-Lite's ``FeatureOperator.tally`` is the same):
+
+    * per category, the best label is the first label (in global-number order) with the
+      largest IoU of that category (``pciou.argmax``); when every IoU of the category is 0
+      (a dead unit, or a category the unit never touches) the argmax falls on label 0, which
+      NetDissect names ``''``: the ``<cat>-label`` cell is then empty (with IoU 0,
+      intersection 0, truth 0, and the unit's activation count of that category);
+    * overall, the category with the largest best IoU; of tied categories the **later** one in
+      the category order wins (``score_pciou.argsort(axis=0)[::-1]``, a stable sort reversed)
+      with ``ties="netdissect"``, the first one with ``ties="first"`` (neuroprobe's former rule);
+    * a unit whose best IoU is 0 (a dead unit) gets an empty ``label`` and score 0: NetDissect
+      writes the empty name of label 0 (neuroprobe's former rule named it after the first label);
+      its ``category`` is the winner of the all-zero tie (the last category under
+      ``ties="netdissect"``, as NetDissect writes it).
+
+    A unit is a detector when its score reaches ``iou_threshold`` and is above 0.
+    """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
     iou = tally.iou().cpu().numpy()
     inter = tally.inter.cpu().numpy()
     act = tally.act.cpu().numpy()
@@ -40,32 +68,43 @@ def score_iou(layer: str, tally, thresholds, labels, iou_threshold: float) -> li
     cat_idx = labels.category_index()
     thr = thresholds.cpu().numpy()
     units = iou.shape[0]
-    best = {}
-    for ci, cat in enumerate(labels.categories):
+    cats = list(labels.categories)
+    best, score = {}, np.zeros((len(cats), units))
+    for ci, cat in enumerate(cats):
         cols = np.nonzero(cat_idx == ci)[0]
         if len(cols):
             j = cols[np.argmax(iou[:, cols], axis=1)]
             best[cat] = j
+            score[ci] = iou[np.arange(units), j]
+    # the winning category per unit: the largest score; ties to the later or the first one
+    order = score[::-1] if ties == "netdissect" else score
+    win = np.argmax(order, axis=0)
+    win = len(cats) - 1 - win if ties == "netdissect" else win
     rows = []
     for u in range(units):
         row = {"layer": layer, "unit": u, "label": "", "category": "", "score": 0.0,
                "threshold": _f(thr[u]), "detector": 0}
-        top = -1.0
         per = {}
-        for cat in labels.categories:
-            if cat not in best:
+        for ci, cat in enumerate(cats):
+            if cat not in best or score[ci, u] <= 0:
+                c_act = 0
+                if cat in best and tally.num_categories == len(cats):
+                    c_act = int(act[u, ci])
+                elif cat in best:   # unrestricted: one activation count for all categories
+                    c_act = int(act[u, 0])
                 per.update({f"{cat}-label": "", f"{cat}-iou": 0.0, f"{cat}-intersection": 0,
-                            f"{cat}-activation": 0, f"{cat}-truth": 0})
+                            f"{cat}-activation": c_act, f"{cat}-truth": 0})
                 continue
             j = int(best[cat][u])
-            value = _f(iou[u, j])
-            per.update({f"{cat}-label": labels.name(j), f"{cat}-iou": value,
+            per.update({f"{cat}-label": labels.name(j), f"{cat}-iou": _f(iou[u, j]),
                         f"{cat}-intersection": int(inter[u, j]),
                         f"{cat}-activation": int(act[u, tcat[j]]) if tcat[j] >= 0 else 0,
                         f"{cat}-truth": int(truth[j])})
-            if value > top:
-                top = value
-                row.update(label=labels.name(j), category=cat, score=value)
+        ci = int(win[u])
+        row["category"] = cats[ci] if cats else ""
+        if score[ci, u] > 0:
+            j = int(best[cats[ci]][u])
+            row.update(label=labels.name(j), score=_f(iou[u, j]))
         row["detector"] = int(row["score"] >= iou_threshold and row["score"] > 0)
         row.update(per)
         rows.append(row)
@@ -112,6 +151,31 @@ def score_nss(layer: str, tally, labels, nss_threshold: float, top_units: int):
     return rows, table
 
 
+def nss_definition(config: dict) -> dict:
+    """How the region-NSS scores of a run were computed, in words and settings (written into
+    ``summary.json`` as ``region_nss_definition``)."""
+    res = config.get("nss_resolution", "mask")
+    rule = config.get("nss_regions", "label")
+    return {
+        "reference": "He, Tavakoli, Borji, Mi & Pugeault, Understanding and Visualizing Deep "
+                     "Visual Saliency Models, CVPR 2019",
+        "normalisation": "each unit's map divided into [0, 1] by the unit's data-set min and max",
+        "resolution": res,
+        "upsampling": ("bilinear (align_corners=False) to the image size" if res == "image"
+                       else "bilinear (align_corners=False) to the mask size"),
+        "z_score": f"over all pixels of the upsampled map, std with ddof={config.get('nss_ddof')}",
+        "regions": rule,
+        "region": ("one annotated instance (the pixels of one label with one instance id); "
+                   "where the concept source knows no instances, all pixels of the label in "
+                   "the image" if rule == "instance" else
+                   "all pixels of one label in one image (instances merged)"),
+        "region_nss": "mean z-score at the fixations inside the region (regions without a "
+                      "fixation are not scored)",
+        "aggregation": "per region, then the mean over all scored regions of the label "
+                       "across the data set",
+    }
+
+
 def summarise(units, config, key, versions, layers, labels, table=None) -> dict:
     """The summary: configuration, versions, and detector counts per concept and layer."""
     per_label = {layer: {} for layer in layers}
@@ -137,6 +201,7 @@ def summarise(units, config, key, versions, layers, labels, table=None) -> dict:
     }
     if table is not None:
         out["region_nss"] = table
+        out["region_nss_definition"] = nss_definition(config)
     note = (config.get("model") or {}).get("note")
     if note:
         out["note"] = note
@@ -153,36 +218,105 @@ def _csv(path: Path, rows: list[dict]) -> None:
             w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def plot_counts(path: Path, summary: dict, title: str = "") -> None:
-    """Bar plot of detector units per concept, one panel per layer."""
+#: one colour per concept category in every figure (matplotlib's tab10 order)
+CATEGORY_COLOURS = {"object": "#1f77b4", "part": "#ff7f0e", "scene": "#2ca02c",
+                    "material": "#d62728", "texture": "#9467bd", "color": "#8c564b",
+                    "colour": "#8c564b", "nss": "#e377c2"}
+_OTHER_COLOURS = ["#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
+
+
+def category_colour(category: str, seen: dict) -> str:
+    """The colour of a concept category (fixed for the usual ones, then a spare palette)."""
+    if category in CATEGORY_COLOURS:
+        return CATEGORY_COLOURS[category]
+    if category not in seen:
+        seen[category] = _OTHER_COLOURS[len(seen) % len(_OTHER_COLOURS)]
+    return seen[category]
+
+
+def run_names(summary: dict) -> tuple[str, str]:
+    """``(model, concept set)`` names of a run from its summary ("?" where absent)."""
+    cfg = summary.get("config") or {}
+    model = cfg.get("model") or {}
+    concepts = cfg.get("concepts") or {}
+    return (str(model.get("spec") or model.get("name") or "?"),
+            str(concepts.get("name") or concepts.get("spec") or "?"))
+
+
+def plot_counts(path: Path, summary: dict, title: str = "", units=None,
+                max_concepts: int = 20) -> None:
+    """Write :func:`counts_figure` as a PNG (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = counts_figure(summary, title, units, max_concepts)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int = 20):
+    """Detector units per concept: one panel per layer, horizontal bars coloured by concept
+    category with a legend, integer unit axes, the figure titled with model, concept set and
+    the detector rule.  ``units``: the unit rows (they map labels to categories; without them
+    every bar is grey); ``max_concepts``: the most frequent concepts shown per layer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     per = summary["detectors_per_concept"]
     layers = list(per)
-    fig, axes = plt.subplots(len(layers), 1, figsize=(9, 2.2 + 0.9 * len(layers) * 2),
-                             squeeze=False)
-    for ax, layer in zip(axes[:, 0], layers):
-        items = list(per[layer].items())[:30]
+    cat_of = {r["label"]: r["category"] for r in (units or []) if r.get("detector")}
+    shown = {layer: list(per[layer].items())[:max_concepts] for layer in layers}
+    rows_max = max([len(v) for v in shown.values()] + [1])
+    cols = min(len(layers), 3) or 1
+    nrow = -(-len(layers) // cols) if layers else 1
+    height = 1.0 + nrow * (1.4 + 0.3 * max(rows_max, 4))
+    fig, axes = plt.subplots(nrow, cols, figsize=(4.4 * cols + 0.8, height), squeeze=False)
+    spare: dict = {}
+    used = {}
+    for k, layer in enumerate(layers):
+        ax = axes[k // cols][k % cols]
+        items = shown[layer]
         if items:
-            ax.bar(range(len(items)), [v for _, v in items], color="tab:blue")
-            ax.set_xticks(range(len(items)))
-            ax.set_xticklabels([k for k, _ in items], rotation=60, ha="right", fontsize=7)
+            cats = [cat_of.get(name, "") for name, _ in items]
+            colours = [category_colour(c, spare) if c else "#999999" for c in cats]
+            used.update({c: col for c, col in zip(cats, colours) if c})
+            y = [rows_max - 1 - i for i in range(len(items))]     # from the top down
+            ax.barh(list(y), [v for _, v in items], color=colours)
+            ax.set_yticks(list(y))
+            # a "$" in a label would start matplotlib mathtext
+            ax.set_yticklabels([n.replace("$", r"\$") for n, _ in items], fontsize=9)
+            ax.set_ylim(-0.6, rows_max - 0.4)
+            for yy, (_, v) in zip(y, items):
+                ax.text(v, yy, f" {v}", va="center", fontsize=8)
+            ax.set_xlim(0, max(v for _, v in items) * 1.15 + 0.5)
         else:
             ax.text(0.5, 0.5, "no detector units", ha="center", va="center",
-                    transform=ax.transAxes)
-            ax.set_xticks([])
-        ax.set_ylabel("units")
-        ax.set_title(f"{layer}: {summary['detectors'][layer]} of {summary['units'][layer]} "
-                     "units are detectors", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+                    transform=ax.transAxes, fontsize=10)
+            ax.set_yticks([])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("detector units", fontsize=9)
+        n_det, n_units = summary["detectors"][layer], summary["units"][layer]
+        n_con = len(per[layer])
+        more = f", top {len(items)} shown" if n_con > len(items) else ""
+        are = "units is a detector" if n_det == 1 else "units are detectors"
+        ax.set_title(f"{layer.replace('$', chr(92) + '$')}\n{n_det} of {n_units} {are}, "
+                     f"{n_con} {'concept' if n_con == 1 else 'concepts'}{more}", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    for k in range(len(layers), nrow * cols):
+        axes[k // cols][k % cols].axis("off")
+    model, concepts = run_names(summary)
+    head = f"Detector units per concept: model {model}, concepts {concepts}"
+    fig.suptitle(head + (f"\n{title}" if title else ""), fontsize=11)
+    if used:
+        fig.legend(handles=[Patch(color=c, label=k) for k, c in sorted(used.items())],
+                   title="category", fontsize=9, title_fontsize=9, loc="lower center",
+                   ncol=min(6, len(used)), frameon=False)
+    fig.tight_layout(rect=(0, 0.55 / height if used else 0, 1, 1))
+    return fig
 
 
 def write_results(result, out_dir) -> Path:
@@ -197,7 +331,7 @@ def write_results(result, out_dir) -> Path:
     what = "region-NSS > {}".format(cfg["nss_threshold"]) if cfg["score"] == "region-nss" \
         else "IoU >= {}".format(cfg["iou_threshold"])
     plot_counts(out / "concepts.png", result.summary,
-                f"detector units per concept ({cfg['mode']} mode, {what})")
+                f"{cfg['mode']} mode, detectors: {what}", units=result.units)
     write_top_images(out / "top_images.pt", result.top_images)
     write_json(out / "summary.json", result.summary)
     return out
@@ -206,8 +340,6 @@ def write_results(result, out_dir) -> Path:
 def write_top_images(path: Path, top_images: dict) -> None:
     """``{layer: {"values": (U, k), "index": (U, k)}}`` (torch.save, atomically): the top-k
     images of every unit, read by :func:`neuroprobe.visualize.gallery.make_gallery`."""
-    import io
-
     import torch
 
     buf = io.BytesIO()

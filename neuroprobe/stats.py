@@ -499,7 +499,7 @@ class IoUTally(_Counts):
         self.inter += inter
         self.act += act
         if images is not None:   # the per-image label counts sum to the batch's
-            images.add(out[2], index, categories)
+            images.add(out[2], index, out[2].get("categories", categories))
             self.label += out[2]["truth"].sum(0)
         else:
             self.label += label_counts(layers, whole, self.num_labels)
@@ -539,7 +539,11 @@ class NSSTally(_Counts):
 
     ``total[u, l]`` sum over annotated regions of label ``l`` of the unit's NSS there;
     ``regions[l]`` number of such regions with at least one fixation inside.  The mean
-    region-NSS is ``total / regions``.  ``add`` forwards to :func:`neuroprobe.tally.region_nss`.
+    region-NSS is ``total / regions`` (per region, then the mean over the label's regions).
+    ``add`` forwards to :func:`neuroprobe.tally.region_nss` with this tally's ``ddof``,
+    ``resolution`` (``"image"``: maps upsampled to the image size, the study's definition;
+    ``"mask"``) and ``regions`` (``"instance"``: one region per annotated instance, the
+    study's; ``"label"``: one per label and image).
 
     Sums are ``float64``; each batch's contribution is rounded to a multiple of ``GRID``
     (``2**-32``, far below the float32 precision of the maps) before it is added, so every
@@ -552,11 +556,13 @@ class NSSTally(_Counts):
 
     fields = ("total", "regions", "images")
 
-    def __init__(self, units: int, num_labels: int, ddof: int = 1):
+    def __init__(self, units: int, num_labels: int, ddof: int = 1, *, resolution: str = "mask",
+                 regions: str = "instance"):
         self.units, self.num_labels, self.ddof = int(units), int(num_labels), int(ddof)
+        self.resolution, self.region_rule = resolution, regions
         self.total = self.regions = self.images = None
 
-    def add(self, maps, lo, hi, layers, fixations, image_size) -> None:
+    def add(self, maps, lo, hi, layers, fixations, image_size, instances=None) -> None:
         from .tally import region_nss
 
         dev = maps.device
@@ -566,19 +572,25 @@ class NSSTally(_Counts):
             self.regions = torch.zeros(self.num_labels, dtype=torch.int64, device=dev)
             self.images = torch.zeros((), dtype=torch.int64, device=dev)
         total, regions = region_nss(maps, lo, hi, layers, fixations, image_size,
-                                    self.num_labels, ddof=self.ddof)
+                                    self.num_labels, ddof=self.ddof, resolution=self.resolution,
+                                    instances=instances, regions=self.region_rule)
         self.total += torch.round(total / self.GRID) * self.GRID
         self.regions += regions
         self.images += maps.shape[0]
 
     def _meta(self):
-        return {"ddof": self.ddof, "units": self.units, "num_labels": self.num_labels}
+        return {"ddof": self.ddof, "units": self.units, "num_labels": self.num_labels,
+                "resolution": self.resolution, "region_rule": self.region_rule}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         for k in ("ddof", "units", "num_labels"):
             if k in state:
                 setattr(self, k, int(state[k]))
+        # a state saved before the region-NSS options existed was computed at mask size with
+        # one region per label
+        self.resolution = str(state.get("resolution", getattr(self, "resolution", "mask")))
+        self.region_rule = str(state.get("region_rule", getattr(self, "region_rule", "label")))
 
     def mean(self) -> torch.Tensor:
         """``(U, L)`` mean region-NSS (``nan`` where a label has no fixated region)."""
@@ -608,10 +620,11 @@ class ImageCounts:
 
     def add(self, counts: dict, index, categories) -> None:
         """One batch: ``counts`` from :func:`neuroprobe.tally.iou_counts` (``per_image``),
-        the images' data-set ``index`` ``(B,)`` and category flags as given to the tally."""
+        the images' data-set ``index`` ``(B,)`` and the category flags the tally's rule
+        counted on (``counts["categories"]`` where the rule sets its own)."""
         from pathlib import Path
 
-        from .io import atomic_path
+        from .io import save_torch
 
         U, L = self.units, self.num_labels
         index = torch.as_tensor(index, dtype=torch.int64).cpu()
@@ -629,8 +642,7 @@ class ImageCounts:
                 "categories": torch.as_tensor(categories).cpu().to(torch.bool)}
         path = Path(self.folders[0]) / f"{int(index.min()):010d}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(part, tmp)
+        save_torch(part, path)
 
     def merge(self, other: "ImageCounts") -> "ImageCounts":
         self.folders += [f for f in other.folders if f not in self.folders]
@@ -691,7 +703,9 @@ def _own_label(part: dict, lab, tcat, cu, U: int, denominator: str) -> dict:
     key_a = d["active_image"].astype(np.int64) * U + d["active_unit"]
     key_i = d["inter_image"][mine].astype(np.int64) * U + d["inter_unit"][mine]
     ok = cu[d["active_unit"]] >= 0
-    if denominator == "netdissect":   # the image carries annotation of the unit's category
+    if denominator in ("netdissect", "annotated"):   # the image counts for the unit's category
+        # (flags as the tally's rule set them: a label of that primary category in the image,
+        # NetDissect's; or the category annotated, neuroprobe's former rule)
         order = np.argsort(d["cat_image"], kind="stable")
         row = order[np.searchsorted(d["cat_image"], d["active_image"], sorter=order)]
         ok &= d["categories"][row, np.maximum(cu[d["active_unit"]], 0)]
@@ -772,5 +786,5 @@ class StatSet(dict):
         (:func:`neuroprobe.distributed.merge_stats`); nothing without torchrun."""
         from .distributed import merge_stats
 
-        merge_stats(dctx, self, names, None, device)
+        merge_stats(dctx, self, names, from_state, device)
         return self

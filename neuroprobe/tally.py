@@ -23,11 +23,16 @@ import functools
 
 import torch
 
-__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "image_label_counts", "region_nss",
-           "fixation_pixels", "interpolation_matrix", "DENOMINATORS"]
+__all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "image_label_counts",
+           "region_nss", "fixation_pixels", "interpolation_matrix", "labelled_categories",
+           "DENOMINATORS", "NSS_RESOLUTIONS", "NSS_REGIONS"]
 
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
-DENOMINATORS = ("netdissect", "lite", "all")
+DENOMINATORS = ("netdissect", "annotated", "lite", "all")
+#: where region-NSS z-scores a unit's map (see :func:`region_nss`)
+NSS_RESOLUTIONS = ("image", "mask")
+#: what a region of region-NSS is (see :func:`region_nss`)
+NSS_REGIONS = ("instance", "label")
 
 #: hot cells evaluated at once on the CPU, 4x on a GPU (bounds the memory of a tally step)
 CELL_CHUNK = 1 << 16
@@ -177,6 +182,34 @@ def image_label_counts(layers: torch.Tensor, whole: torch.Tensor,
     return out.view(B, L)
 
 
+def labelled_categories(layers: torch.Tensor, whole: torch.Tensor,
+                        category_of_label: torch.Tensor, num_categories: int) -> torch.Tensor:
+    """``(B, C)`` bool: image ``b`` holds a label (pixel or whole-image, label 0 excluded) whose
+    primary category is ``c``.
+
+    This is NetDissect's rule for the images on which a unit's activation counts for category
+    ``c`` (``count_act_with_labelcat`` in NetDissect's ``src/makeresult.py``: the image's label
+    counts ``c1[0, 1:]`` times the one-hot ``labelcat`` of the primary categories, with
+    ``labelcat[0, :] = 0``, then ``> 0``).
+    """
+    B = layers.shape[0]
+    dev = layers.device
+    cat_of = category_of_label.to(dev)
+    L = len(cat_of)
+    present = torch.zeros((B, L + 1), dtype=torch.bool, device=dev)
+    ids = torch.cat([layers.reshape(B, -1), whole.to(dev).reshape(B, -1)], dim=1).long()
+    ids = torch.where((ids > 0) & (ids < L), ids, torch.full_like(ids, L))   # L = "none"
+    present.scatter_(1, ids, True)
+    present = present[:, :L]
+    present[:, 0] = False
+    cats = cat_of.clamp(min=-1)
+    out = torch.zeros((B, int(num_categories) + 1), dtype=torch.bool, device=dev)
+    b, lab = present.nonzero(as_tuple=True)
+    c = cats[lab]
+    out[b, torch.where(c >= 0, c, int(num_categories))] = True
+    return out[:, :int(num_categories)]
+
+
 def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
                whole: torch.Tensor, categories: torch.Tensor, category_of_label: torch.Tensor,
                num_labels: int, num_categories: int, denominator: str = "netdissect",
@@ -189,11 +222,17 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     thresholds : (U,) activation thresholds; a pixel is active where ``up(map) > threshold``.
     layers : (B, K, H, W) int64 global label ids at mask size (0 = unlabelled).
     whole : (B, n) int64 whole-image label ids (0 = padding).
-    categories : (B, C) bool, which categories each image carries annotation for.
+    categories : (B, C) bool, which categories each image carries annotation for (used by the
+        ``"annotated"`` rule only).
     category_of_label : (L,) int64 category index used for the denominator (-1 = none).
     denominator : str
-        ``"netdissect"``: ``act[u, c]`` counts the unit's active pixels on images that carry
-        category ``c`` (``categories[b, c]``), as NetDissect does.
+        ``"netdissect"``: ``act[u, c]`` counts the unit's active pixels on the images that hold
+        a label whose primary category is ``c`` (:func:`labelled_categories`), NetDissect's
+        ``count_act_with_labelcat``.
+        ``"annotated"``: on the images whose ``categories`` flag for ``c`` is set (for Broden:
+        the image's ``index.csv`` cell for ``c`` is not empty); neuroprobe's former rule,
+        kept as an option.  It differs from NetDissect where a label of category ``c`` sits only
+        in another category's mask (a material label in an object mask).
         ``"lite"``: NetDissect-Lite's rule: image ``b`` counts for category ``c`` only where the
         unit's active pixels touch a label of ``c`` (a whole-image label is touched by any
         active pixel).
@@ -209,8 +248,9 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     images : only with ``per_image``: the same counts per image, sparse: ``pair`` (flat
         ``b * U + u`` of every (image, unit) with an active pixel) and ``active`` (its active
         pixels); ``inter_pair``, ``inter_label``, ``inter`` (the nonzero per-image
-        intersections), ``truth`` ``(B, L)`` (:func:`image_label_counts`).  ``act`` of
-        image ``b`` follows from them and ``categories[b]``.
+        intersections), ``truth`` ``(B, L)`` (:func:`image_label_counts`) and, for the
+        ``"netdissect"`` and ``"annotated"`` rules, ``categories`` ``(B, C)``: the category
+        flags of each image that rule counted on.  ``act`` of image ``b`` follows from them.
     """
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
@@ -255,8 +295,10 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
                 c = cat_of[lab[b, u]]
                 ok = c >= 0
                 touched[(b[ok] * U + u[ok]) * C + c[ok]] = True
-    if denominator == "netdissect":
-        weight = categories.to(dev, torch.float64)                   # (B, C)
+    if denominator in ("netdissect", "annotated"):
+        flags = (labelled_categories(flat_layers, whole, cat_of, C) if denominator == "netdissect"
+                 else categories.to(dev))
+        weight = flags.to(torch.float64)                             # (B, C)
         act = (cnt.t().to(torch.float64) @ weight).round().to(torch.int64)
     elif denominator == "lite":
         act = (cnt[:, :, None] * touched.view(B, U, C)).sum(0)
@@ -266,6 +308,8 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         return inter.view(U, L), act
     images = _image_counts(cnt, keys, L)
     images["truth"] = image_label_counts(layers.to(dev), whole, L)
+    if denominator in ("netdissect", "annotated"):   # the images' flags the rule counted on
+        images["categories"] = flags
     return inter.view(U, L), act, images
 
 
@@ -315,70 +359,104 @@ def fixation_pixels(fixations: torch.Tensor, image_size, mask_size) -> torch.Ten
 
 
 def interpolation_matrix(n_in: int, n_out: int, device="cpu", dtype=torch.float64):
-    """``(n_out, n_in)`` matrix ``R`` of :func:`upsample` along one axis (``up = Ry A Rx^T``)."""
-    i0, i1, w0, w1 = (t.cpu() for t in _axis(n_in, n_out))
+    """``(n_out, n_in)`` matrix ``R`` of bilinear upsampling along one axis (``up = Ry A Rx^T``),
+    pixel centres aligned and edges clamped (the rule of :func:`upsample`), its weights
+    computed in float64 (as ``F.interpolate`` does for float64 input)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().to(torch.int64).clamp(max=n_in - 1)
+    w1 = (src - i0.to(torch.float64)).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
     r = torch.zeros((n_out, n_in), dtype=torch.float64)
     rows = torch.arange(n_out)
-    r.index_put_((rows, i0), w0.double(), accumulate=True)
-    r.index_put_((rows, i1), w1.double(), accumulate=True)
+    r.index_put_((rows, i0), 1 - w1, accumulate=True)
+    r.index_put_((rows, i1), w1, accumulate=True)
     return r.to(device=device, dtype=dtype)
 
 
 def region_nss(maps: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, layers: torch.Tensor,
-               fixations, image_size, num_labels: int, ddof: int = 1):
+               fixations, image_size, num_labels: int, ddof: int = 1, *,
+               resolution: str = "mask", instances: torch.Tensor | None = None,
+               regions: str = "instance"):
     """Region-based NSS of every unit in one batch (He et al., CVPR 2019).
 
     For each image: each unit's map is normalised by the unit's data-set minimum and maximum
-    (``lo``, ``hi``), upsampled bilinearly to mask size, and z-scored over the image (standard
-    deviation with ``ddof``; a constant map scores 0).  For each label ``l`` present under at
-    least one fixation, NSS(unit, image, l) is the mean z-score at the fixations inside the
-    region of ``l`` (all pixels of ``l`` in that image; a fixation is inside when any label
-    layer carries ``l`` at its mask pixel).  Whole-image labels are not regions and are skipped.
+    (``lo``, ``hi``), upsampled bilinearly (:func:`upsample`) to the **image** size
+    (``resolution="image"``, the study's definition) or to the mask size (``"mask"``, a faster
+    approximation), and z-scored over all its pixels (standard deviation with ``ddof``; the
+    authors' demo code uses ``np.std``, ``ddof=0``; a constant map scores 0).  A fixation
+    ``(x, y)`` reads the z-scored map at the pixel that contains it (:func:`fixation_pixels`
+    at the scoring resolution) and lies in the regions that cover its mask pixel.
+
+    A *region* is one annotated instance: the pixels of one label carrying one instance id
+    (``instances``, same shape as ``layers``, ids unique within an image, 0 = no instance
+    known).  The authors' demo selects each instance with ``mask == r``, so two people in an
+    image are two regions.  Pixels without an instance id form one region per label (all
+    pixels of that label in the image), which is also what ``regions="label"`` (merge all
+    instances of a label) makes of every pixel.  NSS(unit, region) is the mean z-score at the
+    fixations inside the region; only regions holding at least one fixation are scored.
+    Whole-image labels are not regions and are skipped.
 
     The upsampled map is never materialised: with the interpolation matrices ``Ry``, ``Rx``
     (``up = Ry A Rx^T``) its sum is ``ry^T A rx`` (``ry = Ry^T 1``), its sum of squares
     ``<A, (Ry^T Ry) A (Rx^T Rx)>`` and its value at a fixation ``Ry[y] A Rx[x]^T``, all in
-    float64.
+    float64: memory is ``O(U (h w + N))`` per image whatever the image size.
 
-    Returns ``total`` (U, L) float64, the sum over regions of the unit's NSS, and ``regions``
-    (L,) int64, the number of regions summed.
+    Returns ``total`` (U, L) float64, the sum over regions of the unit's NSS, and ``count``
+    (L,) int64, the number of regions summed per label (their mean is the region-NSS of the
+    label: per region, then the mean over the label's regions).
     """
+    if resolution not in NSS_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {NSS_RESOLUTIONS}, got {resolution!r}")
+    if regions not in NSS_REGIONS:
+        raise ValueError(f"regions must be one of {NSS_REGIONS}, got {regions!r}")
     b, u, h, w = maps.shape
-    H, W = layers.shape[-2:]
+    mh, mw = layers.shape[-2:]
+    H, W = (int(image_size[0]), int(image_size[1])) if resolution == "image" else (mh, mw)
     p = H * W
     L = int(num_labels)
     dev = maps.device
     total = torch.zeros((u, L), dtype=torch.float64, device=dev)
-    regions = torch.zeros(L, dtype=torch.int64, device=dev)
+    count = torch.zeros(L, dtype=torch.int64, device=dev)
     lo = lo.to(dev, torch.float64)
     rng = hi.to(dev, torch.float64) - lo
     scale = torch.where(rng > 0, 1.0 / rng.clamp(min=1e-300), torch.zeros_like(rng))
     ry, rx = interpolation_matrix(h, H, dev), interpolation_matrix(w, W, dev)
     gy, gx = ry.t() @ ry, rx.t() @ rx
     sy, sx = ry.sum(0), rx.sum(0)
+    use_inst = instances is not None and regions == "instance"
     for i in range(b):
         fx = fixations[i] if fixations is not None else None
         if fx is None or len(fx) == 0:
             continue
-        pix = fixation_pixels(fx, image_size, (H, W)).to(dev)
-        labs = layers[i].reshape(layers.shape[1], p)[:, pix].to(dev)        # (K, N)
-        present = labs[labs > 0].unique()
-        if not len(present):
+        mpix = fixation_pixels(fx, image_size, (mh, mw)).to(dev)
+        labs = layers[i].reshape(layers.shape[1], mh * mw)[:, mpix].to(dev).long()   # (K, N)
+        if use_inst:
+            inst = instances[i].reshape(instances.shape[1], mh * mw)[:, mpix].to(dev).long()
+        else:
+            inst = torch.zeros_like(labs)
+        inside = labs > 0
+        if not inside.any():
             continue
-        if int(present.max()) >= L:
-            raise ValueError(f"label id {int(present.max())} is outside the label table")
+        top = int(labs.max())
+        if top >= L:
+            raise ValueError(f"label id {top} is outside the label table")
+        key = labs * (int(inst.max()) + 1) + inst                      # region = (label, id)
+        keys = key[inside].unique()                                     # (R,)
+        region_label = keys // (int(inst.max()) + 1)
         a = (maps[i].double() - lo[:, None, None]) * scale[:, None, None]   # (U, h, w)
         s1 = torch.einsum("h,uhw,w->u", sy, a, sx)
         s2 = (a * (gy @ a @ gx)).sum((1, 2))
         mean = s1 / p
         var = ((s2 - s1 * mean) / (p - ddof)).clamp(min=0)
         std = var.sqrt()
+        pix = fixation_pixels(fx, image_size, (H, W)).to(dev)
         at = torch.einsum("nh,uhw,nw->un", ry[pix // W], a, rx[pix % W])    # (U, N)
         ok = std > 1e-12 * (mean.abs() + 1e-300)
         z = torch.where(ok[:, None], (at - mean[:, None]) / torch.where(ok, std, 1.0)[:, None],
                         torch.zeros_like(at))
-        member = (labs[:, :, None] == present[None, None, :]).any(0).to(torch.float64)  # (N, R)
-        nss = (z @ member) / member.sum(0)[None]
-        total[:, present] += nss
-        regions[present] += 1
-    return total, regions
+        member = ((key[:, :, None] == keys[None, None, :]) & inside[:, :, None]).any(0)
+        member = member.to(torch.float64)                               # (N, R)
+        nss = (z @ member) / member.sum(0)[None]                        # (U, R)
+        total.index_add_(1, region_label, nss)
+        count += torch.bincount(region_label, minlength=L)
+    return total, count

@@ -1,11 +1,15 @@
-"""Small shared helpers: device choice, progress bars, version information, the C heap."""
+"""Small shared helpers: device choice (:func:`resolve_device`, :func:`model_device`), progress
+bars, version information, the C heap."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
 import sys
+from importlib import metadata
 
+from . import __version__
 from .errors import UserError
 
 
@@ -43,13 +47,30 @@ def resolve_device(name: str | None = "auto"):
     return torch.device(name)
 
 
+def model_device(model):
+    """The device a model lives on: that of its first parameter, else of its first buffer, else
+    the CPU (a module without tensors runs anywhere).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module, including a TorchScript one.
+
+    Returns
+    -------
+    torch.device
+    """
+    import torch
+
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def versions() -> dict:
     """Versions of neuroprobe and the libraries whose behaviour shapes results."""
-    from . import __version__
-
-    import sys
-    from importlib import metadata
-
     out = {"neuroprobe": __version__, "python": platform.python_version()}
     for mod in ("torch", "torchvision", "numpy", "captum"):
         # the module's own version where it is imported (it says what ran); otherwise the
@@ -66,8 +87,6 @@ def versions() -> dict:
 def _glibc():
     """``(malloc_trim, mallinfo2)`` of glibc; ``None`` for what the C library lacks (musl,
     macOS and Windows have neither; glibc before 2.33 has no ``mallinfo2``)."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None)
     except (OSError, TypeError):

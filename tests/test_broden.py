@@ -125,7 +125,10 @@ def test_label_table_and_primary_category(broden):
     for number, name, _, primary in LABELS:
         assert ds.labels[number].name == name
         assert ds.labels.category(number) == primary
-    assert ds.labels[5].coverage == {"material": 7, "object": 9}
+    assert ds.labels[5].coverage == {"object": 0.1}          # c_object.csv's coverage
+    counted = BrodenDataset(root, primary="count")
+    assert counted.labels[5].coverage == {"material": 7, "object": 9}
+    assert all(counted.labels.category(n) == p for n, _, _, p in LABELS)
     assert ds.codes["part"] == {301: 1, 700: 2}
 
 
@@ -313,7 +316,9 @@ def test_engine_reads_masks_only_in_the_tally_pass(broden, monkeypatch):
     from neuroprobe.dissect import dissect
 
     root, _ = broden
-    ds = BrodenDataset(root)
+    # the PNG path (with the concept-set cache, masks are decoded once when it is built; see
+    # tests/test_concept_cache.py)
+    ds = BrodenDataset(root, cache=False)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5, stride=4), torch.nn.ReLU())
     masks_per_pass = sum(e.strip().endswith(".png") for row in ds.rows

@@ -151,14 +151,19 @@ def reference(ds, model, layer, thresholds, mode, denominator):
             if mode == "unrestricted":
                 act[u, 0] += count
             else:
+                # NetDissect (count_act_with_labelcat): the image holds a label of category c
+                held = {cat_of[lab] for lay in layers for lab in lay.ravel() if lab > 0}
+                held |= {cat_of[lab] for lab in whole}
                 for c in range(C):
-                    use = c in touched if denominator == "lite" else bool(item["categories"][c])
+                    use = {"lite": c in touched, "netdissect": c in held,
+                           "annotated": bool(item["categories"][c])}[denominator]
                     if use:
                         act[u, c] += count
     return inter, act, truth
 
 
 @pytest.mark.parametrize("mode,denominator", [("netdissect", None), ("netdissect", "lite"),
+                                              ("netdissect", "annotated"),
                                               ("unrestricted", None)])
 def test_engine_tallies_equal_brute_force(mode, denominator):
     ds, model = Tiny(n=10), tiny_model()
@@ -191,7 +196,8 @@ def test_engine_tallies_equal_brute_force(mode, denominator):
     a_ = act[0, cat_of[j]] if mode == "netdissect" else act[0, 0]
     iou = inter[0, j] / (a_ + truth[j] - inter[0, j])
     assert row["object-iou"] == pytest.approx(iou)
-    assert row["object-label"] == ds.labels.name(j)
+    # an all-zero category names no label (NetDissect's label 0, named '')
+    assert row["object-label"] == (ds.labels.name(j) if iou > 0 else "")
 
 
 def test_known_answer_planted_unit():
@@ -243,9 +249,12 @@ def test_whole_image_labels_label_zero_and_denominators():
     cats = torch.tensor([[True, True], [False, True]])
     cat_of = torch.tensor([-1, 0, 0, 1])
     thr = torch.tensor([0.5])
-    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "netdissect")
+    inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "annotated")
     assert inter.tolist() == [[0, 1, 0, 4]]      # label 0 ignored; whole label: all 4 pixels
     assert act.tolist() == [[4, 8]]              # image 1 carries no category-0 annotation
+    # NetDissect: image 0 holds no label of category 1 (its flag says annotated, but no label)
+    inter2, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "netdissect")
+    assert torch.equal(inter2, inter) and act.tolist() == [[4, 4]]
     inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "lite")
     assert act.tolist() == [[4, 4]]              # image 0 touches no category-1 label
     inter, act = iou_counts(maps, thr, layers, whole, cats, cat_of, 4, 2, "all")
@@ -414,3 +423,39 @@ def test_checkpoints_by_time_when_no_batch_interval(tmp_path):
     assert fast["saved"].count("record") >= 2 and fast["saved"].count("tally") >= 2
     assert (tmp_path / "fast" / "units.csv").read_text() == \
         (tmp_path / "slow" / "units.csv").read_text()
+
+
+def test_concepts_figure_explains_itself():
+    """concepts.png (issue 16): model and concept set in the title, integer unit axes, bars
+    coloured by category with a legend, singular "1 concept"."""
+    import matplotlib.colors as mc
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.results import CATEGORY_COLOURS, counts_figure
+
+    summary = {"config": {"model": {"spec": "demo"}, "concepts": {"name": "synthetic"}},
+               "detectors_per_concept": {"b2": {"head": 3, "red": 1}, "b3": {"car": 1},
+                                         "b4": {}},
+               "detectors": {"b2": 4, "b3": 1, "b4": 0}, "units": {"b2": 8, "b3": 8, "b4": 8}}
+    units = [{"label": "head", "category": "part", "detector": True},
+             {"label": "red", "category": "color", "detector": True},
+             {"label": "car", "category": "object", "detector": True}]
+    fig = counts_figure(summary, "netdissect mode", units)
+    try:
+        head = fig._suptitle.get_text()
+        assert "demo" in head and "synthetic" in head and "netdissect" in head
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title().split("\n")[0] for ax in axes] == ["b2", "b3", "b4"]
+        assert "1 concept" in axes[1].get_title() and "1 concepts" not in axes[1].get_title()
+        for ax in axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks)
+        colours = {ax.get_yticklabels()[i].get_text(): mc.to_hex(bar.get_facecolor())
+                   for ax in axes[:2] for i, bar in enumerate(ax.patches)}
+        assert colours == {"head": CATEGORY_COLOURS["part"], "red": CATEGORY_COLOURS["color"],
+                           "car": CATEGORY_COLOURS["object"]}
+        legend = fig.legends[0]
+        assert sorted(t.get_text() for t in legend.get_texts()) == ["color", "object", "part"]
+        assert axes[2].texts[0].get_text() == "no detector units"
+    finally:
+        plt.close(fig)

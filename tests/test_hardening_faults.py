@@ -340,7 +340,8 @@ def _wait_for(path: Path, proc, timeout=90.0):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_dissect_interrupted_then_resumed_equals_uninterrupted(baseline, tmp_path, capsys, sig):
     out = tmp_path / "run"
     proc = _start(_SLOW_DISSECT, [*DISSECT, "--out", out])
@@ -352,6 +353,11 @@ def test_dissect_interrupted_then_resumed_equals_uninterrupted(baseline, tmp_pat
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    elif sig == signal.SIGTERM:   # handled like SIGINT: one line, checkpoint kept (issue 17)
+        assert proc.returncode == 143 and "Traceback" not in err, err
+        assert [ln for ln in err.splitlines() if ln.strip()] == [
+            "neuroprobe: terminated (SIGTERM); completed work is kept and a rerun resumes where "
+            "possible"], err
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (out / "units.csv").exists()
@@ -391,7 +397,8 @@ def train_baseline(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_training_interrupted_then_resumed_equals_uninterrupted(train_baseline, tmp_path, capsys,
                                                                  sig):
     import torch
@@ -401,7 +408,7 @@ def test_training_interrupted_then_resumed_equals_uninterrupted(train_baseline, 
     _wait_for(Path(str(out) + ".resume.pt"), proc)   # one epoch finished
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}.get(sig, -signal.SIGKILL), err
     assert "Traceback" not in err
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     torch.load(out, map_location="cpu", weights_only=True)   # the last epoch's file is whole

@@ -107,7 +107,10 @@ def test_torchscript(tmp_path):
     m = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
     p = tmp_path / "ts.pt"
     torch.jit.script(m).save(str(p))
-    loaded, meta = models.load(str(p))
+    # TorchScript is code (loading runs its __setstate__): refused unless trusted (issue 17)
+    with pytest.raises(CheckpointError, match="TorchScript"):
+        models.load(str(p))
+    loaded, meta = models.load(str(p), trust=True)
     assert meta["format"] == "torchscript"
     x = torch.rand(1, 3, 4, 4)
     torch.testing.assert_close(loaded(x), m(x))
@@ -200,3 +203,48 @@ def test_import_is_light():
             "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.split() == ["False", "False"], r.stdout + r.stderr
+
+
+def test_zoo_finds_files_and_never_trains(tmp_path, monkeypatch):
+    """Without the shipped files (and none rebuilt into the cache) a built-in name is one clear
+    error naming the rebuild command, not a training run."""
+    from neuroprobe.errors import CheckpointError
+    from neuroprobe.models import zoo
+
+    monkeypatch.setenv("NEUROPROBE_CACHE", str(tmp_path / "cache"))
+    assert zoo.builtin_path("demo") == zoo.SHIPPED / "demo-frozen.pt"
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="python -m neuroprobe.train.demo --rebuild"):
+        models.load("demo")
+    rebuilt = zoo.cache_folder() / "demo-frozen.pt"
+    rebuilt.parent.mkdir(parents=True)
+    rebuilt.write_bytes(b"")
+    assert zoo.builtin_path("demo") == rebuilt        # a set rebuilt into the cache is used
+    with pytest.raises(CheckpointError, match="unknown built-in model"):
+        zoo.builtin_path("demo-nope")
+
+
+def test_random_control_is_written_once_and_seeded(tmp_path, monkeypatch):
+    from neuroprobe.models import checkpoint, zoo
+
+    monkeypatch.setenv("NEUROPROBE_CACHE", str(tmp_path))
+    assert not zoo.builtin_path("demo-random").exists()
+    path = checkpoint.builtin_file("demo-random")
+    assert path == zoo.random_control_path() and path.is_file()
+    a, meta = models.load("demo-random")
+    b, _ = models.load("demo-random")
+    assert meta["variant"] == "random"
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+
+
+def test_stand_in_is_deterministic_and_keeps_the_rng():
+    from neuroprobe.models.standin import SPEC, stand_in
+
+    state = torch.random.get_rng_state()
+    m1, meta, info = stand_in()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    m2 = stand_in()[0]
+    assert info["spec"] == SPEC and meta["variant"] == "stand-in" and meta["layers"]
+    assert all(torch.equal(x, y) for x, y in zip(m1.state_dict().values(),
+                                                 m2.state_dict().values()))

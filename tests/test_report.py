@@ -161,3 +161,30 @@ def test_screenshot(report, tmp_path):
         # the page is not blank: the dark header and the cards differ from the background
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 20
+
+
+def test_scores_figure_names_the_run_and_the_selection():
+    """scores.png (issue 16): model, concept set and layers in the title; under
+    --detectors-only it says so instead of claiming every unit; labels coloured by category."""
+    import matplotlib.colors as mc
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.results import CATEGORY_COLOURS
+    from neuroprobe.visualize.report import scores_figure
+
+    entries = [{"layer": "block4", "unit": u, "label": lab, "category": cat, "score": 0.1 + u}
+               for u, (lab, cat) in enumerate([("head", "part"), ("head", "part"),
+                                               ("car", "object")])]
+    summary = {"config": {"model": {"spec": "demo"}, "concepts": {"name": "synthetic"}}}
+    fig = scores_figure(entries, "IoU", summary, "detector units only")
+    try:
+        head = fig._suptitle.get_text()
+        assert "demo" in head and "synthetic" in head and "block4" in head
+        left, right = fig.axes[:2]
+        assert "detector units only" in left.get_title() and "every unit" not in left.get_title()
+        assert "higher is better" in left.get_xlabel()
+        colours = [mc.to_hex(b.get_facecolor()) for b in right.patches]
+        assert sorted(colours) == sorted([CATEGORY_COLOURS["part"], CATEGORY_COLOURS["object"]])
+        assert all(float(t).is_integer() for t in right.get_xticks())
+    finally:
+        plt.close(fig)

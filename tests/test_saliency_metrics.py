@@ -299,16 +299,25 @@ def test_fast_auc_judd_both_protocols_match_brute_force_on_tied_maps():
     """The sorted / searchsorted AUC-Judd against the pairwise definition and MATLAB's threshold
     loop, on maps with many ties (values quantised to 5 levels) and repeated fixations."""
     rng = np.random.default_rng(11)
-    for trial in range(5):
-        smap = rng.integers(0, 5, size=(20, 30)).astype(float) / 4
+    for trial in range(8):
+        if trial < 5:  # few levels: long runs of ties (the jittered map is sorted)
+            smap = rng.integers(0, 5, size=(20, 30)).astype(float) / 4
+        else:  # near-ties within the jitter's reach (only short runs get jittered)
+            smap = np.round(rng.random((20, 30)) * 2e-5, 13) + (trial == 7) * 5.0
         fix = rng.integers(0, [30, 20], size=(40, 2)).astype(float)  # repeats likely
         gt = M.GroundTruth.from_fixations(fix, (20, 30))
         ex = M.evaluate_map(smap, gt, "exact", ("auc_judd",))["auc_judd"]
         assert ex == pytest.approx(brute_auc(smap.ravel()[gt.flat], smap.ravel()))
         got = M.evaluate_map(smap, gt, "mit", ("auc_judd",), rng=np.random.default_rng(trial))
-        seed = np.random.default_rng(trial)
-        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0])
-        jitter = prng.random(smap.size).reshape(smap.shape) / 1e7
+        # the metric's own stream (issue 18): the same as evaluate_map derives from this seed
+        prng = M.metric_rng(np.random.default_rng(trial), "mit", "auc_judd")
+        # one draw per pixel in the order of the values (fixated pixels first among equal
+        # values, row-major within): the documented assignment of the jitter to pixels
+        flat = smap.ravel()
+        order = np.lexsort((np.arange(flat.size), ~gt.binary_map().ravel(), flat))
+        jitter = np.empty(flat.size)
+        jitter[order] = prng.random(flat.size) / 1e7
+        jitter = jitter.reshape(smap.shape)
         assert got["auc_judd"] == pytest.approx(matlab_auc_judd(smap, gt.binary_map(), jitter))
 
 
@@ -343,8 +352,7 @@ def test_fast_sauc_mit_matches_argsort_loop():
             rng.integers(0, [50, 40], size=(n_other, 2)).astype(float), (40, 50))
         got = M.evaluate_map(smap, gt, "mit", ("sauc",), other=other,
                              rng=np.random.default_rng(4))["sauc"]
-        seed = np.random.default_rng(4)
-        prng = np.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0])
+        prng = M.metric_rng(np.random.default_rng(4), "mit", "sauc")  # its own stream
         assert got == pytest.approx(literal_sauc_mit(smap, gt, other, prng), abs=1e-12)
 
 
@@ -403,3 +411,116 @@ def test_leave_out_density_equals_the_direct_blur_of_the_rest():
     with pytest.raises(UserError, match="subset"):
         M.leave_out_density(M.GroundTruth.from_fixations(xy[:3], shape),
                             M.GroundTruth.from_fixations(xy[3:9], shape), "mit")
+
+
+def test_metric_titles_say_which_way_is_better():
+    from neuroprobe.saliency.metrics import metric_title
+
+    assert metric_title("nss") == "NSS (higher is better)"
+    assert metric_title("kl") == "KL divergence (lower is better)"
+    assert metric_title("auc_judd") == "AUC-Judd (higher is better)"
+    assert metric_title("loss") == "loss (lower is better)"
+    assert metric_title("accuracy") == "accuracy (higher is better)"
+    assert metric_title("custom") == "custom"
+
+
+# ------------------------------------------------------------------ conventions (issue 18)
+def test_exact_sim_kl_do_not_shift_a_non_negative_map():
+    """pysaliency's convert_saliency_map_to_density: a map >= 0 is only divided by its sum."""
+    s = np.array([[1.0, 2.0], [3.0, 4.0]])  # minimum 1: the old code shifted it to 0
+    p = np.array([[0.4, 0.3], [0.2, 0.1]])
+    gt = M.GroundTruth((2, 2), np.array([0]), np.array([0]), density_map=p)
+    q = s.ravel() / 10
+    pv = p.ravel()
+    assert M.sim(s, gt, "exact") == pytest.approx(0.1 + 0.2 + 0.2 + 0.1, abs=1e-15)
+    kl_hand = sum(a * math.log((a + EPS) / (b + EPS)) for a, b in zip(pv, q))
+    assert M.kl(s, gt, "exact") == pytest.approx(kl_hand, abs=1e-14)
+    assert kl_hand == pytest.approx(0.4 * math.log(4) + 0.3 * math.log(1.5)
+                                    + 0.2 * math.log(2 / 3) + 0.1 * math.log(0.25))
+    # a map with negative values is shifted to minimum 0 first (both codes agree there)
+    neg = s - 2.0
+    qs = np.array([0.0, 1.0, 2.0, 3.0]) / 6
+    assert M.sim(neg, gt, "exact") == pytest.approx(np.minimum(qs, pv).sum(), abs=1e-15)
+    assert M.kl(neg, gt, "exact") == pytest.approx(
+        sum(a * math.log((a + EPS) / (b + EPS)) for a, b in zip(pv, qs)), abs=1e-13)
+    # mit: KLdiv.m divides the raw map by its sum; similarity.m min-max normalises first
+    assert M.kl(s, gt, "mit") == pytest.approx(
+        sum(a * math.log(EPS + a / (b + EPS)) for a, b in zip(pv, q)), abs=1e-14)
+    pm = (pv - pv.min()) / (pv - pv.min()).sum()
+    assert M.sim(s, gt, "mit") == pytest.approx(np.minimum(qs, pm).sum(), abs=1e-15)
+
+
+def test_mit_rounds_coordinates_like_matlab():
+    assert M.matlab_round([0.5, 1.5, 2.5, 2.4999, -0.5, 3.0]).tolist() == [1, 2, 3, 2, 0, 3]
+    s = np.arange(20, dtype=float).reshape(4, 5) ** 1.5
+    xy = np.array([[2.5, 1.0], [0.5, 2.5], [3.0, 3.0]])  # x, y
+    gt = M.GroundTruth.from_fixations(xy, (4, 5))
+    # numpy (exact): 2.5 -> 2, 0.5 -> 0; MATLAB (mit): 2.5 -> 3, 0.5 -> 1
+    assert list(zip(gt.rows, gt.cols)) == [(1, 2), (2, 0), (3, 3)]
+    assert list(zip(gt.at("mit").rows, gt.at("mit").cols)) == [(1, 3), (3, 1), (3, 3)]
+    assert M.fixation_map(xy[:, 0], xy[:, 1], (4, 5), protocol="mit")[3, 1]
+    v = s.ravel()
+    nss_mit = (np.mean([s[1, 3], s[3, 1], s[3, 3]]) - v.mean()) / v.std(ddof=1)
+    nss_exact = (np.mean([s[1, 2], s[2, 0], s[3, 3]]) - v.mean()) / v.std(ddof=0)
+    assert M.nss(s, xy, "mit", shape=(4, 5)) == pytest.approx(nss_mit, abs=1e-14)
+    assert M.nss(s, xy, "exact", shape=(4, 5)) == pytest.approx(nss_exact, abs=1e-14)
+    # the densities follow the pixels of their protocol
+    assert np.allclose(gt.density("mit"), M.GroundTruth((4, 5), np.array([1, 3, 3]),
+                                                        np.array([3, 1, 3])).density("mit"))
+    # integer coordinates: one ground truth serves both protocols
+    g2 = M.GroundTruth.from_fixations(np.array([[1.0, 2.0]]), (4, 5))
+    assert g2.at("mit") is g2
+
+
+def literal_auc_borji_mit(smap, gt, rng, n_splits=100, step=0.1):
+    """AUC_Borji.m: min-max normalise, per split randi negatives, threshold loop, trapz."""
+    s = ((smap - smap.min()) / (smap.max() - smap.min())).ravel()
+    sth = s[gt.unique_flat]
+    r = rng.integers(0, s.size, size=(len(sth), n_splits))
+    out = []
+    for j in range(n_splits):
+        neg = s[r[:, j]]
+        tp, fp = [0.0], [0.0]
+        for t in np.arange(0, int(round(1 / step)) + 1)[::-1] * step:
+            tp.append((sth >= t).mean())
+            fp.append((neg >= t).mean())
+        tp.append(1.0)
+        fp.append(1.0)
+        out.append(np.trapezoid(tp, fp) if hasattr(np, "trapezoid") else np.trapz(tp, fp))
+    return float(np.mean(out))
+
+
+def test_random_metrics_do_not_depend_on_the_other_metrics_requested():
+    rng = np.random.default_rng(8)
+    smap = ndimage.gaussian_filter(rng.random((30, 40)), 2)
+    gt = M.GroundTruth.from_fixations(rng.integers(0, [40, 30], size=(25, 2)).astype(float),
+                                      (30, 40))
+    other = M.GroundTruth.from_fixations(rng.integers(0, [40, 30], size=(60, 2)).astype(float),
+                                         (30, 40))
+    full = M.evaluate_protocols(smap, gt, M.PROTOCOLS, M.METRICS, other=other, rng=3)
+    for p in M.PROTOCOLS:
+        for m in ("auc_judd", "auc_borji", "sauc"):
+            alone = M.evaluate_map(smap, gt, p, (m,), other=other, rng=3)[m]
+            assert alone == full[p][m]  # bit for bit: its own stream
+            only_p = M.evaluate_protocols(smap, gt, (p,), (m, "nss"), other=other, rng=3)
+            assert only_p[p][m] == full[p][m]  # nor on the other protocols requested
+    # and the stream is the documented one: AUC_Borji.m by hand with metric_rng's draws
+    assert full["mit"]["auc_borji"] == pytest.approx(
+        literal_auc_borji_mit(smap, gt, M.metric_rng(3, "mit", "auc_borji")), abs=1e-12)
+    # exact AUC-Borji: pairwise ROC against metric_rng's uniform pixels per split
+    r = M.metric_rng(3, "exact", "auc_borji").integers(0, smap.size, size=(100, len(gt)))
+    pos = smap.ravel()[gt.flat]
+    assert full["exact"]["auc_borji"] == pytest.approx(
+        np.mean([brute_auc(pos, smap.ravel()[r[j]]) for j in range(100)]), abs=1e-12)
+    with pytest.raises(UserError, match="draws no random"):
+        M.metric_rng(3, "mit", "nss")
+
+
+def test_metric_docstrings_explain_each_protocol():
+    for name in M.METRICS + ("emd",):
+        doc = getattr(M, name).__doc__
+        if name != "emd":  # EMD is defined alike in both protocols
+            assert "``mit``" in doc and "``exact``" in doc, name
+        for section in ("Parameters", "Returns", "References"):
+            assert section in doc, (name, section)
+    assert "z-score" in M.nss.__doc__ and "ddof=1" in M.nss.__doc__

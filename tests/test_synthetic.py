@@ -298,3 +298,47 @@ def test_scene_is_learnable_from_content(items):
     means = np.stack([x[train][y[train] == c].mean(axis=0) for c in classes])
     pred = classes[np.argmin(((x[test][:, None, :] - means[None]) ** 2).sum(-1), axis=1)]
     assert (pred == y[test]).mean() > 0.55  # chance is 1/6
+
+
+class _OneLayerSet:
+    """Two images with one labelled mask layer (objects), two observers: like COCO/EyeCrowd."""
+
+    def __init__(self):
+        from neuroprobe.concepts.base import Label, LabelTable
+
+        self.labels = LabelTable([Label(1, "face", "part"), Label(2, "dog", "object"),
+                                  Label(3, "red", "color")], ["object", "part", "color"])
+
+    def __len__(self):
+        return 2
+
+    def config(self):
+        return {"name": "one-layer"}
+
+    def __getitem__(self, i):
+        import torch
+
+        layers = torch.zeros(2, 8, 8, dtype=torch.long)
+        layers[0, 2:5, 2:5] = 1 + i          # face or dog
+        layers[1] = 3                        # a colour layer: not drawn as a mask panel
+        return {"id": f"img{i}", "image": torch.rand(3, 16, 16), "layers": layers,
+                "whole": torch.zeros(1, dtype=torch.long),
+                "fixations": torch.tensor([[3.0, 4.0], [8.0, 8.0]]),
+                "observers": torch.tensor([0, 1])}
+
+
+def test_contact_sheet_has_no_empty_panels_and_keys_its_colours():
+    """Issue 16: only as many mask panels as there are labelled layers (no "(no labels)"
+    column), one key with every label (and its category) and every observer."""
+    from neuroprobe.concepts.sheet import sheet_figure
+
+    fig, n = sheet_figure(_OneLayerSet(), n=2, columns=2)
+    assert n == 2
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 4                                 # image + one mask panel, twice
+    assert not any("no labels" in t for t in titles)
+    assert titles[0].startswith("img0") and titles[1].startswith("part masks")
+    assert titles[3].startswith("object masks")
+    keys = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert keys == ["face (part)", "dog (object)", "observer 1", "observer 2"]
+    assert "one-layer" in fig._suptitle.get_text()

@@ -166,8 +166,11 @@ def test_overlay_and_map(images):
     heat[0, 0] = 5.0
     o = at.overlay(images[0], heat, alpha=0.5, percentile=100)
     assert o.shape == (H, W, 3) and o.dtype == np.uint8
-    base = (images[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    assert np.array_equal(o[1:, 1:], base[1:, 1:])          # zero heat leaves the image
+    # zero heat leaves the greyed image (changed with issue 16: the photo is greyed so that the
+    # colour map reads); the hot pixel is coloured
+    base = (at.greyed(images[0]) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(o[1:, 1:], base[1:, 1:])
+    assert (o[1:, 1:, 0] == o[1:, 1:, 1]).all() and (o[1:, 1:, 1] == o[1:, 1:, 2]).all()
     assert not np.array_equal(o[0, 0], base[0, 0])
     m = at.attribution_map(torch.tensor([[[[1.0]], [[-3.0]], [[0.5]]]]))
     assert m.item() == pytest.approx(1.5)
@@ -188,3 +191,119 @@ def test_bad_input_is_one_clear_line(images):
         at.attribute_output(MeanClassifier(), images, target=5)
     with pytest.raises(UserError, match="unknown layer"):
         at.attribute_unit(model, "conv9", 0, images)
+
+
+# -- the methods added with issue 16: SmoothGrad, occlusion, gradient SHAP, guided Grad-CAM ------
+
+def test_new_methods_known_answers_on_a_linear_unit(images):
+    """Unit 0 of a bias-free 1x1 conv, averaged over positions: f(x) = sum_c w_c mean(x_c)."""
+    model, w = _linear_unit_model()
+    grad = (w / (H * W)).view(1, 3, 1, 1).expand_as(images)
+    # SmoothGrad averages gradients of noisy copies: a linear unit's gradient is constant
+    sg = at.attribute_unit(model, "conv", 0, images, method="smoothgrad",
+                           options={"samples": 4, "noise": 0.3})
+    torch.testing.assert_close(sg, grad)
+    # gradient SHAP from a black baseline alone: gradient x (x - 0), as integrated gradients
+    shap = at.attribute_units(model, "conv", [0, 0], images, method="gradient_shap",
+                              baselines=torch.zeros(1, 3, H, W))
+    torch.testing.assert_close(shap, images * grad)
+    # occluding one pixel (all colour channels) with 0 removes sum_c w_c x_c / (H W) from f;
+    # Captum gives that drop to every element of the window
+    occ = at.attribute_unit(model, "conv", 0, images, method="occlusion",
+                            options={"window": 1, "stride": 1})
+    drop = (images * w.view(1, 3, 1, 1)).sum(1, keepdim=True) / (H * W)
+    torch.testing.assert_close(occ, drop.expand_as(images))
+    # guided backprop of a model without ReLUs is the gradient; Grad-CAM at the unit's own
+    # layer is its rectified map / (H W): guided Grad-CAM is their product
+    ggc = at.attribute_unit(model, "conv", 0, images, method="guided_gradcam")
+    cam = drop.clamp(min=0) * 1.0
+    torch.testing.assert_close(ggc, grad * cam)
+
+
+def _relu_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+
+
+@pytest.mark.parametrize("method", at.METHODS)
+def test_every_method_gives_finite_maps_of_the_image_shape(images, method):
+    model = _relu_cnn().eval()
+    opts = {"samples": 3, "window": 4, "stride": 4}
+    a = at.attribute_units(model, model[2], [1, 4], images, method=method, n_steps=4,
+                           options=opts)
+    assert a.shape == images.shape and torch.isfinite(a).all() and a.abs().sum() > 0
+    o = at.attribute_output(model, images, target=2, method=method, n_steps=4, options=opts)
+    assert o.shape == images.shape and torch.isfinite(o).all()
+    if method not in ("guided_gradcam", "occlusion"):   # RedSaliency has no conv layer;
+        # occlusion hides all colour channels of a patch together
+        r = at.attribute_output(RedSaliency(), images, region=torch.ones(H, W), method=method,
+                                n_steps=4, options=opts)
+        # the red channel alone carries the prediction
+        assert torch.isfinite(r).all() and r[:, 1:].abs().max() < 1e-6 < r[:, 0].abs().max()
+    # in-place ReLUs are put back after guided backpropagation
+    assert model[1].inplace and model[3].inplace
+
+
+def test_layers_may_be_module_objects(images):
+    model, _ = _linear_unit_model()
+    by_name = at.attribute_unit(model, "conv", 0, images, method="gradient")
+    torch.testing.assert_close(at.attribute_unit(model, model.conv, 0, images,
+                                                 method="gradient"), by_name)
+    torch.testing.assert_close(at.attribute_units(model, model.conv, [0, 0], images,
+                                                  method="gradient"), by_name)
+    torch.testing.assert_close(at.gradcam(model, model.conv, images, unit=1),
+                               at.gradcam(model, "conv", images, unit=1))
+    f = at.unit_function(model, model.conv)
+    assert f(images, 0).shape == (2,)
+    with pytest.raises(UserError, match="not a sub-module"):
+        at.attribute_unit(model, nn.Conv2d(3, 2, 1), 0, images)
+
+
+def test_model_mode_is_restored(images):
+    """Attribution runs in eval mode and leaves each sub-module's own mode as it found it."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2))
+    model.train()
+    model[3].eval()                         # a mixed state must survive too
+    before = [m.training for m in model.modules()]
+    stats = model[1].running_mean.clone()
+    seen = []
+    model[3].register_forward_hook(lambda m, i, o: seen.append(model[1].training))
+    at.attribute_units(model, "1", [0, 1], images, method="integrated_gradients", n_steps=2)
+    at.attribute_unit(model, model[1], 0, images, method="smoothgrad", options={"samples": 2})
+    at.attribute_output(model, images, method="gradient")
+    at.gradcam(model, "0", images, unit=0)
+    assert [m.training for m in model.modules()] == before
+    assert seen and not any(seen)           # BatchNorm ran in eval mode
+    torch.testing.assert_close(model[1].running_mean, stats)   # and did not update its stats
+    with pytest.raises(UserError):          # an error inside still restores the modes
+        at.attribute_unit(model, "1", 99, images)
+    assert [m.training for m in model.modules()] == before
+
+
+def test_overlay_colours_signed_and_magnitude(images):
+    """A signed map is red where positive, blue where negative, grey where 0; a magnitude map
+    uses the sequential map (bright where large); tiles carry visible colour."""
+    import matplotlib.colors as mc
+
+    heat = torch.zeros(H, W)
+    heat[:, :4] = 1.0
+    heat[:, -4:] = -1.0
+    o = at.overlay(images[0], heat).astype(float) / 255
+    hsv = mc.rgb_to_hsv(o)
+    assert (o[:, :4, 0] > o[:, :4, 2] + 0.15).all()          # red
+    assert (o[:, -4:, 2] > o[:, -4:, 0] + 0.15).all()        # blue
+    assert (hsv[:, :4, 1] > 0.5).all() and (hsv[:, -4:, 1] > 0.5).all()
+    assert hsv[:, 5:7, 1].max() < 1e-6                       # zero: grey, no colour
+    m = at.overlay(images[0], heat, signed=False).astype(float) / 255
+    # |heat| = 1 on both sides: the same colour from the sequential map (up to the 15 % of the
+    # grey image that still shows through)
+    torch.testing.assert_close(torch.tensor(m[:, :4]), torch.tensor(m[:, -4:]), atol=0.08,
+                               rtol=0)
+    assert (mc.rgb_to_hsv(m)[:, :4, 1] > 0.5).all()
+    assert at.is_signed("ig") and at.is_signed("occlusion") and not at.is_signed("gradcam")
+    bar = at.colorbar_strip(20, 3, signed=True)
+    assert bar.shape == (3, 20, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]

@@ -73,8 +73,9 @@ def test_unit_card_outlines_the_thresholded_region():
                        am_image=torch.ones(3, 8, 8), attribution=np.zeros((16, 16, 3), np.uint8),
                        tile=16, scores=[1.0, 0.0])
     a = np.asarray(card)
-    pad, head = 4, 38
-    assert card.size == (pad + 4 * (16 + pad) + 8, head + 16 + 14 + pad)
+    pad, head = 4, 40     # issue 16: a taller header and two caption lines under the tiles
+    assert card.size[0] == pad + 4 * (16 + pad) + 8
+    assert card.size[1] >= head + 16 + 2 * 10 + pad
     tile0 = a[head:head + 16, pad:pad + 16]
     yellow = np.all(tile0 == G.OUTLINE_RGB, axis=-1)
     assert yellow[4:8, 4:8].sum() == 12 and yellow.sum() == 12
@@ -82,6 +83,34 @@ def test_unit_card_outlines_the_thresholded_region():
     assert not np.all(tile1 == G.OUTLINE_RGB, axis=-1).any()   # nothing above threshold
     am_tile = a[head:head + 16, 3 * pad + 32 + 8:3 * pad + 48 + 8]
     assert (am_tile == 255).all()
+
+
+def test_unit_card_states_the_attribution_colour_key():
+    """A signed attribution gets a blue-to-red key under its tile, a magnitude one the
+    sequential map; the caption names the method."""
+    from neuroprobe.visualize import attribute as at
+
+    images, maps = torch.zeros(1, 3, 16, 16), torch.zeros(1, 16, 16)
+    heat = torch.linspace(-1, 1, 96).repeat(96, 1)
+    tile = at.overlay(torch.full((3, 96, 96), 0.5), heat, signed=True)
+    keys = {}
+    for signed in (True, False):
+        card = G.unit_card(images, maps, 0.5, title="t", attribution=tile, tile=96,
+                           attribution_caption="IG on #1", attribution_signed=signed)
+        a = np.asarray(card).astype(int)
+        x0 = 4 + 96 + 4 + 8
+        foot = a[40 + 96:, x0:x0 + 96]
+        keys[signed] = foot
+        colourful = (foot.max(-1) - foot.min(-1)) > 100
+        assert colourful.sum() > 100                            # a colour bar is drawn
+    red = (keys[True][..., 0] > 150) & (keys[True][..., 2] < 100)
+    blue = (keys[True][..., 2] > 150) & (keys[True][..., 0] < 100)
+    assert red.any() and blue.any()
+    assert not np.array_equal(keys[True], keys[False])
+    # the tile itself: red right half, blue left half, greyed middle
+    t = tile.astype(int)
+    assert t[48, 90, 0] > t[48, 90, 2] + 40 and t[48, 5, 2] > t[48, 5, 0] + 40
+    assert abs(t[48, 48, 0] - t[48, 48, 2]) < 10
 
 
 def test_parse_units():
@@ -143,6 +172,20 @@ def test_make_gallery_end_to_end(tmp_path):
     assert e1["threshold"] >= 0                           # no threshold: taken from the maps
     meta = json.loads((res.out_dir / "gallery.json").read_text())
     assert meta["versions"]["neuroprobe"] and meta["config"]["top_k"] == 3
+    # numbers as numbers (issue 16), one statistic (the map's peak) for every image
+    u0, u1 = meta["units"]
+    assert u0["layer"] == "relu" and u0["unit"] == 0 and u0["label"] == "square"
+    assert isinstance(u0["score"], float) and u0["score"] == 0.4
+    assert u0["threshold"] == 0.1 and u0["detector"] is True and u1["detector"] is False
+    assert u0["best_image_peak"] == pytest.approx(0.5, abs=1e-5)
+    assert isinstance(u0["maximization_peak"], float)
+    assert u0["reached_threshold"] is (u0["maximization_peak"] > 0.1)
+    assert u0["attribution"] == "integrated_gradients" and u0["attribution_signed"] is True
+    assert "RdBu_r" in meta["config"]["attribution_colour_map"]
+    for unit in meta["units"]:
+        for key in ("score", "threshold", "best_image_peak", "maximization_peak",
+                    "am_activation"):
+            assert isinstance(unit[key], (int, float)) and not isinstance(unit[key], bool), key
     page = res.report.read_text()
     assert "&lt;b&gt;grey&lt;/b&gt;" in page and "<b>grey</b>" not in page
     # only some units; a unit the run does not have is one clear error
@@ -213,8 +256,21 @@ def test_cli_gallery_and_visualize(tmp_path, capsys):
     for u in meta["units"]:
         with Image.open(out / u["png"]) as im:
             assert im.size == (24, 24)
+        # issue 16: each attribution is a figure with colour (a diverging map for IG)
+        (att,) = u["attributions"]
+        assert att["signed"] is True and att["method"] == "integrated_gradients"
+        with Image.open(out / att["png"]) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(int)
+        saturated = (rgb.max(-1) - rgb.min(-1)) > 80
+        assert saturated.sum() > 200                    # the colour bar at least
         assert (out / u["attributions"][0]["png"]).is_file()
     assert (out / "maximization.png").is_file()
+    rc = main(["--quiet", "visualize", "--model", str(ckpt), "--units", "block4:3",
+               "--out", str(tmp_path / "vis2"), "--steps", "2", "--size", "24", "--image",
+               str(img), "--attribution", "gradcam"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "vis2" / "visualize.json").read_text())
+    assert meta["units"][0]["attributions"][0]["signed"] is False
     capsys.readouterr()
     assert main(["visualize", "--model", str(ckpt), "--units", "block4:999", "--out",
                  str(out), "--steps", "1"]) == 2

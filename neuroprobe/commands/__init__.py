@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_global_options
+from ._common import add_global_options
 
 
 def add_command(subparsers, name: str, help: str, func, description: str | None = None):
@@ -27,4 +27,4 @@ def add_subcommand_group(subparsers, name: str, help: str):
     return parser, group
 
 
-__all__ = ["add_command", "add_subcommand_group", "argparse"]
+__all__ = ["add_command", "add_subcommand_group", "add_global_options", "argparse"]

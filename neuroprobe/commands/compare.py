@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import nonnegative_int, output_folder
 
 
 def register(subparsers) -> None:
@@ -11,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("runs", nargs="+", help="run folders of `neuroprobe dissect` (2 or more)")
     p.add_argument("--out", default=None, help="folder for counts.csv, changed_units.csv and "
                    "difference.png (default: print only)")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+    p.add_argument("--bootstrap", type=nonnegative_int, default=0, metavar="N",
                    help="paired image bootstrap of the count differences with N resamples of "
                    "the per-image counts the runs saved (image_counts.npz; no model is run); "
                    "with --out also bootstrap.csv")
@@ -21,8 +22,6 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from pathlib import Path
-
     from ..compare import changed_units, check_comparable, check_model_files, count_table, \
         load_run
     from ..errors import UserError
@@ -31,6 +30,7 @@ def _run(args) -> int:
 
     if len(args.runs) < 2:
         raise UserError("compare needs at least two run folders")
+    out = output_folder(args.out) if args.out else None
     runs = [load_run(r) for r in args.runs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -46,8 +46,7 @@ def _run(args) -> int:
                     for c in changed_units(runs[0], other)]
     print(f"{len(changed)} units changed label between {names[0]} and the others")
     boot = _bootstrap(args, runs) if args.bootstrap else None
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _csv(out / "counts.csv", table)
         _csv(out / "changed_units.csv", changed)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 
 from . import add_command
-from .layers import add_model_options
+from ._common import (add_batch_size, add_concept_options, add_limit, add_model_options,
+                      add_workers, finite_float, open_probability, output_folder, positive_int,
+                      probability)
 
 #: images of the synthetic world used when --concepts is not given (keeps the default run short)
 DEMO_LIMIT = 200
@@ -26,11 +28,11 @@ def register(subparsers) -> None:
     p.set_defaults(model=None)   # None = the demo model, or its stand-in until it is installed
     p.description += ("  Without --model: the built-in demo model (until the demo models are "
                       "installed, a documented stand-in, see summary.json).")
-    p.add_argument("--concepts", default=None, metavar="NAME",
-                   help=f"concept set: shipped name or .toml path (default: {DEFAULT_CONCEPTS}, "
-                   f"first {DEMO_LIMIT} images unless --limit)")
-    p.add_argument("--root", default=None, help="data folder of the concept set (e.g. Broden)")
-    p.add_argument("--image-size", type=int, default=None, metavar="N",
+    add_concept_options(p, limit=False, concepts_help="concept set: shipped name, .toml path, "
+                        "or a data folder (a Broden folder with index.csv, a mask folder with "
+                        "SegmentationClass/ or labelme files) (default: "
+                        f"{DEFAULT_CONCEPTS}, first {DEMO_LIMIT} images unless --limit)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="N",
                    help="draw / resize the concept set's images to N x N, masks to N/2 (default: "
                    "the set's own size; without --concepts the model's input size)")
     p.add_argument("--layers", default=None, help="comma-separated layer names "
@@ -41,21 +43,33 @@ def register(subparsers) -> None:
     p.add_argument("--score", choices=["auto", "iou", "region-nss", "both"], default="auto",
                    help="iou (Network Dissection), region-nss (He et al. 2019; needs fixations) "
                    "or both; auto (default): both where the concept set has fixations, else iou")
-    p.add_argument("--denominator", choices=["netdissect", "lite"], default=None,
+    p.add_argument("--denominator", choices=["netdissect", "annotated", "lite"], default=None,
                    help="netdissect mode: count a unit's activation for category c on images "
-                   "annotated with c (netdissect, default) or only where its active pixels "
-                   "touch a label of c (lite = NetDissect-Lite)")
-    p.add_argument("--quantile", type=float, default=None,
+                   "holding a label of category c (netdissect, default, as NetDissect), on "
+                   "images annotated with c (annotated: the category's index.csv cell is not "
+                   "empty) or only where its active pixels touch a label of c (lite = "
+                   "NetDissect-Lite)")
+    p.add_argument("--ties", choices=["netdissect", "first"], default="netdissect",
+                   help="when a unit's best IoUs of several categories tie, the later category "
+                   "wins (netdissect, default, as NetDissect) or the first one")
+    p.add_argument("--nss-resolution", choices=["image", "mask"], default="image",
+                   help="region-NSS z-scores each unit's map upsampled to the image size "
+                   "(image, default: the study's definition) or to the mask size (mask: faster)")
+    p.add_argument("--nss-regions", choices=["instance", "label"], default="instance",
+                   help="region-NSS regions: each annotated instance (instance, default: the "
+                   "study's; where the concept set knows instances) or all pixels of a label "
+                   "in an image (label)")
+    p.add_argument("--quantile", type=open_probability, default=None,
                    help="top fraction of activations above the unit threshold "
                    "(default 0.005 netdissect, 0.01 unrestricted)")
-    p.add_argument("--iou-threshold", type=float, default=0.04,
+    p.add_argument("--iou-threshold", type=probability, default=0.04,
                    help="IoU at which a unit is a detector (default 0.04)")
-    p.add_argument("--nss-threshold", type=float, default=1.5,
+    p.add_argument("--nss-threshold", type=finite_float, default=1.5,
                    help="region-NSS above which a unit counts for a concept (default 1.5)")
-    p.add_argument("--top-units", type=int, default=10,
+    p.add_argument("--top-units", type=positive_int, default=10,
                    help="region-NSS table: mean NSS of this many best units (default 10)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    add_batch_size(p, 32)
+    add_limit(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/dissect-<model>, "
                    "runs/dissect-<model>-<concepts> with --concepts)")
     p.add_argument("--overwrite", action="store_true",
@@ -71,8 +85,10 @@ def register(subparsers) -> None:
                    help="an image or mask of the concept set that cannot be decoded: stop the "
                    "run with one line naming the file (default), or skip such images and list "
                    "them in summary.json (skipped)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="data-loading worker processes (default: 1 on a multi-core CPU; "
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode the concept set's label files instead of reading (and on first "
+                   "use building) its label cache in neuroprobe's cache folder")
+    add_workers(p, None, help="data-loading worker processes (default: 1 on a multi-core CPU; "
                    "on a GPU one per core but one, at most 12)")
 
 
@@ -85,45 +101,6 @@ def default_workers(device) -> int:
     return 1 if cores > 1 else 0
 
 
-def _stand_in():
-    """The documented stand-in for the demo model: the study's architecture on the small
-    encoder (``saliency:small``) with random weights from ``torch.manual_seed(0)``."""
-    import torch
-
-    from ..models import build_saliency
-    from ..models.adapters import default_layers
-
-    arch = {"builder": "saliency", "kwargs": {"encoder": "small", "decoder": "conv1x1"}}
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        module = build_saliency("small").eval()
-    finally:
-        torch.random.set_rng_state(state)
-    meta = {"task": "saliency", "variant": "stand-in", "input_size": [224, 224],
-            "layers": default_layers(module, arch)}
-    note = ("stand-in model: saliency:small with random weights (torch.manual_seed(0)), used "
-            "because the built-in demo models are not installed yet; results show the "
-            "pipeline, not a trained model")
-    return module, meta, {"spec": "stand-in:saliency:small:seed0", "note": note}
-
-
-def _demo_available() -> bool:
-    try:
-        from ..resources import cache_dir
-        from ..train.demo import SHIPPED, demo_file
-    except ImportError:
-        return False
-    folders = [SHIPPED, cache_dir() / "models"]
-    try:
-        from ..train.demo import _cache_folder
-
-        folders.append(_cache_folder())
-    except ImportError:
-        pass
-    return any(demo_file("frozen", f).is_file() for f in folders)
-
-
 def _run(args) -> int:
     from pathlib import Path
 
@@ -131,12 +108,13 @@ def _run(args) -> int:
     from ..dissect import dissect
     from ..errors import UserError
     from ..io import sha256_file
+    from ..models.standin import demo_installed, stand_in
     from ..utils import info, resolve_device
     from .layers import load_model_from_args
 
     device = resolve_device(getattr(args, "device", "auto"))
-    if args.model is None and not _demo_available():
-        module, meta, model_info = _stand_in()
+    if args.model is None and not demo_installed():
+        module, meta, model_info = stand_in()
         module = module.to(device)
         info(f"neuroprobe: {model_info['note']}")
         model_name = "stand-in"
@@ -175,6 +153,7 @@ def _run(args) -> int:
     if image_size:
         overrides.update(image_size=image_size, mask_size=image_size // 2)
     dataset = open_concepts(concepts, **overrides)
+    dataset.use_cache = not args.no_cache
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else \
         list(meta.get("layers") or [])
     if not layers:
@@ -183,7 +162,7 @@ def _run(args) -> int:
     if size and tuple(size) != tuple(dataset.image_size):
         info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
              f"{tuple(dataset.image_size)} images")
-    out = Path(args.out) if args.out else Path("runs") / (
+    out = output_folder(args.out) if args.out else Path("runs") / (
         f"dissect-{model_name}" + ("" if args.concepts is None else f"-{Path(concepts).stem}"))
     workers = args.workers
     if workers is None:
@@ -202,11 +181,16 @@ def _run(args) -> int:
         batch_size=args.batch_size, device=device, amp=args.amp, limit=limit, out_dir=out,
         resume=not args.no_resume, overwrite=args.overwrite, keep=args.keep,
         num_workers=workers, model_info=model_info, on_bad_image=args.on_bad_image,
+        nss_resolution=args.nss_resolution, nss_regions=args.nss_regions, ties=args.ties,
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
                        "limit": limit})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
         _print_summary(result, out)
     return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _print_summary(result, out) -> None:
@@ -224,7 +208,7 @@ def _print_summary(result, out) -> None:
     for layer in s["units"]:
         top = ", ".join(f"{k} {v}" for k, v in list(s["detectors_per_concept"][layer].items())[:6])
         print(f"  {layer}: {s['detectors'][layer]}/{s['units'][layer]} units, "
-              f"{s['unique_concepts'][layer]} concepts" + (f" ({top})" if top else ""))
+              f"{_plural(s['unique_concepts'][layer], 'concept')}" + (f" ({top})" if top else ""))
     if result.nss_table:
         layers = list(s["units"])
         print(f"  region-NSS (mean NSS of the top {cfg['top_units']} units / units with NSS > "

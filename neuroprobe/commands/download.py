@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import output_folder, timeout_seconds
 
 
 def register(subparsers) -> None:
@@ -11,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="folder to put it in (default: <cache>/data)")
     p.add_argument("--mirror", default=None,
                    help="mirror base URL replacing the official host (or set NEUROPROBE_MIRROR)")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=timeout_seconds, default=30.0,
                    help="connect/read time-out in seconds (default 30)")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive")
     p.add_argument("--list", action="store_true", help="list the known data sets")
@@ -30,7 +31,7 @@ def _download(args) -> int:
             raise UserError("no data set named", hint="neuroprobe download NAME --out DIR; "
                             "see --list")
         return 0
-    out = args.out or str(cache_dir() / "data")
+    out = str(output_folder(args.out)) if args.out else str(cache_dir() / "data")
     folder = fetch(args.name, out, mirror=args.mirror, timeout=args.timeout,
                    keep_archive=args.keep_archive)
     info(f"{args.name} is in {folder}")

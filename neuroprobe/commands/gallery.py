@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import (add_batch_size, add_trust_option, nonnegative_int, output_folder,
+                      positive_int, seed)
 
 
 def register(subparsers) -> None:
@@ -13,41 +15,38 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None,
                    help="model of the run (default: the one named in summary.json)")
     p.add_argument("--arch", default=None, help="architecture of a plain state dict")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow unpickling arbitrary Python objects (only for files you trust)")
+    add_trust_option(p)
     p.add_argument("--concepts", default=None,
                    help="concept set of the run (default: the one named in summary.json)")
     p.add_argument("--units", default=None,
                    help="only these units, e.g. layer4:12,layer4:40 or layer4:0-15")
     p.add_argument("--detectors-only", action="store_true", help="only detector units")
-    p.add_argument("--max-units", type=int, default=None, help="only the best N units by score")
-    p.add_argument("--top-k", type=int, default=8, help="top images per unit (default 8)")
-    p.add_argument("--steps", type=int, default=128,
+    p.add_argument("--max-units", type=positive_int, default=None,
+                   help="only the best N units by score")
+    p.add_argument("--top-k", type=positive_int, default=8, help="top images per unit (default 8)")
+    p.add_argument("--steps", type=nonnegative_int, default=128,
                    help="activation-maximization steps (0 = no maximization image; default 128)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=None,
                    help="maximization image size (default: the concept set's image size)")
     p.add_argument("--attribution", default="integrated_gradients",
-                   choices=["integrated_gradients", "ig", "gradient", "none"],
-                   help="attribution map on each unit's top image (default integrated_gradients)")
-    p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
-    p.add_argument("--tile", type=int, default=96, help="tile size in pixels (default 96)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+                   choices=["integrated_gradients", "ig", "gradient", "smoothgrad", "occlusion",
+                            "gradient_shap", "guided_gradcam", "none"],
+                   help="attribution map on each unit's top image, through Captum (default "
+                   "integrated_gradients; signed maps are drawn blue-white-red)")
+    p.add_argument("--ig-steps", type=positive_int, default=16, help="integrated-gradients steps")
+    p.add_argument("--tile", type=positive_int, default=96, help="tile size in pixels (default 96)")
+    add_batch_size(p, 32)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-report", action="store_true", help="only the PNGs, no index.html")
 
 
 def _run(args) -> int:
-    from ..errors import UserError
     from ..utils import resolve_device
     from ..visualize.gallery import make_gallery
 
-    for name in ("top_k", "tile", "batch_size", "ig_steps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.steps < 0:
-        raise UserError("--steps must be >= 0")
+    out = output_folder(args.out) if args.out else None
     device = resolve_device(getattr(args, "device", "auto"))
-    res = make_gallery(args.run_dir, args.out, units=args.units,
+    res = make_gallery(args.run_dir, out, units=args.units,
                        detectors_only=args.detectors_only, max_units=args.max_units,
                        top_k=args.top_k, maximize_steps=args.steps, maximize_size=args.size,
                        attribution=args.attribution, n_steps=args.ig_steps, tile=args.tile,

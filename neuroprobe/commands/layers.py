@@ -2,18 +2,9 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import add_model_options, nonnegative_int, positive_int
 
-
-def add_model_options(parser, default: str | None = None) -> None:
-    """The options that say which model to load (shared by every command that loads one)."""
-    parser.add_argument("--model", default=default, required=default is None,
-                        help="checkpoint path, built-in name (demo, demo-scene, ...), or "
-                        "torchvision:NAME" + (f" (default: {default})" if default else ""))
-    parser.add_argument("--arch", default=None,
-                        help="architecture of a plain state dict (resnet18, saliency:vgg16, "
-                        "scene:resnet18:6, ...)")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow unpickling arbitrary Python objects (only for files you trust)")
+__all__ = ["add_model_options", "load_model_from_args", "register"]
 
 
 def load_model_from_args(args):
@@ -28,9 +19,10 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "layers", "list every layer of a model with its output shape",
                     _run)
     add_model_options(p)
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    p.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                    help="dummy input size (default: the model's own)")
-    p.add_argument("--depth", type=int, default=None, help="only names with at most this many dots")
+    p.add_argument("--depth", type=nonnegative_int, default=None,
+                   help="only names with at most this many dots")
 
 
 def _run(args) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
+from ._common import add_concept_options, output_folder
 
 
 def register(subparsers) -> None:
@@ -13,9 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
                    help="replace or add a model of the recipe (repeatable), e.g. "
                    "--model frozen=my_frozen.pt")
-    p.add_argument("--concepts", default=None, help="concept set instead of the recipe's")
-    p.add_argument("--root", default=None, help="data folder of the concept set")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    add_concept_options(p, concepts_help="concept set instead of the recipe's")
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode the concept set's label files instead of using its label cache")
 
 
 def _run(args) -> int:
@@ -29,8 +30,9 @@ def _run(args) -> int:
         if not sep or not name or not spec:
             raise UserError(f"--model {item!r} is not NAME=SPEC", hint="e.g. --model frozen=a.pt")
         models[name] = spec
-    report = run_probe(args.recipe, args.out, models=models, concepts=args.concepts,
-                       root=args.root, limit=args.limit, device=resolve_device(args.device))
+    report = run_probe(args.recipe, output_folder(args.out), models=models, concepts=args.concepts,
+                       root=args.root, limit=args.limit, device=resolve_device(args.device),
+                       cache=not args.no_cache)
     info(f"wrote {report}")
     print(report.read_text())
     return 0

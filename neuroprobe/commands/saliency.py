@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
+from ._common import output_folder, positive_int, seed
 
 
 def register(subparsers) -> None:
     _, group = add_subcommand_group(subparsers, "saliency", "evaluate saliency models on "
                                     "eye-fixation data")
     p = add_command(group, "eval", "score models on fixation data: every metric, both "
-                    "protocols, per image and mean with 95% CIs", _eval)
+                    "protocols, per image and mean with 95%% CIs", _eval)
     p.add_argument("--data", required=True,
                    help="NAME or NAME:PATH; NAME is osie, eyecrowd, salicon-2015, salicon-2017, "
                    "mit1003 or csv (e.g. osie:../shared/data/osie)")
@@ -21,17 +22,19 @@ def register(subparsers) -> None:
     p.add_argument("--protocols", default="mit,exact", help="mit, exact or both (default both)")
     p.add_argument("--metrics", default=None, help="comma-separated subset (default: all; add emd "
                    "with the optional package POT)")
-    p.add_argument("--n", type=int, default=None, help="only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random parts (default 0)")
+    p.add_argument("--n", type=positive_int, default=None, help="only the first N images")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random parts (default 0)")
     p.add_argument("--out", required=True, help="output folder")
 
 
 def _eval(args) -> int:
+    import sys
     import warnings
 
     from ..errors import UserError
     from ..saliency.data import open_dataset
-    from ..saliency.evaluate import evaluate_dataset, resolve_models, summarise, write_results
+    from ..saliency.evaluate import (NoFixationsWarning, evaluate_dataset, resolve_models,
+                                     summarise, write_results)
     from ..saliency.metrics import METRICS, PROTOCOLS, _check_metrics
     from ..utils import info
 
@@ -47,8 +50,7 @@ def _eval(args) -> int:
 
         if not has_emd():
             raise UserError("--metrics emd needs the optional package POT", hint="pip install pot")
-    if args.n is not None and args.n < 1:
-        raise UserError("--n must be at least 1")
+    output_folder(args.out)
     ds = open_dataset(args.data, root=args.root, images=args.images).subset(args.n)
     models = resolve_models(args.models.split(","), getattr(args, "device", "auto"))
     info(f"{ds.name}: {len(ds)} images, models {', '.join(models)}, protocols "
@@ -57,6 +59,9 @@ def _eval(args) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         rows = evaluate_dataset(ds, models, protocols, metrics, seed=args.seed)
     notes = sorted({str(w.message) for w in caught})
+    for message in sorted({str(w.message) for w in caught
+                           if issubclass(w.category, NoFixationsWarning)}):
+        print(f"neuroprobe: warning: {message}", file=sys.stderr)   # shown under --quiet too
     for note in notes[:5]:
         info(f"note: {note}")
     summary = summarise(rows, metrics)

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
+from ._common import (add_batch_size, nonnegative_int, open_probability, output_file,
+                      positive_float, positive_int, seed)
+
+# the keys of neuroprobe.models.encoders.ENCODERS (kept here so that the parser imports no torch;
+# tests/test_cifar.py checks that the two agree)
+ENCODER_NAMES = ["vgg16", "resnet18", "resnet50", "small", "cifar-resnet20", "cifar-resnet32",
+                 "cifar-resnet44", "cifar-resnet56"]
 
 
 def _common(p, task: str) -> None:
-    p.add_argument("--encoder", default="vgg16", choices=["vgg16", "resnet18", "resnet50", "small"],
-                   help="encoder (default vgg16, as in the study)")
+    p.add_argument("--encoder", default="vgg16", choices=ENCODER_NAMES,
+                   help="encoder (default vgg16, as in the study; cifar-resnetN: the CIFAR-10 "
+                   "ResNets, with --weights FILE)")
     p.add_argument("--weights", default="imagenet" if task != "recognition" else "none",
                    help="encoder weights: imagenet | none | demo (the small encoder pretrained "
                    "on the synthetic world) | PATH (state dict or neuroprobe checkpoint)")
@@ -15,18 +23,19 @@ def _common(p, task: str) -> None:
                    choices=["frozen", "finetune-last", "finetune-all"],
                    help="frozen = only the decoder/classifier trains (Setup I); finetune-last = "
                    "the last block too; finetune-all = everything")
-    p.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
-    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")
-    p.add_argument("--lr-decay", type=float, default=0.8,
+    p.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
+    p.add_argument("--lr", type=positive_float, default=5e-3,
+                   help="Adam learning rate (default 5e-3)")
+    p.add_argument("--lr-decay", type=open_probability, default=0.8,
                    help="learning-rate factor after each epoch (default 0.8)")
-    p.add_argument("--batch-size", type=int, default=5, help="batch size (default 5)")
-    p.add_argument("--input-size", type=int, nargs="+", default=[224], metavar="N",
+    add_batch_size(p, 5)
+    p.add_argument("--input-size", type=positive_int, nargs="+", default=[224], metavar="N",
                    help="input size: N or H W (default 224)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="use at most this many training images (synthetic: how many to render, "
                    "default 1000)")
-    p.add_argument("--val", type=int, default=None, help="number of validation images")
-    p.add_argument("--seed", type=int, default=0, help="random seed (initialisation, order)")
+    p.add_argument("--val", type=nonnegative_int, default=None, help="number of validation images")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (initialisation, order)")
     p.add_argument("--out", default=None,
                    help=f"checkpoint path (default {task}-ENCODER-VARIANT.pt); also writes "
                    "OUT.resume.pt and OUT.curve.png")
@@ -82,9 +91,9 @@ def _run(args, task: str) -> int:
 
     from ..utils import resolve_device
 
+    out = str(output_file(args.out or f"{task}-{args.encoder}-{args.variant}.pt"))
     cfg = _config(args, task)
     device = resolve_device(getattr(args, "device", "auto"))
-    out = args.out or f"{task}-{cfg.encoder}-{cfg.variant}.pt"
     summary = train(cfg, out, resume=args.resume, device=device)
     last = summary["history"][-1] if summary["history"] else {}
     scores = ", ".join(f"{k[4:]}={v:.4g}" for k, v in last.items() if k.startswith("val_"))

@@ -6,7 +6,8 @@ Activation-maximization images of the given units (one PNG each plus a sheet) an
 from __future__ import annotations
 
 from . import add_command
-from .layers import add_model_options
+from ._common import (add_batch_size, add_model_options, nonnegative_int, output_folder,
+                      positive_float, positive_int, seed)
 
 
 def register(subparsers) -> None:
@@ -17,9 +18,11 @@ def register(subparsers) -> None:
                    help="units as LAYER:INDEX, comma-separated (layer4:12,layer4:40; "
                    "layer4:0-7 is a range); a layer may be named by its last part")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=256, help="optimisation steps (default 256)")
-    p.add_argument("--size", type=int, default=128, help="image size (default 128)")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument("--steps", type=nonnegative_int, default=256,
+                   help="optimisation steps (default 256)")
+    p.add_argument("--size", type=positive_int, default=128, help="image size (default 128)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
+                   help="Adam learning rate (default 0.05)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterization (default fourier)")
     p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
@@ -27,30 +30,88 @@ def register(subparsers) -> None:
     p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
     p.add_argument("--no-transforms", action="store_true",
                    help="no pad/jitter/scale/rotate robustness transforms")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="units optimised together")
+    p.add_argument("--seed", type=seed, default=0)
+    add_batch_size(p, 32, help="units optimised together (default 32)")
     p.add_argument("--image", action="append", default=[],
                    help="an image file to attribute each unit on (repeatable)")
-    p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient", "gradcam"],
-                   default="integrated_gradients")
-    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient",
+                                             "smoothgrad", "occlusion", "gradient_shap",
+                                             "guided_gradcam", "gradcam"],
+                   default="integrated_gradients",
+                   help="attribution method, through Captum (default integrated_gradients); "
+                   "signed maps are drawn blue (-) / red (+), Grad-CAM in a sequential map")
+    p.add_argument("--ig-steps", type=positive_int, default=32)
 
 
 def _load_image(path, size):
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from ..errors import UserError
+    from ..imageio import read_image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"cannot read image {path}: {err}",
-                        hint="give a PNG or JPEG file") from None
+    im = Image.fromarray(read_image(path, "--image")).resize((size[1], size[0]),
+                                                             Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32) / 255.0
     return torch.from_numpy(a).permute(2, 0, 1)
+
+
+def _attributions(model, layer: str, unit: int, pics, images, out, name: str, args,
+                  meta) -> list[dict]:
+    """One figure per image: the unit's attribution in colour over the greyed image with a
+    colour bar (:func:`neuroprobe.visualize.attribute.figure`), titled with model, layer, unit,
+    method and image."""
+    from ..io import atomic_path
+    from ..visualize import attribute as at
+
+    signed = at.is_signed(args.attribution)
+    if args.attribution == "gradcam":
+        heat = at.gradcam(model, layer, pics, unit=unit)[:, 0].detach().cpu()
+    else:
+        attr = at.attribute_unit(model, layer, unit, pics, method=args.attribution,
+                                 n_steps=args.ig_steps)
+        heat = at.attribution_map(attr, signed=signed).cpu()
+    label = at.method_label(args.attribution)
+    done = []
+    for k, (path, _) in enumerate(images):
+        aname = name[:-4] + f"-attr-{k:02d}-{path.stem[:40]}.png"
+        aname = "".join(c if c.isalnum() or c in "._-" else "_" for c in aname)
+        fig = at.figure(pics[k], heat[k], signed=signed, method=label,
+                        smooth=pics.shape[-1] / 64.0,
+                        title=f"{args.model}  {layer}:{unit}\n{label} on {path.name[:40]}")
+        with atomic_path(out / aname) as tmp:
+            fig.savefig(tmp, format="png")
+        done.append({"image": str(path), "png": aname, "method": args.attribution,
+                     "signed": signed})
+    return done
+
+
+def _sheet(path, sheet, records, args) -> None:
+    """``maximization.png``: every unit's maximization image, titled with its layer, unit and
+    the activation it reached, under a title naming the model and the optimisation."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    cols = min(6, len(sheet))
+    nrow = math.ceil(len(sheet) / cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(2.3 * cols, 2.5 * nrow + 0.6), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < len(sheet):
+            r = records[k]
+            ax.imshow(sheet[k])
+            what = "mean activation" if args.objective == "channel" else "centre neuron"
+            ax.set_title(f"{r['layer'].replace('$', chr(92) + '$')}:{r['unit']}\n"
+                         f"{what} reached {r['activation']:.3g}", fontsize=8)
+    fig.suptitle(f"Activation maximization: model {args.model}, {args.steps} steps, "
+                 f"{args.param} parameterization, seed {args.seed}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 def _run(args) -> int:
@@ -63,13 +124,13 @@ def _run(args) -> int:
     from ..errors import UserError
     from ..io import atomic_path, write_json
     from ..utils import info, progress, versions
-    from ..visualize import attribute as at
     from ..visualize import maximize as am
     from ..visualize.gallery import parse_units, resolve_layer_name, unit_filename
     from .layers import load_model_from_args
 
-    if args.steps < 0 or args.size < 8 or args.batch_size < 1:
-        raise UserError("--steps must be >= 0, --size >= 8 and --batch-size >= 1")
+    if args.size < 8:   # the ranges of the numbers were checked while parsing (_common.py)
+        raise UserError("--size must be at least 8 pixels")
+    out = output_folder(args.out)
     units = parse_units(args.units)
     images = [(Path(p), None) for p in args.image]
     for p, _ in images:
@@ -92,7 +153,6 @@ def _run(args) -> int:
         if bad:
             raise UserError(f"unit {bad[0]} is out of range for layer {layer!r} with "
                             f"{width} channels")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     in_size = tuple(meta.get("input_size") or (args.size, args.size))
     pics = torch.stack([_load_image(p, in_size) for p, _ in images]) if images else None
@@ -111,30 +171,17 @@ def _run(args) -> int:
             with atomic_path(out / name) as tmp:
                 Image.fromarray(img).save(tmp, format="PNG")
             sheet.append(img)
-            rec = {"layer": layer, "unit": u, "png": name,
+            rec = {"layer": layer, "unit": u, "png": name, "objective": args.objective,
                    "activation": float(res.activations[j]), "attributions": []}
             if pics is not None:
-                if args.attribution == "gradcam":
-                    heat = at.gradcam(model, layer, pics, unit=u)[:, 0].detach().cpu()
-                else:
-                    attr = at.attribute_unit(model, layer, u, pics, method=args.attribution,
-                                             n_steps=args.ig_steps)
-                    heat = at.attribution_map(attr).cpu()
-                for k, (path, _) in enumerate(images):
-                    aname = name[:-4] + f"-attr-{k:02d}-{path.stem[:40]}.png"
-                    aname = "".join(c if c.isalnum() or c in "._-" else "_" for c in aname)
-                    with atomic_path(out / aname) as tmp:
-                        Image.fromarray(at.overlay(pics[k], heat[k])).save(tmp, format="PNG")
-                    rec["attributions"].append({"image": str(path), "png": aname})
+                rec["attributions"] = _attributions(model, layer, u, pics, images, out, name,
+                                                    args, meta)
             records.append(rec)
             bar.update(1)
         config = res.config
     bar.close()
     if sheet:
-        gap = np.full((args.size, 4, 3), 255, np.uint8)
-        row = np.concatenate(sum(([s, gap] for s in sheet), [])[:-1], axis=1)
-        with atomic_path(out / "maximization.png") as tmp:
-            Image.fromarray(row).save(tmp, format="PNG")
+        _sheet(out / "maximization.png", sheet, records, args)
     write_json(out / "visualize.json", {
         "config": {"model": args.model, "arch": args.arch, "units": args.units,
                    "steps": args.steps, "size": args.size, "lr": args.lr, "param": args.param,

@@ -17,13 +17,16 @@ with the parsed TOML (plus ``spec["_path"]``, the file's path) and keyword overr
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..errors import ConceptSetError, suggest
+from ..io import read_toml
+from ..resources import shipped_dir
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable, collate
 
 __all__ = ["open_concepts", "list_concept_sets", "load_spec", "SOURCES", "ConceptDataset",
-           "Label", "LabelTable", "collate", "STUDY_CATEGORIES"]
+           "Label", "LabelTable", "collate", "STUDY_CATEGORIES", "folder_spec"]
 
 #: Built-in readers, by the ``source`` key of a concept-set file.
 SOURCES: dict[str, str] = {
@@ -36,14 +39,10 @@ SOURCES: dict[str, str] = {
 
 
 def _toml_load(path: Path) -> dict:
-    from ..io import read_toml
-
     return read_toml(path, "concept set", ConceptSetError)
 
 
 def _shipped() -> dict[str, Path]:
-    from ..resources import shipped_dir
-
     try:
         folder = shipped_dir("concepts")
     except FileNotFoundError:
@@ -56,9 +55,40 @@ def list_concept_sets() -> dict[str, Path]:
     return _shipped()
 
 
+def folder_spec(path: Path) -> dict:
+    """The concept-set spec of a data folder given where a concept-set name is expected.
+
+    A folder holding ``index.csv`` (or one sub-folder that does) is a Broden folder
+    (``source = "broden"``); one with ``SegmentationClass/`` or labelme ``*.json`` files is a
+    mask folder (``source = "mask-folder"``, with ``fixations.mat`` from the folder when there
+    is one).  Raises :class:`ConceptSetError` for any other folder.
+    """
+    path = Path(path)
+    name = path.resolve().name or "concepts"
+    subs = [p for p in path.iterdir() if p.is_dir() and (p / "index.csv").is_file()] \
+        if path.is_dir() else []
+    if (path / "index.csv").is_file() or len(subs) == 1:
+        return {"source": "broden", "root": str(path.resolve()), "name": name,
+                "_path": str(path)}
+    if (path / "SegmentationClass").is_dir() or any(path.glob("*.json")):
+        spec = {"source": "mask-folder", "root": str(path.resolve()), "name": name,
+                "_path": str(path)}
+        if (path / "fixations.mat").is_file():
+            spec["fixations"] = str((path / "fixations.mat").resolve())
+        return spec
+    raise ConceptSetError(
+        f"folder {path} is neither a Broden folder (no index.csv) nor a mask folder (no "
+        "SegmentationClass/ and no labelme .json files)",
+        hint="pass a shipped concept-set name (`neuroprobe concepts list`), a .toml file, or "
+        "such a folder")
+
+
 def load_spec(name_or_path: str) -> dict:
-    """Parse a concept-set file given by shipped name or path."""
+    """Parse a concept-set file given by shipped name or path; a data folder (Broden or mask
+    folder) stands for the concept set that reads it (:func:`folder_spec`)."""
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return folder_spec(path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise ConceptSetError(f"concept-set file {path} does not exist")
@@ -82,9 +112,7 @@ def load_spec(name_or_path: str) -> dict:
 def _sources() -> dict[str, str]:
     found = dict(SOURCES)
     try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group="neuroprobe.concepts"):
+        for ep in importlib_metadata.entry_points(group="neuroprobe.concepts"):
             found.setdefault(ep.name, ep.value)
     except Exception:  # pragma: no cover - broken metadata must not break built-ins
         pass
@@ -100,8 +128,10 @@ def _resolve(target: str):
 
 
 def open_concepts(name_or_path: str, **overrides) -> ConceptDataset:
-    """Open a concept set by shipped name (``"synthetic"``, ``"broden"``, ``"coco-parts"`` ...)
-    or by the path of a concept-set TOML file.  ``overrides`` replace options of the file."""
+    """Open a concept set by shipped name (``"synthetic"``, ``"broden"``, ``"coco-parts"`` ...),
+    by the path of a concept-set TOML file, or by a data folder: a Broden folder (it has
+    ``index.csv``) or a mask folder (``SegmentationClass/`` or labelme files).  ``overrides``
+    replace options of the file."""
     spec = load_spec(name_or_path)
     sources = _sources()
     source = spec["source"]

@@ -9,6 +9,12 @@ whose items are dicts with these keys:
     ``int64`` tensor ``(K, h, w)`` of **global** label ids, ``0`` = unlabelled.  ``K`` may be 0.
     Several layers let labels overlap (a part inside its whole, several Broden part layers).
     ``(h, w)`` is the dataset's ``mask_size`` (Broden: half the image size).
+``instances`` (optional)
+    ``int64`` tensor of the shape of ``layers``: the instance id of each labelled pixel (one
+    annotated object, face, person ...), ids unique within the image, ``0`` = no instance
+    known.  Region-NSS scores each (label, instance) region on its own, as He et al. (CVPR
+    2019) do; sources that know no instances leave the key out (every label of an image is
+    then one region).
 ``whole``
     ``int64`` tensor ``(n,)`` of whole-image label ids (scene, texture); such a label covers
     every pixel of the image.
@@ -189,6 +195,41 @@ class ConceptDataset(torch.utils.data.Dataset):
             out = {"image": out["image"], "id": out["id"]}
         return out
 
+    # -- the concept-set cache (neuroprobe.concepts.cache) --------------------------------
+    #: read labels through the concept-set cache where the source has one (``--no-cache``:
+    #: set it to False)
+    use_cache: bool = True
+    #: the attached :class:`~neuroprobe.concepts.cache.LabelCache` (see :meth:`prepare_labels`)
+    label_cache = None
+
+    def cache_spec(self) -> dict | None:
+        """What determines the decoded labels of every item, besides the label files
+        themselves (hashed into the cache key); ``None``: this source has no cache."""
+        return None
+
+    def label_files(self, index: int) -> list:
+        """The files item ``index``'s labels are decoded from (their signatures validate its
+        cache entry)."""
+        return []
+
+    def decode_labels(self, index: int) -> dict:
+        """Item ``index``'s ``layers`` (numpy, at :attr:`mask_size`), ``whole``,
+        ``categories``, ``fixations`` and ``observers``, decoded from the source's files."""
+        raise NotImplementedError(f"{type(self).__name__} has no decode_labels")
+
+    def prepare_labels(self, indices=None, *, progress: bool = True):
+        """Build (where missing) and attach the cache for the items ``indices`` (default: all);
+        a no-op returning ``None`` where the source has no cache or :attr:`use_cache` is off."""
+        from .cache import prepare
+
+        return prepare(self, indices, progress=progress)
+
+    def cached_labels(self, index: int) -> dict | None:
+        """Item ``index``'s labels from the attached cache (``None``: decode them)."""
+        if self.label_cache is None or not self.use_cache:
+            return None
+        return self.label_cache.get(index, self.label_files(index))
+
     def present_categories(self, layers: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
         """Default ``categories`` entry: the categories of the labels that occur in the image."""
         cat_idx = torch.from_numpy(self.labels.category_index())
@@ -208,7 +249,8 @@ def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> 
     """Batch items of a :class:`ConceptDataset`.
 
     Images and masks must share their size within a batch.  ``layers`` are padded with zero
-    layers to the largest ``K`` (in ``label_dtype``), ``whole`` with zeros to the longest list;
+    layers to the largest ``K`` (in ``label_dtype``; ``instances``, present when some item has
+    them, the same way), ``whole`` with zeros to the longest list;
     ``fixations``, ``observers`` and ``id`` stay lists.  Items without labels
     (``ConceptDataset.item(i, labels=False)``) give ``{"image", "id"}`` batches.  Items that
     carry their data-set position as ``"index"`` (the dissection engine's reader adds it) give an
@@ -249,7 +291,7 @@ def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
     whole = torch.zeros((len(samples), n), dtype=torch.int64)
     for i, s in enumerate(samples):
         whole[i, : len(s["whole"])] = s["whole"]
-    return {
+    out = {
         "image": images,
         "layers": layers,
         "whole": whole,
@@ -258,3 +300,13 @@ def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
         "observers": [s.get("observers") for s in samples],
         "id": [s["id"] for s in samples],
     }
+    if any(s.get("instances") is not None for s in samples):
+        top = max(int(s["instances"].max()) if s.get("instances") is not None
+                  and s["instances"].numel() else 0 for s in samples)
+        dtype = layers.dtype if top <= torch.iinfo(layers.dtype).max else torch.int64
+        inst = torch.zeros(layers.shape, dtype=dtype)
+        for i, s in enumerate(samples):
+            if s.get("instances") is not None:
+                inst[i, : s["instances"].shape[0]] = s["instances"]
+        out["instances"] = inst
+    return out

@@ -12,6 +12,7 @@ Box geometry
     its centre ``(col, row)`` satisfies ``x <= col < x + width`` and ``y <= row < y + height``.
     EyeCrowd's ``left``/``top`` are MATLAB 1-based, so ``x = left - 1``, ``y = top - 1``.
     Overlapping boxes: larger boxes are painted first, smaller (usually nearer) ones on top.
+Each box is one instance (item key ``instances``): two faces are two region-NSS regions.
 
 A generic CSV of boxes is read too (``format = "csv"``): columns ``image,label,x,y,width,height``
 (0-based, as above) plus any ``0/1`` flag columns, with the images in ``images``.
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
+from ..io import confined, read_csv
+from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, LabelTable
 from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
                          resolve_data_path, study_label_table)
@@ -137,8 +140,11 @@ class BoxDataset(ConceptDataset):
         rgb = read_image(rec.image)
         h, w = rgb.shape[:2]
         layer = np.zeros((h, w), dtype=np.int64)
-        for b in sorted(self.boxes(index), key=lambda b: -b.area):
-            layer[box_mask(b, h, w)] = b.label
+        inst = np.zeros((h, w), dtype=np.int64)   # each box is one region-NSS region
+        for k, b in enumerate(sorted(self.boxes(index), key=lambda b: -b.area), start=1):
+            m = box_mask(b, h, w)
+            layer[m] = b.label
+            inst[m] = k
         fix = obs = None
         if self.has_fixations:
             fix, obs = fixation_tensors(rec.fixations, (h, w), self.image_size)
@@ -146,6 +152,8 @@ class BoxDataset(ConceptDataset):
             "image": image_tensor(rgb, self.image_size),
             "layers": torch.from_numpy(np.ascontiguousarray(resize_labels(layer[None],
                                                                           self.mask_size))),
+            "instances": torch.from_numpy(np.ascontiguousarray(resize_labels(inst[None],
+                                                                             self.mask_size))),
             "whole": torch.zeros(0, dtype=torch.int64),
             "categories": self._annotated.clone(),
             "fixations": fix,
@@ -174,8 +182,6 @@ def read_eyecrowd(root: str | Path) -> list[BoxRecord]:
     """
     import scipy.io as sio
 
-    from ..saliency.fixations import read_subjects_mat
-
     root = Path(root)
     labels_path = root / "labels.mat"
     if not labels_path.is_file():
@@ -195,7 +201,7 @@ def read_eyecrowd(root: str | Path) -> list[BoxRecord]:
         fields = getattr(rec, "_fieldnames", None) or []
         if "img" not in fields or "faces" not in fields:
             raise DataFormatError(f"{labels_path}: records need img and faces (found {fields})")
-        image = root / "stimuli" / str(rec.img)
+        image = confined(root / "stimuli", str(rec.img), source=labels_path)
         if not image.is_file():
             continue
         boxes = []
@@ -220,7 +226,6 @@ def read_box_csv(path: str | Path, images: str | Path, labels: LabelTable,
                  fixations: dict | None = None) -> list[BoxRecord]:
     """``image,label,x,y,width,height[,flag...]`` rows (label = name or id) -> box records."""
     path, images = Path(path), Path(images)
-    from ..io import read_csv
 
     required = ("image", "label", "x", "y", "width", "height")
     header, rows = read_csv(path, required, missing_hint="pass the path of the box CSV",
@@ -289,8 +294,6 @@ def from_spec(spec: dict, **overrides) -> BoxDataset:
                                    what="image folder", hint=hint)
         fix = None
         if opts.get("fixations"):
-            from ..saliency.fixations import read_subjects_mat
-
             fix = read_subjects_mat(resolve_data_path(opts["fixations"], spec,
                                                       what="fixation file", hint=hint))
         return BoxDataset(read_box_csv(boxes, images, labels, fix), labels=labels, **common)

@@ -40,6 +40,8 @@ Layers
     ``layers[0]``: non-person objects (painted largest first, so smaller objects stay visible);
     ``layers[1]``: people (person part of every person, then heads on top); ``layers[2]`` (only
     with a COCO-Text file): text regions (their polygon, or box when the polygon is missing).
+    ``instances``: one id per annotation (a person's head and person part carry the person's
+    id), so that each annotated object is its own region-NSS region.
 
 Ids
     An item's ``id`` is the COCO image id as a string (``"785"``).  SALICON images are COCO 2014
@@ -49,7 +51,6 @@ Ids
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -57,7 +58,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..download import download, fetch
 from ..errors import ConceptSetError, DataFormatError
+from ..resources import cache_dir
 from .base import STUDY_CATEGORIES, ConceptDataset
 from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
                          resolve_data_path, study_label_table)
@@ -166,15 +169,11 @@ def head_mask(keypoints, names, height: int, width: int, *, pair_ratios=None,
 
 
 def _load_json(path: Path, what: str) -> dict:
+    from ..io import read_json
+
     if not path.is_file():
         raise DataFormatError(f"{what} {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except OSError as err:
-        raise DataFormatError(f"cannot read {what} {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{what} {path} is not valid JSON ({err})") from None
+    return read_json(path, what)
 
 
 def _check_coco(doc, path: Path) -> None:
@@ -321,15 +320,15 @@ class CocoParts(ConceptDataset):
         return self._pos[key]
 
     def image_path(self, image_id: int) -> Path:
+        from ..io import confined
+
         info = self.images[image_id]
         fname = info["file_name"]
+        confined(Path("."), fname, source=f"COCO image {image_id}", what="file_name")
         for folder in (self.images_dir, self.image_cache):
             if folder is not None and (folder / fname).is_file():
                 return folder / fname
         if self.fetch_images and info.get("coco_url"):
-            from ..download import download
-            from ..resources import cache_dir
-
             cache = self.image_cache or cache_dir() / "data" / "coco" / "images"
             return download(info["coco_url"], cache / fname, desc=fname)
         where = self.images_dir or "no image folder"
@@ -339,10 +338,18 @@ class CocoParts(ConceptDataset):
 
     def masks(self, image_id: int) -> np.ndarray:
         """``int64 (K, H, W)`` study-label layers at the image's native size."""
+        return self.masks_and_instances(image_id)[0]
+
+    def masks_and_instances(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`masks` and, of the same shape, the instance id of every labelled pixel: one
+        per annotation (a person's head and person part carry the person's id), unique within
+        the image."""
         info = self.images[image_id]
         h, w = int(info["height"]), int(info["width"])
         objects = np.zeros((h, w), dtype=np.int64)
         people = np.zeros((h, w), dtype=np.int64)
+        inst = np.zeros((3, h, w), dtype=np.int64)
+        next_id = 1
         obj_list, person_list = [], []
         for ann in self.anns.get(image_id, []):
             if ann.get("iscrowd", 0) and self.crowd == "skip":
@@ -357,17 +364,22 @@ class CocoParts(ConceptDataset):
             m = decode_segmentation(ann["segmentation"], h, w,
                                     f"{where}, annotation {ann.get('id')}")
             objects[m] = self._label_of[self.cat_names[int(ann["category_id"])]]
+            inst[0][m] = next_id
+            next_id += 1
         heads = []
         for ann in sorted(person_list, key=lambda a: -float(a.get("area", 0))):
             m = decode_segmentation(ann["segmentation"], h, w,
                                     f"{where}, annotation {ann.get('id')}")
             people[m] = STUDY_CATEGORIES["person part"]
+            inst[1][m] = next_id
+            next_id += 1
             if ann.get("keypoints") and not ann.get("iscrowd", 0) and self.keypoint_names:
                 hm = head_mask(ann["keypoints"], self.keypoint_names, h, w, **self.head)
                 if hm is not None:
-                    heads.append(hm & m)
-        for hm in heads:
+                    heads.append((hm & m, next_id - 1))
+        for hm, k in heads:
             people[hm] = STUDY_CATEGORIES["person head"]
+            inst[1][hm] = k
         layers = [objects, people]
         if self.text is not None:
             text = np.zeros((h, w), dtype=np.int64)
@@ -382,8 +394,10 @@ class CocoParts(ConceptDataset):
                 else:
                     continue
                 text[m] = STUDY_CATEGORIES["text"]
+                inst[2][m] = next_id
+                next_id += 1
             layers.append(text)
-        return np.stack(layers)
+        return np.stack(layers), inst[:len(layers)]
 
     def item_id(self, index: int) -> str:
         return str(self.ids[index])
@@ -398,7 +412,9 @@ class CocoParts(ConceptDataset):
         if rgb.shape[:2] != (h, w):
             raise DataFormatError(f"COCO image {info['file_name']} is {rgb.shape[1]}x"
                                   f"{rgb.shape[0]}, the annotations say {w}x{h}")
-        layers = resize_labels(self.masks(image_id), self.mask_size)
+        layers, inst = self.masks_and_instances(image_id)
+        layers = resize_labels(layers, self.mask_size)
+        inst = resize_labels(inst, self.mask_size)
         fix = obs = None
         if self.fixations is not None:
             rec = self.fixations.get(image_id)
@@ -408,6 +424,7 @@ class CocoParts(ConceptDataset):
         return {
             "image": image_tensor(rgb, self.image_size),
             "layers": torch.from_numpy(np.ascontiguousarray(layers)),
+            "instances": torch.from_numpy(np.ascontiguousarray(inst)),
             "whole": torch.zeros(0, dtype=torch.int64),
             "categories": torch.ones(len(self.categories), dtype=torch.bool),
             "fixations": fix,
@@ -448,16 +465,12 @@ def from_spec(spec: dict, **overrides) -> CocoParts:
     if ann:
         paths = [resolve_data_path(a, spec, what="COCO annotation file", hint=hint) for a in ann]
     else:
-        from ..resources import cache_dir
-
         folder = cache_dir() / "data" / "coco" / f"annotations_trainval{year}"
         files = [folder / f"instances_{split}{year}.json",
                  folder / f"person_keypoints_{split}{year}.json"]
         if not all(f.is_file() for f in files):
             if not opts.get("download"):
                 raise ConceptSetError("no COCO annotation files given", hint=hint)
-            from ..download import fetch
-
             fetch(f"coco-annotations-{year}", cache_dir() / "data" / "coco",
                   mirror=opts.get("mirror"))
         paths = files

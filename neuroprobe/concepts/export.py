@@ -31,9 +31,11 @@ crash never leaves a half-written export.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +71,6 @@ def _encode(labels: np.ndarray) -> np.ndarray:
 
 def _save(image, path: Path, fmt: str, **kwargs) -> None:
     """Encode in memory, write in one call (PIL's own file writing is several times slower)."""
-    import io
-
     buf = io.BytesIO()
     image.save(buf, fmt, **kwargs)
     with open(path, "wb") as fh:
@@ -198,8 +198,6 @@ def export_broden(dataset, out_dir, n: int | None = None, *, quality: int = 95,
                 consume(_write_one(dataset, i, tmp / "images", prefix, quality, size))
                 bar.update(1)
         else:
-            from concurrent.futures import ProcessPoolExecutor
-
             step = max(1, min(256, n // (4 * workers) or 1))
             jobs = [(dataset, lo, min(lo + step, n), str(tmp / "images"), prefix, quality, size)
                     for lo in range(0, n, step)]

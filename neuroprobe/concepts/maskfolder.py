@@ -5,7 +5,8 @@ Two layouts are read:
 * **VOC style** (as PASCAL VOC and the OSIE-SR masks of He et al., CVPR 2019 use it):
   ``SegmentationClass/<stem>.png``, a palette (``P``) or grayscale (``L``) PNG whose pixel values
   are class values (0 background, 255 "void", ignored), optional
-  ``SegmentationObject/<stem>.png`` with one value per instance, and the photos in
+  ``SegmentationObject/<stem>.png`` with one value per instance (items then carry them as
+  ``instances``: each instance is one region-NSS region, as in the study), and the photos in
   ``JPEGImages/`` (or the folder given as ``images``).
 * **labelme**: one ``<stem>.json`` per image with ``shapes`` (``polygon``, ``rectangle``,
   ``circle``; ``line``/``point`` shapes have no area and are skipped) whose ``label`` is a label
@@ -25,7 +26,6 @@ resizing, nearest-neighbour mask resizing, fixation scaling, data-folder resolut
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
+from ..resources import cache_dir
+from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
 
 __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "read_image",
@@ -43,6 +45,8 @@ __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "re
 OSIE_SR: dict[int, str] = {v: k for k, v in STUDY_CATEGORIES.items()}
 #: The study labels that are NetDissect "part" labels; the rest are "object".
 PART_LABELS = ("person head", "person part", "animal head", "animal part")
+#: the largest class value an 8-bit (palette or grayscale) mask can hold
+MAX_CLASS_VALUE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 
@@ -62,29 +66,18 @@ def study_label_table(label_map: dict[int, str] | None = None) -> LabelTable:
 
 def as_size(value, default=None) -> tuple[int, int] | None:
     """``224`` or ``[224, 224]`` -> ``(224, 224)``."""
+    from ..imageio import parse_size
+
     if value is None:
         return default
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2 or min(value) < 1:
-        raise ConceptSetError(f"a size must be N or [H, W] with positive values, got {value}")
-    return value
+    return parse_size(value, "image or mask size", ConceptSetError)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to ``uint8 (H, W, 3)`` RGB; a clear error when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_image as _read
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"image {path} cannot be decoded ({type(err).__name__}: {err})",
-                              hint="replace the file or leave it out of the data set") from None
+    return _read(path, "image")
 
 
 def image_uint8(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -149,8 +142,6 @@ def resolve_data_path(value, spec: dict | None = None, *, what: str, hint: str,
     the working directory, to ``$NEUROPROBE_DATA``, to ``<cache>/data``, to the concept-set
     file's folder, and to ``../shared/data`` (the shared data folder next to a project checkout).
     """
-    from ..resources import cache_dir
-
     if value is None or str(value) == "":
         raise ConceptSetError(f"no {what} given", hint=hint)
     path = Path(str(value)).expanduser()
@@ -201,20 +192,11 @@ def check_known_ids(arr: np.ndarray, labels: LabelTable, where: str) -> None:
 
 def read_mask_png(path: Path, size: tuple[int, int] | None, modes=("P", "L")) -> np.ndarray:
     """Read a single-channel class-value PNG (palette indices for ``P``)."""
-    from PIL import Image, UnidentifiedImageError
+    from ..imageio import read_label_image
 
-    if not path.is_file():
-        raise DataFormatError(f"mask {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode not in modes:
-                raise DataFormatError(f"mask {path} has mode {mode}; expected a palette (P) or "
-                                      "grayscale (L) PNG of class values",
-                                      hint="save masks as indexed PNGs, as VOC does")
-            arr = np.asarray(im).astype(np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataFormatError(f"mask {path} cannot be decoded ({err})") from None
+    arr = read_label_image(path, "mask", modes=tuple(modes),
+                           hint="save masks as indexed (P) or grayscale (L) PNGs of class "
+                           "values, as VOC does").astype(np.int64)
     if size is not None and arr.shape != tuple(size):
         raise DataFormatError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
                               f"{size[1]}x{size[0]}", hint="masks must have the image's size")
@@ -334,8 +316,6 @@ class MaskFolderDataset(ConceptDataset):
             self.items = self.items[: int(limit)]
         self.fixations = None
         if fixations:
-            from ..saliency.fixations import read_subjects_mat
-
             self.fixations = read_subjects_mat(fixations)
             self.has_fixations = True
 
@@ -343,16 +323,17 @@ class MaskFolderDataset(ConceptDataset):
         return len(self.items)
 
     def _labelme_doc(self, path: Path) -> tuple[dict, Path]:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise DataFormatError(f"cannot read {path}: {err.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataFormatError(f"{path} is not valid JSON ({err})") from None
+        from ..io import read_json
+
+        doc = read_json(path, "labelme file")
         if not isinstance(doc, dict):
             raise DataFormatError(f"{path} is not a labelme file")
         image_path = doc.get("imagePath")
-        img = path.parent / image_path if image_path else None
+        img = None
+        if image_path:
+            from ..io import confined
+
+            img = confined(path.parent, image_path, source=path, what="imagePath")
         if img is None or not img.is_file():
             img = find_image(self.images_dir, path.stem) or find_image(path.parent, path.stem)
         if img is None:
@@ -393,7 +374,7 @@ class MaskFolderDataset(ConceptDataset):
         if self.fixations is not None:
             rec = self.fixations.get(img_path.name) or self.fixations.get(self.items[index][0])
             fix, obs = fixation_tensors(rec, hw, self.image_size)
-        return {
+        out = {
             "image": image_tensor(rgb, self.image_size),
             "layers": layers,
             "whole": torch.zeros(0, dtype=torch.int64),
@@ -402,6 +383,22 @@ class MaskFolderDataset(ConceptDataset):
             "observers": obs,
             "id": self.items[index][0],
         }
+        inst = self._instance_map(index, mask.shape)
+        if inst is not None:   # OSIE-SR / VOC instance masks: one region-NSS region each
+            out["instances"] = torch.from_numpy(np.ascontiguousarray(
+                resize_labels(np.where(mask > 0, inst, 0)[None], self.mask_size)))
+        return out
+
+    def _instance_map(self, index: int, shape) -> np.ndarray | None:
+        """The native-size ``SegmentationObject`` map of item ``index`` (void values -> 0), or
+        None where the folder has none for it."""
+        path = self.objects_dir / f"{self.items[index][0]}.png"
+        if self.format != "voc" or not path.is_file():
+            return None
+        inst = read_mask_png(path, tuple(shape))
+        for v in self.void:
+            inst[inst == v] = 0
+        return inst
 
     def instances(self, index: int) -> tuple[np.ndarray, dict[int, int]]:
         """Instance map at ``mask_size`` (0 = none) and the label of each instance.
@@ -410,14 +407,10 @@ class MaskFolderDataset(ConceptDataset):
         under the instance) or, for labelme, one instance per shape is not kept: labelme
         folders give an empty map.
         """
-        stem = self.items[index][0]
-        path = self.objects_dir / f"{stem}.png"
         _, mask, _ = self.raw(index)
-        if self.format != "voc" or not path.is_file():
+        inst = self._instance_map(index, mask.shape)
+        if inst is None:
             return np.zeros(self.mask_size, dtype=np.int64), {}
-        inst = read_mask_png(path, mask.shape)
-        for v in self.void:
-            inst[inst == v] = 0
         out = {}
         for k in np.unique(inst):
             if k == 0:
@@ -439,10 +432,17 @@ def _label_map(spec: dict) -> dict[int, str] | None:
     if not table:
         return None
     try:
-        return {int(k): str(v) for k, v in table.items()}
+        out = {int(k): str(v) for k, v in table.items()}
     except (ValueError, AttributeError):
         raise ConceptSetError(f"concept set {spec.get('_path')}: [labels] must map class values "
                               "to names, e.g. 1 = \"person head\"") from None
+    bad = [k for k in out if not 1 <= k <= MAX_CLASS_VALUE]
+    if bad:
+        raise ConceptSetError(f"concept set {spec.get('_path')}: [labels] class value {bad[0]} "
+                              f"is outside 1..{MAX_CLASS_VALUE}",
+                              hint="mask PNGs (palette or grayscale) hold class values 0-255; "
+                              "0 is unlabelled")
+    return out
 
 
 def from_spec(spec: dict, **overrides) -> MaskFolderDataset:

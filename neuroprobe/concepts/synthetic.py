@@ -18,7 +18,9 @@ Labels (global ids)
 Item layout
     ``layers[0]`` object layer (person, animal, vehicle, text, symbol, object, food, plant, drink,
     other), ``layers[1]`` part layer (person head / person part = person minus head, animal head /
-    animal part), ``layers[2]`` colour names of the pixels; ``whole = [scene, texture]``.
+    animal part), ``layers[2]`` colour names of the pixels; ``whole = [scene, texture]``;
+    ``instances``: each drawn object's number + 1 on its object- and part-layer pixels (two
+    people are two person-head regions for region-NSS), 0 on the colour layer.
 
 Synthetic observers (the priority model)
     Fixations of ``observers`` observers are sampled per image from a region-based priority
@@ -43,6 +45,7 @@ Synthetic observers (the priority model)
 """
 from __future__ import annotations
 
+import copy
 import math
 from functools import lru_cache
 
@@ -51,7 +54,9 @@ import torch
 from PIL import Image
 
 from ..errors import ConceptSetError
+from ..io import config_hash
 from . import _draw as D
+from . import load_spec
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
 
 CATEGORIES = ["object", "part", "color", "texture", "scene"]
@@ -106,20 +111,13 @@ OPTIONS = ("seed", "n", "image_size", "mask_size", "observers", "limit", "fixati
 
 @lru_cache(maxsize=1)
 def _shipped_spec() -> dict:
-    from . import load_spec
-
     return load_spec("synthetic")
 
 
 def _size(value, what: str) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ConceptSetError(f"synthetic {what} must be an integer or [height, width], "
-                                  f"got {value!r}")
-        h, w = (int(v) for v in value)
-    else:
-        h = w = int(value)
-    return h, w
+    from ..imageio import parse_size
+
+    return parse_size(value, f"synthetic {what}", ConceptSetError)
 
 
 def from_spec(spec: dict, **overrides) -> "SyntheticWorld":
@@ -315,8 +313,6 @@ class SyntheticWorld(ConceptDataset):
         return LabelTable(labs, CATEGORIES)
 
     def config(self) -> dict:
-        from ..io import config_hash
-
         cfg = super().config()
         cfg.update(seed=self.seed, observers=self.observers,
                    world=config_hash({"fixations": self.fix, "weights": self.weights,
@@ -326,8 +322,6 @@ class SyntheticWorld(ConceptDataset):
     def with_size(self, n: int) -> "SyntheticWorld":
         """The same world with ``n`` images (images are functions of ``(seed, index)``, so the
         first ones are unchanged)."""
-        import copy
-
         other = copy.copy(self)
         other.n, other.limit = int(n), None
         return other
@@ -511,8 +505,21 @@ class SyntheticWorld(ConceptDataset):
         else:
             fixations = observers = None
         return {"image": image, "layers": layers_t, "whole": whole, "categories": cats,
+                "instances": torch.from_numpy(self._instances(r, cs, layers)),
                 "fixations": fixations, "observers": observers,
                 "id": f"synthetic:{self.seed}:{index}"}
+
+    @staticmethod
+    def _instances(r: dict, cs: np.ndarray, layers: np.ndarray) -> np.ndarray:
+        """Instance ids of the object and part layers: the object's number + 1 (a person's
+        head and body carry the person's id); the colour layer has none."""
+        lut = np.zeros(256, dtype=np.int64)
+        if r["regions"]:
+            lut[1:len(r["regions"]) + 1] = np.asarray(r["regions"], dtype=np.int64)[:, 2] + 1
+        inst = np.zeros_like(layers)
+        inst[0] = np.where(layers[0] > 0, lut[cs], 0)
+        inst[1] = np.where(layers[1] > 0, lut[cs], 0)
+        return inst
 
     def _layers(self, r: dict) -> tuple[np.ndarray, np.ndarray]:
         regions = r["regions"]

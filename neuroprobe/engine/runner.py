@@ -27,9 +27,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..concepts.base import SKIPPED, collate
+from ..concepts.maskfolder import UINT8_SCALE
 from ..errors import ConceptSetError, DataFormatError, UserError
 from ..hooks import Recorder
-from ..utils import progress as _bar, release_heap
+from ..utils import model_device, progress as _bar, release_heap
 
 __all__ = ["run_pass", "forward", "model_input", "probe_shapes", "ItemView", "check_finite",
            "DATA_ERRORS", "OUTPUT", "CHECKPOINT_SECONDS", "none_readable", "error_line"]
@@ -70,8 +71,6 @@ def forward(model, images, layers, amp=None, device=None) -> dict:
 def model_input(images: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     """A batch of images on ``device`` as float32 in ``[0, 1]`` (``uint8`` ones are converted
     there: the same float32 values as :func:`~neuroprobe.concepts.maskfolder.image_tensor`)."""
-    from ..concepts.maskfolder import UINT8_SCALE
-
     x = images.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
         x = x.float().mul_(UINT8_SCALE)
@@ -300,8 +299,7 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
     The number of batches this process ran.
     """
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu")) \
-            if model is not None else torch.device("cpu")
+        device = model_device(model) if model is not None else torch.device("cpu")
     device = torch.device(device)
     if channels_last is None:
         channels_last = device.type == "cuda"

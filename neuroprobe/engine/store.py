@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path, write_json
+from ..io import save_torch, write_json
 
 __all__ = ["RunStore", "model_fingerprint", "check_model", "STATE_VERSION", "RESULT_FILES"]
 
@@ -98,8 +98,7 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.dir / "config.json", {"key": self.key, "config": self.config})
         state = {**state, "key": self.key, "version": STATE_VERSION}
-        with atomic_path(self.dir / "state.pt") as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.dir / "state.pt")
 
     # -- spool ---------------------------------------------------------------------------------
     def spool_path(self, j: int) -> Path:
@@ -111,8 +110,7 @@ class RunStore:
     def write_spool(self, j: int, obj: dict) -> None:
         path = self.spool_path(j)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+        save_torch(obj, path)
 
     def read_spool(self, j: int) -> dict:
         return torch.load(self.spool_path(j), map_location="cpu", weights_only=True)

@@ -5,8 +5,12 @@
   ``torchvision:NAME`` or a built-in demo name.
 * :func:`save` writes the one checkpoint format (architecture spec + state dict + metadata).
 * Builders: :func:`build_saliency` (encoder + the study's decoder), :func:`build_scene`
-  (encoder + classifier), :func:`build_torchvision`; encoders vgg16 / resnet18 / resnet50 / small.
+  (encoder + classifier), :func:`build_torchvision`; encoders vgg16 / resnet18 / resnet50 / small
+  / cifar-resnetN; the CIFAR-10 ResNets (``--arch cifar-resnet56``) in :mod:`.cifar`.
 """
+import torch
+
+from ..hooks import Recorder
 from .adapters import (DECODERS, ImageClassifier, Normalize, SaliencyModel, SceneModel,
                        build_encoder_only, build_saliency, build_scene, build_torchvision,
                        minmax_per_image)
@@ -22,10 +26,6 @@ __all__ = ["load", "save", "build", "parse_arch", "LoadedModel", "build_saliency
 def dry_run(module, input_size=(224, 224), layers=None, device="cpu"):
     """Run a dummy input through ``module`` and return ``[(name, type, output shape)]`` for every
     sub-module (or the given layers).  Modules that did not run get shape ``None``."""
-    import torch
-
-    from ..hooks import Recorder
-
     names = layers or [n for n, _ in module.named_modules() if n]
     x = torch.zeros(1, 3, *input_size, device=device)
     with torch.no_grad(), Recorder(module, names, clone=False) as rec:

@@ -20,21 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, suggest
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, encoder_info
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; buffers so that ``.to(device)`` moves them."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
-                             persistent=False)
-
-    def forward(self, x):
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+from .cifar import build_cifar_resnet
+from .normalize import Normalize
+from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
+                       imagenet_state_dict, load_state_strict)
 
 
 def minmax_per_image(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -173,17 +162,14 @@ def build_torchvision(name: str, weights=None, num_classes: int | None = None) -
     kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
     net = torchvision.models.get_model(name, weights=None, **kwargs)
     if weights is not None and str(weights).lower() == "imagenet":
-        from .encoders import imagenet_state_dict, load_state_strict
-
         load_state_strict(net, imagenet_state_dict(name), source=f"ImageNet weights of {name}")
     elif weights is not None and str(weights).lower() != "none":
-        from .encoders import _read_state_file, load_state_strict
-
         load_state_strict(net, _read_state_file(weights), source=str(weights))
     return ImageClassifier(net)
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "cifar-resnet": build_cifar_resnet,
     "saliency": build_saliency,
     "scene": build_scene,
     "encoder": build_encoder_only,
@@ -198,6 +184,8 @@ def default_layers(module: nn.Module, arch: dict | None = None) -> list[str]:
     if arch.get("builder") in ("saliency", "scene", "encoder"):
         info = encoder_info(kwargs.get("encoder", "vgg16"))
         return [f"encoder.{n}" for n in info.layers]
+    if arch.get("builder") == "cifar-resnet":
+        return ["layer1", "layer2", "layer3"]
     if arch.get("builder") == "torchvision":
         names = {n for n, _ in module.named_modules()}
         for cand in (["net.layer3", "net.layer4"], ["net.features"]):

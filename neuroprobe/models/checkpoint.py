@@ -21,15 +21,19 @@ import io
 import pickle
 import warnings
 import zipfile
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import CheckpointError, suggest
-from .adapters import BUILDERS, default_layers
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict
+from ..io import atomic_path
+from . import zoo
+from .adapters import BUILDERS, build_encoder_only, build_torchvision, default_layers
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict, strip_prefix
 
 FORMAT = "neuroprobe-checkpoint"
 FORMAT_VERSION = 1
@@ -45,9 +49,7 @@ class LoadedModel(NamedTuple):
 def _builders() -> dict:
     found = dict(BUILDERS)
     try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group="neuroprobe.models"):
+        for ep in importlib_metadata.entry_points(group="neuroprobe.models"):
             if ep.name not in found:
                 found[ep.name] = ep  # resolved on use
     except Exception:  # pragma: no cover
@@ -77,7 +79,13 @@ def build(arch: dict) -> nn.Module:
 
 def parse_arch(text: str) -> dict:
     """``--arch`` text -> spec.  ``resnet18`` / ``torchvision:resnet18`` = torchvision classifier,
-    ``saliency:vgg16``, ``scene:resnet18:6`` (6 classes), ``encoder:vgg16``."""
+    ``saliency:vgg16``, ``scene:resnet18:6`` (6 classes), ``encoder:vgg16``, ``cifar-resnet56``
+    (the CIFAR-10 ResNets of :mod:`neuroprobe.models.cifar`)."""
+    from .cifar import parse_cifar_arch
+
+    cifar = parse_cifar_arch(text)
+    if cifar is not None:
+        return cifar
     parts = text.split(":")
     if len(parts) == 1:
         return {"builder": "torchvision", "kwargs": {"name": parts[0]}}
@@ -95,12 +103,11 @@ def parse_arch(text: str) -> dict:
 
 
 def _metadata_defaults(module: nn.Module, arch: dict | None, meta: dict | None) -> dict:
-    from .. import __version__
-
     out = {"task": getattr(module, "task", "unknown"), "variant": None,
            "input_size": [224, 224], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
            "layers": default_layers(module, arch), "arch": arch,
            "neuroprobe_version": __version__}
+    out.update(getattr(module, "default_metadata", None) or {})   # e.g. a CIFAR net's 32x32
     norm = getattr(module, "normalize", None)
     if norm is not None and hasattr(norm, "mean"):
         out["mean"] = [round(float(v), 6) for v in norm.mean.flatten()]
@@ -111,8 +118,6 @@ def _metadata_defaults(module: nn.Module, arch: dict | None, meta: dict | None) 
 
 def save(path, module: nn.Module, arch: dict, metadata: dict | None = None) -> Path:
     """Write a neuroprobe checkpoint atomically and return its path."""
-    from ..io import atomic_path
-
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                "metadata": _metadata_defaults(module, arch, metadata)}
@@ -160,8 +165,6 @@ def _load_torchvision(spec: str):
         raise CheckpointError(f"seed {params['seed']!r} in model {spec!r} is not an integer",
                               hint="e.g. torchvision:resnet18?weights=none&seed=1") from None
     a = {"builder": "torchvision", "kwargs": {"name": name}}
-    from .adapters import build_torchvision
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = build_torchvision(name, weights=weights)
@@ -174,10 +177,10 @@ def _load_torchvision(spec: str):
 def _load(spec: str, arch, trust: bool):
     if spec.startswith("torchvision:"):
         return _load_torchvision(spec)
-    from . import zoo
-
+    if spec.startswith("random:"):
+        return _load_random(spec)
     if zoo.is_builtin(spec):
-        return _load(str(zoo.builtin_path(spec)), None, False)
+        return _load(str(builtin_file(spec)), None, False)
 
     path = Path(spec).expanduser()
     if not path.exists():
@@ -187,8 +190,17 @@ def _load(spec: str, arch, trust: bool):
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file")
     if _is_torchscript(path):
+        if not trust:
+            # TorchScript is code: torch.jit.load runs the module's __setstate__ and more
+            raise CheckpointError(
+                f"{path} is a TorchScript file, which is code and can run anything when "
+                "loaded, so it was not loaded",
+                hint="save a state dict or a neuroprobe checkpoint instead, or pass "
+                "--trust-checkpoint (trust=True) only if you trust where the file came from")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():   # "torch.jit.load is deprecated": not for users
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
             raise CheckpointError(f"{path} looks like TorchScript but does not load: "
                                   f"{str(err).splitlines()[0][:160]}") from None
@@ -231,6 +243,65 @@ def _load(spec: str, arch, trust: bool):
     return _from_object(obj, path, arch)
 
 
+def _check_payload(obj: dict, path: Path) -> None:
+    """The fields of a neuroprobe checkpoint have the types :func:`save` writes; anything else
+    (a hand-edited or foreign file) is refused in one line naming the field."""
+    def bad(field: str, what: str):
+        return CheckpointError(f"{path} is a damaged neuroprobe checkpoint: {field} {what}",
+                               hint="write it again with neuroprobe (train, or "
+                               "neuroprobe.models.save)")
+
+    arch, meta, state = obj.get("arch"), obj.get("metadata"), obj.get("state_dict")
+    if not isinstance(arch, dict) or not isinstance(arch.get("builder"), str):
+        raise bad("'arch'", f"is a {type(arch).__name__}, not a dict with a 'builder'")
+    if not isinstance(arch.get("kwargs", {}), dict):
+        raise bad("'arch.kwargs'", "is not a dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise bad("'state_dict'", "is not a dict of tensors")
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise bad("'metadata'", f"is a {type(meta).__name__}, not a dict")
+    size = meta.get("input_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise bad("'metadata.input_size'", f"is {size!r}, not two positive whole numbers")
+    layers = meta.get("layers")
+    if layers is not None and not (isinstance(layers, (list, tuple))
+                                   and all(isinstance(v, str) for v in layers)):
+        raise bad("'metadata.layers'", "is not a list of layer names")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad(f"'metadata.{key}'", "is not three numbers")
+    if meta.get("std") is not None and any(v <= 0 for v in meta["std"]):
+        raise bad("'metadata.std'", "is not positive")
+
+
+def _load_random(spec: str):
+    """``random:ARCH[?seed=N]``: the architecture ``ARCH`` (as ``--arch`` takes it) with seeded
+    random weights (seed 0 unless given), a control for dissection; the global RNG is restored."""
+    text, _, query = spec[len("random:"):].partition("?")
+    seed = 0
+    if query:
+        key, _, value = query.partition("=")
+        if key != "seed" or not value.lstrip("-").isdigit():
+            raise CheckpointError(f"cannot read {spec!r}",
+                                  hint="write random:ARCH or random:ARCH?seed=N")
+        seed = int(value)
+    a = parse_arch(text)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        module = build(a)
+    finally:
+        torch.random.set_rng_state(state)
+    return module, _metadata_defaults(module, a, {"variant": "random", "seed": seed,
+                                                   "format": "random"})
+
+
 def _load_trusted(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -251,23 +322,68 @@ def _from_object(obj, path: Path, arch):
         if obj.get("format_version", 1) > FORMAT_VERSION:
             raise CheckpointError(f"{path} was written by a newer neuroprobe (format "
                                   f"{obj['format_version']})", hint="upgrade neuroprobe")
+        _check_payload(obj, path)
         module = build(obj["arch"])
         load_state_strict(module, obj["state_dict"], source=str(path))
         return module, _metadata_defaults(module, obj["arch"], obj.get("metadata"))
-    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    wrapped = isinstance(obj.get("state_dict"), dict)
+    state = obj["state_dict"] if wrapped else obj
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is neither a neuroprobe checkpoint nor a state dict",
                               hint="expected torch.save(model.state_dict()) or a file written "
                               "by neuroprobe")
+    state = strip_prefix(state, "module.")   # saved from a DataParallel wrapper
+    # numbers and strings stored beside the state dict (e.g. a training script's "best_prec1",
+    # "epoch") are kept in the metadata as they are, without replacing neuroprobe's own keys
+    extras = {k: v for k, v in obj.items() if k != "state_dict" and
+              isinstance(v, (int, float, str, bool))} if wrapped else {}
+    own = {"format": "state-dict"}
+    if arch is None:
+        from .cifar import infer_cifar_arch
+
+        arch = infer_cifar_arch(state)
+        own["arch_inferred"] = arch is not None
     if arch is None:
         raise CheckpointError(f"{path} is a plain state dict without an architecture",
-                              hint="pass --arch (e.g. resnet18, saliency:vgg16, scene:resnet18:6)")
+                              hint="pass --arch (e.g. resnet18, saliency:vgg16, scene:resnet18:6, "
+                              "cifar-resnet56)")
     spec = parse_arch(arch) if isinstance(arch, str) else dict(arch)
     module = build(spec)
     if spec["builder"] == "torchvision" and not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}
     load_state_strict(module, state, source=str(path))
-    return module, _metadata_defaults(module, spec, {"format": "state-dict"})
+    meta = _metadata_defaults(module, spec, own)
+    for key, value in extras.items():
+        meta.setdefault(key, value)
+    return module, meta
+
+
+def builtin_file(name: str) -> Path:
+    """The checkpoint file of built-in model ``name`` (:mod:`.zoo`), writing the random control's
+    file first when it is asked for and missing."""
+    if zoo.BUILTIN.get(name) == "random":
+        return random_control()
+    return zoo.builtin_path(name)
+
+
+def random_control(seed: int = 0) -> Path:
+    """The demo encoder's architecture with seeded random weights (a control for dissection:
+    what an untrained network of the same shape already 'detects').  Written once into the
+    cache (:func:`.zoo.random_control_path`); returns its path."""
+    pretrained_meta = load("demo-pretrained").metadata
+    path = zoo.random_control_path(seed)
+    if not path.is_file():
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            module = build_encoder_only("small")
+        finally:
+            torch.random.set_rng_state(state)
+        save(path, module, {"builder": "encoder", "kwargs": {"encoder": "small"}},
+             {"variant": "random", "task": "encoder", "seed": seed,
+              "input_size": pretrained_meta.get("input_size"),
+              "note": "random initialisation (seeded), the control for demo-pretrained"})
+    return path
 
 
 def describe(spec: str, **kwargs) -> str:  # pragma: no cover - convenience

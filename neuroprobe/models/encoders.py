@@ -6,6 +6,9 @@ addressed the way papers name them:
 * ``vgg16``: ``conv1_1, relu1_1, ..., pool4, conv5_1, ..., conv5_3, relu5_3`` (pool5 and the
   fully-connected layers removed, as in He et al. 2019: a 224x224 input gives 14x14x512).
 * ``resnet18`` / ``resnet50``: ``conv1, bn1, relu, maxpool, layer1 .. layer4`` (no pooling or fc).
+* ``cifar-resnet20`` / ``32`` / ``44`` / ``56``: the CIFAR-10 ResNets of
+  :mod:`neuroprobe.models.cifar` without pooling and classifier (``conv1, bn1, relu, layer1 ..
+  layer3``; 64 channels at 1/4 resolution); ``weights`` is the path of a published file.
 * ``small``: a compact 5-stage CNN (``stem, block1 .. block4`` with 16, 32, 64, 128, 128
   channels; 128 channels at 1/16 resolution, 0.6 M parameters, about 0.17 GMAC for a 224x224
   input) used for the built-in demo models, trainable on a 2-core CPU in minutes.
@@ -23,11 +26,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.hub import get_dir
 
 from ..errors import CheckpointError, suggest
+from .cifar import build_trunk
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ ENCODERS: dict[str, EncoderInfo] = {
                             torchvision_name="resnet18"),
     "resnet50": EncoderInfo("resnet50", 2048, ("layer2", "layer3", "layer4"), ("layer4",),
                             torchvision_name="resnet50"),
+    **{f"cifar-resnet{d}": EncoderInfo(f"cifar-resnet{d}", 64, ("layer1", "layer2", "layer3"),
+                                       ("layer3",)) for d in (20, 32, 44, 56)},
     "small": EncoderInfo("small", 128, ("block2", "block3", "block4"), ("block4",),
                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
 }
@@ -124,6 +130,8 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None) -> nn.Seq
         enc = _vgg16()
     elif name.startswith("resnet"):
         enc = _resnet(name)
+    elif name.startswith("cifar-resnet"):
+        enc = build_trunk(int(name[len("cifar-resnet"):]))
     else:
         enc = _small()
     if weights is None or str(weights).lower() == "none":
@@ -135,15 +143,52 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None) -> nn.Seq
         state = imagenet_state_dict(info.torchvision_name)
     else:
         state = _read_state_file(Path(weights))
+    load_state_strict(enc, encoder_state_for(name, state), source=str(weights))
+    return enc
+
+
+def encoder_state_for(name: str, state: dict) -> dict:
+    """A state dict saved from a whole network, as the keys of encoder ``name``: torchvision's
+    VGG ``features.N`` renamed, a ResNet's ``fc`` / a CIFAR ResNet's ``linear`` dropped, a
+    DataParallel ``module.`` prefix or a neuroprobe model's ``encoder.`` prefix removed."""
+    state = strip_prefix(state, "module.")
     if name == "vgg16" and any(k.startswith("features.") for k in state):
         state = _vgg16_from_torchvision(state)
     elif name.startswith("resnet"):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    elif name.startswith("cifar-resnet"):
+        state = {k: v for k, v in state.items() if not k.startswith("linear.")}
     # accept encoder state dicts saved from a whole model ("encoder.xxx")
     if state and all(k.startswith("encoder.") for k in state if not k.startswith("decoder")):
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    load_state_strict(enc, state, source=str(weights))
-    return enc
+    return state
+
+
+def strip_prefix(state: dict, prefix: str = "module.") -> dict:
+    """``state`` without ``prefix`` when every key carries it (``module.``: a model saved while
+    wrapped in ``nn.DataParallel`` / ``DistributedDataParallel``); otherwise unchanged."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def add_legacy_bn_counters(module: nn.Module, state: dict) -> dict:
+    """``state`` with a zero ``num_batches_tracked`` for every BatchNorm of ``module`` when the
+    state dict has none of them but all their running statistics: a file saved before torch
+    0.4.1 added that counter.  torch's own BatchNorm fills it with 0 the same way when it loads
+    such a state dict with its version metadata; the counter only matters for training with
+    ``momentum=None``.  Any other mismatch is left for :func:`load_state_strict` to report."""
+    counters = [f"{n}.num_batches_tracked" if n else "num_batches_tracked"
+                for n, m in module.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not counters or any(c in state for c in counters):
+        return state
+    if not all(c[:-len("num_batches_tracked")] + "running_mean" in state for c in counters):
+        return state
+    out = dict(state)
+    for c in counters:
+        out[c] = torch.tensor(0, dtype=torch.long)
+    return out
 
 
 def _read_state_file(path: Path) -> dict:
@@ -163,7 +208,11 @@ def _read_state_file(path: Path) -> dict:
 
 
 def load_state_strict(module: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` with an error that names missing/unexpected keys."""
+    """``load_state_dict(strict=True)`` with an error that names missing/unexpected keys.
+
+    Before comparing, a pre-0.4.1 state dict gets its BatchNorm counters
+    (:func:`add_legacy_bn_counters`); nothing else is filled in or dropped."""
+    state = add_legacy_bn_counters(module, state)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -192,7 +241,6 @@ def imagenet_state_dict(tv_name: str) -> dict:
 
     Raises :class:`CheckpointError` saying where to put the file when neither works.
     """
-    from torch.hub import get_dir
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(tv_name).IMAGENET1K_V1

@@ -1,18 +1,22 @@
-"""Built-in demo models, addressed by name (``--model demo``).
+"""Built-in demo models, addressed by name (``--model demo``): where their files are.
 
-The demo models (a small encoder pretrained on the synthetic world, and its frozen,
-fine-tuned and scene-tuned variants) are shipped in ``neuroprobe/_models/`` (regenerated bit for
-bit by ``python -m neuroprobe.train.demo --rebuild``); :mod:`neuroprobe.train.demo` rebuilds them
-into ``neuroprobe.resources.cache_dir() / "models"`` only if the shipped files are missing.
-``demo-random`` is the demo encoder with seeded random weights, a control for dissection.
+The zoo only finds files; it neither trains nor builds.  The demo models (a small encoder
+pretrained on the synthetic world, and its frozen, fine-tuned and scene-tuned variants) are
+shipped in ``neuroprobe/_models/`` (regenerated bit for bit by ``python -m neuroprobe.train.demo
+--rebuild``, which is where they are built); a set rebuilt into
+``neuroprobe.resources.cache_dir() / "models"`` is used when the shipped files are missing.
+``demo-random`` is the demo encoder with seeded random weights, a control for dissection: its
+file lives in that cache folder and is written by
+:func:`neuroprobe.models.checkpoint.random_control` the first time it is loaded.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..resources import cache_dir
 
-#: name -> variant built by :func:`neuroprobe.train.demo.build_demo`
+#: name -> variant built by :func:`neuroprobe.train.demo.build_demo` ("random": the control)
 BUILTIN = {
     "demo": "frozen",
     "demo-pretrained": "pretrained",
@@ -23,6 +27,9 @@ BUILTIN = {
     "demo-random": "random",
 }
 
+#: the folder of the shipped demo checkpoints (and their MANIFEST.json)
+SHIPPED = Path(__file__).resolve().parents[1] / "_models"
+
 
 def builtin_names() -> list[str]:
     return list(BUILTIN)
@@ -32,40 +39,43 @@ def is_builtin(name: str) -> bool:
     return name in BUILTIN
 
 
+def demo_file(variant: str, folder: Path | None = None) -> Path:
+    """The file of demo ``variant`` in ``folder`` (default: the shipped folder)."""
+    return Path(folder or SHIPPED) / f"demo-{variant}.pt"
+
+
+def cache_folder() -> Path:
+    """Where demo models rebuilt on this machine (and the random control) are kept."""
+    return cache_dir() / "models"
+
+
+def random_control_path(seed: int = 0) -> Path:
+    """The cache file of the random control with ``seed`` (it may not exist yet)."""
+    return cache_folder() / f"demo-random-seed{seed}.pt"
+
+
 def builtin_path(name: str) -> Path:
-    """Path of the cached checkpoint of a built-in model, building it if needed."""
+    """Path of the checkpoint of built-in model ``name``: the shipped file, else the one rebuilt
+    into the cache.  For ``demo-random`` the path of its cache file, which the loader writes on
+    first use.
+
+    Raises
+    ------
+    CheckpointError
+        For an unknown name, or when neither the shipped nor a rebuilt file exists (the message
+        names the command that rebuilds them).
+    """
     if name not in BUILTIN:
         raise CheckpointError(f"unknown built-in model {name!r}",
                               hint="one of " + ", ".join(BUILTIN))
     if BUILTIN[name] == "random":
-        return random_control()
-    try:
-        from ..train.demo import build_demo
-    except ImportError as err:  # pragma: no cover - the training module ships with neuroprobe
-        raise CheckpointError(f"built-in model {name!r} needs neuroprobe.train ({err})") from None
-    return build_demo(BUILTIN[name])
-
-
-def random_control(seed: int = 0) -> Path:
-    """The demo encoder's architecture with seeded random weights (a control for dissection:
-    what an untrained network of the same shape already 'detects').  Written once into the cache."""
-    import torch
-
-    from ..resources import cache_dir
-    from .adapters import build_encoder_only
-    from .checkpoint import load, save
-
-    pretrained_meta = load("demo-pretrained").metadata
-    path = cache_dir() / "models" / f"demo-random-seed{seed}.pt"
-    if not path.is_file():
-        state = torch.random.get_rng_state()
-        try:
-            torch.manual_seed(seed)
-            module = build_encoder_only("small")
-        finally:
-            torch.random.set_rng_state(state)
-        save(path, module, {"builder": "encoder", "kwargs": {"encoder": "small"}},
-             {"variant": "random", "task": "encoder", "seed": seed,
-              "input_size": pretrained_meta.get("input_size"),
-              "note": "random initialisation (seeded), the control for demo-pretrained"})
-    return path
+        return random_control_path()
+    for folder in (SHIPPED, cache_folder()):
+        path = demo_file(BUILTIN[name], folder)
+        if path.is_file():
+            return path
+    raise CheckpointError(
+        f"the built-in model {name!r} is not installed (neither {demo_file(BUILTIN[name])} nor "
+        f"{demo_file(BUILTIN[name], cache_folder())} exists)",
+        hint=f"build the demo models once with `python -m neuroprobe.train.demo --rebuild --out "
+        f"{cache_folder()}` (a few minutes), or reinstall neuroprobe")

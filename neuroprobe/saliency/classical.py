@@ -418,6 +418,22 @@ def itti_koch(image, *, levels: int = 9, centres=(2, 3, 4), deltas=(3, 4), map_l
     -------
     (H, W) map, or ``(map, dict)`` with ``return_maps=True``.
     """
+    st, (h, w) = _itti_features(image)
+    consp = _itti_conspicuity(st, levels, centres, deltas, map_level)
+    sal = (consp["intensity"] + consp["colour"] + consp["orientation"]) / 3.0
+    out = resize_map(sal, (h, w))
+    out = _normalise01(np.maximum(out, 0, out=out if out is not sal else None), inplace=True)
+    if blur_sigma:
+        out = _normalise01(ndimage.gaussian_filter(out, blur_sigma, mode="nearest"))
+    if return_maps:
+        return out, {k: _normalise01(np.maximum(resize_map(v, (h, w)), 0))
+                     for k, v in consp.items()}
+    return out
+
+
+def _itti_features(image) -> tuple[np.ndarray, tuple[int, int]]:
+    """The feature planes of :func:`itti_koch`: a ``(3, H, W)`` float32 stack of intensity,
+    ``RG = R - G`` and ``BY = B - Y`` (the formulas of its docstring), and the image's size."""
     planes = _planes32(image)  # (3, H, W) float32, our own copy
     h, w = planes.shape[1:]
     # the features (intensity, RG, BY) go straight into one (3, H, W) stack; the arithmetic
@@ -452,7 +468,13 @@ def itti_koch(image, *, levels: int = 9, centres=(2, 3, 4), deltas=(3, 4), map_l
     t3 -= bn
     np.maximum(t3, 0, out=t3)
     np.subtract(t2, t3, out=st[2])  # BY = B - Y
-    del t1, t2, t3, half, planes
+    return st, (int(h), int(w))
+
+
+def _itti_conspicuity(st: np.ndarray, levels: int, centres, deltas,
+                      map_level: int) -> dict[str, np.ndarray]:
+    """The normalised conspicuity maps ``{"intensity", "colour", "orientation"}`` of
+    :func:`itti_koch` at ``map_level``, from the feature stack of :func:`_itti_features`."""
     # channel-first pyramid and feature stacks (each map contiguous)
     cpyr = gaussian_pyramid(st, levels, axes=(1, 2))
     first = min(centres)
@@ -479,17 +501,8 @@ def itti_koch(image, *, levels: int = 9, centres=(2, 3, 4), deltas=(3, 4), map_l
     o_bar = np.zeros(shape)
     for t in range(n_orient):
         o_bar += itti_normalise(acc[2 + t])
-    consp = {"intensity": itti_normalise(acc[0]), "colour": itti_normalise(acc[1]),
-             "orientation": itti_normalise(o_bar)}
-    sal = (consp["intensity"] + consp["colour"] + consp["orientation"]) / 3.0
-    out = resize_map(sal, (h, w))
-    out = _normalise01(np.maximum(out, 0, out=out if out is not sal else None), inplace=True)
-    if blur_sigma:
-        out = _normalise01(ndimage.gaussian_filter(out, blur_sigma, mode="nearest"))
-    if return_maps:
-        return out, {k: _normalise01(np.maximum(resize_map(v, (h, w)), 0))
-                     for k, v in consp.items()}
-    return out
+    return {"intensity": itti_normalise(acc[0]), "colour": itti_normalise(acc[1]),
+            "orientation": itti_normalise(o_bar)}
 
 
 _LUT32 = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)

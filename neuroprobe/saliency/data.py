@@ -27,16 +27,16 @@ Baselines built from fixations: :func:`inter_observer` (leave one observer out) 
 """
 from __future__ import annotations
 
-import csv
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .. import download as dl
 from ..errors import DataFormatError, UserError, suggest
 from .fixations import Fixations, read_subjects_mat
+from .metrics import GroundTruth, gaussian_density, mit_sigma
 
 __all__ = ["FixationDataset", "load_osie", "load_eyecrowd", "read_salicon_json",
            "read_salicon_mat", "read_mit1003", "read_csv", "open_dataset", "fetch_repository",
@@ -82,17 +82,13 @@ class FixationDataset:
 
     def load_image(self, i: int) -> np.ndarray:
         """Image ``i`` as ``(H, W, 3)`` float in [0, 1]."""
-        from skimage.io import imread
+        from ..imageio import read_image
 
         path = self.image_paths[i]
         if path is None:
             raise UserError(f"{self.name}: no image file for {self.fixations[i].image}",
-                            hint="give the folder with the images")
-        img = imread(str(path))
-        if img.ndim == 2:
-            img = np.repeat(img[:, :, None], 3, axis=2)
-        img = img[:, :, :3]
-        return img.astype(np.float64) / (255.0 if img.dtype == np.uint8 else 1.0)
+                            hint="give the folder with the images (--images DIR)")
+        return read_image(path).astype(np.float64) / 255.0
 
     def subset(self, n: int | None) -> "FixationDataset":
         """The first ``n`` images (all when n is None)."""
@@ -163,8 +159,6 @@ def _find_layout(folder: Path) -> Path:
 def fetch_repository(name: str, out, *, mirror: str | None = None) -> Path:
     """Download the public repository archive of ``osie`` or ``eyecrowd`` into ``out`` (once)
     with :func:`neuroprobe.download.download`, extract it safely, and return the data folder."""
-    from .. import download as dl
-
     if name not in REPOSITORIES:
         raise UserError(f"no repository archive known for {name!r}",
                         hint="known: " + ", ".join(REPOSITORIES))
@@ -186,10 +180,9 @@ def read_salicon_json(path, images_root=None) -> FixationDataset:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"SALICON fixation file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{path} is not JSON ({err})") from None
+    from ..io import read_json
+
+    data = read_json(path, "SALICON fixation file")
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DataFormatError(f"{path} is not a SALICON 2015 fixation file",
                               hint="expected COCO-style keys 'images' and 'annotations' with "
@@ -304,10 +297,9 @@ def read_mit1003(folder, images_root=None, drop_first: bool = True) -> FixationD
         if images_root is not None:
             path = Path(images_root) / image
             if path.is_file():
-                from PIL import Image
+                from ..imageio import image_size
 
-                with Image.open(path) as im:
-                    size = (im.height, im.width)
+                size = image_size(path)
             else:
                 path = None
         fx = Fixations(image, np.concatenate(xs), np.concatenate(ys), np.concatenate(obs), None,
@@ -323,42 +315,68 @@ def read_mit1003(folder, images_root=None, drop_first: bool = True) -> FixationD
 def read_csv(path, images_root=None, sizes: dict | None = None) -> FixationDataset:
     """A generic CSV with a header and columns ``image,x,y,observer`` (0-based pixels, pixel
     centres at integers), optionally ``width,height``.  Without size columns the size comes from
-    ``sizes`` or from the image file in ``images_root``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"fixation CSV {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        need = ["image", "x", "y", "observer"]
-        if any(c not in cols for c in need):
-            raise DataFormatError(f"{path}: the header must name image,x,y,observer (found "
-                                  f"{','.join(cols) or 'nothing'})")
-        per: dict[str, list] = {}
-        dims: dict[str, tuple[int, int]] = {}
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                x, y, o = float(row["x"]), float(row["y"]), int(row["observer"])
-                if "width" in cols and "height" in cols and row["width"]:
-                    dims[row["image"]] = (int(row["height"]), int(row["width"]))
-            except (TypeError, ValueError):
-                raise DataFormatError(f"{path}, line {lineno}: x, y must be numbers and "
-                                      "observer an integer") from None
-            per.setdefault(row["image"], []).append((x, y, o))
-    fixes, paths = [], []
-    for image, rows in per.items():
-        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-        p = Path(images_root) / image if images_root else None
-        size = dims.get(image) or (sizes or {}).get(image)
-        if size is None and p is not None and p.is_file():
-            from PIL import Image
+    ``sizes`` or from the image file in ``images_root``.
 
-            with Image.open(p) as im:
-                size = (im.height, im.width)
+    The ``image`` column names files relative to ``images_root``: a name that leads outside it
+    (an absolute path, ``..``, a link out of the folder) is refused, so a data-set file cannot
+    make neuroprobe read any file on the machine.  The file is read by :func:`neuroprobe.io.
+    read_csv` (UTF-8, with or without a byte-order mark).
+    """
+    from ..io import read_csv as _read_csv
+
+    path = Path(path)
+    _, rows = _read_csv(path, ("image", "x", "y", "observer"), what="fixation CSV",
+                        missing_hint="check --data csv:FILE",
+                        format_hint="the header must name image,x,y,observer "
+                        "(optionally width,height)")
+    root = Path(images_root).expanduser() if images_root else None
+    if root is not None and not root.is_dir():
+        raise DataFormatError(f"image folder {root} does not exist or is not a folder",
+                              hint="check --images DIR")
+    per: dict[str, list] = {}
+    dims: dict[str, tuple[int, int]] = {}
+    first: dict[str, int] = {}
+    for lineno, row in enumerate(rows, start=2):
+        try:
+            x, y, o = float(row["x"]), float(row["y"]), int(row["observer"])
+            if row.get("width") and row.get("height"):
+                dims[row["image"]] = (int(row["height"]), int(row["width"]))
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{path}, line {lineno}: x, y must be numbers and "
+                                  "observer an integer (width, height whole numbers)") from None
+        if row["image"] in dims and min(dims[row["image"]]) < 1:
+            raise DataFormatError(f"{path}, line {lineno}: width and height must be positive")
+        first.setdefault(row["image"], lineno)
+        per.setdefault(row["image"], []).append((x, y, o))
+    fixes, paths = [], []
+    for image, rows_ in per.items():
+        arr = np.asarray(rows_, dtype=np.float64).reshape(-1, 3)
+        p = _inside(root, image, path, first[image]) if root is not None else None
+        size = dims.get(image) or (sizes or {}).get(image)
+        if size is None:
+            if p is None:
+                raise DataFormatError(f"{path}, line {first[image]}: the size of image {image!r} "
+                                      "is unknown", hint="pass --images DIR (the folder holding "
+                                      "the images) or add width,height columns to the CSV")
+            if not p.is_file():
+                raise DataFormatError(f"image {p} (named by {path}, line {first[image]}) does "
+                                      "not exist", hint="check --images DIR, or add width,height "
+                                      "columns to the CSV to score models that need no image")
+            from ..imageio import image_size
+
+            size = image_size(p)
         fixes.append(Fixations(image, arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int64), None,
                                size))
         paths.append(p if p is not None and p.is_file() else None)
     return FixationDataset("csv", fixes, paths, path.parent, "CSV x, y 0-based (no conversion)")
+
+
+def _inside(root: Path, name: str, csv_path: Path, lineno: int) -> Path:
+    """``root / name``, refused where it resolves (links followed) outside ``root``."""
+    from ..io import confined
+
+    return confined(root, name, source=f"{csv_path}, line {lineno}",
+                    hint="the image column must name files inside --images DIR, relative to it")
 
 
 SOURCES = {"osie": load_osie, "eyecrowd": load_eyecrowd, "salicon-2015": read_salicon_json,
@@ -398,8 +416,6 @@ def inter_observer(fixations: Fixations, shape=None, **gt_kwargs):
     pairs: the *prediction* is built from the fixations of all other observers and evaluated
     against the held-out observer's fixations.  Observers without fixations are skipped.
     """
-    from .metrics import GroundTruth
-
     shape = shape or fixations.size
     for o in np.unique(fixations.observer):
         held = fixations.observer == o
@@ -414,8 +430,6 @@ def centre_prior(dataset_fixations: list[Fixations], shape, exclude: int | None 
     """Centre-bias baseline from data: the density of all fixations of the *other* images
     (rescaled to ``shape``), blurred with a Gaussian (sigma in pixels, default the MIT-equivalent
     sigma of the shape).  Leaving image ``exclude`` out keeps it a fair baseline for that image."""
-    from .metrics import gaussian_density, mit_sigma
-
     rows, cols = [], []
     for i, f in enumerate(dataset_fixations):
         if i == exclude or len(f) == 0:

@@ -13,6 +13,7 @@ Model specs, as on the command line:
 """
 from __future__ import annotations
 
+import csv
 import math
 import warnings
 from pathlib import Path
@@ -20,14 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io import atomic_open, atomic_path, write_json, write_text
+from ..utils import model_device, progress, resolve_device, versions
 from . import classical
-from .metrics import (METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
-                      evaluate_protocols, leave_out_density, other_fixations)
+from .data import centre_prior, inter_observer
+from .metrics import (HIGHER_IS_BETTER, METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
+                      evaluate_protocols, leave_out_density, metric_title, other_fixations)
 
 BASELINES = ("observers", "prior", "uniform")
 
-__all__ = ["resolve_models", "checkpoint_model", "evaluate_dataset", "summarise",
-           "write_results", "BASELINES"]
+__all__ = ["NoFixationsWarning", "resolve_models", "checkpoint_model", "evaluate_dataset",
+           "summarise", "write_results", "BASELINES"]
 
 
 def checkpoint_model(spec: str, device: str = "cpu"):
@@ -40,7 +44,6 @@ def checkpoint_model(spec: str, device: str = "cpu"):
     import torch.nn.functional as F
 
     from ..models import load
-    from ..utils import resolve_device
 
     module, meta = load(spec, device=resolve_device(device))
     task = meta.get("task")
@@ -48,7 +51,7 @@ def checkpoint_model(spec: str, device: str = "cpu"):
         raise UserError(f"model {spec} is a {task} model, not a saliency model",
                         hint="give a saliency checkpoint (metadata task = saliency)")
     size = meta.get("input_size")
-    dev = next(module.parameters()).device if any(True for _ in module.parameters()) else "cpu"
+    dev = model_device(module)
 
     def run(image):
         img = classical.as_image(image)
@@ -95,8 +98,6 @@ def resolve_models(specs, device: str = "auto") -> dict:
 
 def _observer_scores(fx, gt, protocols, metrics, others, baseline, rng) -> dict:
     """Mean over observers of the leave-one-out scores of one image."""
-    from .data import inter_observer
-
     acc = {p: {m: [] for m in metrics} for p in protocols}
     for _, rest, held in inter_observer(fx, gt.shape, sigma=gt.sigma, cycles=gt.cycles):
         for p in protocols:
@@ -121,15 +122,38 @@ def evaluate_dataset(dataset, models: dict, protocols=PROTOCOLS, metrics=METRICS
     image ``i`` use ``default_rng([seed, i])`` for every model, so models see the same splits.
     """
     gts = [GroundTruth.from_fixations(f, f.size) for f in dataset.fixations]
+    _check_fixations(dataset, gts)
     with blas_single_thread():  # see neuroprobe.saliency.metrics.blas_single_thread
         return _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                               show_progress)
 
 
+class NoFixationsWarning(RuntimeWarning):
+    """Some images have no usable fixation (all NaN or outside the image): their scores are
+    n/a and the means leave them out."""
+
+
+def _check_fixations(dataset, gts) -> None:
+    """Refuse a data set in which no image has a fixation inside it (all NaN, all outside the
+    image: every score would be n/a); warn, naming them, when only some images have none."""
+    from ..errors import DataFormatError
+
+    empty = [dataset.fixations[i].image for i, gt in enumerate(gts) if len(gt) == 0]
+    if not empty:
+        return
+    examples = ", ".join(str(e) for e in empty[:3]) + (", ..." if len(empty) > 3 else "")
+    if len(empty) == len(gts):
+        raise DataFormatError(f"{dataset.name} data in {dataset.root}: no image has a fixation "
+                              f"inside its bounds (all NaN or outside the image; {examples})",
+                              hint="check the x, y columns (pixels, 0-based for csv) and the "
+                              "image sizes")
+    warnings.warn(f"{len(empty)} of {len(gts)} images have no fixation inside the image (all "
+                  f"NaN or outside): their scores are n/a and left out of the means ({examples})",
+                  NoFixationsWarning, stacklevel=3)
+
+
 def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                    show_progress) -> list[dict]:
-    from ..utils import progress
-
     rows = []
     base_cache: dict = {}
     for i in progress(range(len(gts)), desc=f"{dataset.name}: evaluating", unit="img",
@@ -151,8 +175,6 @@ def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                 if name == "uniform":
                     smap = np.ones(gt.shape)
                 elif name == "prior":
-                    from .data import centre_prior
-
                     smap = centre_prior(dataset.fixations, gt.shape, exclude=i)
                 elif fn is classical.centre_bias:
                     smap = classical.centre_bias(gt.shape)
@@ -205,8 +227,6 @@ def summarise(rows: list[dict], metrics) -> list[dict]:
 
 def markdown_table(summary: list[dict], metrics, title: str = "") -> str:
     """One table per protocol: models as rows, ``mean ± CI half-width`` per metric."""
-    from .metrics import HIGHER_IS_BETTER
-
     lines = [f"## {title}", ""] if title else []
     for protocol in dict.fromkeys(r["protocol"] for r in summary):
         lines.append(f"Protocol: `{protocol}` (mean ± 95% CI half-width over images)")
@@ -228,10 +248,6 @@ def markdown_table(summary: list[dict], metrics, title: str = "") -> str:
 
 
 def _write_csv(path, rows: list[dict]) -> None:
-    import csv
-
-    from ..io import atomic_open
-
     cols = list(rows[0]) if rows else []
     with atomic_open(path, "w") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -241,13 +257,12 @@ def _write_csv(path, rows: list[dict]) -> None:
 
 
 def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
-    """Bar chart: one panel per metric, models grouped, one bar per protocol, 95% CI bars."""
+    """Bar chart: one panel per metric (titled with its name and whether higher or lower is
+    better), models grouped, one bar per protocol, 95% CI bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
 
     models = list(dict.fromkeys(r["model"] for r in summary))
     protocols = list(dict.fromkeys(r["protocol"] for r in summary))
@@ -265,13 +280,14 @@ def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
             ax.bar(np.arange(len(models)) + j * width, vals, width, yerr=np.nan_to_num(errs),
                    label=p, capsize=2)
         ax.set_xticks(np.arange(len(models)) + width * (len(protocols) - 1) / 2)
-        ax.set_xticklabels(models, rotation=45, ha="right", fontsize=7)
-        ax.set_title(m, fontsize=9)
+        ax.set_xticklabels(models, rotation=45, ha="right", fontsize=8)
+        ax.set_title(metric_title(m), fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
     for k in range(len(metrics), nrow * cols):
         axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    axes[0][0].legend(fontsize=7, title="protocol", title_fontsize=7)
+    fig.suptitle((f"{title}: " if title else "") + "mean per image with 95% intervals",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -281,9 +297,6 @@ def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
 def write_results(out, rows, summary, metrics, config: dict, title: str = "") -> dict:
     """``per_image.csv``, ``summary.csv``, ``summary.md``, ``summary.png`` and ``config.json``
     (configuration and versions) in ``out``, each written atomically."""
-    from ..io import write_json, write_text
-    from ..utils import versions
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "per_image.csv", rows)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from .classical import resize_map
 
 FEATURES = ("colour", "orientation", "size")
 #: Graded target-distractor differences per feature (hue degrees, angle degrees, size ratio).
@@ -230,8 +231,6 @@ def score_array(smap, arr: SearchArray, max_fixations: int = 100) -> dict:
     """All pop-out metrics of one map on one array (IOR half a cell, hit within a quarter cell)."""
     smap = np.asarray(smap, dtype=np.float64)
     if smap.shape != arr.target_mask.shape:
-        from .classical import resize_map
-
         smap = resize_map(smap, arr.target_mask.shape)
     cell = arr.meta["cell"]
     n, found = fixations_to_target(smap, arr.target_mask, ior_radius=cell / 2,

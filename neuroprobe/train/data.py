@@ -23,7 +23,6 @@ of images is a pure function of the seed.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..concepts import open_concepts
 from ..errors import DataFormatError, UserError
-from ..saliency.fixations import Fixations
+from ..saliency.data import read_salicon_mat
+from ..saliency.fixations import Fixations, read_subjects_mat
+from ..utils import progress
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 DEMO_WORLD_SEED = 1
@@ -95,15 +97,14 @@ def load_image(path: Path, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[i
     original ``(height, width)``."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            orig = (im.height, im.width)
-            if orig != tuple(size):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except OSError as err:
-        raise DataFormatError(f"cannot read image {path}: {err}") from None
+    from ..imageio import read_image
+
+    rgb = read_image(path)
+    orig = rgb.shape[:2]
+    arr = rgb
+    if orig != tuple(size):
+        im = Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), orig
 
 
@@ -115,8 +116,6 @@ def _to_input_frame(fix: Fixations, orig: tuple[int, int], size: tuple[int, int]
 
 def _from_files(paths: list[Path], fixes: list[Fixations] | None, size, desc: str,
                 labels=None) -> ImageSet:
-    from ..utils import progress
-
     imgs, in_frame, original = [], [], []
     for i, p in enumerate(progress(paths, desc=f"loading {desc}", unit="img", leave=False)):
         im, orig = load_image(p, size)
@@ -134,8 +133,6 @@ def _from_files(paths: list[Path], fixes: list[Fixations] | None, size, desc: st
 # -- synthetic --------------------------------------------------------------------------------
 
 def synthetic_world(n: int, seed: int, size: tuple[int, int], observers: int = 15):
-    from ..concepts import open_concepts
-
     mask = (max(1, size[0] // 2), max(1, size[1] // 2))
     return open_concepts("synthetic", n=n, seed=seed, image_size=list(size),
                          mask_size=list(mask), observers=observers)
@@ -153,8 +150,6 @@ def load_synthetic(n: int, seed: int, size: tuple[int, int], min_fraction: float
     ``targets`` marks a recognition class present when it covers at least ``min_fraction`` of the
     mask pixels (tiny, occluded remnants are not asked for).
     """
-    from ..utils import progress
-
     world = synthetic_world(n, seed, size)
     rec = recognition_classes(world)
     rec_index = {lab.id: k for k, lab in enumerate(rec)}
@@ -201,8 +196,6 @@ def osie_root(arg: str | None) -> Path:
 def load_osie(arg: str | None, size, n_train: int = 500, limit: int | None = None,
               split: str = "both") -> tuple[ImageSet | None, ImageSet | None]:
     """OSIE's first ``n_train`` images (sorted by name) to train, the rest to validate/test."""
-    from ..saliency.fixations import read_subjects_mat
-
     root = osie_root(arg)
     fix = read_subjects_mat(root / "fixations.mat")
     names = sorted(n for n in fix if (root / "stimuli" / n).is_file())
@@ -232,8 +225,6 @@ def load_salicon(arg: str, size, limit=None, val_limit=None):
         if not img_dir.is_dir() or not fix_dir.is_dir():
             raise DataFormatError(f"{root} lacks images/{split} or fixations/{split}",
                                   hint="expected the SALICON 2017 layout")
-        from ..saliency.data import read_salicon_mat
-
         ds = read_salicon_mat(fix_dir, images_root=img_dir).subset(lim)
         keep = [i for i, p in enumerate(ds.image_paths) if p is not None and p.is_file()]
         paths = [ds.image_paths[i] for i in keep]
@@ -254,11 +245,12 @@ def _folder_images(root: Path) -> list[Path]:
 
 
 def _read_csv(path: Path, need: tuple[str, ...]) -> list[dict]:
+    from ..io import read_csv
+
     if not path.is_file():
         raise UserError(f"CSV file {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = set(rows[0]) if rows else set()
+    header, rows = read_csv(path)
+    cols = set(header) if rows else set()
     if not rows or not set(need) <= cols:
         raise DataFormatError(f"{path} needs the columns {', '.join(need)} (found "
                               f"{', '.join(sorted(cols)) or 'no rows'})")
@@ -274,9 +266,13 @@ def load_folder_saliency(arg: str, size) -> ImageSet:
     paths = _folder_images(root)
     rows = _read_csv(root / "fixations.csv", ("image", "x", "y"))
     by = {}
-    for r in rows:
-        by.setdefault(_match(paths, r["image"]), []).append((float(r["x"]), float(r["y"]),
-                                                            int(r.get("observer") or 0)))
+    for line, r in enumerate(rows, start=2):
+        try:
+            point = (float(r["x"]), float(r["y"]), int(r.get("observer") or 0))
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{root / 'fixations.csv'}, line {line}: x, y must be numbers "
+                                  "and observer an integer") from None
+        by.setdefault(_match(paths, r["image"]), []).append(point)
     fixes = []
     for p in paths:
         pts = np.asarray(by.get(p.name, []), dtype=np.float64).reshape(-1, 3)

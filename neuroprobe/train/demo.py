@@ -23,10 +23,14 @@ The recipe (:data:`RECIPE`) runs with fixed seeds, deterministic algorithms and 
 Training images come from world seed 1; ``neuroprobe dissect`` uses seed 0, so the demo models
 are dissected on images they never saw.  :func:`build_demo` returns the shipped file, or builds
 the set into the cache (``neuroprobe.resources.cache_dir() / "models"``) when it is missing.
+Loading a built-in model by name (:mod:`neuroprobe.models.zoo`) never trains: it only finds
+these files.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -34,9 +38,13 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..io import atomic_open, sha256_file, write_json
+from ..models.zoo import SHIPPED, cache_folder, demo_file
+from ..utils import info, versions
+from .data import load_synthetic
+from .recipe import TrainConfig, deterministic, train
 
 VARIANTS = ("pretrained", "frozen", "finetune-last", "finetune-all", "scene")
-SHIPPED = Path(__file__).resolve().parents[1] / "_models"
 THREADS = 2
 
 #: The demo recipe.  Changing anything here changes the shipped files: rebuild them.
@@ -56,40 +64,23 @@ RECIPE = {
 }
 
 
-def demo_file(variant: str, folder: Path | None = None) -> Path:
-    return Path(folder or SHIPPED) / f"demo-{variant}.pt"
-
-
-def _cache_folder() -> Path:
-    from ..resources import cache_dir
-
-    return cache_dir() / "models"
-
-
 def build_demo(variant: str) -> Path:
     """Path of the demo checkpoint ``variant`` (pretrained | frozen | finetune-last |
     finetune-all | scene): the shipped file, else the cached one, else built into the cache."""
     if variant not in VARIANTS:
         raise CheckpointError(f"unknown demo variant {variant!r}", hint=", ".join(VARIANTS))
-    for folder in (SHIPPED, _cache_folder()):
+    for folder in (SHIPPED, cache_folder()):
         path = demo_file(variant, folder)
         if path.is_file():
             return path
-    from ..utils import info
-
     info("the demo models are not shipped with this installation; building them into "
-         f"{_cache_folder()} (a few minutes, once)")
-    rebuild(_cache_folder())
-    return demo_file(variant, _cache_folder())
+         f"{cache_folder()} (a few minutes, once)")
+    rebuild(cache_folder())
+    return demo_file(variant, cache_folder())
 
 
 def rebuild(out: Path, recipe: dict | None = None, quiet: bool = False) -> dict:
     """Train the five demo models into ``out`` and write ``MANIFEST.json``; returns it."""
-    from ..io import sha256_file, write_json
-    from ..utils import info, versions
-    from .data import load_synthetic
-    from .recipe import TrainConfig, deterministic, train
-
     r = dict(RECIPE if recipe is None else recipe)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,10 +132,6 @@ def canonical(path: Path, weights: str | None = None) -> None:
     ``archive``.  ``weights`` replaces the (folder-dependent) path of the pretrained encoder in
     the recorded training configuration.
     """
-    import io
-
-    from ..io import atomic_open
-
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if weights is not None:
         obj["metadata"]["train_config"]["weights"] = weights
@@ -171,8 +158,6 @@ def main(argv=None) -> int:
         for name, sha in m["files"].items():
             print(f"{sha}  {name}")
     if args.check:
-        import json
-
         want = json.loads((SHIPPED / "MANIFEST.json").read_text())["files"]
         with tempfile.TemporaryDirectory() as tmp:
             got = rebuild(Path(tmp))["files"]

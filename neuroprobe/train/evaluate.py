@@ -17,13 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..imageio import read_image
+from ..io import write_json, write_text
+from ..saliency.classical import get_model
+from ..saliency.metrics import evaluate_batch, ground_truths
+from ..utils import info, versions
+from .data import load_osie
+from .recipe import TrainConfig, build_model, fit, predict
+
 EVAL_METRICS = ("auc_judd", "sauc", "nss", "cc", "kl", "sim")
 
 
 def model_maps(model, data, batch_size: int = 16):
     """``i -> map`` at the original image size (bilinear upsampling of the model's output)."""
-    from .recipe import predict
-
     maps = predict(model, data, batch_size, desc="saliency maps")
 
     def get(i):
@@ -37,17 +43,13 @@ def model_maps(model, data, batch_size: int = 16):
 
 def classical_maps(name: str, data):
     """``i -> map`` of a classical model on the original image."""
-    from PIL import Image
-
-    from ..saliency.classical import get_model
 
     fn = get_model(name)
 
     def get(i):
         if name.startswith("centre"):
             return fn(tuple(data.original[i].size))
-        with Image.open(data.paths[i]) as im:
-            return fn(np.asarray(im.convert("RGB")))
+        return fn(read_image(data.paths[i]))
 
     return get
 
@@ -56,9 +58,6 @@ def evaluate_models(models: dict, data, protocols=("mit",), metrics=EVAL_METRICS
                     seed: int = 0) -> dict:
     """Mean (and standard error) of each metric for each ``name -> (i -> map)``; every model
     shares the same ground truths (computed once)."""
-    from ..saliency.metrics import evaluate_batch, ground_truths
-    from ..utils import info
-
     gts = ground_truths(data.original)
     out = {}
     for name, get in models.items():
@@ -89,11 +88,6 @@ def run_osie(root: str | None, out: Path, *, encoder: str = "small", weights: st
              epochs: int = 5, input_size=(224, 224), lr: float = 5e-3, batch_size: int = 5,
              classical=("centre", "spectral", "signature", "itti"), protocols=("mit",),
              train_limit: int | None = None, test_limit: int | None = None) -> dict:
-    from ..io import write_json, write_text
-    from ..utils import versions
-    from .data import load_osie
-    from .recipe import TrainConfig, build_model, fit
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import pickle
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,8 +47,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, UserError
-from ..models.encoders import encoder_info
+from ..io import _json_default, atomic_path, save_torch
+from ..models import zoo
+from ..models.adapters import DECODERS, Normalize, SaliencyModel, SceneModel, build_encoder_only
+from ..models.checkpoint import save
+from ..models.encoders import build_encoder, encoder_info, encoder_state_for, load_state_strict
+from ..saliency.metrics import (evaluate_batch, gaussian_density, ground_truths,
+                                metric_title, mit_sigma)
+from ..utils import info, model_device, progress, versions
 from . import losses as L
+from .data import load_task_data
 
 VARIANTS = ("frozen", "finetune-last", "finetune-all")
 TASKS = ("saliency", "scene", "recognition")
@@ -121,9 +132,6 @@ class RecognitionModel(nn.Module):
 
     def __init__(self, encoder: str = "small", num_classes: int = 14, weights=None):
         super().__init__()
-        from ..models.adapters import Normalize
-        from ..models.encoders import build_encoder
-
         info = encoder_info(encoder)
         self.normalize = Normalize(info.mean, info.std)
         self.encoder = build_encoder(encoder, weights)
@@ -140,9 +148,6 @@ def encoder_state(weights: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist",
                               hint="pass --weights imagenet, none, demo or an existing file")
-    import pickle
-    import warnings
-
     try:
         with warnings.catch_warnings():   # torch's pickle-protocol notes are not for users
             warnings.simplefilter("ignore")
@@ -166,8 +171,6 @@ def encoder_state(weights: str) -> dict:
 
 def build_encoder_weights(name: str, weights):
     """An encoder from ``weights`` = none | imagenet | demo | PATH (see :func:`encoder_state`)."""
-    from ..models.encoders import build_encoder, load_state_strict
-
     w = None if weights is None else str(weights)
     if w is None or w.lower() in ("none", "imagenet"):
         return build_encoder(name, None if w is None or w.lower() == "none" else "imagenet")
@@ -175,18 +178,15 @@ def build_encoder_weights(name: str, weights):
         if name != "small":
             raise CheckpointError(f"--weights demo is the pretrained small encoder, not {name}",
                                   hint="use --encoder small, or --weights imagenet|none|PATH")
-        from .demo import build_demo
-
-        w = str(build_demo("pretrained"))
+        w = str(zoo.builtin_path("demo-pretrained"))
     enc = build_encoder(name, None)
-    load_state_strict(enc, {k: v.float() for k, v in encoder_state(w).items()}, source=w)
+    state = encoder_state_for(name, encoder_state(w))  # e.g. a CIFAR file's module./linear.
+    load_state_strict(enc, {k: v.float() for k, v in state.items()}, source=w)
     return enc
 
 
 def build_model(cfg: TrainConfig, num_classes: int | None = None) -> tuple[nn.Module, dict]:
     """The module of a task with its encoder weights, and its architecture spec."""
-    from ..models.adapters import DECODERS, SaliencyModel, SceneModel
-
     info = encoder_info(cfg.encoder)
     torch.manual_seed(cfg.seed)
     enc = build_encoder_weights(cfg.encoder, cfg.weights)
@@ -244,8 +244,6 @@ def fixation_maps(fixations: list, size: tuple[int, int]) -> torch.Tensor:
 def densities(fixations: list, size: tuple[int, int], sigma: float | None) -> torch.Tensor:
     """Fixation densities ``(B, 1, H, W)`` (Gaussian, sigma in pixels; see
     :func:`neuroprobe.saliency.metrics.gaussian_density`)."""
-    from ..saliency.metrics import gaussian_density, mit_sigma
-
     s = float(sigma) if sigma else mit_sigma(size)
     out = torch.zeros((len(fixations), 1, *size))
     for i, f in enumerate(fixations):
@@ -262,17 +260,13 @@ def _batch_images(data, idx, device=None) -> torch.Tensor:
     return (x if device is None else x.to(device)).float().div_(255.0)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=g)
 
 
 def compute_loss(model, cfg: TrainConfig, data, idx, loss_weights=None):
-    dev = _device(model)
+    dev = model_device(model)
     x = _batch_images(data, idx, dev)
     if cfg.task == "saliency":
         pred = model(x)
@@ -292,8 +286,6 @@ def compute_loss(model, cfg: TrainConfig, data, idx, loss_weights=None):
 @torch.no_grad()
 def predict(model: nn.Module, data, batch_size: int = 16, desc: str | None = None):
     """Model outputs for every image of ``data`` (maps ``(N, H, W)`` or logits ``(N, K)``)."""
-    from ..utils import progress
-
     model.eval()
     outs = []
     starts = range(0, len(data), batch_size)
@@ -301,7 +293,7 @@ def predict(model: nn.Module, data, batch_size: int = 16, desc: str | None = Non
         starts = progress(starts, desc=desc, unit="batch", leave=False)
     for s in starts:
         idx = torch.arange(s, min(s + batch_size, len(data)))
-        out = model(_batch_images(data, idx, _device(model)))
+        out = model(_batch_images(data, idx, model_device(model)))
         outs.append((out[:, 0] if out.dim() == 4 else out).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
@@ -311,8 +303,6 @@ def validate(model: nn.Module, cfg: TrainConfig, data) -> dict:
     ``cfg.val_protocol``), scene accuracy, or recognition mean average precision."""
     out = predict(model, data, max(cfg.batch_size, 8))
     if cfg.task == "saliency":
-        from ..saliency.metrics import evaluate_batch, ground_truths
-
         gts = ground_truths([np.asarray(f, np.float64) for f in data.fixations],
                             shapes=[cfg.input_size] * len(data))
         rows = evaluate_batch(out.numpy().astype(np.float64), gts, (cfg.val_protocol,),
@@ -373,10 +363,6 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
 
     Returns the history (a list of per-epoch dicts) inside a summary dict.
     """
-    from ..io import atomic_path
-    from ..models.checkpoint import save
-    from ..utils import info, progress, versions
-
     out = Path(out)
     if device is not None:
         model.to(device)
@@ -437,18 +423,15 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
                         input_size=list(cfg.input_size), versions=versions())
             to_save = model
             if cfg.task == "recognition":
-                from ..models.adapters import build_encoder_only
-
                 to_save = build_encoder_only(cfg.encoder, None)
                 to_save.encoder.load_state_dict(model.encoder.state_dict())
             if save_dtype is not None:
                 to_save = copy.deepcopy(to_save).to(save_dtype)
             save(out, to_save, arch, plain(meta))
-            with atomic_path(rpath) as tmp:
-                torch.save({"config": cfg.to_dict(), "epoch": epoch + 1, "history": history,
-                            "model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state()}, tmp)
+            save_torch({"config": cfg.to_dict(), "epoch": epoch + 1, "history": history,
+                        "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "torch_rng": torch.get_rng_state()}, rpath)
     if plot and history:
         plot_curve(history, out.with_suffix(".curve.png"), title=f"{cfg.task} {cfg.variant} "
                    f"({cfg.encoder}, {cfg.data})")
@@ -458,10 +441,6 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
 def plain(obj):
     """A JSON round trip: plain dicts, lists, str, numbers (``torch.load(weights_only=True)``
     refuses str subclasses such as ``torch.__version__``)."""
-    import json
-
-    from ..io import _json_default
-
     def default(o):
         try:
             return _json_default(o)
@@ -472,35 +451,36 @@ def plain(obj):
 
 
 def plot_curve(history: list[dict], path: Path, title: str = "") -> Path:
-    """Training loss and validation scores per epoch, as a PNG (written atomically)."""
+    """Training loss and each validation score per epoch, one panel each (every panel says
+    whether higher or lower is better), as a PNG (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
+    from matplotlib.ticker import MaxNLocator
 
     ep = [h["epoch"] for h in history]
     vals = sorted(k for k in history[0] if k.startswith("val_"))
-    fig, axes = plt.subplots(1, 1 + bool(vals), figsize=(5 + 4 * bool(vals), 3.4), squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", color="C0")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    if vals:
-        ax2 = axes[0, 1]
-        for k, key in enumerate(vals):
-            ys = [h.get(key, math.nan) for h in history]
-            ax2.plot(ep, ys, "o-", color=f"C{k + 1}", label=key[4:])
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("validation")
-        ax2.legend(fontsize=8)
-        ax2.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
+    panels = [("train_loss", "training loss (lower is better)")] + [
+        (k, "validation " + metric_title(k[4:])) for k in vals]
+    cols = min(3, len(panels))
+    nrow = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(3.8 * cols, 2.9 * nrow + 0.5),
+                             squeeze=False)
+    for k, (key, name) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        ax.plot(ep, [h.get(key, math.nan) for h in history], "o-", color=f"C{k}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for k in range(len(panels), nrow * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
 
@@ -511,8 +491,6 @@ def train(cfg: TrainConfig, out, *, resume: bool = False, data=None, metadata=No
 
     ``data`` = ``(train, val, description)`` skips loading (used by the demo builder).
     """
-    from .data import load_task_data
-
     early = None
     if cfg.task == "saliency":  # weights problems surface before minutes of data loading
         early = build_model(cfg)

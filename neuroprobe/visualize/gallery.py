@@ -7,10 +7,15 @@ Each unit's card shows
   bilinearly to the image and the boundary of ``map > threshold`` is drawn (threshold from
   ``units.csv``; for region-NSS runs, which have no threshold, the top 0.5% of the unit's values
   on its top images);
-* the unit's label, category and score (IoU, or region-NSS);
+* the unit's label, category and score (IoU, or region-NSS), its threshold, and one statistic
+  for every image: the **peak** of the unit's map (under each top image, for the best one and
+  for the maximization image in the subtitle, with the maximization's ratio to the threshold
+  and to the best image, and "threshold NOT reached" when it stays below);
 * an activation-maximization image (:mod:`neuroprobe.visualize.maximize`);
-* an attribution map (integrated gradients of the unit on its top image, through Captum,
-  :mod:`neuroprobe.visualize.attribute`) drawn over that image.
+* an attribution map (integrated gradients by default, any method of
+  :mod:`neuroprobe.visualize.attribute`, of the unit on its top image, through Captum) drawn
+  in colour over the greyed image: signed methods blue (-) / white / red (+), Grad-CAM-like
+  magnitudes in a sequential map; the method and a colour key sit under the tile.
 
 Cards are composed with Pillow (no plotting library in the per-unit loop), so hundreds of units
 take seconds once the model work is done.
@@ -22,17 +27,21 @@ set named in ``summary.json`` (one forward pass over the data set).
 """
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from ..engine.store import check_model
 from ..errors import DataFormatError, UserError
+from ..io import read_csv
+from ..utils import model_device
+
+if TYPE_CHECKING:   # annotations only: PIL is imported where a card is drawn
+    from PIL import Image
 
 __all__ = ["unit_card", "outline", "read_run", "top_images", "unit_maps", "render_units",
            "make_gallery", "unit_filename", "GalleryResult", "parse_units"]
@@ -80,7 +89,9 @@ def _resize(a: np.ndarray, tile: int) -> "Image.Image":
 
 
 def unit_card(images, maps, threshold: float, *, title: str, subtitle: str = "",
-              am_image=None, attribution=None, tile: int = 96, scores=None) -> "Image.Image":
+              am_image=None, attribution=None, tile: int = 96, scores=None,
+              am_caption: str = "maximization", attribution_caption: str = "attribution",
+              attribution_signed: bool | None = None) -> "Image.Image":
     """Compose one unit's card.
 
     Parameters
@@ -100,7 +111,12 @@ def unit_card(images, maps, threshold: float, *, title: str, subtitle: str = "",
     tile : int
         Edge of each square tile in pixels.
     scores : sequence of float, optional
-        The unit's top activation on each image, printed under the tile.
+        The peak of the unit's map on each image, printed under the tile ("peak 7.67").
+    am_caption, attribution_caption : str
+        Text under the maximization and attribution tiles (a second line may follow a "\n").
+    attribution_signed : bool, optional
+        Draw the attribution's colour key under its tile: blue-white-red from - to + for
+        signed maps, the sequential map from 0 to max for magnitudes (None: no key).
 
     Returns
     -------
@@ -110,15 +126,17 @@ def unit_card(images, maps, threshold: float, *, title: str, subtitle: str = "",
 
     k = len(images)
     extra = int(am_image is not None) + int(attribution is not None)
-    pad, head, foot = 4, 38, 14
+    pad, head = 4, 40
+    small = _font(max(10, min(12, tile // 8)))
+    line = small.size + 2 if hasattr(small, "size") else 12
+    foot = 2 * line + 2
     width = pad + (k + extra) * (tile + pad) + (8 if extra else 0)
     height = head + tile + foot + pad
     card = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(card)
-    draw.text((pad, 3), title, fill=(0, 0, 0), font=_font(14))
+    draw.text((pad, 3), title, fill=(0, 0, 0), font=_font(15))
     if subtitle:
-        draw.text((pad, 21), subtitle, fill=(70, 70, 70), font=_font(11))
-    small = _font(10)
+        draw.text((pad, 22), subtitle, fill=(60, 60, 60), font=_font(12))
     if k:
         up = torch.nn.functional.interpolate(
             torch.as_tensor(maps, dtype=torch.float32)[:, None], size=(tile, tile),
@@ -130,17 +148,36 @@ def unit_card(images, maps, threshold: float, *, title: str, subtitle: str = "",
         a[edge] = OUTLINE_RGB
         card.paste(Image.fromarray(a), (x, head))
         if scores is not None:
-            draw.text((x, head + tile + 1), f"{float(scores[i]):.3g}", fill=(90, 90, 90),
+            draw.text((x, head + tile + 1), f"peak {float(scores[i]):.3g}", fill=(60, 60, 60),
                       font=small)
         x += tile + pad
     x += 8 if extra else 0
-    for img, caption in ((am_image, "maximization"), (attribution, "attribution")):
+    for img, caption in ((am_image, am_caption), (attribution, attribution_caption)):
         if img is None:
             continue
         card.paste(_resize(_to_uint8(img), tile), (x, head))
-        draw.text((x, head + tile + 1), caption, fill=(90, 90, 90), font=small)
+        keyed = img is attribution and attribution_signed is not None
+        for n, text in enumerate(caption.split("\n")[:1 if keyed else 2]):
+            draw.text((x, head + tile + 1 + n * line), text, fill=(60, 60, 60), font=small)
+        if keyed:
+            _colour_key(card, draw, x, head + tile + 1 + line, tile, attribution_signed, small)
         x += tile + pad
     return card
+
+
+def _colour_key(card, draw, x: int, y: int, tile: int, signed: bool, font) -> None:
+    """A colour bar under the attribution tile with its ends marked (- / + or 0 / max)."""
+    from PIL import Image
+
+    from .attribute import colorbar_strip
+
+    lo, hi = ("-", "+") if signed else ("0", "max")
+    wl = draw.textlength(lo, font=font)
+    wh = draw.textlength(hi, font=font)
+    bar_w = max(8, int(tile - wl - wh - 6))
+    draw.text((x, y), lo, fill=(60, 60, 60), font=font)
+    card.paste(Image.fromarray(colorbar_strip(bar_w, 8, signed)), (int(x + wl + 3), y + 3))
+    draw.text((x + wl + bar_w + 6, y), hi, fill=(60, 60, 60), font=font)
 
 
 # -- reading a run ----------------------------------------------------------------------------------
@@ -159,12 +196,7 @@ def read_run(run_dir) -> tuple[list[dict], dict]:
     if not units_csv.is_file():
         raise UserError(f"{run} is not a dissection run folder: it has no units.csv",
                         hint="run `neuroprobe dissect ... --out DIR` first")
-    try:
-        with open(units_csv, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, ValueError, csv.Error) as err:
-        raise DataFormatError(f"cannot read {units_csv}: {err}",
-                              hint="rerun `neuroprobe dissect` into this folder") from None
+    _, rows = read_csv(units_csv, format_hint="rerun `neuroprobe dissect` into this folder")
     try:
         summary = json.loads(summary_json.read_text(encoding="utf-8")) \
             if summary_json.is_file() else {}
@@ -247,14 +279,9 @@ def top_images(model, dataset, layers: Sequence[str], k: int = 8, batch_size: in
             stats[name].add(acts[name].flatten(2).amax(2).float().cpu(), batch["index"])
 
     run_pass(model.eval(), dataset, list(layers), on_batch, batch_size=batch_size,
-             device=_device(model), labels=False, progress=show_progress, desc="top images")
+             device=model_device(model), labels=False, progress=show_progress,
+             desc="top images")
     return {name: (s.values, s.index) for name, s in stats.items()}
-
-
-def _device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def unit_maps(model, dataset, layer: str, indices: Sequence[int], batch_size: int = 32):
@@ -269,7 +296,7 @@ def unit_maps(model, dataset, layer: str, indices: Sequence[int], batch_size: in
         maps.append(acts[layer].float().cpu())
 
     run_pass(model, dataset, [layer], on_batch, indices=[int(i) for i in indices],
-             batch_size=batch_size, device=_device(model), labels=False)
+             batch_size=batch_size, device=model_device(model), labels=False)
     return torch.cat(images), torch.cat(maps)
 
 
@@ -292,8 +319,12 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
                  batch_size: int = 32, seed: int = 0, show_progress: bool = True) -> list[dict]:
     """Write one PNG per row of ``rows`` (units of a run) into ``out_dir/units``.
 
-    ``top``: ``{layer: (values, index)}`` top images per unit.  Returns one entry per unit
-    (the row plus ``png``, the path relative to ``out_dir``, and ``am_activation``).
+    ``top``: ``{layer: (values, index)}`` top images per unit.  Returns one entry per unit:
+    the row (numbers as numbers), ``png`` (the path relative to ``out_dir``), ``threshold``,
+    ``best_image_peak`` (the peak of the unit's map on its best data-set image; also kept as
+    ``top_activation``), ``maximization_peak`` (the same statistic on the maximization image),
+    ``reached_threshold``, ``am_activation`` (the optimiser's objective, the mean activation),
+    ``attribution`` and ``attribution_signed``.
     """
     from . import attribute as at
     from . import maximize as am
@@ -327,17 +358,21 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
             res = am.maximize_units(model, layer, units, size=size, steps=maximize_steps,
                                     seed=seed, batch_size=batch_size)
             am_imgs, am_acts = res.images, res.activations
+        am_peaks = None if am_imgs is None else _peaks(model, layer, am_imgs, units)
         overlays = [None] * len(units)
-        if attribution and attribution != "none":
+        method = at.canonical_method(attribution) if attribution and attribution != "none" else None
+        signed = method is not None and at.is_signed(method)
+        if method is not None:
             tops = torch.stack([images[pos[int(index[u, 0])]] for u in units])
             for s in range(0, len(units), batch_size):
                 chunk = tops[s:s + batch_size]
                 attr = at.attribute_units(model, layer, units[s:s + batch_size], chunk,
-                                          method=attribution, n_steps=n_steps,
+                                          method=method, n_steps=n_steps,
                                           internal_batch_size=internal_batch_size)
-                heat = at.attribution_map(attr).cpu()
+                heat = at.attribution_map(attr, signed=signed).cpu()
                 for j in range(len(chunk)):
-                    overlays[s + j] = at.overlay(chunk[j], heat[j])
+                    overlays[s + j] = at.overlay(chunk[j], heat[j], signed=signed,
+                                                 smooth=_blur(chunk.shape[-1]), **_DISPLAY)
         for j, r in enumerate(lrows):
             u = r["unit"]
             sel = [pos[int(i)] for i in index[u, :kk].tolist() if i >= 0]
@@ -345,28 +380,112 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
             thr = r.get("threshold")
             if thr is None or not np.isfinite(thr):
                 thr = float(torch.quantile(umaps.flatten(), 0.995)) if umaps.numel() else 0.0
+            best = float(values[u, 0])
+            am_peak = None if am_peaks is None else float(am_peaks[j])
             label = r.get("label") or "-"
             cat = r.get("category") or ""
             title = f"{layer}:{u}  {label}" + (f" ({cat})" if cat else "")
-            subtitle = f"{score_name} {r['score']:.3f}   threshold {thr:.3g}"
-            if am_acts is not None:
-                subtitle += f"   maximization reached {float(am_acts[j]):.3g}"
-            card = unit_card(images[sel], umaps, thr, title=title, subtitle=subtitle,
+            card = unit_card(images[sel], umaps, thr, title=title,
+                             subtitle=_subtitle(score_name, r["score"], thr, best, am_peak),
                              am_image=None if am_imgs is None else am_imgs[j],
                              attribution=overlays[j], tile=tile,
-                             scores=values[u, :len(sel)].tolist())
+                             scores=values[u, :len(sel)].tolist(),
+                             am_caption="maximization" + (
+                                 "" if am_peak is None else f"\npeak {am_peak:.3g}"),
+                             attribution_caption="" if method is None else
+                             at.method_label(method, short=True) + " on #1",
+                             attribution_signed=None if method is None else signed)
             name = unit_filename(layer, u)
             with atomic_path(out / "units" / name) as tmp:
                 card.save(tmp, format="PNG")
-            entries.append({**r, "png": f"units/{name}",
-                            "am_activation": None if am_acts is None else float(am_acts[j]),
-                            "top_activation": float(values[u, 0]),
-                            "threshold": thr})
+            entries.append(_entry(r, png=f"units/{name}", threshold=thr, best_image_peak=best,
+                                  maximization_peak=am_peak,
+                                  am_activation=None if am_acts is None else float(am_acts[j]),
+                                  attribution=method, attribution_signed=signed))
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
     return entries
+
+
+def _peaks(model, layer: str, am_images: torch.Tensor, units: Sequence[int]) -> list[float]:
+    """The peak of unit ``units[j]``'s map on maximization image ``j`` (the statistic the
+    top images are ranked by), so the card compares like with like."""
+    from ..hooks import record
+
+    with torch.no_grad():
+        out = record(model, am_images.to(model_device(model)), layer, clone=False)[layer]
+    return [float(out[j, int(u)].max()) for j, u in enumerate(units)]
+
+
+def _subtitle(score_name: str, score: float, thr: float, best: float,
+              am_peak: float | None) -> str:
+    """The card's second line: score, threshold, and the peaks of the best data-set image and
+    of the maximization image with their ratios (one statistic for both)."""
+    text = (f"{score_name} {score:.3f} (higher is better)   threshold {thr:.3g}   "
+            f"peak of best image {best:.3g}")
+    if am_peak is not None:
+        ratio = f"{am_peak / thr:.2f}x threshold" if thr > 0 else "threshold 0"
+        rel = f", {am_peak / best:.2f}x best image" if best > 0 else ""
+        text += (f"   maximization peak {am_peak:.3g} ({ratio}{rel}"
+                 + ("" if am_peak > thr else "; threshold NOT reached") + ")")
+    return text
+
+
+_TEXT_FIELDS = {"layer", "label", "category", "png", "attribution"}
+
+
+def _number(key: str, value):
+    """A ``units.csv`` cell as JSON wants it: numbers as numbers, detector flags as booleans,
+    empty cells as null, names as strings."""
+    if not isinstance(value, str) or key in _TEXT_FIELDS or key.endswith(("-label",
+                                                                             "-category")):
+        return value
+    if value == "":
+        return None
+    if key == "detector" or key.endswith("-detector"):
+        if value in ("1", "True", "true", "0", "False", "false"):
+            return value in ("1", "True", "true")
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _entry(row: dict, **fields) -> dict:
+    """One unit of ``gallery.json``: the ``units.csv`` row with numbers as numbers, plus what
+    the card shows (``best_image_peak``, ``maximization_peak``, ``reached_threshold``)."""
+    e = {k: _number(k, v) for k, v in row.items()}
+    e.update(fields)
+    e["top_activation"] = fields["best_image_peak"]          # the name before issue 16
+    peak, thr = fields.get("maximization_peak"), fields["threshold"]
+    e["reached_threshold"] = None if peak is None else bool(peak > thr)
+    return e
+
+
+#: how cards draw attribution maps: colour saturates at the 96th percentile of |map|, colour
+#: weight |h| ** 0.5 (weak regions stay visible at tile size)
+_DISPLAY = {"percentile": 96.0, "gamma": 0.5}
+
+
+def _blur(edge: int) -> float:
+    """Display blur of attribution maps on cards: 1/42 of the image edge (3 px at 128 px)."""
+    return edge / 42.0
+
+
+def _colour_map_note(attribution) -> str | None:
+    from . import attribute as at
+
+    if not attribution or attribution == "none":
+        return None
+    how = ("map summed over colour channels, blurred (Gaussian sigma 1/42 of the image edge), "
+           "colour saturated at the 96th percentile of its absolute value")
+    if at.is_signed(attribution):
+        return f"{at.CMAP_SIGNED} (diverging: blue negative, white 0, red positive); {how}"
+    return f"{at.CMAP_MAGNITUDE} (sequential: 0 to max); {how}"
 
 
 def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
@@ -384,9 +503,9 @@ def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
                         hint="pass --model PATH")
     if spec.startswith("stand-in:") and not model_spec:
         try:   # the dissect command's documented stand-in (random weights, fixed seed)
-            from ..commands.dissect import _stand_in
+            from ..models.standin import stand_in
 
-            model = _stand_in()[0].to(device)
+            model = stand_in()[0].to(device)
         except (ImportError, AttributeError):
             raise UserError(f"cannot rebuild the run's stand-in model {spec!r}",
                             hint="pass --model PATH") from None
@@ -503,6 +622,7 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     config = {"run": str(run), "top_k": top_k, "maximize_steps": maximize_steps,
               "maximize_size": maximize_size, "attribution": attribution, "n_steps": n_steps,
               "tile": tile, "seed": seed, "units": len(entries), "score_name": score_name,
+              "attribution_colour_map": _colour_map_note(attribution),
               "run_config_hash": summary.get("config_hash")}
     write_json(out / "gallery.json", {"config": config, "versions": versions(),
                                       "units": entries})
@@ -510,5 +630,9 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     if report:
         from .report import write_report
 
-        page = write_report(out, entries, summary, run_dir=run, score_name=score_name)
+        picked = [w for w, on in (("detector units only", detectors_only),
+                                   (f"the best {max_units} by score", max_units is not None),
+                                   ("units chosen with --units", units is not None)) if on]
+        page = write_report(out, entries, summary, run_dir=run, score_name=score_name,
+                            selection="; ".join(picked))
     return GalleryResult(out, [out / e["png"] for e in entries], page, entries)

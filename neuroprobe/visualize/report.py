@@ -18,7 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["write_report", "render_html", "summary_plot"]
+from ..io import atomic_path, write_text
+
+__all__ = ["write_report", "render_html", "summary_plot", "scores_figure"]
 
 
 def _e(value) -> str:
@@ -33,7 +35,7 @@ header h1{margin:0 0 4px 0;font-size:20px}
 header .meta{font-size:13px;opacity:.85}
 main{padding:14px 22px}
 .plots{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:12px}
-.plots img{max-width:100%;height:auto;max-height:380px;background:#fff;border:1px solid #ddd}
+.plots img{max-width:100%;height:auto;background:#fff;border:1px solid #ddd}
 .index{display:flex;flex-wrap:wrap;gap:24px;font-size:13px;margin-bottom:10px}
 .index h2{font-size:14px;margin:4px 0}
 .index ul{list-style:none;padding:0;margin:0;columns:3;column-gap:18px;max-width:760px}
@@ -148,6 +150,24 @@ def _index_list(kind: str, values: Sequence[str], counts: Counter) -> str:
     return f"<ul>{items}</ul>" if items else '<p class="empty">none</p>'
 
 
+def _peaks_text(e: dict) -> str:
+    """The card's statistics: the peak of the unit's map on the maximization image and on the
+    best data-set image (one statistic for both), with the threshold."""
+    best = e.get("best_image_peak", e.get("top_activation"))
+    peak = e.get("maximization_peak")
+    thr = e.get("threshold")
+    parts = []
+    if peak is not None:
+        ratio = f" = {float(peak) / float(thr):.2f}x threshold" if thr else ""
+        miss = "" if thr is None or float(peak) > float(thr) else ", threshold not reached"
+        parts.append(f"maximization image: peak {float(peak):.3g}{ratio}{miss}")
+    if best:
+        parts.append(f"best data-set image: peak {float(best):.3g}")
+    if thr is not None and parts:
+        parts.append(f"threshold {float(thr):.3g}")
+    return "".join(f" &middot; {_e(p)}" for p in parts)
+
+
 def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
                 plots: Sequence[str] = (), title: str | None = None) -> str:
     """The report page as a string (see :func:`write_report`).
@@ -168,9 +188,16 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
     cat_order = sorted(c for c in cats if c)
     meta = [f"model <b>{_e(model)}</b>", f"concepts <b>{_e(concepts)}</b>",
             f"mode {_e(cfg.get('mode', '?'))}", f"score {_e(score_name)}",
-            f"{len(entries)} units", f"{detectors} detectors"]
+            f"{len(entries)} unit{'' if len(entries) == 1 else 's'}",
+            f"{detectors} detector{'' if detectors == 1 else 's'}"]
     if cfg.get("iou_threshold") is not None and score_name == "IoU":
         meta.append(f"IoU threshold {_e(cfg.get('iou_threshold'))}")
+    method = next((e.get("attribution") for e in entries if e.get("attribution")), None)
+    if method:
+        colours = ("blue negative, red positive" if entries[0].get("attribution_signed", True)
+                   else "dark blue 0 to yellow max")
+        meta.append(f"attribution {_e(str(method).replace('_', ' '))} ({colours})")
+    meta.append("outlined: region above the unit's threshold; peak: the map's maximum")
     versions = summary.get("versions", {}) if summary else {}
     if versions.get("neuroprobe"):
         meta.append(f"neuroprobe {_e(versions['neuroprobe'])}")
@@ -179,11 +206,7 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
         label = e.get("label") or "-"
         cat = e.get("category") or ""
         score = float(e.get("score") or 0.0)
-        extra = ""
-        if e.get("am_activation") is not None and e.get("top_activation"):
-            extra = (f" &middot; maximization image: mean activation "
-                     f"{float(e['am_activation']):.3g}; best data-set image: peak "
-                     f"{float(e['top_activation']):.3g}")
+        extra = _peaks_text(e)
         cards.append(
             f'<div class="card" id="u-{i}" data-layer="{_e(e["layer"])}" '
             f'data-unit="{_e(e["unit"])}" data-label="{_e(label)}" data-category="{_e(cat)}" '
@@ -228,53 +251,96 @@ def render_html(entries: list[dict], summary: dict, *, score_name: str = "IoU",
 """
 
 
-def summary_plot(path, entries: list[dict], score_name: str = "IoU") -> None:
-    """Histogram of unit scores per layer and the most frequent concepts, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def summary_plot(path, entries: list[dict], score_name: str = "IoU", summary: dict | None = None,
+                 selection: str = "") -> None:
+    """Write :func:`scores_figure` as ``path`` (a PNG, atomically)."""
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
-
-    layers = list(dict.fromkeys(e["layer"] for e in entries))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    for layer in layers:
-        axes[0].hist([float(e["score"]) for e in entries if e["layer"] == layer], bins=30,
-                     alpha=0.6, label=layer.replace("$", r"\$"))
-    axes[0].set_xlabel(score_name)
-    axes[0].set_ylabel("units")
-    axes[0].set_title(f"{score_name} of every unit, per layer", fontsize=10)
-    if layers:
-        axes[0].legend(fontsize=7)
-    top = Counter(e.get("label") or "-" for e in entries).most_common(15)
-    if top:
-        axes[1].barh(range(len(top)), [c for _, c in top][::-1], color="tab:orange")
-        axes[1].set_yticks(range(len(top)))
-        # a "$" in a label would start matplotlib mathtext
-        axes[1].set_yticklabels([n.replace("$", r"\$") for n, _ in top][::-1], fontsize=7)
-    axes[1].set_xlabel("units whose best label it is")
-    axes[1].set_title("most frequent unit labels", fontsize=10)
-    fig.tight_layout()
+    fig = scores_figure(entries, score_name, summary, selection)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
+def scores_figure(entries: list[dict], score_name: str = "IoU", summary: dict | None = None,
+                  selection: str = ""):
+    """``scores.png``: the scores of the drawn units per layer and their most
+    frequent labels (bars coloured by category), titled with model, concept set, layers and
+    which units were drawn (``selection``, e.g. "detector units only")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    from ..results import category_colour, run_names
+
+    def tex(text) -> str:   # a "$" in a name would start matplotlib mathtext
+        return str(text).replace("$", r"\$")
+
+    layers = sorted(dict.fromkeys(e["layer"] for e in entries))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    which = f"{len(entries)} {'unit' if len(entries) == 1 else 'units'}" + (
+        f", {selection}" if selection else "")
+    scores = {layer: [float(e["score"]) for e in entries if e["layer"] == layer]
+              for layer in layers}
+    if len(entries) <= 60:      # few units: every unit a dot, one row per layer
+        for k, layer in enumerate(layers):
+            jitter = np.random.default_rng(k).uniform(-0.15, 0.15, len(scores[layer]))
+            axes[0].scatter(scores[layer], k + jitter, s=22, alpha=0.75, color=f"C{k}")
+        axes[0].set_yticks(range(len(layers)))
+        axes[0].set_yticklabels([tex(layer) for layer in layers], fontsize=9)
+        axes[0].set_ylim(-0.6, len(layers) - 0.4)
+        axes[0].invert_yaxis()
+    else:                       # many: histograms on shared bins
+        edges = np.histogram_bin_edges([v for vs in scores.values() for v in vs], bins=30)
+        for layer in layers:
+            axes[0].hist(scores[layer], bins=edges, alpha=0.6, label=tex(layer))
+        axes[0].set_ylabel("units", fontsize=10)
+        axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0].legend(fontsize=8, title="layer", title_fontsize=8)
+    axes[0].set_xlabel(f"{score_name} (higher is better)", fontsize=10)
+    axes[0].set_title(f"{score_name} of the drawn units ({which}), per layer", fontsize=10)
+    counts = Counter(e.get("label") or "-" for e in entries).most_common(15)
+    cat_of = {e.get("label") or "-": e.get("category") or "" for e in entries}
+    spare: dict = {}
+    used = {}
+    if counts:
+        colours = [category_colour(cat_of[n], spare) if cat_of[n] else "#999999"
+                   for n, _ in counts]
+        used = {cat_of[n]: c for (n, _), c in zip(counts, colours) if cat_of[n]}
+        axes[1].barh(range(len(counts)), [c for _, c in counts][::-1], color=colours[::-1])
+        axes[1].set_yticks(range(len(counts)))
+        axes[1].set_yticklabels([tex(n) for n, _ in counts][::-1], fontsize=9)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xlabel("drawn units whose best label it is", fontsize=10)
+    axes[1].set_title("most frequent unit labels", fontsize=10)
+    if used:
+        axes[1].legend(handles=[Patch(color=c, label=k) for k, c in sorted(used.items())],
+                       title="category", fontsize=8, title_fontsize=8, loc="lower right")
+    model, concepts = run_names(summary or {})
+    fig.suptitle(f"Gallery units: model {tex(model)}, concepts {tex(concepts)}, layers "
+                 f"{tex(', '.join(layers)) or '-'}", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def write_report(out_dir, entries: list[dict], summary: dict, *, run_dir=None,
-                 score_name: str = "IoU", title: str | None = None) -> Path:
+                 score_name: str = "IoU", title: str | None = None,
+                 selection: str = "") -> Path:
     """Write ``out_dir/index.html`` and its summary plots into ``out_dir/plots``.
 
     ``entries`` reference PNGs relative to ``out_dir`` (as :func:`~neuroprobe.visualize.gallery.
     render_units` returns them).  The run's own ``concepts.png`` is copied in when ``run_dir``
-    has one, so the folder stays self-contained.
+    has one, so the folder stays self-contained.  ``selection`` says which units were drawn
+    ("detector units only"), for the title of ``scores.png``.
     """
-    from ..io import atomic_path, write_text
-
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     plots = []
-    summary_plot(out / "plots" / "scores.png", entries, score_name)
+    summary_plot(out / "plots" / "scores.png", entries, score_name, summary, selection)
     plots.append("plots/scores.png")
     if run_dir is not None and (Path(run_dir) / "concepts.png").is_file():
         with atomic_path(out / "plots" / "concepts.png") as tmp:

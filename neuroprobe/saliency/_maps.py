@@ -1,0 +1,195 @@
+"""Saliency maps prepared once for all metrics and protocols of one call.
+
+:func:`prepare` turns an array or tensor into a :class:`Map` of the ground truth's size (resized
+in the ``mit`` protocol, refused in ``exact``) and checks it is finite; :class:`Map` computes
+each quantity several metrics share (extremes, mean, centred map, distributions, sorted values)
+once, on first use.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..errors import UserError
+from .groundtruth import GroundTruth, SaliencyShapeError
+
+__all__ = ["Map", "prepare", "as_distribution", "as_density", "resize", "as_map_array", "dot"]
+
+
+def resize(smap: np.ndarray, shape) -> np.ndarray:
+    """Bilinear resize (edge mode, anti-aliased, range preserved), as the ``mit`` protocol does."""
+    from skimage.transform import resize as sk_resize
+
+    return sk_resize(smap, shape, order=1, mode="edge", anti_aliasing=True, preserve_range=True)
+
+
+def as_map_array(saliency) -> np.ndarray:
+    """A 2-D float64 array from an array or tensor (leading axes of length 1 squeezed)."""
+    smap = saliency
+    if hasattr(smap, "detach"):
+        smap = smap.detach().cpu().numpy()
+    smap = np.asarray(smap, dtype=np.float64)
+    smap = np.squeeze(smap) if smap.ndim > 2 else smap
+    if smap.ndim != 2:
+        raise UserError(f"a saliency map must be 2-D (H, W); got shape {tuple(smap.shape)}")
+    return smap
+
+
+def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None, *,
+            sort: bool = False) -> Map | None:
+    """The float64 map of the ground truth's shape as a :class:`Map`, or None (NaN result)
+    with a warning.  ``cache`` shares the prepared map between the protocols of one call;
+    ``sort=True`` sorts its values at once (AUC-Judd needs them, and the extremes come free)."""
+    smap = as_map_array(saliency)
+    same = smap.shape == tuple(gt.shape)
+    if cache is not None and same in cache:
+        return cache[same]
+    if not same:
+        if protocol == "exact":
+            raise SaliencyShapeError(
+                f"saliency map {smap.shape[1]}x{smap.shape[0]} differs from the fixation map "
+                f"{gt.shape[1]}x{gt.shape[0]}{' of ' + gt.image if gt.image else ''}",
+                hint="the exact protocol does not resize: resize the map yourself or use "
+                "protocol='mit'")
+        warnings.warn(f"saliency map {smap.shape[1]}x{smap.shape[0]} resized to the fixation map "
+                      f"{gt.shape[1]}x{gt.shape[0]} (mit protocol)", RuntimeWarning, stacklevel=3)
+        smap = resize(smap, gt.shape)
+    sm = Map(smap)
+    if sort:
+        sm.sorted  # noqa: B018 - computed now: it also gives the extremes
+    if not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):  # min/max propagate NaN
+        warnings.warn(f"saliency map{' of ' + gt.image if gt.image else ''} contains NaN or "
+                      "infinity; its scores are NaN", RuntimeWarning, stacklevel=3)
+        sm = None
+    if cache is not None:
+        cache[same] = sm
+    return sm
+
+
+class Map:
+    """A prepared saliency map with the derived quantities several metrics share (computed once).
+
+    The extremes come from the sorted values where those exist (AUC-Judd sorts them anyway), from
+    one pass each otherwise; the min-max normalised map (AUC-Borji, sAUC) is only formed at the
+    pixels those metrics sample.  Image-sized temporaries go to one reused work array
+    (:attr:`scratch`): allocating a fresh 800x600 float64 array costs about as much as a pass
+    over it (the kernel maps and zeroes its pages).
+    """
+
+    def __init__(self, smap: np.ndarray):
+        self.map = smap
+        self.flat = smap.ravel()
+        self._c: dict = {}
+
+    def get(self, key, fn):
+        if key not in self._c:
+            self._c[key] = fn()
+        return self._c[key]
+
+    @property
+    def sorted(self) -> np.ndarray:
+        """The map's values in ascending order (NaN last)."""
+        return self.get("sorted", lambda: np.sort(self.flat))
+
+    @property
+    def lo(self) -> float:
+        if "sorted" in self._c:
+            return self.get("lo", lambda: _sorted_min(self.sorted))
+        return self.get("lo", lambda: float(self.flat.min()))
+
+    @property
+    def hi(self) -> float:
+        return self.get("hi", lambda: float(self.sorted[-1]) if "sorted" in self._c
+                        else float(self.flat.max()))
+
+    @property
+    def dist(self) -> np.ndarray:
+        """Shifted to minimum 0 and divided by the sum (uniform if constant): the ``mit`` SIM
+        (min-max normalised, then divided by the sum, is the same map) and IG."""
+        if self.lo == 0:  # nothing to shift: the map over its sum, the same numbers
+            return self.get("dist", lambda: as_density(self.flat, 0.0, self.total))
+        return self.get("dist", lambda: as_distribution(self.flat, self.lo))
+
+    @property
+    def density(self) -> np.ndarray:
+        """Divided by the sum, shifted to minimum 0 only when it has negative values (as
+        pysaliency's ``convert_saliency_map_to_density``): the ``exact`` SIM and KL."""
+        if self.lo <= 0:
+            return self.dist  # a minimum of 0: shifting changes nothing, one array serves both
+        return self.get("density", lambda: as_density(self.flat, self.lo, self.total))
+
+    @property
+    def total(self) -> float:
+        return self.get("total", lambda: float(self.flat.sum()))
+
+    @property
+    def mean(self) -> float:
+        return self.get("mean", lambda: float(self.flat.mean()))
+
+    @property
+    def centred(self) -> np.ndarray:
+        return self.get("centred", lambda: self.flat - self.mean)
+
+    @property
+    def centred_sum(self) -> float:
+        """Sum of the centred map (0 up to rounding)."""
+        return self.get("csum", lambda: float(self.centred.sum()))
+
+    @property
+    def ss(self) -> float:
+        """Sum of squared deviations from the mean."""
+        return self.get("ss", lambda: dot(self.centred, self.centred))
+
+    @property
+    def constant(self) -> bool:
+        return self.lo == self.hi
+
+    def minmax_at(self, index) -> np.ndarray:
+        """The min-max normalised map ``(map - min) / (max - min)`` at the given flat indices
+        (zeros for a constant map); only these values are ever needed, so the full normalised
+        map is never formed."""
+        if self.hi > self.lo:
+            return (self.flat[index] - self.lo) / (self.hi - self.lo)
+        return np.zeros(np.shape(index))
+
+    @property
+    def scratch(self) -> np.ndarray:
+        """A work array of the map's size, reused by the metrics (its content is undefined)."""
+        return self.get("scratch", lambda: np.empty_like(self.flat))
+
+
+def _sorted_min(srt: np.ndarray) -> float:
+    """The minimum from sorted values: NaN sorts last, so a NaN anywhere must be looked for."""
+    lo = float(srt[0])
+    return float("nan") if math.isnan(float(srt[-1])) else lo
+
+
+def as_distribution(v: np.ndarray, lo: float | None = None) -> np.ndarray:
+    """Shift to minimum 0 and divide by the sum; a constant map becomes uniform.  ``lo``: the
+    minimum of ``v`` where the caller knows it."""
+    v = v - (v.min() if lo is None else lo)
+    total = v.sum()
+    if total > 0:
+        v /= total  # v is a fresh array here
+        return v
+    return np.full_like(v, 1.0 / v.size)
+
+
+def as_density(v: np.ndarray, lo: float | None = None, total: float | None = None) -> np.ndarray:
+    """Divide by the sum, shifting to minimum 0 first only where the minimum is negative
+    (pysaliency's ``convert_saliency_map_to_density`` with ``minimum_value=0``); a map whose sum
+    is 0 becomes uniform.  ``lo`` and ``total``: the minimum and sum where the caller knows them."""
+    lo = float(v.min()) if lo is None else lo
+    if lo < 0:
+        return as_distribution(v, lo)
+    total = v.sum() if total is None else total
+    if total > 0:
+        return v / total
+    return np.full_like(v, 1.0 / v.size)
+
+
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two flat float64 arrays."""
+    return float(a @ b)
