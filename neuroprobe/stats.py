@@ -665,8 +665,10 @@ class ImageCounts:
     def files(self) -> list:
         from pathlib import Path
 
+        # not the temporary files of atomic writes (".NAME.XXXX.pt"): a run killed in the
+        # middle of a write (SIGKILL, power loss) leaves one, and it may be partial
         return sorted(p for f in self.folders if Path(f).is_dir()
-                      for p in Path(f).glob("*.pt"))
+                      for p in Path(f).glob("*.pt") if not p.name.startswith("."))
 
     def table(self, unit_label, category_of_label, denominator: str) -> dict:
         """The counts of each unit's own label per image, as NumPy arrays.

@@ -363,7 +363,14 @@ def test_dissect_interrupted_then_resumed_equals_uninterrupted(baseline, tmp_pat
     assert not (out / "units.csv").exists()
     # only the checkpoint (and, after SIGKILL, the released lock file) is left: no temp files
     assert {d for d in debris(out) if not d.startswith(".state/")} <= {".lock"}
-    assert not [d for d in debris(out / ".state") if Path(d).name.startswith(".")]
+    left = [d for d in debris(out / ".state") if Path(d).name.startswith(".")]
+    if sig == signal.SIGKILL:
+        # nothing runs after SIGKILL: a kill that lands inside an atomic write (since issue 15
+        # pass 2 writes the per-image counts of every batch) leaves that write's temporary
+        # file, never a partial result file; the resumed run ignores it (equal results below)
+        assert all(Path(d).parts[0] in ("images", "spool") or "state.pt" in d for d in left), left
+    else:   # a handled signal finishes or abandons its write cleanly
+        assert not left, left
     rc, _, err = cli([*DISSECT, "--out", out], capsys)   # resume
     assert rc == 0, err
     assert _results(out) == _results(baseline)

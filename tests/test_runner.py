@@ -145,12 +145,25 @@ def test_statset_is_one_line_per_statistic_and_round_trips():
     assert torch.equal(t["a"]["range"].max, torch.tensor([3.0, 2.0]))
 
 
+def test_image_counts_skip_the_temporary_files_of_a_killed_write(tmp_path):
+    """A run killed inside an atomic write leaves ``.NAME.XXXX.pt``; the per-image counts a
+    resumed run reads back are the finished batch files only."""
+    from neuroprobe.stats import ImageCounts
+
+    ic = ImageCounts(2, 3, tmp_path / "images")
+    (tmp_path / "images").mkdir()
+    torch.save({}, tmp_path / "images" / "0000000000.pt")
+    (tmp_path / "images" / ".0000000004.pt.abc123.pt").write_bytes(b"PK\x03")   # partial
+    assert [p.name for p in ic.files()] == ["0000000000.pt"]
+
+
 def test_image_counts_add_up_to_the_tally(tmp_path):
     """Per-image counts summed over the images equal the tally of each unit's own label, under
     each denominator."""
     from neuroprobe.image_counts import read_image_counts
 
-    for i, kw in enumerate(({}, {"denominator": "lite"}, {"mode": "unrestricted"})):
+    for i, kw in enumerate(({}, {"denominator": "lite"}, {"denominator": "annotated"},
+                            {"mode": "unrestricted"})):
         r = run_tiny(tmp_path / str(i), **kw)
         t = read_image_counts(tmp_path / str(i))["1"]
         tally = r.stats["1"]["tally"]
