@@ -385,6 +385,7 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
                     n=int(p.get("n", 60)), seed=int(p.get("seed", 0)), device=str(device))
     summary = _popout_compact(out / "runs" / "popout" / "summary.csv")
     # natural images: the dataset's own fixations
+    from .engine import model_input, run_pass
     from .saliency import classical
     from .saliency.evaluate import checkpoint_model
     from .saliency.metrics import evaluate_map
@@ -394,17 +395,21 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
     for name, path in paths.items():
         fns[name] = checkpoint_model(path, str(device))
     scores = {m: {"nss": [], "auc_judd": []} for m in fns}
-    for i in range(min(n, len(dataset))):
-        item = dataset[i]
-        if item.get("fixations") is None:
-            raise UserError(f"concept set {concept_name} has no fixations for the natural-image "
-                            "part of the pop-out probe")
-        img = item["image"].permute(1, 2, 0).numpy()
-        fx = item["fixations"].numpy()
-        for m, fn in fns.items():
-            r = evaluate_map(fn(img), fx, "exact", ["nss", "auc_judd"], rng=i)
-            for k in scores[m]:
-                scores[m][k].append(r[k])
+
+    def on_batch(acts, batch, j):   # a data-only pass: images and fixations, no model hooks
+        images = model_input(batch["image"], "cpu", False)
+        for b, index in enumerate(batch["index"].tolist()):
+            fx = (batch.get("fixations") or [None] * len(images))[b]
+            if fx is None:
+                raise UserError(f"concept set {concept_name} has no fixations for the "
+                                "natural-image part of the pop-out probe")
+            img = images[b].permute(1, 2, 0).numpy()
+            for m, fn in fns.items():
+                r = evaluate_map(fn(img), fx.numpy(), "exact", ["nss", "auc_judd"], rng=index)
+                for k in scores[m]:
+                    scores[m][k].append(r[k])
+
+    run_pass(None, dataset, (), on_batch, n=min(n, len(dataset)), batch_size=16)
     nat = [{"model": m, "NSS": float(np.nanmean(v["nss"])),
             "AUC-Judd": float(np.nanmean(v["auc_judd"])), "images": len(v["nss"])}
            for m, v in scores.items()]
