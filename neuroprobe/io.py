@@ -58,18 +58,26 @@ def is_write_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(t in str(err) for t in _TORCH_WRITE_FAILURES)
 
 
-def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` atomically, flushed to disk; a write that fails (a full
-    disk) raises ``OSError(ENOSPC)`` naming ``path`` instead of torch's RuntimeError, so the CLI
-    prints its one line and the previous file stays as it was."""
+def save_torch(obj: Any, path: str | os.PathLike, *, durable: bool = True) -> None:
+    """``torch.save(obj)`` to ``path`` atomically; a write that fails (a full disk) raises
+    ``OSError(ENOSPC)`` naming ``path`` instead of torch's RuntimeError, so the CLI prints its one
+    line and the previous file stays as it was.
+
+    ``durable=True`` flushes the file to disk (``fsync``) before it replaces ``path``: for
+    checkpoints and results.  Scratch files of a run (the activation spool, per-batch counts),
+    which a killed process leaves intact in the page cache anyway, pass ``durable=False`` (as
+    the engine did before ``save_torch`` existed): no ``fsync`` of every spooled batch; only a
+    crash of the whole machine can then leave a spool file a resumed run cannot read.
+    """
     import torch
 
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "wb") as fh:
                 torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
         except RuntimeError as err:
             if not is_write_failure(err):
                 raise

@@ -642,7 +642,7 @@ class ImageCounts:
                 "categories": torch.as_tensor(categories).cpu().to(torch.bool)}
         path = Path(self.folders[0]) / f"{int(index.min()):010d}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_torch(part, path)
+        save_torch(part, path, durable=False)   # scratch until the run writes image_counts.npz
 
     def merge(self, other: "ImageCounts") -> "ImageCounts":
         self.folders += [f for f in other.folders if f not in self.folders]

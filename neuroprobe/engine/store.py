@@ -110,7 +110,7 @@ class RunStore:
     def write_spool(self, j: int, obj: dict) -> None:
         path = self.spool_path(j)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_torch(obj, path)
+        save_torch(obj, path, durable=False)   # scratch of this run (see save_torch)
 
     def read_spool(self, j: int) -> dict:
         return torch.load(self.spool_path(j), map_location="cpu", weights_only=True)
