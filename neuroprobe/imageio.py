@@ -24,6 +24,7 @@ into gigabytes (a "decompression bomb").  Set the environment variable
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -152,6 +153,23 @@ def _to_rgb(im) -> np.ndarray:
     return np.array(im.convert("RGB"))
 
 
+@contextlib.contextmanager
+def _decoding(path, what: str):
+    """The opened image of ``path`` for the body to decode; any decoding error of the body
+    (except a DataFormatError it raises itself, or running out of memory) becomes one
+    DataFormatError line naming ``what`` and the file."""
+    im = _open(path, what)
+    try:
+        with im:
+            yield im
+    except DataFormatError:
+        raise
+    except Exception as err:   # noqa: BLE001
+        if isinstance(err, MemoryError):
+            raise
+        raise _undecodable(path, what, err) from None
+
+
 def read_image(path, what: str = "image") -> np.ndarray:
     """Decode an image file to ``uint8 (H, W, 3)`` RGB, upright and 8-bit (module docstring).
 
@@ -161,16 +179,8 @@ def read_image(path, what: str = "image") -> np.ndarray:
         One line naming ``what`` and the file: missing, not a file, undecodable or truncated,
         or above the pixel limit (with the environment variable that raises it).
     """
-    im = _open(path, what)
-    try:
-        with im:
-            return _to_rgb(im)
-    except DataFormatError:
-        raise
-    except Exception as err:   # noqa: BLE001
-        if isinstance(err, MemoryError):
-            raise
-        raise _undecodable(path, what, err) from None
+    with _decoding(path, what) as im:
+        return _to_rgb(im)
 
 
 def read_label_image(path, what: str = "mask", modes: tuple[str, ...] | None = None,
@@ -179,19 +189,11 @@ def read_label_image(path, what: str = "mask", modes: tuple[str, ...] | None = N
 
     ``modes``: the PIL modes accepted (others raise :class:`DataFormatError` with ``hint``).
     """
-    im = _open(path, what)
-    try:
-        with im:
-            if modes is not None and im.mode not in modes:
-                raise DataFormatError(f"{what} {path} has mode {im.mode}; expected "
-                                      f"{' or '.join(modes)}", hint=hint)
-            return np.asarray(im).copy()
-    except DataFormatError:
-        raise
-    except Exception as err:   # noqa: BLE001
-        if isinstance(err, MemoryError):
-            raise
-        raise _undecodable(path, what, err) from None
+    with _decoding(path, what) as im:
+        if modes is not None and im.mode not in modes:
+            raise DataFormatError(f"{what} {path} has mode {im.mode}; expected "
+                                  f"{' or '.join(modes)}", hint=hint)
+        return np.asarray(im).copy()
 
 
 def image_size(path, what: str = "image") -> tuple[int, int]:
