@@ -321,6 +321,18 @@ def test_fast_auc_judd_both_protocols_match_brute_force_on_tied_maps():
         assert got["auc_judd"] == pytest.approx(matlab_auc_judd(smap, gt.binary_map(), jitter))
 
 
+def _threshold_sweep_auc(sth, neg, step):
+    """The MIT code's ROC by a threshold loop from 1 down to 0 in ``step``, closed at (1, 1),
+    integrated with trapz (AUC_Borji.m / AUC_shuffled.m)."""
+    tp, fp = [0.0], [0.0]
+    for t in np.arange(0, int(round(1 / step)) + 1)[::-1] * step:
+        tp.append((sth >= t).mean())
+        fp.append((neg >= t).mean())
+    tp.append(1.0)
+    fp.append(1.0)
+    return np.trapezoid(tp, fp) if hasattr(np, "trapezoid") else np.trapz(tp, fp)
+
+
 def literal_sauc_mit(smap, gt, other, rng, n_splits=100, step=0.1):
     """shuffled AUC of Borji's code: a full random permutation per split, threshold loop."""
     s = (smap - smap.min()) / (smap.max() - smap.min())
@@ -332,13 +344,7 @@ def literal_sauc_mit(smap, gt, other, rng, n_splits=100, step=0.1):
     out = []
     for j in range(n_splits):
         neg = flat[ind[np.argsort(keys[:, j])[:m]]]
-        tp, fp = [0.0], [0.0]
-        for t in np.arange(0, int(round(1 / step)) + 1)[::-1] * step:
-            tp.append((sth >= t).mean())
-            fp.append((neg >= t).mean())
-        tp.append(1.0)
-        fp.append(1.0)
-        out.append(np.trapezoid(tp, fp) if hasattr(np, "trapezoid") else np.trapz(tp, fp))
+        out.append(_threshold_sweep_auc(sth, neg, step))
     return float(np.mean(out))
 
 
@@ -480,13 +486,7 @@ def literal_auc_borji_mit(smap, gt, rng, n_splits=100, step=0.1):
     out = []
     for j in range(n_splits):
         neg = s[r[:, j]]
-        tp, fp = [0.0], [0.0]
-        for t in np.arange(0, int(round(1 / step)) + 1)[::-1] * step:
-            tp.append((sth >= t).mean())
-            fp.append((neg >= t).mean())
-        tp.append(1.0)
-        fp.append(1.0)
-        out.append(np.trapezoid(tp, fp) if hasattr(np, "trapezoid") else np.trapz(tp, fp))
+        out.append(_threshold_sweep_auc(sth, neg, step))
     return float(np.mean(out))
 
 
