@@ -32,7 +32,8 @@ from .io import read_csv, read_json
 from .notebook import read_gallery, result_html
 from .results import LEGACY_TOP_IMAGES, SCORES, TOP_IMAGES
 
-__all__ = ["load_run", "Run", "ResultView", "MissingDependency", "typed_row"]
+__all__ = ["load_run", "Run", "ResultView", "MissingDependency", "typed_row", "model_spec",
+           "read_top_images"]
 
 #: ``units.csv`` / ``region_nss.csv`` columns that hold names, never numbers
 _TEXT = ("layer", "label", "category")
@@ -70,6 +71,17 @@ def _table(path: Path, required=()) -> list[dict]:
     _, rows = read_csv(path, required, format_hint="rerun `neuroprobe dissect` into this folder")
     return [typed_row(r, f"{path}, line {line} (unit {r.get('layer')}:{r.get('unit')})")
             for line, r in enumerate(rows, start=2)]
+
+
+def model_spec(model_info: dict) -> str | None:
+    """The spec that reloads a run's model (``summary["config"]["model"]``) from this working
+    folder: the recorded ``spec``, or the absolute ``file`` where ``spec`` is a relative path
+    of that file written from another folder (a built-in name or ``torchvision:NAME`` is kept)."""
+    spec, file = model_info.get("spec"), model_info.get("file")
+    if not spec or not file or Path(spec).is_file() or not Path(file).is_file():
+        return spec
+    parts = [p for p in Path(spec).parts if p not in (".", "..")]
+    return file if parts and list(Path(file).parts[-len(parts):]) == parts else spec
 
 
 def load_run(path, *, require_summary: bool = True) -> "Run":

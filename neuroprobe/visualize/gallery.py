@@ -39,6 +39,7 @@ from ..engine.store import check_model
 from ..errors import UserError
 from ..notebook import gallery_html
 from ..run import load_run, read_top_images
+from ..run import model_spec as recorded_model_spec
 from ..utils import model_device
 
 if TYPE_CHECKING:   # annotations only: PIL is imported where a card is drawn
@@ -484,10 +485,7 @@ def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
     device = device or "cpu"
     cfg = summary.get("config", {})
     minfo = cfg.get("model") or {}
-    spec = model_spec or minfo.get("spec")
-    if not model_spec and minfo.get("file") and not Path(spec or "").is_file() and \
-            Path(minfo["file"]).is_file():
-        spec = minfo["file"]   # a relative path from another working folder: the absolute one
+    spec = model_spec or recorded_model_spec(minfo)   # a relative path: the absolute one
     if not spec:
         raise UserError("summary.json does not name the model of this run",
                         hint="pass --model PATH")
