@@ -22,7 +22,7 @@ __all__ = ["result_html", "gallery_html", "thumbnail_uri", "read_gallery", "html
 #: rows of the top-units table of a result, and of a gallery table
 MAX_ROWS = 12
 #: the largest thumbnail of a unit card (width, height) in pixels
-THUMB = (360, 56)
+THUMB = (440, 76)
 
 
 def _fmt(value) -> str:
@@ -76,7 +76,8 @@ def read_gallery(folder) -> list[dict]:
         entries = json.loads(file.read_text(encoding="utf-8")).get("units") or []
     except (OSError, ValueError, AttributeError):
         return []
-    return [{**e, "png": str(Path(folder) / e["png"])} for e in entries
+    folder = Path(folder).resolve()
+    return [{**e, "png": str(folder / e["png"])} for e in entries
             if isinstance(e, dict) and e.get("png")]
 
 
