@@ -340,7 +340,8 @@ def _configuration(run: _Run, shapes: dict) -> None:
     run.config = {
         "model": model_info, "layers": [run.aliases[name] for name in run.layers],
         "concepts": {**source.config(), "n": run.n,
-                     **{k: v for k, v in (cfg.concepts_info or {}).items() if v is not None}},
+                     **{k: _absolute(v) if k in ("spec", "root") else v
+                        for k, v in (cfg.concepts_info or {}).items() if v is not None}},
         "mode": cfg.mode, "score": cfg.score, "quantile": cfg.quantile,
         "quantile_on": MODES[cfg.mode]["quantile_on"], "iou_threshold": cfg.iou_threshold,
         "denominator": denom if cfg.use_iou else None,
@@ -361,6 +362,13 @@ def _configuration(run: _Run, shapes: dict) -> None:
                                      if k not in _MODEL_INFO_KEYS},
                            "concepts": {k: v for k, v in config["concepts"].items()
                                         if k not in _CONCEPTS_INFO_KEYS}})
+
+
+def _absolute(spec):
+    """A concept-set spec or root that names an existing file or folder, made absolute (the
+    run reopens it from any working folder); a shipped name as given."""
+    path = Path(str(spec)).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _open_store(run: _Run) -> dict | None:
@@ -725,9 +733,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     sketch_capacity, top_k : size of the quantile sketch per unit; top images kept per unit.
     progress : show progress bars.
     concepts_info : how the concept set was opened, written into ``config["concepts"]``
-        (``{"spec": name or .toml path, "root": ..., "limit": ...}``) so that a gallery can
-        reopen it; not part of the configuration hash (the data are identified by the set's
-        own ``config()``).
+        (``{"spec": name or .toml path, "root": ..., "limit": ...}``; paths that exist are
+        recorded absolute) so that a gallery can reopen it from any working folder; not part
+        of the configuration hash (the data are identified by the set's own ``config()``).
     on_bad_image : ``"stop"`` (default): an image or mask that cannot be decoded stops the run
         with one line naming the file; ``"skip"``: such items are left out of the dissection
         and listed (``summary["skipped"]``, :attr:`DissectionResult.skipped`).  Only the

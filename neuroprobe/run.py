@@ -106,9 +106,6 @@ def load_run(path, *, require_summary: bool = True) -> "Run":
     """
     path = Path(path).expanduser()
     units_csv, summary_json = path / "units.csv", path / "summary.json"
-    if not path.is_dir():
-        raise UserError(f"run folder {path} does not exist",
-                        hint="pass the --out folder of `neuroprobe dissect`")
     if not units_csv.is_file() or (require_summary and not summary_json.is_file()):
         lacks = "units.csv" if not units_csv.is_file() else "summary.json"
         raise UserError(f"{path} is not a dissection run folder: it has no {lacks}",
@@ -154,7 +151,7 @@ class ResultView:
         cfg = self.config
         model = (cfg.get("model") or {})
         concepts = cfg.get("concepts") or {}
-        head = [f"model {model.get('spec') or model.get('name') or '?'}",
+        head = [f"model {model.get('spec') or model.get('name') or model.get('arch') or '?'}",
                 f"concepts {concepts.get('name') or concepts.get('spec') or '?'}"
                 + (f" ({concepts['n']} images)" if concepts.get("n") is not None else "")]
         if cfg.get("mode"):

@@ -182,7 +182,7 @@ def test_to_dataframe_without_pandas_says_so(dissected, monkeypatch):
 
 
 def test_bad_run_folders_are_one_line(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="missing is not a dissection run folder"):
         load_run(tmp_path / "missing")
     with pytest.raises(UserError, match="not a dissection run folder: it has no units.csv"):
         load_run(tmp_path)

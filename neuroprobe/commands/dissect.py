@@ -152,7 +152,9 @@ def _from_config(run_dir) -> tuple[dict, dict]:
     spec = model_spec(minfo)   # a path relative to another working folder: the absolute one
     opts = {"model": None if str(spec).startswith("stand-in:") else spec,
             "arch": minfo.get("arch"),
-            "concepts": ccfg.get("spec") or ccfg.get("path") or ccfg.get("name"),
+            "concepts": ccfg.get("spec") or ccfg.get("path") or (
+                ccfg.get("root") if ccfg.get("source") in ("broden", "mask-folder") else None)
+            or ccfg.get("name"),
             "root": ccfg.get("root"),
             "limit": ccfg.get("limit") or ccfg.get("n"),
             "layers": ",".join(cfg["layers"]),
@@ -276,21 +278,11 @@ def _run(args) -> int:
         num_workers=workers, model_info=model_info, on_bad_image=args.on_bad_image,
         nss_resolution=args.nss_resolution, nss_regions=args.nss_regions, ties=args.ties,
         top_k=extra.get("top_k", 16), sketch_capacity=extra.get("sketch_capacity", 4096),
-        concepts_info={"spec": _absolute(concepts),
-                       "root": str(_absolute(args.root)) if args.root else None,
+        concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
                        "limit": limit})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
         _print_summary(result, out)
     return 0
-
-
-def _absolute(spec: str) -> str:
-    """A concept-set spec or data folder that names an existing path, made absolute (a run
-    reopens it from any working folder); a shipped name as given."""
-    from pathlib import Path
-
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
 
 
 def _open_sized(open_concepts, concepts: str, overrides: dict, extra: dict):
