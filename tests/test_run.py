@@ -266,6 +266,8 @@ def test_from_with_overrides(cli_run, tmp_path):
     (lambda p: p, "not a finished dissection run (no summary.json)"),
     (lambda p: ((p / "summary.json").write_text("[]"), p)[1],
      "holds no dissection configuration"),
+    (lambda p: ((p / "summary.json").write_text('{"config": {"layers": ["x"]}}'), p)[1],
+     "names no model (pass --model as well)"),
 ])
 def test_from_a_bad_run_is_one_line(tmp_path, capsys, make, message):
     assert main(["dissect", "--from", str(make(tmp_path)), "--out",

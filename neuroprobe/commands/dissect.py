@@ -175,6 +175,14 @@ def _apply_from(args) -> dict:
     defaults = getattr(args, "_from_defaults", {})
     given = {d for d in defaults if getattr(args, d, UNSET) is not UNSET}
     opts, extra = _from_config(args.from_run) if args.from_run else ({}, {})
+    if args.from_run and "model" not in given and not opts.get("model") and \
+            not extra.get("stand_in"):
+        from ..errors import UserError
+
+        raise UserError(f"--from {args.from_run}: its summary.json names no model",
+                        hint="pass --model as well")
+    if "concepts" in given:
+        opts.pop("root", None)   # the run's data folder belongs to the run's concept set
     for dest, default in defaults.items():
         if dest not in given:
             setattr(args, dest, opts.get(dest, default))
