@@ -13,7 +13,9 @@ The path of one unit through neuroprobe::
              image_counts.npz for compare's bootstrap)
     score    neuroprobe.results: IoU per label, best label per category and overall; region-NSS
              table (mean of the top units, units above the NSS threshold)
-    report   neuroprobe.results: units.csv, summary.json, a bar plot, region_nss.csv
+    report   neuroprobe.results: units.csv, summary.json, a bar plot, region_nss.csv,
+             scores.npz (every unit x label score), top_images.npz; read back with
+             neuroprobe.load_run
 
 Methods: Network Dissection (Bau, Zhou, Khosla, Oliva & Torralba, CVPR 2017) with its two
 published denominators (NetDissect and NetDissect-Lite) and the unrestricted variant of

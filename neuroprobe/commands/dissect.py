@@ -22,8 +22,8 @@ def register(subparsers) -> None:
         subparsers, "dissect", "label units with concepts (Network-Dissection IoU or region-NSS)",
         _run, description="Dissect layers of a model on a concept set: per-unit thresholds "
         "from pass 1, IoU or region-NSS tallies in pass 2, results in --out (units.csv, "
-        "summary.json, concepts.png, region_nss.csv).  Resumes a killed run of the same "
-        "configuration.")
+        "summary.json, concepts.png, region_nss.csv, scores.npz, top_images.npz).  Resumes "
+        "a killed run of the same configuration; --from RUN runs a run's configuration again.")
     add_model_options(p, default="demo")
     p.set_defaults(model=None)   # None = the demo model, or its stand-in until it is installed
     p.description += ("  Without --model: the built-in demo model (until the demo models are "
