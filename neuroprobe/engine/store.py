@@ -26,8 +26,8 @@ __all__ = ["RunStore", "model_fingerprint", "check_model", "STATE_VERSION", "RES
 
 STATE_VERSION = 1
 #: the files a finished run writes (removed when ``overwrite`` replaces a run)
-RESULT_FILES = ("units.csv", "summary.json", "region_nss.csv", "concepts.png", "top_images.pt",
-                "image_counts.npz")
+RESULT_FILES = ("units.csv", "summary.json", "region_nss.csv", "concepts.png", "top_images.npz",
+                "scores.npz", "top_images.pt", "image_counts.npz")
 
 #: a temporary file of :func:`neuroprobe.io.atomic_path` (``.NAME.XXXXXXXX.SUFFIX``, from
 #: ``tempfile.mkstemp``), which a run killed by SIGKILL or a power cut can leave behind
