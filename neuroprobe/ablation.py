@@ -34,13 +34,23 @@ job of ``neuroprobe ablate RUN``: units from a dissection run, controls, ``ablat
 """
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from .compare import bootstrap_weights
+from .concepts.base import collate
+from .dissect import dissect
+from .engine import OUTPUT, forward, model_input, run_pass
+from .engine.runner import probe_shapes
 from .errors import UserError, suggest
+from .hooks import Recorder
+from .saliency.metrics import evaluate_map, ground_truths
+from .tally import fixation_pixels
 
 __all__ = ["ablate", "AblationResult", "random_units", "top_nss_units", "concept_ids",
            "paired_bootstrap", "parse_unit_list", "SALIENCY_MEASURES", "REGION_MEASURES",
@@ -113,8 +123,6 @@ def parse_unit_list(units) -> list:
 
 def _layer_sizes(model, dataset, layers, device) -> dict:
     """``{layer: number of channels}`` from one forward pass on the first image."""
-    from .engine.runner import probe_shapes
-
     return {k: v[0] for k, v in probe_shapes(model, dataset, list(layers), None,
                                              device).items()}
 
@@ -165,7 +173,6 @@ def top_nss_units(model, dataset, layer: str, concept: str, k: int, *, batch_siz
     """The ``k`` units of ``layer`` with the highest region-NSS for ``concept`` on ``dataset``
     (the study's definition, :func:`neuroprobe.dissect.dissect` with ``score="region-nss"``;
     several labels of that name: their mean).  Returns ``[(layer, unit), ...]`` best first."""
-    from .dissect import dissect
 
     ids = concept_ids(dataset, concept)
     res = dissect(model, dataset, [layer], score="region-nss", batch_size=batch_size,
@@ -180,8 +187,6 @@ def top_nss_units(model, dataset, layer: str, concept: str, k: int, *, batch_siz
 
 def _set_to(units: Sequence[int], values):
     """An ``edit`` that sets each unit's map to a constant (zero or its mean)."""
-    import torch
-
     idx = list(units)
 
     def fn(output, name):
@@ -202,10 +207,6 @@ def _edits(units, mode: str, means: dict) -> dict:
 
 def unit_means(model, dataset, layers, *, n, batch_size, device) -> dict:
     """Each unit's mean activation over the first ``n`` images (all positions): one pass."""
-    import torch
-
-    from .engine import run_pass
-
     sums: dict = {}
     count = {"n": 0}
 
@@ -247,9 +248,6 @@ def region_measures(smap: np.ndarray, pooled: np.ndarray, fx, region: np.ndarray
     NaN on an image without the concept; ``nss_inside`` / ``nss_outside`` are NaN where no
     fixation falls inside / outside its regions.
     """
-    import torch
-
-    from .tally import fixation_pixels
 
     nan = float("nan")
     out = {"mass_inside": nan, "nss_inside": nan, "nss_outside": nan}
@@ -271,7 +269,6 @@ def region_measures(smap: np.ndarray, pooled: np.ndarray, fx, region: np.ndarray
 
 class _Measure:
     """Per-image measures of one batch of model outputs (saliency maps or logits)."""
-
     def __init__(self, task, dataset, concept, protocol, classes):
         self.task, self.protocol = task, protocol
         self.ids = np.array(concept_ids(dataset, concept)) if concept else None
@@ -280,8 +277,7 @@ class _Measure:
 
     def batch_context(self, batch) -> list:
         """What every unit set shares on each image of the batch (ground truth, regions)."""
-        from .saliency.metrics import ground_truths
-
+    
         ctx = []
         H, W = batch["image"].shape[-2:]
         for b in range(len(batch["id"])):
@@ -319,10 +315,8 @@ class _Measure:
         return row
 
     def _saliency(self, out, ctx) -> list:
-        import torch.nn.functional as F
-
-        from .saliency.metrics import evaluate_map
-
+    
+    
         H, W = ctx[0]["gt"].shape if ctx and ctx[0].get("gt") is not None else out.shape[-2:]
         maps = out.double()
         if tuple(maps.shape[-2:]) != (H, W):
@@ -377,8 +371,6 @@ def paired_bootstrap(baseline, ablated, weights: np.ndarray | None, level: float
 
 def _pooled(values: dict, names: list) -> dict:
     """Per image and measure, the mean over the random repeats (NaN where all are NaN)."""
-    import warnings
-
     out = {}
     for m in values[names[0]]:
         stack = np.stack([values[n][m] for n in names])
@@ -404,8 +396,6 @@ def _rows(values: dict, first: str, named: list, randoms: list, weights, level) 
 def _task(model, dataset, measures: str, device) -> str:
     """``"saliency"`` or ``"scene"`` from the model's output on the first image; the one line
     where the requested measures do not fit the output."""
-    from .concepts.base import collate
-    from .engine import OUTPUT, forward, model_input
 
     x = model_input(collate([dataset[0]])["image"], device, False)
     shape = tuple(forward(model, x, ())[OUTPUT].shape)
@@ -432,8 +422,6 @@ def _task(model, dataset, measures: str, device) -> str:
 def _measure_pass(model, dataset, edits, measure, *, n, batch_size, device, progress):
     """One pass (:func:`neuroprobe.engine.run_pass`, data only): each batch runs the model
     unablated and with every set's edit; ``{set: {measure: [values]}}`` and the image ids."""
-    from .engine import OUTPUT, forward, model_input, run_pass
-    from .hooks import Recorder
 
     values: dict = {}
     ids: list = []
@@ -492,9 +480,6 @@ def ablate(model, units, dataset, *, mode: str = "zero", concept: str | None = N
     -------
     AblationResult
     """
-    import torch
-
-    from .compare import bootstrap_weights
 
     if mode not in MODES:
         raise UserError(f"unknown ablation mode {mode!r}", hint="use zero or mean")

@@ -21,8 +21,13 @@ import numpy as np
 
 from .ablation import (MEASURE_NAMES, RANDOM, VERSUS, ablate, concept_ids, parse_unit_list,
                        top_nss_units)
+from .compare import load_run
+from .concepts import open_concepts
+from .engine.store import check_model
 from .errors import UserError
 from .io import atomic_open, atomic_path, write_json, write_text
+from .models import load
+from .visualize.gallery import _reopen
 
 __all__ = ["ablate_run", "write_ablation", "concept_units", "CONTROLS", "CSV_COLUMNS"]
 
@@ -61,9 +66,6 @@ def concept_units(run, concept: str, layer: str | None = None) -> tuple[str, lis
 
 
 def _open(run, model_spec, arch, trust, data, root, device):
-    from .concepts import open_concepts
-    from .engine.store import check_model
-    from .visualize.gallery import _reopen
 
     model, dataset = _reopen(run.summary, model_spec, None, device, arch, trust)
     check_model(run.summary, model, run.path)
@@ -104,7 +106,6 @@ def ablate_run(run_dir, *, concept: str | None = None, units=None, layer: str | 
     Returns ``(result, info)``: the :class:`~neuroprobe.ablation.AblationResult` and a dict
     naming the run, model, concept, layer and skipped controls (for :func:`write_ablation`).
     """
-    from .compare import load_run
 
     if concept is None and units is None:
         raise UserError("nothing to ablate", hint="give --concept NAME or --units LAYER:I,J")
@@ -138,8 +139,6 @@ def _classes(spec, arch, trust):
     if not spec:
         return None
     try:
-        from .models import load
-
         return load(spec, arch=arch, trust=trust).metadata.get("classes")
     except UserError:
         return None
