@@ -238,3 +238,42 @@ def test_cli_bad_input_is_one_line(runs, tmp_path, capsys, case):
                       "--out", out], capsys)
     one_line(rc, err, *words)
     assert not out.exists()   # nothing written
+
+
+# -- the probe and real data ---------------------------------------------------------------------
+
+def test_ablation_probe_on_the_demo_models(tmp_path, one_thread):
+    from neuroprobe.probes import resolve_probe, run_probe
+
+    recipe = tmp_path / "ablation.toml"   # the shipped recipe with fewer draws and resamples
+    recipe.write_text(resolve_probe("ablation").read_text().replace("repeats = 20", "repeats = 3")
+                      .replace("bootstrap = 1000", "bootstrap = 100"))
+    report = run_probe(str(recipe), tmp_path, limit=8).read_text()
+    assert "## Ablation of 'person head' units" in report
+    with open(tmp_path / "ablation.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    done = {r["model"] for r in rows}
+    for model in ("frozen", "finetune-last", "scene"):   # ablated, or said why not
+        assert model in done or f"`{model}`: " in report
+        if model in done:
+            assert (tmp_path / "ablation" / model / "ablation.csv").is_file()
+    assert {r["measure"] for r in rows if r["model"] == "scene"} <= {"accuracy"}
+
+
+EYECROWD = __import__("pathlib").Path(__file__).resolve().parents[1] / ".." / "shared" / \
+    "data" / "eyecrowd"
+
+
+@pytest.mark.skipif(not (EYECROWD / "fixations.mat").is_file(),
+                    reason="EyeCrowd is not in ../shared/data/eyecrowd")
+def test_ablation_on_eyecrowd_faces(one_thread):
+    from neuroprobe.models import load
+
+    data = open_concepts("eyecrowd", root=str(EYECROWD), limit=4, image_size=96)
+    model = load("demo-finetune-last").module
+    res = ablate(model, "encoder.block4:0-3", data, concept="person head", random_repeats=2,
+                 n_boot=20, batch_size=4)
+    assert res.config["n_images"] == 4
+    rows = {(r["set"], r["measure"]): r for r in res.rows}
+    assert np.isfinite(rows[("units", "nss")]["baseline"])
+    assert rows[("units", "mass_inside")]["n_images"] >= 1   # every EyeCrowd image has faces
