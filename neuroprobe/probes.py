@@ -475,7 +475,8 @@ def _kind_ablation(spec, models, out, dataset, concept_name, device) -> str:
                              "controls": controls, "controls_skipped": {}},
                        out / "ablation" / name)
         for r in res.rows:
-            if r["measure"] in focus and not r["set"].startswith("random-"):
+            if (r["measure"] in focus or r["measure"].startswith("logit:")) and \
+                    not r["set"].startswith("random-"):
                 rows.append({"model": name, "units": len(tested), **r})
     _csv(out / "ablation.csv", rows)
     table = [{**{k: r[k] for k in ("model", "set", "units", "measure", "n_images")},
