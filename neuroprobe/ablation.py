@@ -51,6 +51,7 @@ from .errors import UserError, suggest
 from .hooks import Recorder
 from .saliency.metrics import evaluate_map, ground_truths
 from .tally import fixation_pixels
+from .utils import model_device
 
 __all__ = ["ablate", "AblationResult", "random_units", "top_nss_units", "concept_ids",
            "paired_bootstrap", "parse_unit_list", "SALIENCY_MEASURES", "REGION_MEASURES",
@@ -281,7 +282,7 @@ class _Measure:
         ctx = []
         H, W = batch["image"].shape[-2:]
         for b in range(len(batch["id"])):
-            c = {}
+            c = {"size": (int(H), int(W))}
             if self.task == "saliency":
                 fx = batch["fixations"][b]
                 c["fx"] = None if fx is None else fx.numpy().astype(np.float64)
@@ -317,7 +318,7 @@ class _Measure:
     def _saliency(self, out, ctx) -> list:
     
     
-        H, W = ctx[0]["gt"].shape if ctx and ctx[0].get("gt") is not None else out.shape[-2:]
+        H, W = ctx[0]["size"] if ctx else out.shape[-2:]   # the maps at the image size
         maps = out.double()
         if tuple(maps.shape[-2:]) != (H, W):
             maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
@@ -486,8 +487,7 @@ def ablate(model, units, dataset, *, mode: str = "zero", concept: str | None = N
     sets = {k: parse_unit_list(v) for k, v in units.items()} if isinstance(units, Mapping) \
         else {"units": parse_unit_list(units)}
     first = next(iter(sets))
-    device = torch.device(device) if device is not None else \
-        next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     model = model.eval().to(device)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     layers = list(dict.fromkeys(layer for us in sets.values() for layer, _ in us))

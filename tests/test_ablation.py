@@ -82,6 +82,30 @@ def test_planted_unit_carries_the_whole_map(world, one_thread):
     assert res.config["mode"] == "zero" and res.config["n_images"] == len(world)
 
 
+class HalfSize(nn.Module):
+    """The planted map at half the image size (``upsample=True``: brought to the image size by
+    the model itself, bilinearly)."""
+
+    def __init__(self, upsample):
+        super().__init__()
+        self.planted, self.upsample = PlantedSaliency(), upsample
+
+    def forward(self, x):
+        s = nn.functional.avg_pool2d(self.planted(x), 2)
+        if self.upsample:
+            s = nn.functional.interpolate(s, size=x.shape[-2:], mode="bilinear",
+                                          align_corners=False)
+        return s
+
+
+def test_small_maps_are_measured_at_the_image_size(world, one_thread):
+    small, full = (ablate(HalfSize(up), "planted.features:1", world, concept="person head",
+                          n_boot=0) for up in (False, True))
+    for m, v in full.values["baseline"].items():
+        # float32 (the model) against float64 (ablate) interpolation
+        np.testing.assert_allclose(small.values["baseline"][m], v, rtol=2e-4, atol=1e-6)
+
+
 def test_mean_ablation_uses_each_units_data_mean(world, one_thread):
     model = PlantedSaliency()
     res = ablate(model, "features:0,3", world, mode="mean", n_boot=0, batch_size=4)
