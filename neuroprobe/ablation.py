@@ -517,7 +517,7 @@ def ablate(model, units, dataset, *, mode: str = "zero", concept: str | None = N
     config = {"mode": mode, "task": task, "concept": concept, "protocol": protocol,
               "n_images": len(ids), "n_boot": int(n_boot), "level": level, "seed": int(seed),
               "random_repeats": int(random_repeats), "layers": layers, "classes": classes,
-              "mean_over": "every image and position of the data (one pass)" if
-              mode == "mean" else None}
+              "mean_over": f"the {n} images measured, at every position, from a first pass"
+              if mode == "mean" else None}
     return AblationResult(rows, values, {k: list(v) for k, v in sets.items()}, ids, config,
                           {k: v.tolist() for k, v in means.items()})

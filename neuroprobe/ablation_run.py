@@ -279,8 +279,9 @@ def summary_text(result, info: dict) -> str:
         if s == TOP_NSS:
             overlap = len(set(result.sets[s]) & set(result.sets[first]))
             lines.append(f"The {len(result.sets[s])} units of the layer with the highest "
-                         f"region-NSS for the concept on these images ({overlap} of them are "
-                         f"also in the `{first}` set).\n")
+                         f"region-NSS for the concept on these images, so chosen with the data "
+                         f"they are tested on ({overlap} of them are also in the `{first}` "
+                         "set).\n")
         for m in measures:
             r = index[(s, m)]
             if not math.isfinite(r["difference"]):
