@@ -203,12 +203,14 @@ def one_line(rc, err, *words):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("ablate-runs")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     for name in ("demo-finetune-last", "demo-scene"):
         rc = main(["--quiet", "dissect", "--model", name, "--limit", "8", "--layers",
                    "encoder.block4", "--out", str(d / name)])
         assert rc == 0
-    return d
+    yield d
+    torch.set_num_threads(threads)
 
 
 def _no_detector_label(run_dir):
