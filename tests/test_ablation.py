@@ -305,3 +305,20 @@ def test_ablation_on_eyecrowd_faces(one_thread):
     rows = {(r["set"], r["measure"]): r for r in res.rows}
     assert np.isfinite(rows[("units", "nss")]["baseline"])
     assert rows[("units", "mass_inside")]["n_images"] >= 1   # every EyeCrowd image has faces
+
+
+def test_concept_units_picks_the_layer_with_most_detectors(tmp_path):
+    from neuroprobe.ablation_run import concept_units
+    from neuroprobe.compare import Run
+
+    rows = [{"layer": lay, "unit": u, "label": lab, "detector": det}
+            for lay, u, lab, det in [("net.a", 0, "head", 1), ("net.a", 1, "head", 1),
+                                     ("net.b", 0, "head", 1), ("net.b", 1, "head", 1),
+                                     ("net.b", 2, "text", 1), ("net.b", 3, "head", 0)]]
+    run = Run(tmp_path, rows, {})
+    assert concept_units(run, "head") == ("net.b", [("net.b", 0), ("net.b", 1)])  # tie: deeper
+    assert concept_units(run, "head", "a") == ("net.a", [("net.a", 0), ("net.a", 1)])
+    with pytest.raises(UserError, match="no detector units of 'text' in layer 'net.a'"):
+        concept_units(run, "text", "net.a")
+    with pytest.raises(UserError, match="not in run"):
+        concept_units(run, "head", "net.c")
