@@ -119,7 +119,7 @@ def parse_unit_list(units) -> list:
                             "e.g. --units block4:12,40") from None
     if not out:
         raise UserError("no units given", hint="e.g. --units block4:12,40")
-    return out
+    return list(dict.fromkeys(out))   # a unit named twice is removed once
 
 
 def _layer_sizes(model, dataset, layers, device) -> dict:
@@ -180,6 +180,11 @@ def top_nss_units(model, dataset, layer: str, concept: str, k: int, *, batch_siz
                   device=device, limit=limit, progress=False)
     mean = next(iter(res.stats.values()))["nss"].mean().cpu().numpy()[:, ids]
     score = np.where(np.isnan(mean), -np.inf, mean).mean(1)
+    if not np.isfinite(score).any():
+        raise UserError(f"no fixation falls inside a {concept!r} region of concept set "
+                        f"{getattr(dataset, 'name', '?')!r}, so no unit has a region-NSS for it",
+                        hint="leave out the top-nss control (--control random) or use more "
+                        "images")
     order = np.argsort(-score, kind="stable")[:k]
     return [(layer, int(u)) for u in order]
 
@@ -208,23 +213,17 @@ def _edits(units, mode: str, means: dict) -> dict:
 
 def unit_means(model, dataset, layers, *, n, batch_size, device) -> dict:
     """Each unit's mean activation over the first ``n`` images (all positions): one pass."""
-    sums: dict = {}
-    count = {"n": 0}
+    sums: dict = {layer: 0.0 for layer in layers}
+    counts: dict = {layer: 0 for layer in layers}
 
     def on_batch(acts, batch, j):
         for layer, a in acts.items():
-            s = a.double().sum((0, 2, 3)).cpu()
-            sums[layer] = sums.get(layer, 0) + s
-        if acts:
-            a = next(iter(acts.values()))
-            count["n"] += a.shape[0]
-        for layer, a in acts.items():
-            sums.setdefault(f"{layer}#px", a.shape[2] * a.shape[3])
+            sums[layer] = sums[layer] + a.double().sum((0, 2, 3)).cpu()
+            counts[layer] += a.shape[0] * a.shape[2] * a.shape[3]
 
     run_pass(model, dataset, list(layers), on_batch, n=n, batch_size=batch_size, device=device,
              labels=False)
-    return {layer: (sums[layer] / (count["n"] * sums[f"{layer}#px"])).to(torch.float64).numpy()
-            for layer in layers}
+    return {layer: (sums[layer] / counts[layer]).numpy() for layer in layers}
 
 
 # -- what is measured on one image ---------------------------------------------------------------
