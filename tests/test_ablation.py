@@ -119,6 +119,32 @@ def test_mean_ablation_uses_each_units_data_mean(world, one_thread):
     assert res.config["mode"] == "mean" and res.config["mean_over"]
 
 
+class Normalised(nn.Module):
+    """The planted network with a linear read-out of all units, normalised to [0, 1] per image
+    (the study's decoder): a constant added to a unit's map cancels."""
+
+    def __init__(self):
+        super().__init__()
+        self.planted = PlantedSaliency()
+        with torch.no_grad():
+            self.planted.decoder.weight.normal_(generator=torch.Generator().manual_seed(1))
+
+    def forward(self, x):
+        s = self.planted(x)
+        lo, hi = s.amin((2, 3), keepdim=True), s.amax((2, 3), keepdim=True)
+        return (s - lo) / (hi - lo)
+
+
+def test_zero_and_mean_ablation_agree_before_a_per_image_normalisation(world, one_thread):
+    kw = dict(concept="person head", n_boot=0, batch_size=6)
+    zero = ablate(Normalised(), "features:1,4", world, mode="zero", **kw)
+    mean = ablate(Normalised(), "features:1,4", world, mode="mean", **kw)
+    assert min(mean.means["features"][1], mean.means["features"][4]) != 0
+    for m, v in zero.values["units"].items():
+        np.testing.assert_allclose(mean.values["units"][m], v, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(zero.values["units"]["nss"], zero.values["baseline"]["nss"])
+
+
 def test_scene_measures(world, one_thread):
     res = ablate(PlantedScene(), "features:0", world, n_boot=20, classes=["a", "b"])
     v = res.values
