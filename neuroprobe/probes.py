@@ -13,6 +13,9 @@ kinds reproduce the four findings of He et al. (CVPR 2019):
 ``task-vs-domain``  finding 4: linear CKA per layer between pretrained, saliency-tuned and
                     scene-tuned encoders on the same images, with an optional domain control
                     (the same task trained on another image domain).
+``ablation``        beyond the study: each model's detector units of a concept removed
+                    (:mod:`neuroprobe.ablation`), against random units of the same layer and the
+                    top region-NSS units, with paired bootstrap intervals over images.
 
 Every run a probe makes lives in ``<out>/runs/<name>/`` (dissections are resumable there), and the
 markdown report names the run behind every number.
@@ -28,7 +31,7 @@ import numpy as np
 from .errors import UserError
 from .io import write_json, write_text
 
-KINDS = ("concepts", "finetune-shift", "popout", "task-vs-domain")
+KINDS = ("concepts", "finetune-shift", "popout", "task-vs-domain", "ablation")
 
 
 def _toml(path: Path) -> dict:
@@ -420,6 +423,79 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
         "protocol `exact`)\n", _md_table(nat)])
 
 
+def _ablation_sets(a: dict, run_dir, model, dataset, device, limit):
+    """The tested set of one model: its run's detector units of the concept, or (where it has
+    none and the recipe sets ``fallback_top``) its top region-NSS units; with the set's name."""
+    from .ablation import top_nss_units
+    from .ablation_run import CONCEPT_SET, TOP_NSS, concept_units
+    from .compare import load_run
+
+    concept, layer = a["concept"], a.get("layer")
+    try:
+        _, units = concept_units(load_run(run_dir), concept, layer)
+        return {CONCEPT_SET: units}, "", list(a.get("controls", ["random", "top-nss"]))
+    except UserError as err:
+        k = int(a.get("fallback_top", 0))
+        if not k:
+            return None, err.message, []
+        units = top_nss_units(model, dataset, layer, concept, k, device=device, limit=limit)
+        note = (f"no IoU detector units of {concept!r} in `{layer}`; tested instead: the {k} "
+                f"units with the highest region-NSS for it (selected on the same images)")
+        return {TOP_NSS: units}, note, [c for c in a.get("controls", ["random"])
+                                        if c == "random"]
+
+
+def _kind_ablation(spec, models, out, dataset, concept_name, device) -> str:
+    from .ablation import ablate, top_nss_units
+    from .ablation_run import TOP_NSS, write_ablation
+
+    a = spec.get("ablation", {})
+    concept, limit = a["concept"], a.get("images")
+    runs = _dissect_runs(spec, models, out, dataset, concept_name, device, "iou")
+    rows, notes = [], []
+    focus = a.get("measures", ["nss", "mass_inside", "nss_inside", "nss_outside", "accuracy"])
+    for name, mspec in models.items():
+        module, meta = _load(mspec, device)
+        sets, note, controls = _ablation_sets(a, runs[name], module, dataset, device, limit)
+        if note:
+            notes.append(f"- `{name}`: {note}.")
+        if sets is None:
+            continue
+        tested = next(iter(sets.values()))
+        if "top-nss" in controls:
+            sets[TOP_NSS] = top_nss_units(module, dataset, tested[0][0], concept, len(tested),
+                                          device=device, limit=limit)
+        res = ablate(module, sets, dataset, mode=a.get("mode", "zero"), concept=concept,
+                     random_repeats=int(a.get("repeats", 20)) if "random" in controls else 0,
+                     seed=int(a.get("seed", 0)), n_boot=int(a.get("bootstrap", 1000)),
+                     limit=limit, batch_size=int(a.get("batch_size", 16)), device=device,
+                     classes=meta.get("classes"), progress=True)
+        write_ablation(res, {"run": str(runs[name]), "model": mspec, "concept": concept,
+                             "layer": tested[0][0], "concepts": concept_name,
+                             "controls": controls, "controls_skipped": {}},
+                       out / "ablation" / name)
+        for r in res.rows:
+            if (r["measure"] in focus or r["measure"].startswith("logit:")) and \
+                    not r["set"].startswith("random-"):
+                rows.append({"model": name, "units": len(tested), **r})
+    _csv(out / "ablation.csv", rows)
+    table = [{**{k: r[k] for k in ("model", "set", "units", "measure", "n_images")},
+              "baseline": f"{r['baseline']:.3f}", "ablated": f"{r['ablated']:.3f}",
+              "difference [95% CI]": f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, "
+              f"{r['ci_high']:+.3f}]"} for r in rows]
+    return "\n".join([
+        _runs_section(runs, out),
+        f"## Ablation of {concept!r} units in `{a.get('layer')}` ({a.get('mode', 'zero')} "
+        f"ablation, first {limit or len(dataset)} images of `{concept_name}`)\n",
+        "Per model: its IoU detector units of the concept removed (`concept`), the same number "
+        "of the layer's units with the highest region-NSS for it (`top-nss`), random units of "
+        f"the layer (`random`: per image the mean of {a.get('repeats', 20)} draws) and "
+        "`vs-random` = concept set minus random (ablated values). Differences are ablated - "
+        "baseline with 95% paired bootstrap intervals over images. Each model's files: "
+        "`ablation/<model>/` (ablation.csv with every draw, ablation.png, summary.md).\n",
+        "\n".join(notes) + ("\n" if notes else ""), _md_table(table)])
+
+
 def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
               concepts: str | None = None, root=None, limit: int | None = None,
               device="cpu", cache: bool = True) -> Path:
@@ -450,7 +526,8 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
     dataset.use_cache = cache
     kind = spec["kind"]
     fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,
-          "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain}[kind]
+          "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain,
+          "ablation": _kind_ablation}[kind]
     info(f"probe {spec['name']} ({kind}) on {concept_name}, {len(dataset)} images")
     body = fn(spec, spec_models, out, dataset, concept_name, device)
     head = [f"# Probe: {spec['name']}\n", spec.get("description", "").strip() + "\n",

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "probe", "run a probe recipe (probes/*.toml): the study's "
                     "findings on the built-in models, or on your own", _run)
     p.add_argument("recipe", help="probe name (concepts-in-pretrained, finetune-shift, popout, "
-                   "task-vs-domain) or path of a .toml recipe")
+                   "task-vs-domain, ablation, ...) or path of a .toml recipe")
     p.add_argument("--out", required=True, help="output folder (report.md, CSVs, plots, runs/)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
                    help="replace or add a model of the recipe (repeatable), e.g. "
