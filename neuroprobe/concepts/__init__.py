@@ -17,11 +17,11 @@ with the parsed TOML (plus ``spec["_path"]``, the file's path) and keyword overr
 from __future__ import annotations
 
 import importlib
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..errors import ConceptSetError, suggest
 from ..io import read_toml
+from ..plugins import load_plugins
 from ..resources import shipped_dir
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable, collate
 
@@ -109,17 +109,14 @@ def load_spec(name_or_path: str) -> dict:
     return spec
 
 
-def _sources() -> dict[str, str]:
-    found = dict(SOURCES)
-    try:
-        for ep in importlib_metadata.entry_points(group="neuroprobe.concepts"):
-            found.setdefault(ep.name, ep.value)
-    except Exception:  # pragma: no cover - broken metadata must not break built-ins
-        pass
-    return found
+def _sources() -> dict:
+    """Built-in readers (``"module:callable"`` strings) and the loaded plugin readers."""
+    return {**load_plugins("neuroprobe.concepts", tuple(sorted(SOURCES))), **SOURCES}
 
 
-def _resolve(target: str):
+def _resolve(target):
+    if callable(target):  # a plugin's reader, loaded by load_plugins
+        return target
     module, _, attr = target.partition(":")
     obj = importlib.import_module(module)
     for part in attr.split("."):
