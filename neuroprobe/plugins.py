@@ -74,6 +74,7 @@ def load_plugins(group: str, reserved: tuple[str, ...] = ()) -> dict[str, object
         if key not in _LOADED:
             try:
                 _LOADED[key] = ep.load()
+                log.debug("loaded the %s plugin %s", group, where)
             except Exception as err:
                 _LOADED[key] = None
                 log.warning("%s plugin %s failed to load and is skipped: %s", group, where,

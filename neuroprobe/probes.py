@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
 from .io import write_json, write_text
+
+log = logging.getLogger(__name__)
 
 KINDS = ("concepts", "finetune-shift", "popout", "task-vs-domain")
 
@@ -425,7 +428,7 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
               device="cpu", cache: bool = True) -> Path:
     """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path.
     ``cache=False``: decode the concept set's label files instead of using its label cache."""
-    from .utils import info, versions
+    from .utils import versions
 
     spec = load_probe(name_or_path)
     if concepts:
@@ -451,7 +454,7 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
     kind = spec["kind"]
     fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,
           "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain}[kind]
-    info(f"probe {spec['name']} ({kind}) on {concept_name}, {len(dataset)} images")
+    log.info(f"probe {spec['name']} ({kind}) on {concept_name}, {len(dataset)} images")
     body = fn(spec, spec_models, out, dataset, concept_name, device)
     head = [f"# Probe: {spec['name']}\n", spec.get("description", "").strip() + "\n",
             f"Recipe `{spec['_path']}`; concept set `{concept_name}` ({len(dataset)} images); "

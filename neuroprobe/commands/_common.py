@@ -121,8 +121,11 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
                         help="where models run (default: auto = cuda when available)")
     parser.add_argument("--debug", action="store_true", default=default if suppress else False,
                         help="show tracebacks of errors")
-    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
-                        help="no progress bars or informational output")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", default=default if suppress else False,
+                      help="only warnings and errors: no progress bars or informational output")
+    loud.add_argument("--verbose", action="store_true", default=default if suppress else False,
+                      help="also debug messages (paths looked up, plugins loaded ...)")
 
 
 

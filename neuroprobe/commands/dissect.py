@@ -5,12 +5,15 @@ With no arguments it dissects the built-in demo model on the synthetic world (th
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from . import add_command
 from ._common import (add_batch_size, add_concept_options, add_limit, add_model_options,
                       add_workers, finite_float, open_probability, output_folder, positive_int,
                       probability)
+
+log = logging.getLogger(__name__)
 
 #: images of the synthetic world used when --concepts is not given (keeps the default run short)
 DEMO_LIMIT = 200
@@ -109,14 +112,14 @@ def _run(args) -> int:
     from ..errors import UserError
     from ..io import sha256_file
     from ..models.standin import demo_installed, stand_in
-    from ..utils import info, resolve_device
+    from ..utils import resolve_device
     from .layers import load_model_from_args
 
     device = resolve_device(getattr(args, "device", "auto"))
     if args.model is None and not demo_installed():
         module, meta, model_info = stand_in()
         module = module.to(device)
-        info(f"neuroprobe: {model_info['note']}")
+        log.info(model_info["note"])
         model_name = "stand-in"
     else:
         if args.model is None:
@@ -160,8 +163,8 @@ def _run(args) -> int:
         raise UserError(f"model {args.model or model_name!r} names no default layers to dissect",
                         hint="pass --layers a,b (see `neuroprobe layers --model ...`)")
     if size and tuple(size) != tuple(dataset.image_size):
-        info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
-             f"{tuple(dataset.image_size)} images")
+        log.info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
+                 f"{tuple(dataset.image_size)} images")
     out = output_folder(args.out) if args.out else Path("runs") / (
         f"dissect-{model_name}" + ("" if args.concepts is None else f"-{Path(concepts).stem}"))
     workers = args.workers

@@ -17,6 +17,7 @@ with the parsed TOML (plus ``spec["_path"]``, the file's path) and keyword overr
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 from ..errors import ConceptSetError, suggest
@@ -24,6 +25,8 @@ from ..io import read_toml
 from ..plugins import load_plugins
 from ..resources import shipped_dir
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable, collate
+
+log = logging.getLogger(__name__)
 
 __all__ = ["open_concepts", "list_concept_sets", "load_spec", "SOURCES", "ConceptDataset",
            "Label", "LabelTable", "collate", "STUDY_CATEGORIES", "folder_spec"]
@@ -137,4 +140,7 @@ def open_concepts(name_or_path: str, **overrides) -> ConceptDataset:
                               hint=suggest(source, sources, "source"))
     reader = _resolve(sources[source])
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    log.debug("concept set %s: source %r read by %s, options from the caller %s",
+              spec["_path"], source, sources[source] if isinstance(sources[source], str)
+              else getattr(reader, "__qualname__", reader), sorted(overrides))
     return reader(spec, **overrides)

@@ -30,6 +30,7 @@ from torch import nn
 from .. import __version__
 from ..errors import CheckpointError, suggest
 from ..io import atomic_path
+from ..plugins import load_plugins
 from . import zoo
 from .adapters import BUILDERS, build_encoder_only, build_torchvision, default_layers
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict, strip_prefix
@@ -46,7 +47,7 @@ class LoadedModel(NamedTuple):
 
 
 def _builders() -> dict:
-    """Built-in builders and the loaded plugin builders (:func:`neuroprobe.plugins.load_plugins`)."""
+    """Built-in builders and the loaded plugin builders (:mod:`neuroprobe.plugins`)."""
     return {**load_plugins("neuroprobe.models", tuple(sorted(BUILDERS))), **BUILDERS}
 
 

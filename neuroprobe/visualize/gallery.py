@@ -27,6 +27,7 @@ set named in ``summary.json`` (one forward pass over the data set).
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from ..engine.store import check_model
 from ..errors import DataFormatError, UserError
 from ..io import read_csv
 from ..utils import model_device
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:   # annotations only: PIL is imported where a card is drawn
     from PIL import Image
@@ -575,7 +578,7 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
         recomputed with one pass over the data set).
     """
     from ..io import write_json
-    from ..utils import info, versions
+    from ..utils import versions
 
     run = Path(run_dir)
     rows, summary = read_run(run)
@@ -609,8 +612,8 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
             saved = torch.load(top_file, map_location="cpu", weights_only=True)
             top = {k: (v["values"], v["index"]) for k, v in saved.items()}
         else:
-            info(f"{run} holds no top_images.pt: finding the top {top_k} images of each unit "
-                 f"with one pass over {len(dataset)} images")
+            log.info(f"{run} holds no top_images.pt: finding the top {top_k} images of each unit "
+                     f"with one pass over {len(dataset)} images")
             top = top_images(model, dataset, layers, top_k, batch_size, show_progress)
     cfg = summary.get("config", {})
     # "both" runs label units by IoU (region-NSS columns sit beside it in units.csv)
