@@ -153,6 +153,7 @@ def main(argv=None) -> int:
                         "shipped MANIFEST.json")
     parser.add_argument("--out", default=None, help=f"output folder (default {SHIPPED})")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines on stderr
     if not (args.rebuild or args.check):
         parser.print_help()
         return 2

@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--train-limit", type=int, default=None)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines on stderr
     torch.manual_seed(0)
     report = run_osie(args.osie or None, Path(args.out), encoder=args.encoder,
                       weights=args.weights, epochs=args.epochs, lr=args.lr,
