@@ -74,13 +74,15 @@ def load_probe(name_or_path: str) -> dict:
 
 # -- shared pieces -------------------------------------------------------------------------------
 
-def _open_concepts(spec: dict, root=None, limit=None):
+def _open_concepts(spec: dict, root=None, limit=None, annotations=None):
     from .concepts import open_concepts
 
     c = dict(spec.get("concepts", {"name": "synthetic"}))
     name = c.pop("name", "synthetic")
     if root:
         c["root"] = root
+    if annotations:
+        c["annotations"] = list(annotations)
     if limit:
         c["limit"] = int(limit)
     return name, open_concepts(name, **c)
@@ -425,9 +427,10 @@ def _kind_popout(spec, models, out, dataset, concept_name, device) -> str:
 
 def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
               concepts: str | None = None, root=None, limit: int | None = None,
-              device="cpu", cache: bool = True) -> Path:
+              device="cpu", cache: bool = True, annotations=None) -> Path:
     """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path.
-    ``cache=False``: decode the concept set's label files instead of using its label cache."""
+    ``cache=False``: decode the concept set's label files instead of using its label cache;
+    ``annotations``: COCO json files of a coco-parts concept set (``--annotations``)."""
     from .utils import versions
 
     spec = load_probe(name_or_path)
@@ -449,7 +452,8 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
             concepts_spec.update(image_size=int(size[0]), mask_size=int(size[0]) // 2)
     spec["concepts"] = concepts_spec
     concept_name, dataset = _open_concepts(spec, root,
-                                           limit or spec.get("concepts", {}).get("limit"))
+                                           limit or spec.get("concepts", {}).get("limit"),
+                                           annotations)
     dataset.use_cache = cache
     kind = spec["kind"]
     fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,

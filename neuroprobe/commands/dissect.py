@@ -149,6 +149,8 @@ def _run(args) -> int:
     if args.concepts is None and limit is None:
         limit = DEMO_LIMIT
     overrides = {"root": args.root} if args.root else {}
+    if args.annotations:
+        overrides["annotations"] = list(args.annotations)
     size = meta.get("input_size")
     image_size = args.image_size
     if image_size is None and args.concepts is None and size and size[0] == size[1]:
@@ -186,7 +188,8 @@ def _run(args) -> int:
         num_workers=workers, model_info=model_info, on_bad_image=args.on_bad_image,
         nss_resolution=args.nss_resolution, nss_regions=args.nss_regions, ties=args.ties,
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
-                       "limit": limit})
+                       "limit": limit, "annotations": getattr(dataset, "annotation_files", None)
+                       if args.annotations else None})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
         _print_summary(result, out)
     return 0

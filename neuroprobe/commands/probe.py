@@ -36,7 +36,7 @@ def _run(args) -> int:
         models[name] = spec
     report = run_probe(args.recipe, output_folder(args.out), models=models, concepts=args.concepts,
                        root=args.root, limit=args.limit, device=resolve_device(args.device),
-                       cache=not args.no_cache)
+                       cache=not args.no_cache, annotations=args.annotations)
     log.info(f"wrote {report}")
     print(report.read_text())
     return 0

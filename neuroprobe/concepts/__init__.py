@@ -158,6 +158,10 @@ def open_concepts(name_or_path: str, **overrides) -> ConceptDataset:
                               hint=suggest(source, sources, "source"))
     reader = _resolve(sources[source])
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("annotations") and source in SOURCES and source != "coco-parts":
+        raise ConceptSetError(f"annotation files were given for concept set {spec['_path']}, "
+                              f"whose source {source!r} reads no COCO annotations",
+                              hint="leave out --annotations (it is for coco-parts sets)")
     log.debug("concept set %s: source %r read by %s, options from the caller %s",
               spec["_path"], source, sources[source] if isinstance(sources[source], str)
               else getattr(reader, "__qualname__", reader), sorted(overrides))
