@@ -3,7 +3,7 @@
 Record any layer with hooks (:mod:`neuroprobe.hooks`), label units with concepts
 (:mod:`neuroprobe.dissect`), see units (:mod:`neuroprobe.visualize`), compare variants
 (:mod:`neuroprobe.compare`), with saliency models as first-class citizens
-(:mod:`neuroprobe.saliency`).
+(:mod:`neuroprobe.saliency`); read a run folder back with ``neuroprobe.load_run(DIR)``.
 
 Importing this package is cheap: submodules (and torch) load on first attribute access.
 """
@@ -15,11 +15,17 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "hooks", "stats", "dissect", "concepts", "models", "train", "saliency",
-    "visualize", "compare", "cli", "errors", "resources", "download", "results",
+    "visualize", "compare", "cli", "errors", "resources", "download", "results", "run",
+    "notebook",
 }
 
 
 def __getattr__(name):  # PEP 562 lazy submodules
+    if name == "load_run":   # neuroprobe.load_run(DIR): a dissection run folder as an object
+        from .run import load_run
+
+        globals()[name] = load_run
+        return load_run
     if name in _SUBMODULES:
         module = importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module
@@ -28,4 +34,4 @@ def __getattr__(name):  # PEP 562 lazy submodules
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + ["load_run"])

@@ -22,61 +22,17 @@ the comparisons, each usable on its own:
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .errors import UserError
-from .io import read_csv
+from .run import Run, load_run
 
 __all__ = ["Run", "load_run", "count_table", "changed_units", "check_comparable",
            "check_model_files", "bootstrap_count_difference", "unit_ious", "category_preference", "fixation_preference",
            "collect_activations", "cka_matrix"]
-
-
-@dataclass
-class Run:
-    """A dissection run folder: its unit rows and summary."""
-
-    path: Path
-    units: list
-    summary: dict
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def iou_threshold(self) -> float:
-        cfg = self.summary.get("config", {})
-        return float(cfg.get("iou_threshold", 0.04))
-
-
-def load_run(path) -> Run:
-    """Read ``units.csv`` and ``summary.json`` of a dissection run folder."""
-    path = Path(path)
-    units_csv, summary_json = path / "units.csv", path / "summary.json"
-    if not units_csv.is_file() or not summary_json.is_file():
-        raise UserError(f"{path} is not a dissection run folder (units.csv and summary.json are "
-                        "needed)", hint="pass the --out folder of `neuroprobe dissect`")
-    _, rows = read_csv(units_csv, ("layer", "unit", "label", "category", "score", "detector"),
-                       format_hint="rerun `neuroprobe dissect` into this folder")
-    for line, r in enumerate(rows, start=2):
-        try:
-            r["unit"] = int(r["unit"])
-            r["score"] = float(r["score"])
-            r["detector"] = int(float(r["detector"]))
-        except (TypeError, ValueError):
-            raise UserError(f"{units_csv}, line {line}: unit, score and detector must be "
-                            "numbers", hint="rerun `neuroprobe dissect` into this folder") from None
-    try:
-        summary = json.loads(summary_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{summary_json} is not valid JSON ({err})") from None
-    return Run(path, rows, summary)
 
 
 def detector_counts(run: Run) -> dict:

@@ -13,7 +13,9 @@ The path of one unit through neuroprobe::
              image_counts.npz for compare's bootstrap)
     score    neuroprobe.results: IoU per label, best label per category and overall; region-NSS
              table (mean of the top units, units above the NSS threshold)
-    report   neuroprobe.results: units.csv, summary.json, a bar plot, region_nss.csv
+    report   neuroprobe.results: units.csv, summary.json, a bar plot, region_nss.csv,
+             scores.npz (every unit x label score), top_images.npz; read back with
+             neuroprobe.load_run
 
 Methods: Network Dissection (Bau, Zhou, Khosla, Oliva & Torralba, CVPR 2017) with its two
 published denominators (NetDissect and NetDissect-Lite) and the unrestricted variant of
@@ -72,6 +74,7 @@ from .hooks import layer_aliases
 from .image_counts import FILE as IMAGE_COUNTS, unit_label_ids, write_image_counts
 from .io import config_hash
 from .results import score_iou, score_nss, summarise, write_results
+from .run import ResultView
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
 from .tally import upsample
 from .utils import model_device, versions
@@ -111,8 +114,8 @@ _MODEL_INFO_KEYS = ("file", "spec", "note", "fingerprint")
 _CONCEPTS_INFO_KEYS = ("spec", "root", "limit", "overrides")
 
 
-@dataclass
-class DissectionResult:
+@dataclass(repr=False)
+class DissectionResult(ResultView):
     """What a dissection produced.
 
     ``units``: one dict per unit (the rows of units.csv); ``summary``: configuration, versions,
@@ -122,7 +125,13 @@ class DissectionResult:
     ``stats``: per layer the statistic objects (``quantile``, ``tally`` / ``minmax``, ``nss``,
     ``top``), e.g. to merge runs over shards; ``skipped``: the items left out because they could
     not be read (``on_bad_image="skip"``), sorted by data-set index, each
-    ``{"index", "id", "error", "pass"}`` (also in ``summary["skipped"]``).
+    ``{"index", "id", "error", "pass"}`` (also in ``summary["skipped"]``); ``iou`` / ``nss``:
+    per layer the ``(units, labels)`` IoU / mean region-NSS of every unit with every label id
+    (``scores.npz``), columns named by ``label_names`` (categories: ``label_categories``);
+    ``path``: the folder the result was written to (``None``: not written).
+
+    The same view as a loaded run folder (:class:`neuroprobe.run.Run`): a one-line ``repr``,
+    ``_repr_html_`` for Jupyter, ``to_dataframe()``, ``matrix()``.
     """
 
     units: list
@@ -130,11 +139,17 @@ class DissectionResult:
     nss_table: list | None = None
     thresholds: dict = field(default_factory=dict)
     top_images: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict, repr=False)
+    stats: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
+    iou: dict = field(default_factory=dict)
+    nss: dict = field(default_factory=dict)
+    label_names: list = field(default_factory=list)
+    label_categories: list = field(default_factory=list)
+    path: Path | None = None
 
     def save(self, out_dir) -> Path:
-        return write_results(self, out_dir)
+        self.path = write_results(self, out_dir)
+        return self.path
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -330,7 +345,8 @@ def _configuration(run: _Run, shapes: dict) -> None:
     run.config = {
         "model": model_info, "layers": [run.aliases[name] for name in run.layers],
         "concepts": {**source.config(), "n": run.n,
-                     **{k: v for k, v in (cfg.concepts_info or {}).items() if v is not None}},
+                     **{k: _absolute(v) if k in ("spec", "root") else v
+                        for k, v in (cfg.concepts_info or {}).items() if v is not None}},
         "mode": cfg.mode, "score": cfg.score, "quantile": cfg.quantile,
         "quantile_on": MODES[cfg.mode]["quantile_on"], "iou_threshold": cfg.iou_threshold,
         "denominator": denom if cfg.use_iou else None,
@@ -351,6 +367,13 @@ def _configuration(run: _Run, shapes: dict) -> None:
                                      if k not in _MODEL_INFO_KEYS},
                            "concepts": {k: v for k, v in config["concepts"].items()
                                         if k not in _CONCEPTS_INFO_KEYS}})
+
+
+def _absolute(spec):
+    """A concept-set spec or root that names an existing file or folder, made absolute (the
+    run reopens it from any working folder); a shipped name as given."""
+    path = Path(str(spec)).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _open_store(run: _Run) -> dict | None:
@@ -559,15 +582,22 @@ def _score(run: _Run) -> DissectionResult:
                         table)
     # seconds of this process's passes (a resumed run times only what it did); not configuration
     summary["timing"] = {**run.timing, "device": str(run.device),
-                         "num_workers": cfg.num_workers}
+                         "num_workers": cfg.num_workers, "batch_size": run.per_batch}
     skipped = sorted(run.skipped, key=lambda s: s["index"])
     summary["skipped"] = skipped
     summary["n_skipped"] = len(skipped)
     top = {alias[name]: (run.stats[name]["top"].values.cpu(),
                          run.stats[name]["top"].index.cpu()) for name in run.layers}
+    iou = {alias[name]: run.stats[name]["tally"].iou().cpu().numpy()
+           for name in run.layers if cfg.use_iou}
+    nss = {alias[name]: run.stats[name]["nss"].mean().cpu().numpy()
+           for name in run.layers if cfg.use_nss}
+    ids = range(labels.max_id + 1)
     return DissectionResult(units, summary, table,
                             {alias[k]: v.cpu() for k, v in run.thresholds.items()}, top,
-                            _renamed(run.stats, alias), skipped)
+                            _renamed(run.stats, alias), skipped, iou, nss,
+                            [labels.name(j) if j in labels else "" for j in ids],
+                            [labels.category(j) if j in labels else "" for j in ids])
 
 
 def _renamed(stats: StatSet, alias: dict) -> StatSet:
@@ -708,9 +738,9 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
     sketch_capacity, top_k : size of the quantile sketch per unit; top images kept per unit.
     progress : show progress bars.
     concepts_info : how the concept set was opened, written into ``config["concepts"]``
-        (``{"spec": name or .toml path, "root": ..., "limit": ...}``) so that a gallery can
-        reopen it; not part of the configuration hash (the data are identified by the set's
-        own ``config()``).
+        (``{"spec": name or .toml path, "root": ..., "limit": ...}``; paths that exist are
+        recorded absolute) so that a gallery can reopen it from any working folder; not part
+        of the configuration hash (the data are identified by the set's own ``config()``).
     on_bad_image : ``"stop"`` (default): an image or mask that cannot be decoded stops the run
         with one line naming the file; ``"skip"``: such items are left out of the dissection
         and listed (``summary["skipped"]``, :attr:`DissectionResult.skipped`).  Only the

@@ -9,14 +9,18 @@ score
     threshold (He et al., CVPR 2019).
 report
     :func:`write_results`: ``units.csv``, ``summary.json``, ``region_nss.csv`` (when scored)
-    ``concepts.png`` (detector units per concept and layer) and ``top_images.pt`` (top-k
-    images per unit, for galleries), each written atomically.
+    ``concepts.png`` (detector units per concept and layer), ``top_images.npz`` (top-k
+    images per unit, for galleries) and ``scores.npz`` (every unit's score for every label:
+    the full units x labels IoU and region-NSS matrices), each written atomically.  The
+    ``.npz`` files are plain numpy archives (no pickle), written byte-for-byte reproducibly;
+    :func:`neuroprobe.load_run` reads them back.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +29,16 @@ import numpy as np
 from .io import atomic_open, atomic_path, write_json
 
 __all__ = ["score_iou", "score_nss", "summarise", "write_results", "TIE_RULES",
-           "nss_definition"]
+           "nss_definition", "write_npz", "write_top_images", "write_scores", "TOP_IMAGES",
+           "LEGACY_TOP_IMAGES", "SCORES"]
+
+#: the top images of every unit (``layers``; ``values_<i>``, ``index_<i>`` of layer ``i``)
+TOP_IMAGES = "top_images.npz"
+#: how runs before ``top_images.npz`` kept them (a torch file, read with weights_only=True)
+LEGACY_TOP_IMAGES = "top_images.pt"
+#: every unit's score for every label (``layers``, ``labels``, ``categories``; ``iou_<i>`` and
+#: ``nss_<i>``: the ``(units, labels)`` IoU and mean region-NSS matrices of layer ``i``)
+SCORES = "scores.npz"
 
 
 def _f(x) -> float:
@@ -320,8 +333,9 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
 
 
 def write_results(result, out_dir) -> Path:
-    """Write ``units.csv``, ``summary.json``, ``concepts.png``, ``top_images.pt`` and, for
-    region-NSS, ``region_nss.csv`` into ``out_dir`` (atomically each)."""
+    """Write ``units.csv``, ``summary.json``, ``concepts.png``, ``top_images.npz``,
+    ``scores.npz`` (where the result holds score matrices) and, for region-NSS,
+    ``region_nss.csv`` into ``out_dir`` (atomically each)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _csv(out / "units.csv", result.units)
@@ -332,18 +346,62 @@ def write_results(result, out_dir) -> Path:
         else "IoU >= {}".format(cfg["iou_threshold"])
     plot_counts(out / "concepts.png", result.summary,
                 f"{cfg['mode']} mode, detectors: {what}", units=result.units)
-    write_top_images(out / "top_images.pt", result.top_images)
+    write_top_images(out / TOP_IMAGES, result.top_images)
+    (out / LEGACY_TOP_IMAGES).unlink(missing_ok=True)   # a resumed older run: one copy only
+    if getattr(result, "iou", None) or getattr(result, "nss", None):
+        write_scores(out / SCORES, result.iou, result.nss, result.label_names,
+                     result.label_categories)
     write_json(out / "summary.json", result.summary)
     return out
 
 
-def write_top_images(path: Path, top_images: dict) -> None:
-    """``{layer: {"values": (U, k), "index": (U, k)}}`` (torch.save, atomically): the top-k
-    images of every unit, read by :func:`neuroprobe.visualize.gallery.make_gallery`."""
-    import torch
-
+def write_npz(path, arrays: dict, compress: bool = True) -> None:
+    """An ``.npz`` archive of ``arrays`` (``{name: array}``, read with ``np.load(path,
+    allow_pickle=False)``), written atomically and reproducibly: the same arrays give the same
+    bytes (fixed zip time stamps, unlike ``np.savez``), so a rerun's files compare equal."""
     buf = io.BytesIO()
-    torch.save({layer: {"values": v.detach().cpu(), "index": i.detach().cpu()}
-                for layer, (v, i) in top_images.items()}, buf)
-    with atomic_path(path) as tmp:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", compression=method) as zf:
+        for name, value in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = method
+            entry.external_attr = 0o644 << 16
+            with zf.open(entry, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+    with atomic_path(Path(path)) as tmp:
         Path(tmp).write_bytes(buf.getvalue())
+
+
+def _numpy(x) -> np.ndarray:
+    """A tensor or array as a numpy array (on the CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def write_top_images(path: Path, top_images: dict) -> None:
+    """``top_images``: ``{layer: (values (U, k), index (U, k))}``, the top-k images of every
+    unit (best first) with the unit's peak activation on each, as :data:`TOP_IMAGES`
+    (``layers``; ``values_<i>`` and ``index_<i>`` for the ``i``-th layer)."""
+    arrays = {"layers": np.array(list(top_images), dtype=str)}
+    for i, (values, index) in enumerate(top_images.values()):
+        arrays[f"values_{i}"] = _numpy(values)
+        arrays[f"index_{i}"] = _numpy(index).astype(np.int64)
+    write_npz(path, arrays)
+
+
+def write_scores(path: Path, iou: dict, nss: dict, label_names, label_categories) -> None:
+    """The full score matrices of a run as :data:`SCORES`: per layer ``i`` ``iou_<i>`` (the
+    ``(units, labels)`` IoU of every unit with every label id, as units.csv's labels were
+    chosen from) and ``nss_<i>`` (mean region-NSS, NaN where a label has no fixated region);
+    ``labels`` and ``categories`` name the columns (label id = column; id 0 is unlabelled)."""
+    layers = list(dict.fromkeys([*(iou or {}), *(nss or {})]))
+    arrays = {"layers": np.array(layers, dtype=str),
+              "labels": np.array(list(label_names), dtype=str),
+              "categories": np.array(list(label_categories), dtype=str)}
+    for i, layer in enumerate(layers):
+        if iou and layer in iou:
+            arrays[f"iou_{i}"] = _numpy(iou[layer])
+        if nss and layer in nss:
+            arrays[f"nss_{i}"] = _numpy(nss[layer])
+    write_npz(path, arrays)

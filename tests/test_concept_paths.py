@@ -4,6 +4,7 @@ tried.  COCO files are written by the test (tests/test_coco.py's ``make_coco``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -135,3 +136,10 @@ def test_dissect_with_annotations_records_them(world):
     assert rc == 0
     config = json.loads((out / "summary.json").read_text())["config"]
     assert config["concepts"]["annotations"] == [str(world["work"] / "mine.json")]
+    # --from re-runs it from another working folder: the recorded absolute paths still resolve
+    (world["tmp"] / "elsewhere").mkdir()
+    os.chdir(world["tmp"] / "elsewhere")
+    assert main(["--quiet", "dissect", "--from", str(out), "--workers", "0",
+                 "--out", str(world["tmp"] / "again")]) == 0
+    again = json.loads((world["tmp"] / "again" / "summary.json").read_text())["config"]
+    assert again["concepts"]["annotations"] == config["concepts"]["annotations"]

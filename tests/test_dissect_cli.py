@@ -62,21 +62,21 @@ def test_cli_errors_are_one_line(demo_run, tmp_path, capsys):
 
 
 def test_run_folder_reopens_for_the_gallery(demo_run):
-    """top_images.pt and the concept-set spec in summary.json are what the gallery reads."""
-    import torch
+    """top_images.npz and the concept-set spec in summary.json are what the gallery reads."""
+    import numpy as np
 
+    from neuroprobe.run import read_top_images
     from neuroprobe.visualize.gallery import _reopen
 
     code, out = demo_run
     summary = json.loads((out / "summary.json").read_text())
     ccfg = summary["config"]["concepts"]
     assert ccfg["spec"] == "synthetic" and ccfg["limit"] == 6 and "root" not in ccfg
-    saved = torch.load(out / "top_images.pt", map_location="cpu", weights_only=True)
+    saved = read_top_images(out)
     assert set(saved) == set(summary["config"]["layers"])
-    for layer, entry in saved.items():
-        v, i = entry["values"], entry["index"]
+    for layer, (v, i) in saved.items():
         assert v.shape == i.shape and v.shape[0] == summary["units"][layer]
         assert int(i.min()) >= 0 and int(i.max()) < 6
-        assert torch.all(v[:, :-1] >= v[:, 1:])   # best first
+        assert np.all(v[:, :-1] >= v[:, 1:])   # best first
     model, dataset = _reopen(summary, None, None, "cpu")
     assert len(dataset) == 6 and tuple(dataset.image_size) == tuple(ccfg["image_size"])

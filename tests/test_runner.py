@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -281,3 +282,28 @@ def test_gallery_and_compare_refuse_a_run_whose_model_changed(demo_runs, tmp_pat
         assert not (tmp_path / "g").exists()
     finally:
         model.write_bytes(saved)
+
+
+def test_lock_removes_the_temporaries_a_killed_run_left(tmp_path):
+    """A SIGKILL between mkstemp and the rename leaves ``.NAME.XXXXXXXX.SUFFIX`` files; the
+    next run into the folder removes them once it holds the lock, and nothing else."""
+    import tempfile
+
+    from neuroprobe.engine.store import RunStore
+
+    out = tmp_path / "run"
+    (out / ".state" / "spool").mkdir(parents=True)
+    leftovers = []
+    for folder, name in ((out / ".state", "state.pt"), (out / ".state" / "spool", "0000003.pt"),
+                         (out, "units.csv"), (out, "image_counts.npz")):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=Path(name).suffix, dir=folder)
+        os.close(fd)
+        leftovers.append(Path(tmp))
+    kept = [out / ".hidden-notes.txt", out / "units.csv", out / ".state" / "state.pt",
+            out / ".mydata.abcdefgh.csv"]   # a user's dotfile shaped like a temp, not ours
+    for p in kept:
+        p.write_text("keep")
+    with RunStore.lock(out):
+        pass
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in kept)

@@ -276,7 +276,7 @@ def test_kill_and_resume_keeps_the_skipped_list(folders, tmp_path, one_thread):
         run(folders["bad"], out_dir=out, batch_size=2)
     got = run(folders["bad"], out_dir=out, on_bad_image="skip", batch_size=2)
     assert got.skipped == ref.skipped
-    for name in ("units.csv", "top_images.pt"):
+    for name in ("units.csv", "top_images.npz"):
         assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "ref"))
     assert sa["skipped"] == sb["skipped"] and sa["config_hash"] == sb["config_hash"]
@@ -361,7 +361,7 @@ def test_torchrun_two_processes_equal_single_process(folders, tmp_path):
                               capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.count("skipped 2 images") == 1
-    for name in ("units.csv", "top_images.pt"):
+    for name in ("units.csv", "top_images.npz"):
         assert (outs["multi"] / name).read_bytes() == (outs["single"] / name).read_bytes(), name
     sa, sb = (json.loads((outs[k] / "summary.json").read_text()) for k in ("multi", "single"))
     assert sa["skipped"] == sb["skipped"] and [x["index"] for x in sa["skipped"]] == [3, 6]

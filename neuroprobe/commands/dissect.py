@@ -25,8 +25,8 @@ def register(subparsers) -> None:
         subparsers, "dissect", "label units with concepts (Network-Dissection IoU or region-NSS)",
         _run, description="Dissect layers of a model on a concept set: per-unit thresholds "
         "from pass 1, IoU or region-NSS tallies in pass 2, results in --out (units.csv, "
-        "summary.json, concepts.png, region_nss.csv).  Resumes a killed run of the same "
-        "configuration.")
+        "summary.json, concepts.png, region_nss.csv, scores.npz, top_images.npz).  Resumes "
+        "a killed run of the same configuration; --from RUN runs a run's configuration again.")
     add_model_options(p, default="demo")
     p.set_defaults(model=None)   # None = the demo model, or its stand-in until it is installed
     p.description += ("  Without --model: the built-in demo model (until the demo models are "
@@ -93,6 +93,111 @@ def register(subparsers) -> None:
                    "use building) its label cache in neuroprobe's cache folder")
     add_workers(p, None, help="data-loading worker processes (default: 1 on a multi-core CPU; "
                    "on a GPU one per core but one, at most 12)")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN",
+                   help="re-run the configuration of the run folder RUN (its summary.json): "
+                   "model, concept set, images, layers, scoring options, batch size; options "
+                   "given here override it (e.g. --model OTHER --out DIR)")
+    _defer_defaults(p)
+
+
+#: the options ``--from RUN`` fills from the run's configuration unless they are given
+FROM_OPTIONS = ("model", "arch", "concepts", "root", "annotations", "limit", "image_size",
+                "layers", "mode",
+                "score", "denominator", "ties", "nss_resolution", "nss_regions", "quantile",
+                "iou_threshold", "nss_threshold", "top_units", "batch_size", "amp",
+                "on_bad_image")
+
+
+class _Unset:
+    """The parsed value of an option that was not given (``--from`` fills it, else the
+    option's default)."""
+
+    def __repr__(self):
+        return "unset"
+
+
+UNSET = _Unset()
+
+
+def _defer_defaults(p) -> None:
+    """Parse :data:`FROM_OPTIONS` as :data:`UNSET` when absent, keeping their defaults aside,
+    so that ``--from`` can tell an option given on the command line from a default."""
+    defaults = {}
+    for action in p._actions:
+        if action.dest in FROM_OPTIONS:
+            defaults[action.dest] = action.default
+            action.default = UNSET
+    p.set_defaults(_from_defaults=defaults)
+
+
+def _from_config(run_dir) -> tuple[dict, dict]:
+    """``(options, extra)`` of run folder ``run_dir``: the command-line options that re-run it
+    (by dest) and the library options the command line does not have (``top_k``,
+    ``sketch_capacity``, the concept set's image and mask size)."""
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..io import read_json
+    from ..run import model_spec
+
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise UserError(f"--from {run_dir}: the run folder does not exist",
+                        hint="pass the --out folder of an earlier `neuroprobe dissect`")
+    if not (run / "summary.json").is_file():
+        raise UserError(f"--from {run_dir}: not a finished dissection run (no summary.json)",
+                        hint="pass the --out folder of an earlier `neuroprobe dissect`")
+    summary = read_json(run / "summary.json", "run summary")
+    cfg = summary.get("config") if isinstance(summary, dict) else None
+    if not isinstance(cfg, dict) or not cfg.get("layers"):
+        raise UserError(f"--from {run_dir}: its summary.json holds no dissection configuration",
+                        hint="pass the --out folder of an earlier `neuroprobe dissect`")
+    minfo, ccfg = cfg.get("model") or {}, cfg.get("concepts") or {}
+    spec = model_spec(minfo)   # a path relative to another working folder: the absolute one
+    opts = {"model": None if str(spec).startswith("stand-in:") else spec,
+            "arch": minfo.get("arch"),
+            "concepts": ccfg.get("spec") or ccfg.get("path") or (
+                ccfg.get("root") if ccfg.get("source") in ("broden", "mask-folder") else None)
+            or ccfg.get("name"),
+            "root": ccfg.get("root"),
+            "annotations": ccfg.get("annotations"),
+            "limit": ccfg.get("limit") or ccfg.get("n"),
+            "layers": ",".join(cfg["layers"]),
+            "denominator": None if cfg.get("mode") == "unrestricted" else cfg.get("denominator"),
+            "batch_size": (summary.get("timing") or {}).get("batch_size")}
+    opts.update({k: cfg[k] for k in ("mode", "score", "ties", "nss_resolution", "nss_regions",
+                                     "quantile", "iou_threshold", "nss_threshold", "top_units",
+                                     "amp", "on_bad_image") if k in cfg})
+    extra = {"top_k": cfg.get("top_k"), "sketch_capacity": (cfg.get("sketch") or {}).get(
+        "capacity"), "image_size": ccfg.get("image_size"), "mask_size": ccfg.get("mask_size"),
+        "stand_in": str(spec).startswith("stand-in:")}
+    return {k: v for k, v in opts.items() if v is not None or k == "model"}, extra
+
+
+def _apply_from(args) -> dict:
+    """Fill the options not given on the command line: from ``--from RUN`` where given, else
+    their defaults.  Returns the library options of the run (``{}`` without ``--from``)."""
+    defaults = getattr(args, "_from_defaults", {})
+    given = {d for d in defaults if getattr(args, d, UNSET) is not UNSET}
+    opts, extra = _from_config(args.from_run) if args.from_run else ({}, {})
+    if args.from_run and "model" not in given and not opts.get("model") and \
+            not extra.get("stand_in"):
+        from ..errors import UserError
+
+        raise UserError(f"--from {args.from_run}: its summary.json names no model",
+                        hint="pass --model as well")
+    if "concepts" in given:
+        opts.pop("root", None)   # the run's data folder belongs to the run's concept set
+        opts.pop("annotations", None)
+    for dest, default in defaults.items():
+        if dest not in given:
+            setattr(args, dest, opts.get(dest, default))
+    if "image_size" in given or "concepts" in given:
+        extra.pop("image_size", None)   # the sizes of the run's set do not carry over
+        extra.pop("mask_size", None)
+    if "model" in given:
+        extra.pop("stand_in", None)
+    return {k: v for k, v in extra.items() if v is not None}
 
 
 def default_workers(device) -> int:
@@ -116,7 +221,8 @@ def _run(args) -> int:
     from .layers import load_model_from_args
 
     device = resolve_device(getattr(args, "device", "auto"))
-    if args.model is None and not demo_installed():
+    extra = _apply_from(args)
+    if (args.model is None and not demo_installed()) or extra.get("stand_in"):
         module, meta, model_info = stand_in()
         module = module.to(device)
         log.info(model_info["note"])
@@ -136,7 +242,7 @@ def _run(args) -> int:
             except Exception:  # pragma: no cover - reported by the loader already
                 pass
         if path.is_file():
-            model_info["file"] = str(path)
+            model_info["file"] = str(path.resolve())   # found from any working folder
             model_info["sha256"] = sha256_file(path)
         model_name = args.model.replace(":", "-").split("?")[0]
         if path.is_file() and Path(args.model).is_file():
@@ -157,7 +263,7 @@ def _run(args) -> int:
         image_size = int(size[0])   # the procedural world is drawn at the model's input size
     if image_size:
         overrides.update(image_size=image_size, mask_size=image_size // 2)
-    dataset = open_concepts(concepts, **overrides)
+    dataset = _open_sized(open_concepts, concepts, overrides, extra)
     dataset.use_cache = not args.no_cache
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else \
         list(meta.get("layers") or [])
@@ -187,12 +293,24 @@ def _run(args) -> int:
         resume=not args.no_resume, overwrite=args.overwrite, keep=args.keep,
         num_workers=workers, model_info=model_info, on_bad_image=args.on_bad_image,
         nss_resolution=args.nss_resolution, nss_regions=args.nss_regions, ties=args.ties,
+        top_k=extra.get("top_k", 16), sketch_capacity=extra.get("sketch_capacity", 4096),
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
                        "limit": limit, "annotations": getattr(dataset, "annotation_files", None)
                        if args.annotations else None})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
         _print_summary(result, out)
     return 0
+
+
+def _open_sized(open_concepts, concepts: str, overrides: dict, extra: dict):
+    """Open the concept set; under ``--from`` at the run's image and mask size where the set's
+    own size differs (the run was made with ``--image-size`` or at the demo model's size)."""
+    dataset = open_concepts(concepts, **overrides)
+    want = {k: tuple(extra[k]) for k in ("image_size", "mask_size") if extra.get(k)}
+    have = {"image_size": tuple(dataset.image_size), "mask_size": tuple(dataset.mask_size)}
+    if want and any(have[k] != v for k, v in want.items()):
+        dataset = open_concepts(concepts, **overrides, **want)
+    return dataset
 
 
 def _plural(n: int, noun: str) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,12 +21,36 @@ import torch
 from ..errors import UserError
 from ..io import save_torch, write_json
 
-__all__ = ["RunStore", "model_fingerprint", "check_model", "STATE_VERSION", "RESULT_FILES"]
+__all__ = ["RunStore", "model_fingerprint", "check_model", "STATE_VERSION", "RESULT_FILES",
+           "remove_stale_temps"]
 
 STATE_VERSION = 1
 #: the files a finished run writes (removed when ``overwrite`` replaces a run)
-RESULT_FILES = ("units.csv", "summary.json", "region_nss.csv", "concepts.png", "top_images.pt",
-                "image_counts.npz")
+RESULT_FILES = ("units.csv", "summary.json", "region_nss.csv", "concepts.png", "top_images.npz",
+                "scores.npz", "top_images.pt", "image_counts.npz")
+
+#: a temporary file of :func:`neuroprobe.io.atomic_path` (``.NAME.XXXXXXXX.SUFFIX``, from
+#: ``tempfile.mkstemp``), which a run killed by SIGKILL or a power cut can leave behind
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the half-written temporaries a killed run left in ``out`` (its result files) and
+    in ``out/.state`` (everything there is the run's own); return what was removed.
+
+    Call it only while holding :meth:`RunStore.lock`: then no other process writes there.
+    """
+    removed = []
+    candidates = [p for p in out.glob(".*") if p.is_file()
+                  and (m := _TEMP_NAME.match(p.name)) and m["target"] in RESULT_FILES]
+    if (out / ".state").is_dir():
+        candidates += [p for p in (out / ".state").rglob(".*")
+                       if p.is_file() and _TEMP_NAME.match(p.name)]
+    for p in candidates:
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -182,6 +207,7 @@ class RunStore:
             fh.truncate()
             fh.write(str(os.getpid()))
             fh.flush()
+            remove_stale_temps(out)
             try:
                 yield
             finally:

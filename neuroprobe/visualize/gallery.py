@@ -21,8 +21,8 @@ Cards are composed with Pillow (no plotting library in the per-unit loop), so hu
 take seconds once the model work is done.
 
 Top-k images: a dissection's :class:`~neuroprobe.dissect.DissectionResult` carries them in
-memory; a run folder may hold them in ``top_images.pt`` (``{layer: {"values": (U, k),
-"index": (U, k)}}``).  When the file is absent they are recomputed from the model and concept
+memory; a run folder holds them in ``top_images.npz`` (read by
+:func:`neuroprobe.run.read_top_images`; older runs: ``top_images.pt``).  When both are absent they are recomputed from the model and concept
 set named in ``summary.json`` (one forward pass over the data set).
 """
 from __future__ import annotations
@@ -37,8 +37,10 @@ import numpy as np
 import torch
 
 from ..engine.store import check_model
-from ..errors import DataFormatError, UserError
-from ..io import read_csv
+from ..errors import UserError
+from ..notebook import gallery_html
+from ..run import load_run, read_top_images
+from ..run import model_spec as recorded_model_spec
 from ..utils import model_device
 
 log = logging.getLogger(__name__)
@@ -191,34 +193,11 @@ def unit_filename(layer: str, unit: int) -> str:
 
 
 def read_run(run_dir) -> tuple[list[dict], dict]:
-    """``units.csv`` rows (score/threshold as floats, unit as int) and ``summary.json``."""
-    import json
-
-    run = Path(run_dir)
-    units_csv, summary_json = run / "units.csv", run / "summary.json"
-    if not units_csv.is_file():
-        raise UserError(f"{run} is not a dissection run folder: it has no units.csv",
-                        hint="run `neuroprobe dissect ... --out DIR` first")
-    _, rows = read_csv(units_csv, format_hint="rerun `neuroprobe dissect` into this folder")
-    try:
-        summary = json.loads(summary_json.read_text(encoding="utf-8")) \
-            if summary_json.is_file() else {}
-    except (OSError, ValueError) as err:
-        raise DataFormatError(f"cannot read {summary_json}: {err}",
-                              hint="rerun `neuroprobe dissect` into this folder") from None
-    missing = {"layer", "unit", "label", "score"} - set(rows[0] if rows else {})
-    if rows and missing:
-        raise DataFormatError(f"{units_csv} lacks the columns {sorted(missing)}")
-    for r in rows:
-        try:
-            r["unit"] = int(r["unit"])
-            r["score"] = float(r["score"] or 0.0)
-            r["threshold"] = float(r["threshold"]) if r.get("threshold") not in (None, "") \
-                else None
-        except ValueError as err:
-            raise DataFormatError(f"{units_csv}: bad number in row of unit "
-                                  f"{r.get('layer')}:{r.get('unit')} ({err})") from None
-    return rows, summary
+    """``units.csv`` rows (typed: unit as int, score/threshold as floats, an empty threshold
+    as ``None``) and ``summary.json`` (``{}`` where absent), read by
+    :func:`neuroprobe.run.load_run`."""
+    run = load_run(run_dir, require_summary=False)
+    return run.units, run.summary
 
 
 def parse_units(text: str | Sequence[str]) -> list[tuple[str, int]]:
@@ -313,6 +292,13 @@ class GalleryResult:
     pngs: list = field(default_factory=list)
     report: Path | None = None
     entries: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"GalleryResult({str(self.out_dir)!r}: {len(self.entries)} units"
+                + (f", report {str(self.report)!r})" if self.report else ")"))
+
+    def _repr_html_(self) -> str:
+        return gallery_html(self.entries, self.out_dir)
 
 
 def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_name: str = "IoU",
@@ -442,6 +428,8 @@ _TEXT_FIELDS = {"layer", "label", "category", "png", "attribution"}
 def _number(key: str, value):
     """A ``units.csv`` cell as JSON wants it: numbers as numbers, detector flags as booleans,
     empty cells as null, names as strings."""
+    if (key == "detector" or key.endswith("-detector")) and isinstance(value, int):
+        return bool(value)   # load_run types the cells of units.csv
     if not isinstance(value, str) or key in _TEXT_FIELDS or key.endswith(("-label",
                                                                              "-category")):
         return value
@@ -500,7 +488,7 @@ def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
     device = device or "cpu"
     cfg = summary.get("config", {})
     minfo = cfg.get("model") or {}
-    spec = model_spec or minfo.get("spec")
+    spec = model_spec or recorded_model_spec(minfo)   # a relative path: the absolute one
     if not spec:
         raise UserError("summary.json does not name the model of this run",
                         hint="pass --model PATH")
@@ -574,7 +562,7 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     units : ``[(layer, unit)]`` or ``"layer:unit,..."`` to draw (default: all units of the run).
     detectors_only, max_units : restrict to detector units / the best ``max_units`` by score.
     top_k, maximize_steps, maximize_size, attribution, n_steps, tile : card content.
-    top : ``{layer: (values, index)}`` top images (default: ``top_images.pt`` in the run, else
+    top : ``{layer: (values, index)}`` top images (default: ``top_images.npz`` in the run, else
         recomputed with one pass over the data set).
     """
     from ..io import write_json
@@ -607,12 +595,10 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     model.eval()
     layers = sorted({r["layer"] for r in rows})
     if top is None:
-        top_file = run / "top_images.pt"
-        if top_file.is_file():
-            saved = torch.load(top_file, map_location="cpu", weights_only=True)
-            top = {k: (v["values"], v["index"]) for k, v in saved.items()}
-        else:
-            log.info(f"{run} holds no top_images.pt: finding the top {top_k} images of each unit "
+        top = {k: (torch.from_numpy(v), torch.from_numpy(i))
+               for k, (v, i) in read_top_images(run).items()}
+        if not top:
+            log.info(f"{run} holds no top_images.npz: finding the top {top_k} images of each unit "
                      f"with one pass over {len(dataset)} images")
             top = top_images(model, dataset, layers, top_k, batch_size, show_progress)
     cfg = summary.get("config", {})
