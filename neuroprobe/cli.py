@@ -22,6 +22,7 @@ import threading
 
 from . import __version__, commands
 from .commands._common import add_global_options
+from .commands._logging import command_logging, set_verbosity
 from .errors import UserError
 
 
@@ -80,7 +81,7 @@ def _sigterm_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), command_logging():
         return _main(argv)
 
 
@@ -88,8 +89,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    if getattr(args, "quiet", False):
-        os.environ["NEUROPROBE_QUIET"] = "1"
+    set_verbosity(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -76,7 +77,9 @@ from .results import score_iou, score_nss, summarise, write_results
 from .run import ResultView
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
 from .tally import upsample
-from .utils import info, model_device, versions
+from .utils import model_device, versions
+
+log = logging.getLogger(__name__)
 
 __all__ = ["dissect", "DissectConfig", "DissectionResult", "model_fingerprint", "MODES",
            "SCORES", "DENOMINATOR_CHOICES", "NSS_RESOLUTION_CHOICES", "NSS_REGION_CHOICES",
@@ -430,8 +433,8 @@ def _start(model, dataset, aliases: dict, cfg: DissectConfig, device, dctx) -> _
         run.stats.load_state_dict(state["stats"], device)
         run.saved_thresholds = state.get("thresholds")
         if run.phase != "done":
-            info(f"resuming the {run.phase} pass at batch {run.next_batch} from "
-                 f"{run.store.dir}")
+            log.info(f"resuming the {run.phase} pass at batch {run.next_batch} from "
+                     f"{run.store.dir}")
             run.per_batch = int(state.get("batch_size", cfg.batch_size))  # the run's batching
     n_batches = (run.n + run.per_batch - 1) // run.per_batch
     # this process's batches: all of them, or every world-th one under torchrun

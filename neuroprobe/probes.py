@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
 from .io import write_json, write_text
+
+log = logging.getLogger(__name__)
 
 KINDS = ("concepts", "finetune-shift", "popout", "task-vs-domain", "ablation")
 
@@ -74,13 +77,15 @@ def load_probe(name_or_path: str) -> dict:
 
 # -- shared pieces -------------------------------------------------------------------------------
 
-def _open_concepts(spec: dict, root=None, limit=None):
+def _open_concepts(spec: dict, root=None, limit=None, annotations=None):
     from .concepts import open_concepts
 
     c = dict(spec.get("concepts", {"name": "synthetic"}))
     name = c.pop("name", "synthetic")
     if root:
         c["root"] = root
+    if annotations:
+        c["annotations"] = list(annotations)
     if limit:
         c["limit"] = int(limit)
     return name, open_concepts(name, **c)
@@ -498,10 +503,11 @@ def _kind_ablation(spec, models, out, dataset, concept_name, device) -> str:
 
 def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
               concepts: str | None = None, root=None, limit: int | None = None,
-              device="cpu", cache: bool = True) -> Path:
+              device="cpu", cache: bool = True, annotations=None) -> Path:
     """Run a probe and write ``<out>/report.md`` (+ CSVs and plots); returns the report path.
-    ``cache=False``: decode the concept set's label files instead of using its label cache."""
-    from .utils import info, versions
+    ``cache=False``: decode the concept set's label files instead of using its label cache;
+    ``annotations``: COCO json files of a coco-parts concept set (``--annotations``)."""
+    from .utils import versions
 
     spec = load_probe(name_or_path)
     if concepts:
@@ -522,13 +528,14 @@ def run_probe(name_or_path: str, out_dir, *, models: dict | None = None,
             concepts_spec.update(image_size=int(size[0]), mask_size=int(size[0]) // 2)
     spec["concepts"] = concepts_spec
     concept_name, dataset = _open_concepts(spec, root,
-                                           limit or spec.get("concepts", {}).get("limit"))
+                                           limit or spec.get("concepts", {}).get("limit"),
+                                           annotations)
     dataset.use_cache = cache
     kind = spec["kind"]
     fn = {"concepts": _kind_concepts, "finetune-shift": _kind_finetune_shift,
           "popout": _kind_popout, "task-vs-domain": _kind_task_vs_domain,
           "ablation": _kind_ablation}[kind]
-    info(f"probe {spec['name']} ({kind}) on {concept_name}, {len(dataset)} images")
+    log.info(f"probe {spec['name']} ({kind}) on {concept_name}, {len(dataset)} images")
     body = fn(spec, spec_models, out, dataset, concept_name, device)
     head = [f"# Probe: {spec['name']}\n", spec.get("description", "").strip() + "\n",
             f"Recipe `{spec['_path']}`; concept set `{concept_name}` ({len(dataset)} images); "

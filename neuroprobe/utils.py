@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
+import logging
 import platform
 import sys
 from importlib import metadata
@@ -14,24 +14,28 @@ from .errors import UserError
 
 
 def quiet() -> bool:
-    """True when ``--quiet`` was given (or ``NEUROPROBE_QUIET=1``)."""
-    return os.environ.get("NEUROPROBE_QUIET", "") not in ("", "0")
+    """True when the ``neuroprobe`` logger is set above INFO (``--quiet`` does this; so does
+    ``logging.getLogger("neuroprobe").setLevel(logging.WARNING)``): no progress bars then."""
+    return logging.getLogger("neuroprobe").level > logging.INFO
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar on stderr that honours ``--quiet``."""
-    from tqdm.auto import tqdm
+    """A tqdm progress bar on stderr: the one place neuroprobe makes progress bars.
 
-    kwargs.setdefault("disable", quiet())
+    The bar is off under :func:`quiet`, and a terminal bar is off where stderr is not a
+    terminal (tqdm's ``disable=None``), so that logs and CI output get no carriage-return
+    lines; a notebook's bar is a widget and stays on.  ``disable=True`` turns it off."""
+    from tqdm.auto import tqdm
+    from tqdm.autonotebook import tqdm as chosen   # the notebook bar in Jupyter
+    from tqdm.std import tqdm as terminal_bar
+
+    if kwargs.pop("disable", None) or quiet():
+        kwargs["disable"] = True
+    else:
+        kwargs["disable"] = None if chosen is terminal_bar else False
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, **kwargs)
-
-
-def info(message: str) -> None:
-    """An informational line on stderr (silent under ``--quiet``)."""
-    if not quiet():
-        print(message, file=sys.stderr)
 
 
 def resolve_device(name: str | None = "auto"):

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg  # noqa: F401 - scipy's OpenBLAS is a second BLAS library beside numpy's
 from scipy import ndimage
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from neuroprobe.errors import UserError
 from neuroprobe.saliency import metrics as M
@@ -390,13 +396,43 @@ def test_release_rebuilds_the_same_densities_and_batch_bounds_memory(scene):
     assert rows[0]["cc"] == pytest.approx(rows[2]["cc"])
 
 
-def test_blas_single_thread_restores_the_thread_count():
-    funcs = M._openblas_thread_funcs()
-    before = [get() for get, _ in funcs]
-    with M.blas_single_thread():
-        assert all(get() == 1 for get, _ in funcs)
-        np.ones((64, 64)) @ np.ones((64, 64))
-    assert [get() for get, _ in funcs] == before
+def _blas_threads() -> list[int]:
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_single_thread_limits_every_blas_library_and_restores_them():
+    assert _blas_threads(), "no BLAS library found by threadpoolctl"
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        assert set(before) == {2}
+        with M.blas_single_thread():
+            assert set(_blas_threads()) == {1}
+            with M.blas_single_thread():        # nested: still one thread
+                np.ones((64, 64)) @ np.ones((64, 64))
+            assert set(_blas_threads()) == {1}  # the inner block does not restore
+        assert _blas_threads() == before
+
+
+def test_blas_single_thread_sees_a_library_loaded_after_first_use():
+    code = """
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+from neuroprobe.saliency._blas import blas_single_thread
+threadpool_limits(limits=2, user_api="blas")
+with blas_single_thread():
+    pass
+import scipy.linalg
+threadpool_limits(limits=2, user_api="blas")
+with blas_single_thread():
+    inside = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+print(len(inside), sorted({n for _, n in inside}))
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr
+    count, threads = r.stdout.split(maxsplit=1)
+    assert int(count) >= 1 and threads.strip() == "[1]"
 
 
 def test_leave_out_density_equals_the_direct_blur_of_the_rest():

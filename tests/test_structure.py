@@ -17,6 +17,7 @@ than the entry points ``cli.py`` and ``__main__.py``) has an edge into ``neuropr
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import subprocess
 import sys
@@ -207,11 +208,11 @@ print(" ".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
 """
 
 
-def _help_imports(argv: list[str]) -> list[str]:
+def _help_imports(argv: list[str], expect: str = "usage:") -> list[str]:
     r = subprocess.run([sys.executable, "-c", _HELP.format(argv=argv, heavy=HEAVY)],
                        capture_output=True, text=True, timeout=120, cwd=PKG.parent)
     assert r.returncode == 0, r.stderr
-    assert "usage:" in r.stdout
+    assert expect in r.stdout
     return r.stderr.strip().splitlines()[-1].split() if r.stderr.strip() else []
 
 
@@ -226,3 +227,37 @@ def test_help_imports_no_heavy_library():
 @pytest.mark.parametrize("command", _commands())
 def test_command_help_imports_no_heavy_library(command):
     assert _help_imports([command, "--help"]) == []
+
+
+def _nested_commands() -> list[list[str]]:
+    """Every sub-command below a command group (``concepts list``, ``saliency eval`` ...), read
+    from the parser itself."""
+    from neuroprobe.cli import build_parser
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield [*prefix, name]
+                    yield from walk(sub, [*prefix, name])
+
+    return [argv for argv in walk(build_parser(), []) if len(argv) > 1]
+
+
+def test_nested_commands_are_found():
+    nested = _nested_commands()
+    assert ["concepts", "list"] in nested and ["saliency", "eval"] in nested
+
+
+@pytest.mark.parametrize("argv", _nested_commands(), ids=" ".join)
+def test_nested_command_help_imports_no_heavy_library(argv):
+    assert _help_imports([*argv, "--help"]) == []
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["concepts", "list"], "coco-parts"),
+    (["download", "--list"], "broden"),
+])
+def test_listing_commands_import_no_heavy_library(argv, expect):
+    """Listing what is there reads TOML files and tables: no torch (seconds to import)."""
+    assert _help_imports(argv, expect) == []

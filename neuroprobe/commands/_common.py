@@ -19,7 +19,8 @@ from pathlib import Path
 
 __all__ = ["add_global_options", "positive_int", "nonnegative_int", "positive_float",
            "nonnegative_float", "seed", "finite_float", "probability", "open_probability", "timeout_seconds",
-           "add_model_options", "add_concept_options", "add_batch_size", "add_workers",
+           "add_model_options", "add_concept_options", "add_annotations", "add_batch_size",
+           "add_workers",
            "add_limit", "output_folder", "output_file"]
 
 
@@ -121,8 +122,11 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
                         help="where models run (default: auto = cuda when available)")
     parser.add_argument("--debug", action="store_true", default=default if suppress else False,
                         help="show tracebacks of errors")
-    parser.add_argument("--quiet", action="store_true", default=default if suppress else False,
-                        help="no progress bars or informational output")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", default=default if suppress else False,
+                      help="only warnings and errors: no progress bars or informational output")
+    loud.add_argument("--verbose", action="store_true", default=default if suppress else False,
+                      help="also debug messages (paths looked up, plugins loaded ...)")
 
 
 
@@ -153,8 +157,16 @@ def add_concept_options(parser, *, concepts_help: str | None = None, root: bool 
                         help=concepts_help or "concept set: shipped name or .toml path")
     if root:
         parser.add_argument("--root", default=None, help="data folder of the concept set")
+        add_annotations(parser)
     if limit:
         add_limit(parser)
+
+
+def add_annotations(parser) -> None:
+    """``--annotations FILE ...``: the COCO json files of a coco-parts concept set."""
+    parser.add_argument("--annotations", nargs="+", default=None, metavar="FILE",
+                        help="COCO annotation files of a coco-parts set (instances_*.json, "
+                        "person_keypoints_*.json), instead of the set's `annotations`")
 
 
 def add_limit(parser) -> None:

@@ -1,9 +1,13 @@
 """``neuroprobe ablate RUN --concept NAME --out DIR``: remove a concept's units, measure the loss."""
 from __future__ import annotations
 
+import logging
+
 from . import add_command
 from ._common import (add_batch_size, add_limit, add_trust_option, nonnegative_int,
                       output_folder, positive_int, seed)
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -50,7 +54,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from ..ablation_run import CONTROLS, ablate_run, write_ablation
-    from ..utils import info, resolve_device
+    from ..utils import resolve_device
 
     out = output_folder(args.out)
     controls = CONTROLS if args.control is None else \
@@ -63,5 +67,5 @@ def _run(args) -> int:
         model_spec=args.model, arch=args.arch, trust=args.trust_checkpoint, progress=True)
     files = write_ablation(result, meta, out)
     print((out / "summary.md").read_text())
-    info("wrote " + ", ".join(str(f) for f in files))
+    log.info("wrote " + ", ".join(str(f) for f in files))
     return 0

@@ -1,8 +1,12 @@
 """``neuroprobe compare RUN_A RUN_B [...]``: detector counts side by side, changed units."""
 from __future__ import annotations
 
+import logging
+
 from . import add_command
 from ._common import nonnegative_int, output_folder
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -26,8 +30,6 @@ def _run(args) -> int:
         load_run
     from ..errors import UserError
     from ..probes import _bar_plot, _csv, _md_table
-    from ..utils import info
-
     if len(args.runs) < 2:
         raise UserError("compare needs at least two run folders")
     out = output_folder(args.out) if args.out else None
@@ -59,8 +61,8 @@ def _run(args) -> int:
         _bar_plot(out / "difference.png", labels, {f"{names[-1]} - {names[0]}":
                                                    [diff[k] for k in labels]},
                   "difference in detector units per concept (all layers)", "units")
-        info(f"wrote {out}/counts.csv, changed_units.csv, difference.png"
-             + (", bootstrap.csv" if boot is not None else ""))
+        log.info(f"wrote {out}/counts.csv, changed_units.csv, difference.png"
+                 + (", bootstrap.csv" if boot is not None else ""))
     return 0
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import add_command, add_subcommand_group
-from ._common import add_limit, nonnegative_int, output_file, output_folder, positive_int, seed
+from ._common import (add_annotations, add_limit, nonnegative_int, output_file, output_folder,
+                      positive_int, seed)
 
 
 def register(subparsers) -> None:
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
 def _source_options(p) -> None:
     p.add_argument("--root", help="local data folder (Broden folder or zip, COCO images, "
                    "EyeCrowd, mask folder)")
+    add_annotations(p)
     add_limit(p)
     p.add_argument("--split", default=None, help="data split where the source has one")
 
@@ -78,7 +80,7 @@ def _info(args) -> int:
 
 
 def _overrides(args) -> dict:
-    keys = ("seed", "root", "limit", "split")
+    keys = ("seed", "root", "limit", "split", "annotations")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

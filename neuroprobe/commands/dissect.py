@@ -5,12 +5,15 @@ With no arguments it dissects the built-in demo model on the synthetic world (th
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from . import add_command
 from ._common import (add_batch_size, add_concept_options, add_limit, add_model_options,
                       add_workers, finite_float, open_probability, output_folder, positive_int,
                       probability)
+
+log = logging.getLogger(__name__)
 
 #: images of the synthetic world used when --concepts is not given (keeps the default run short)
 DEMO_LIMIT = 200
@@ -98,7 +101,8 @@ def register(subparsers) -> None:
 
 
 #: the options ``--from RUN`` fills from the run's configuration unless they are given
-FROM_OPTIONS = ("model", "arch", "concepts", "root", "limit", "image_size", "layers", "mode",
+FROM_OPTIONS = ("model", "arch", "concepts", "root", "annotations", "limit", "image_size",
+                "layers", "mode",
                 "score", "denominator", "ties", "nss_resolution", "nss_regions", "quantile",
                 "iou_threshold", "nss_threshold", "top_units", "batch_size", "amp",
                 "on_bad_image")
@@ -156,6 +160,7 @@ def _from_config(run_dir) -> tuple[dict, dict]:
                 ccfg.get("root") if ccfg.get("source") in ("broden", "mask-folder") else None)
             or ccfg.get("name"),
             "root": ccfg.get("root"),
+            "annotations": ccfg.get("annotations"),
             "limit": ccfg.get("limit") or ccfg.get("n"),
             "layers": ",".join(cfg["layers"]),
             "denominator": None if cfg.get("mode") == "unrestricted" else cfg.get("denominator"),
@@ -183,6 +188,7 @@ def _apply_from(args) -> dict:
                         hint="pass --model as well")
     if "concepts" in given:
         opts.pop("root", None)   # the run's data folder belongs to the run's concept set
+        opts.pop("annotations", None)
     for dest, default in defaults.items():
         if dest not in given:
             setattr(args, dest, opts.get(dest, default))
@@ -211,7 +217,7 @@ def _run(args) -> int:
     from ..errors import UserError
     from ..io import sha256_file
     from ..models.standin import demo_installed, stand_in
-    from ..utils import info, resolve_device
+    from ..utils import resolve_device
     from .layers import load_model_from_args
 
     device = resolve_device(getattr(args, "device", "auto"))
@@ -219,7 +225,7 @@ def _run(args) -> int:
     if (args.model is None and not demo_installed()) or extra.get("stand_in"):
         module, meta, model_info = stand_in()
         module = module.to(device)
-        info(f"neuroprobe: {model_info['note']}")
+        log.info(model_info["note"])
         model_name = "stand-in"
     else:
         if args.model is None:
@@ -249,6 +255,8 @@ def _run(args) -> int:
     if args.concepts is None and limit is None:
         limit = DEMO_LIMIT
     overrides = {"root": args.root} if args.root else {}
+    if args.annotations:
+        overrides["annotations"] = list(args.annotations)
     size = meta.get("input_size")
     image_size = args.image_size
     if image_size is None and args.concepts is None and size and size[0] == size[1]:
@@ -263,8 +271,8 @@ def _run(args) -> int:
         raise UserError(f"model {args.model or model_name!r} names no default layers to dissect",
                         hint="pass --layers a,b (see `neuroprobe layers --model ...`)")
     if size and tuple(size) != tuple(dataset.image_size):
-        info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
-             f"{tuple(dataset.image_size)} images")
+        log.info(f"note: the model was made for {tuple(size)} inputs, the concept set has "
+                 f"{tuple(dataset.image_size)} images")
     out = output_folder(args.out) if args.out else Path("runs") / (
         f"dissect-{model_name}" + ("" if args.concepts is None else f"-{Path(concepts).stem}"))
     workers = args.workers
@@ -287,7 +295,8 @@ def _run(args) -> int:
         nss_resolution=args.nss_resolution, nss_regions=args.nss_regions, ties=args.ties,
         top_k=extra.get("top_k", 16), sketch_capacity=extra.get("sketch_capacity", 4096),
         concepts_info={"spec": concepts, "root": str(args.root) if args.root else None,
-                       "limit": limit})
+                       "limit": limit, "annotations": getattr(dataset, "annotation_files", None)
+                       if args.annotations else None})
     if os.environ.get("RANK", "0") == "0":   # under torchrun: rank 0 reports
         _print_summary(result, out)
     return 0

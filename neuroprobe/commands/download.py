@@ -1,8 +1,12 @@
 """``neuroprobe download NAME --out DIR``: fetch a known data set with the shared downloader."""
 from __future__ import annotations
 
+import logging
+
 from . import add_command
 from ._common import output_folder, timeout_seconds
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -22,8 +26,6 @@ def _download(args) -> int:
     from ..download import KNOWN, fetch, mirror_url
     from ..errors import UserError
     from ..resources import cache_dir
-    from ..utils import info
-
     if args.list or not args.name:
         for name, entry in KNOWN.items():
             print(f"{name:<24} {entry['about']:<52} {mirror_url(entry['url'], args.mirror)}")
@@ -34,6 +36,6 @@ def _download(args) -> int:
     out = str(output_folder(args.out)) if args.out else str(cache_dir() / "data")
     folder = fetch(args.name, out, mirror=args.mirror, timeout=args.timeout,
                    keep_archive=args.keep_archive)
-    info(f"{args.name} is in {folder}")
+    log.info(f"{args.name} is in {folder}")
     print(folder)
     return 0

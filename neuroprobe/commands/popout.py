@@ -1,8 +1,12 @@
 """``neuroprobe popout``: score saliency models on synthetic pop-out search arrays (P3-style)."""
 from __future__ import annotations
 
+import logging
+
 from . import add_command
 from ._common import nonnegative_int, output_folder, positive_int, seed
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -26,8 +30,6 @@ def register(subparsers) -> None:
 def _popout(args) -> int:
     from ..errors import UserError
     from ..saliency.popout_eval import evaluate_popout
-    from ..utils import info
-
     if args.size < 56:
         raise UserError("--size must be at least 56 pixels (8 per grid cell)")
     output_folder(args.out)
@@ -37,5 +39,5 @@ def _popout(args) -> int:
                           seed=args.seed, examples=args.examples,
                           device=getattr(args, "device", "auto"))
     print(run.markdown)
-    info(f"wrote {run.out}/summary.csv, summary.md, per_array.csv, arrays.csv, popout_*.png")
+    log.info(f"wrote {run.out}/summary.csv, summary.md, per_array.csv, arrays.csv, popout_*.png")
     return 0

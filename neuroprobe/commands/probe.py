@@ -1,8 +1,12 @@
 """``neuroprobe probe RECIPE --out DIR``: run one of the study's analyses end to end."""
 from __future__ import annotations
 
+import logging
+
 from . import add_command
 from ._common import add_concept_options, output_folder
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -22,7 +26,7 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from ..errors import UserError
     from ..probes import run_probe
-    from ..utils import info, resolve_device
+    from ..utils import resolve_device
 
     models = {}
     for item in args.model:
@@ -32,7 +36,7 @@ def _run(args) -> int:
         models[name] = spec
     report = run_probe(args.recipe, output_folder(args.out), models=models, concepts=args.concepts,
                        root=args.root, limit=args.limit, device=resolve_device(args.device),
-                       cache=not args.no_cache)
-    info(f"wrote {report}")
+                       cache=not args.no_cache, annotations=args.annotations)
+    log.info(f"wrote {report}")
     print(report.read_text())
     return 0

@@ -1,8 +1,12 @@
 """``neuroprobe saliency eval``: score saliency models on real fixation data, both protocols."""
 from __future__ import annotations
 
+import logging
+
 from . import add_command, add_subcommand_group
 from ._common import output_folder, positive_int, seed
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -28,7 +32,6 @@ def register(subparsers) -> None:
 
 
 def _eval(args) -> int:
-    import sys
     import warnings
 
     from ..errors import UserError
@@ -36,8 +39,6 @@ def _eval(args) -> int:
     from ..saliency.evaluate import (NoFixationsWarning, evaluate_dataset, resolve_models,
                                      summarise, write_results)
     from ..saliency.metrics import METRICS, PROTOCOLS, _check_metrics
-    from ..utils import info
-
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
@@ -53,17 +54,17 @@ def _eval(args) -> int:
     output_folder(args.out)
     ds = open_dataset(args.data, root=args.root, images=args.images).subset(args.n)
     models = resolve_models(args.models.split(","), getattr(args, "device", "auto"))
-    info(f"{ds.name}: {len(ds)} images, models {', '.join(models)}, protocols "
-         f"{', '.join(protocols)}")
+    log.info(f"{ds.name}: {len(ds)} images, models {', '.join(models)}, protocols "
+             f"{', '.join(protocols)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         rows = evaluate_dataset(ds, models, protocols, metrics, seed=args.seed)
     notes = sorted({str(w.message) for w in caught})
     for message in sorted({str(w.message) for w in caught
                            if issubclass(w.category, NoFixationsWarning)}):
-        print(f"neuroprobe: warning: {message}", file=sys.stderr)   # shown under --quiet too
+        log.warning(message)   # shown under --quiet too
     for note in notes[:5]:
-        info(f"note: {note}")
+        log.info(f"note: {note}")
     summary = summarise(rows, metrics)
     config = {"command": "saliency eval", "data": args.data, "dataset": ds.name,
               "root": str(ds.root), "n_images": len(ds), "models": list(models),
@@ -77,5 +78,5 @@ def _eval(args) -> int:
     title = f"{ds.name}: {len(ds)} images"
     paths = write_results(args.out, rows, summary, metrics, config, title)
     print(paths["markdown"].read_text(encoding="utf-8"))
-    info(f"wrote {', '.join(str(p) for p in paths.values())}")
+    log.info(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -5,9 +5,13 @@ Activation-maximization images of the given units (one PNG each plus a sheet) an
 """
 from __future__ import annotations
 
+import logging
+
 from . import add_command
 from ._common import (add_batch_size, add_model_options, nonnegative_int, output_folder,
                       positive_float, positive_int, seed)
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -123,7 +127,7 @@ def _run(args) -> int:
 
     from ..errors import UserError
     from ..io import atomic_path, write_json
-    from ..utils import info, progress, versions
+    from ..utils import progress, versions
     from ..visualize import maximize as am
     from ..visualize.gallery import parse_units, resolve_layer_name, unit_filename
     from .layers import load_model_from_args
@@ -194,5 +198,5 @@ def _run(args) -> int:
     for r in records:
         print(f"{r['layer']}:{r['unit']}  activation reached {r['activation']:.4g}  "
               f"-> {out / r['png']}")
-    info(f"sheet: {out / 'maximization.png'}")
+    log.info(f"sheet: {out / 'maximization.png'}")
     return 0

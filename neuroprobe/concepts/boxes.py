@@ -280,7 +280,7 @@ def from_spec(spec: dict, **overrides) -> BoxDataset:
                 f"saliency-in-crowd; pass --root DIR, set `root` in {spec.get('_path')}, or put "
                 "it at $NEUROPROBE_DATA/eyecrowd")
         root = resolve_data_path(opts.get("root") or "eyecrowd", spec, what="EyeCrowd folder",
-                                 hint=hint)
+                                 hint=hint, given="root" in overrides)
         unknown = [f for f in (*common["exclude"], *common["only"]) if f not in EYECROWD_FLAGS]
         if unknown:
             raise ConceptSetError(f"unknown EyeCrowd flag {unknown[0]!r}; flags: "
@@ -289,12 +289,17 @@ def from_spec(spec: dict, **overrides) -> BoxDataset:
     if fmt == "csv":
         labels = study_label_table()
         hint = f"set `boxes` and `images` in {spec.get('_path')}"
-        boxes = resolve_data_path(opts.get("boxes"), spec, what="box CSV", hint=hint)
         images = resolve_data_path(opts.get("images") or opts.get("root"), spec,
-                                   what="image folder", hint=hint)
+                                   what="image folder", hint=hint,
+                                   given=("images" if opts.get("images") else "root")
+                                   in overrides)
+        boxes = resolve_data_path(opts.get("boxes"), spec, what="box CSV", hint=hint,
+                                  given="boxes" in overrides, root=images)
         fix = None
         if opts.get("fixations"):
             fix = read_subjects_mat(resolve_data_path(opts["fixations"], spec,
-                                                      what="fixation file", hint=hint))
+                                                      what="fixation file", hint=hint,
+                                                      given="fixations" in overrides,
+                                                      root=images))
         return BoxDataset(read_box_csv(boxes, images, labels, fix), labels=labels, **common)
     raise ConceptSetError(f"box format must be 'eyecrowd' or 'csv', not {fmt!r}")

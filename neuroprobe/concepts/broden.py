@@ -390,7 +390,7 @@ def from_spec(spec: dict, **overrides) -> BrodenDataset:
     """Open a ``source = "broden"`` concept set (see ``concepts/broden.toml``).
 
     Options: ``root`` (folder or zip; default ``broden1_<resolution>``, looked up as described
-    in :func:`~neuroprobe.concepts.maskfolder.resolve_data_path`), ``resolution`` (224, 227,
+    in :mod:`neuroprobe.concepts.paths`), ``resolution`` (224, 227,
     384), ``split``, ``limit``, ``image_size``, ``mask_size``, ``primary`` (``"coverage"`` or
     ``"count"``), ``keep_empty_rows``; ``download = true`` fetches the archive into
     ``<cache>/data`` when it is not found.
@@ -404,7 +404,8 @@ def from_spec(spec: dict, **overrides) -> BrodenDataset:
     hint = (f"download it with `neuroprobe download {name} --out DIR` and pass --root "
             f"DIR/broden1_{resolution}, or set `root` in {spec.get('_path')}")
     try:
-        path = resolve_data_path(root, spec, what="Broden folder", hint=hint)
+        path = resolve_data_path(root, spec, what="Broden folder", hint=hint,
+                                 given="root" in overrides)
     except ConceptSetError:
         if not opts.get("download"):
             raise

@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -72,6 +73,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import ConceptSetError, DataFormatError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "CHUNK", "LabelCache", "prepare", "build", "cache_folder", "cache_key",
            "hash_files", "label_dtype"]
@@ -264,10 +267,8 @@ def _build_lock(folder: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            from ..utils import info
-
-            info(f"neuroprobe: waiting for process {fh.read().strip() or '?'}, which is "
-                 f"building the concept cache {folder}")
+            log.warning(f"waiting for process {fh.read().strip() or '?'}, which is "
+                        f"building the concept cache {folder}")
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()
@@ -350,9 +351,7 @@ def prepare(dataset, indices: Iterable[int] | None = None, *, progress: bool = T
     try:
         cache = build(dataset, indices, progress=progress)
     except OSError as err:   # an unwritable or full cache folder: read the files instead
-        from ..utils import info
-
-        info(f"neuroprobe: note: no concept cache ({err}); decoding the label files")
+        log.warning(f"no concept cache ({err}); decoding the label files")
         cache = None
     dataset.label_cache = cache
     return cache
@@ -465,11 +464,9 @@ class LabelCache:
         if self._noted:
             return
         self._noted = True
-        from ..utils import info
-
-        info(f"neuroprobe: note: {files[0] if files else 'an item'} changed since the concept "
-             f"cache {self.folder} was built; decoding changed items from their files (run "
-             "`neuroprobe concepts cache NAME --root DIR` to refresh the cache)")
+        log.warning(f"{files[0] if files else 'an item'} changed since the concept "
+                    f"cache {self.folder} was built; decoding changed items from their files (run "
+                    "`neuroprobe concepts cache NAME --root DIR` to refresh the cache)")
 
     def stale_items(self, dataset, c: int, content: bool = True) -> list[int]:
         """Items of chunk ``c`` whose files' bytes differ from those the cache was built from

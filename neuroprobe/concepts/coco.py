@@ -51,6 +51,7 @@ Ids
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -63,7 +64,8 @@ from ..errors import ConceptSetError, DataFormatError
 from ..resources import cache_dir
 from .base import STUDY_CATEGORIES, ConceptDataset
 from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
-                         resolve_data_path, study_label_table)
+                         study_label_table)
+from .paths import is_shipped, resolve_data_path
 
 __all__ = ["CocoParts", "from_spec", "head_mask", "decode_segmentation", "coco_image_id",
            "DEFAULT_PAIR_RATIOS", "FACE_KEYPOINTS"]
@@ -241,6 +243,8 @@ class CocoParts(ConceptDataset):
                                    else annotations)]
         if not paths:
             raise ConceptSetError("coco-parts needs at least one COCO annotation file")
+        #: the annotation files read, as absolute paths (a run records them)
+        self.annotation_files = [os.path.abspath(p) for p in paths]
         self.images: dict[int, dict] = {}
         self.anns: dict[int, list[dict]] = {}
         self.cat_names: dict[int, str] = {}
@@ -439,6 +443,36 @@ class CocoParts(ConceptDataset):
         return out
 
 
+def _annotation_files(spec: dict, opts: dict, year: str, split: str, *, given: bool,
+                      root) -> list[Path]:
+    """The COCO json files: ``annotations`` (the command line's ``--annotations FILE ...`` or
+    the file's list, looked up as :mod:`neuroprobe.concepts.paths` describes), else the
+    official files in ``<cache>/data/coco`` (fetched there with ``download = true``)."""
+    names = f"instances_{split}{year}.json and/or person_keypoints_{split}{year}.json"
+    if is_shipped(spec):
+        hint = (f"pass --annotations FILE ... ({names}), or set download = true in a copy of "
+                f"{spec.get('_path')} to fetch them from cocodataset.org (241 MB)")
+    else:
+        hint = (f"pass --annotations FILE ... or set `annotations` in {spec.get('_path')} "
+                f"({names}), or set download = true to fetch them from cocodataset.org "
+                "(241 MB)")
+    ann = opts.get("annotations")
+    if isinstance(ann, (str, Path)):
+        ann = [ann]
+    if ann:
+        return [resolve_data_path(a, spec, what="COCO annotation file", hint=hint, given=given,
+                                  root=root) for a in ann]
+    folder = cache_dir() / "data" / "coco" / f"annotations_trainval{year}"
+    files = [folder / f"instances_{split}{year}.json",
+             folder / f"person_keypoints_{split}{year}.json"]
+    if not all(f.is_file() for f in files):
+        if not opts.get("download"):
+            raise ConceptSetError("no COCO annotation files given", hint=hint)
+        fetch(f"coco-annotations-{year}", cache_dir() / "data" / "coco",
+              mirror=opts.get("mirror"))
+    return files
+
+
 def from_spec(spec: dict, **overrides) -> CocoParts:
     """Open a ``source = "coco-parts"`` concept set (see ``concepts/coco-parts.toml``).
 
@@ -456,33 +490,19 @@ def from_spec(spec: dict, **overrides) -> CocoParts:
     split = opts.get("split") or "val"
     if split not in ("train", "val"):
         raise ConceptSetError(f"COCO split must be train or val, not {split!r}")
-    hint = (f"set `annotations` in {spec.get('_path')} to instances_{split}{year}.json / "
-            f"person_keypoints_{split}{year}.json, or set download = true to fetch them from "
-            "cocodataset.org (241 MB)")
-    ann = opts.get("annotations")
-    if isinstance(ann, str):
-        ann = [ann]
-    if ann:
-        paths = [resolve_data_path(a, spec, what="COCO annotation file", hint=hint) for a in ann]
-    else:
-        folder = cache_dir() / "data" / "coco" / f"annotations_trainval{year}"
-        files = [folder / f"instances_{split}{year}.json",
-                 folder / f"person_keypoints_{split}{year}.json"]
-        if not all(f.is_file() for f in files):
-            if not opts.get("download"):
-                raise ConceptSetError("no COCO annotation files given", hint=hint)
-            fetch(f"coco-annotations-{year}", cache_dir() / "data" / "coco",
-                  mirror=opts.get("mirror"))
-        paths = files
     images = opts.get("root") or opts.get("images")
     img_dir = None
     if images:
         img_dir = resolve_data_path(images, spec, what="COCO image folder",
                                     hint="pass --root = the folder of the COCO images",
-                                    must_exist=not opts.get("fetch_images"))
+                                    must_exist=not opts.get("fetch_images"),
+                                    given=("root" if opts.get("root") else "images") in overrides)
+    paths = _annotation_files(spec, opts, year, split, given="annotations" in overrides,
+                              root=img_dir)
     text = opts.get("coco_text")
     if text:
-        text = resolve_data_path(text, spec, what="COCO-Text file",
+        text = resolve_data_path(text, spec, what="COCO-Text file", root=img_dir,
+                                 given="coco_text" in overrides,
                                  hint="set coco_text to cocotext.v2.json or remove it")
     return CocoParts(paths, mapping, images=img_dir, fetch_images=bool(opts.get("fetch_images")),
                      coco_text=text, crowd=opts.get("crowd", "include"), head=spec.get("head"),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -43,7 +44,9 @@ import torch
 
 from ..errors import UserError
 from ..io import write_json
-from ..utils import info, progress, versions
+from ..utils import progress, versions
+
+log = logging.getLogger(__name__)
 
 BRODEN_COLUMNS = ("color", "object", "material", "part", "scene", "texture")
 
@@ -239,7 +242,7 @@ def export_broden(dataset, out_dir, n: int | None = None, *, quality: int = 95,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    info(f"wrote {n} images in the Broden format to {out}")
+    log.info(f"wrote {n} images in the Broden format to {out}")
     return out
 
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
-from ..resources import cache_dir
 from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
+from .paths import resolve_data_path
 
 __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "read_image",
            "image_tensor", "image_uint8", "UINT8_SCALE", "resize_labels", "fixation_tensors", "resolve_data_path"]
@@ -132,34 +132,6 @@ def fixation_tensors(fix, src_hw: tuple[int, int], dst_hw: tuple[int, int]):
     fix = fix.inside(*dst_hw)
     return (torch.from_numpy(fix.xy().astype(np.float32)).reshape(-1, 2),
             torch.from_numpy(np.asarray(fix.observer, dtype=np.int64)))
-
-
-def resolve_data_path(value, spec: dict | None = None, *, what: str, hint: str,
-                      must_exist: bool = True) -> Path:
-    """Find a data file or folder named in a concept set.
-
-    Absolute paths are used as they are.  A relative path is looked up, in order, relative to
-    the working directory, to ``$NEUROPROBE_DATA``, to ``<cache>/data``, to the concept-set
-    file's folder, and to ``../shared/data`` (the shared data folder next to a project checkout).
-    """
-    if value is None or str(value) == "":
-        raise ConceptSetError(f"no {what} given", hint=hint)
-    path = Path(str(value)).expanduser()
-    candidates = [path]
-    if not path.is_absolute():
-        if os.environ.get("NEUROPROBE_DATA"):
-            candidates.append(Path(os.environ["NEUROPROBE_DATA"]).expanduser() / path)
-        candidates.append(cache_dir() / "data" / path)
-        if spec and spec.get("_path"):
-            candidates.append(Path(spec["_path"]).parent / path)
-        candidates.append(Path("..") / "shared" / "data" / path)
-    for cand in candidates:
-        if cand.exists():
-            return cand
-    if not must_exist:
-        return path
-    raise ConceptSetError(f"{what} {str(value)!r} not found (looked in "
-                          f"{', '.join(str(c) for c in candidates)})", hint=hint)
 
 
 def find_image(folder: Path, stem: str) -> Path | None:
@@ -453,11 +425,14 @@ def from_spec(spec: dict, **overrides) -> MaskFolderDataset:
         raise ConceptSetError(f"mask folders have no {split!r} split", hint="leave out --split")
     hint = (f"pass --root DIR (a folder with SegmentationClass/ and JPEGImages/, or labelme "
             f"JSON files) or set `root` in {spec.get('_path')}")
-    root = resolve_data_path(opts.get("root"), spec, what="mask folder", hint=hint)
+    root = resolve_data_path(opts.get("root"), spec, what="mask folder", hint=hint,
+                             given="root" in overrides)
     images = opts.get("images")
-    images = resolve_data_path(images, spec, what="image folder", hint=hint) if images else None
+    images = resolve_data_path(images, spec, what="image folder", hint=hint, root=root,
+                               given="images" in overrides) if images else None
     fix = opts.get("fixations")
-    fix = resolve_data_path(fix, spec, what="fixation file",
+    fix = resolve_data_path(fix, spec, what="fixation file", root=root,
+                            given="fixations" in overrides,
                             hint="set `fixations` to a fixations.mat or remove it") if fix else None
     return MaskFolderDataset(root, images=images, masks=opts.get("masks", "SegmentationClass"),
                              objects=opts.get("objects", "SegmentationObject"),

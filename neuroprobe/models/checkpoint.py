@@ -21,7 +21,6 @@ import io
 import pickle
 import warnings
 import zipfile
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,6 +30,7 @@ from torch import nn
 from .. import __version__
 from ..errors import CheckpointError, suggest
 from ..io import atomic_path
+from ..plugins import load_plugins
 from . import zoo
 from .adapters import BUILDERS, build_encoder_only, build_torchvision, default_layers
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, load_state_strict, strip_prefix
@@ -47,14 +47,8 @@ class LoadedModel(NamedTuple):
 
 
 def _builders() -> dict:
-    found = dict(BUILDERS)
-    try:
-        for ep in importlib_metadata.entry_points(group="neuroprobe.models"):
-            if ep.name not in found:
-                found[ep.name] = ep  # resolved on use
-    except Exception:  # pragma: no cover
-        pass
-    return found
+    """Built-in builders and the loaded plugin builders (:mod:`neuroprobe.plugins`)."""
+    return {**load_plugins("neuroprobe.models", tuple(sorted(BUILDERS))), **BUILDERS}
 
 
 def build(arch: dict) -> nn.Module:
@@ -67,8 +61,6 @@ def build(arch: dict) -> nn.Module:
                               "; third-party builders register under the entry point "
                               "group neuroprobe.models")
     builder = builders[name]
-    if not callable(builder):  # an entry point of a third-party package
-        builder = builder.load()
     kwargs = dict(arch.get("kwargs", {}))
     kwargs.pop("weights", None)  # weights come from the checkpoint's state dict
     try:

@@ -1,67 +1,57 @@
-"""OpenBLAS on one thread for the duration of a block (the saliency metric loops).
+"""BLAS on one thread for the duration of a block (the saliency metric loops).
 
 OpenBLAS starts a thread per core for a long inner product or a mid-sized matrix product; on a
 loaded machine (more runnable processes than cores) those threads wait for each other and an
 800x600 inner product takes 30 times longer than on one thread.  The metric loop is
-single-threaded by nature, so :func:`blas_single_thread` pins OpenBLAS to one thread for its
-duration (as threadpoolctl would, which is not a dependency).
+single-threaded by nature, so :func:`blas_single_thread` limits every BLAS library loaded in
+the process to one thread for its duration, through threadpoolctl: OpenBLAS (numpy's and
+scipy's, which are two libraries with different symbol names), MKL, BLIS and FlexiBLAS.
+
+threadpoolctl finds the libraries by scanning the loaded shared objects, which costs about a
+millisecond; the scan is kept (:class:`threadpoolctl.ThreadpoolController`) and redone only when
+Python modules were imported since, the way a new BLAS library comes into the process.
 """
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
+import sys
+import threading
 from contextlib import contextmanager
 
-import numpy as np
+from threadpoolctl import ThreadpoolController
 
-__all__ = ["blas_single_thread"]
+__all__ = ["blas_single_thread", "blas_controller"]
 
-_BLAS_FUNCS: list | None = None
+_LOCK = threading.Lock()
+_STATE = {"controller": None, "modules": -1, "depth": 0, "limiter": None}
 
 
-def _openblas_thread_funcs() -> list:
-    global _BLAS_FUNCS
-    if _BLAS_FUNCS is not None:
-        return _BLAS_FUNCS
-    funcs = []
-    paths = set()
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and "/" in ln}
-    except OSError:
-        libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-        paths = set(glob.glob(os.path.join(libdir, "*openblas*")))
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
-            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-            put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                get.restype = ctypes.c_int
-                put.argtypes = [ctypes.c_int]
-                funcs.append((get, put))
-                break
-    _BLAS_FUNCS = funcs
-    return funcs
+def blas_controller() -> ThreadpoolController:
+    """A :class:`~threadpoolctl.ThreadpoolController` of the libraries loaded now (cached until
+    more Python modules are imported)."""
+    with _LOCK:
+        return _controller()
+
+
+def _controller() -> ThreadpoolController:
+    if _STATE["controller"] is None or _STATE["modules"] != len(sys.modules):
+        _STATE["controller"] = ThreadpoolController()
+        _STATE["modules"] = len(sys.modules)
+    return _STATE["controller"]
 
 
 @contextmanager
 def blas_single_thread():
-    """Run the block with OpenBLAS on one thread (restored afterwards); a no-op without it."""
+    """Run the block with every loaded BLAS library on one thread; the previous limits are
+    restored when the outermost such block ends (blocks nest, also across threads)."""
+    with _LOCK:
+        if _STATE["depth"] == 0:
+            _STATE["limiter"] = _controller().limit(limits=1, user_api="blas")
+        _STATE["depth"] += 1
     try:
-        funcs = _openblas_thread_funcs()
-        saved = [(put, get()) for get, put in funcs]
-    except Exception:  # pragma: no cover - an unusual BLAS build; run as is
-        saved = []
-    try:
-        for put, _ in saved:
-            put(1)
         yield
     finally:
-        for put, n in saved:
-            put(n)
-
+        with _LOCK:
+            _STATE["depth"] -= 1
+            if _STATE["depth"] == 0:
+                _STATE["limiter"].restore_original_limits()
+                _STATE["limiter"] = None

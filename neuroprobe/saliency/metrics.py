@@ -39,7 +39,7 @@ Layout and speed: the ground truth (fixations as pixels, the blurred densities) 
 protocol and model (:class:`GroundTruth`); the ROC areas are ``neuroprobe.saliency._roc`` (one
 sort and binary searches, no threshold loops); the prepared map (extremes, moments,
 distributions, sorted values, each computed once and shared by the protocols) is
-``neuroprobe.saliency._maps``.  OpenBLAS runs on one thread inside the metric loops
+``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
 (:func:`blas_single_thread`).  Results equal a literal implementation to about 1e-14 (the tests
 compare with brute-force and MATLAB-loop references).
 """
@@ -51,7 +51,7 @@ import warnings
 import numpy as np
 
 from ..errors import UserError
-from ._blas import _openblas_thread_funcs, blas_single_thread  # noqa: F401 - re-exported
+from ._blas import blas_single_thread  # noqa: F401 - re-exported
 from ._maps import Map, as_density, as_distribution, as_map_array, dot, prepare, resize
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from .groundtruth import (PROTOCOLS, GroundTruth, SaliencyShapeError,  # noqa: F401

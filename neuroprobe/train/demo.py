@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -40,9 +41,11 @@ import torch
 from ..errors import CheckpointError
 from ..io import atomic_open, sha256_file, write_json
 from ..models.zoo import SHIPPED, cache_folder, demo_file
-from ..utils import info, versions
+from ..utils import versions
 from .data import load_synthetic
 from .recipe import TrainConfig, deterministic, train
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("pretrained", "frozen", "finetune-last", "finetune-all", "scene")
 THREADS = 2
@@ -73,8 +76,8 @@ def build_demo(variant: str) -> Path:
         path = demo_file(variant, folder)
         if path.is_file():
             return path
-    info("the demo models are not shipped with this installation; building them into "
-         f"{cache_folder()} (a few minutes, once)")
+    log.info("the demo models are not shipped with this installation; building them into "
+             f"{cache_folder()} (a few minutes, once)")
     rebuild(cache_folder())
     return demo_file(variant, cache_folder())
 
@@ -108,7 +111,7 @@ def rebuild(out: Path, recipe: dict | None = None, quiet: bool = False) -> dict:
         stages.append(("scene", TrainConfig(task="scene", weights=pre, variant=variant,
                                             **common, **s)))
         for name, cfg in stages:
-            info(f"demo model {name}: {cfg.task}, {cfg.variant}, {cfg.epochs} epochs")
+            log.info(f"demo model {name}: {cfg.task}, {cfg.variant}, {cfg.epochs} epochs")
             path = demo_file(name, out)
             for stale in (path, Path(str(path) + ".resume.pt")):
                 stale.unlink(missing_ok=True)
@@ -150,6 +153,7 @@ def main(argv=None) -> int:
                         "shipped MANIFEST.json")
     parser.add_argument("--out", default=None, help=f"output folder (default {SHIPPED})")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines on stderr
     if not (args.rebuild or args.check):
         parser.print_help()
         return 2

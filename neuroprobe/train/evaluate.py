@@ -9,6 +9,7 @@ centre bias and the classical models of :mod:`neuroprobe.saliency.classical`.  I
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ from ..imageio import read_image
 from ..io import write_json, write_text
 from ..saliency.classical import get_model
 from ..saliency.metrics import evaluate_batch, ground_truths
-from ..utils import info, versions
+from ..utils import versions
 from .data import load_osie
 from .recipe import TrainConfig, build_model, fit, predict
+
+log = logging.getLogger(__name__)
 
 EVAL_METRICS = ("auc_judd", "sauc", "nss", "cc", "kl", "sim")
 
@@ -70,7 +73,7 @@ def evaluate_models(models: dict, data, protocols=("mit",), metrics=EVAL_METRICS
                           "sem": float(np.nanstd([r[m] for r in sel], ddof=1)
                                        / np.sqrt(max(len(sel), 1)))} for m in metrics}
         out[name] = res
-        info(f"{name}: " + ", ".join(f"{m}={res[protocols[0]][m]['mean']:.3f}"
+        log.info(f"{name}: " + ", ".join(f"{m}={res[protocols[0]][m]['mean']:.3f}"
                                      for m in metrics) + f" ({time.time() - t0:.0f} s)")
     return out
 
@@ -135,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--train-limit", type=int, default=None)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines on stderr
     torch.manual_seed(0)
     report = run_osie(args.osie or None, Path(args.out), encoder=args.encoder,
                       weights=args.weights, epochs=args.epochs, lr=args.lr,

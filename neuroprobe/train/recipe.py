@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import pickle
 import warnings
@@ -54,9 +55,11 @@ from ..models.checkpoint import save
 from ..models.encoders import build_encoder, encoder_info, encoder_state_for, load_state_strict
 from ..saliency.metrics import (evaluate_batch, gaussian_density, ground_truths,
                                 metric_title, mit_sigma)
-from ..utils import info, model_device, progress, versions
+from ..utils import model_device, progress, versions
 from . import losses as L
 from .data import load_task_data
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("frozen", "finetune-last", "finetune-all")
 TASKS = ("saliency", "scene", "recognition")
@@ -390,7 +393,7 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
         torch.set_rng_state(state["torch_rng"])
         history = list(state["history"])
         start = int(state["epoch"])
-        info(f"resuming {out} after epoch {start}")
+        log.info(f"resuming {out} after epoch {start}")
     n = len(train)
     bs = int(cfg.batch_size)
     with deterministic():
@@ -415,7 +418,7 @@ def fit(model: nn.Module, arch: dict, cfg: TrainConfig, train, val, out: Path, *
             if val is not None and len(val):
                 row.update({f"val_{k}": v for k, v in validate(model, cfg, val).items()})
             history.append(row)
-            info(f"{desc} epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+            log.info(f"{desc} epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             meta = dict(metadata or {})
             meta.update(task=meta.get("task", cfg.task), variant=meta.get("variant", cfg.variant),

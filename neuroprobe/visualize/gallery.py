@@ -27,6 +27,7 @@ set named in ``summary.json`` (one forward pass over the data set).
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ from ..notebook import gallery_html
 from ..run import load_run, read_top_images
 from ..run import model_spec as recorded_model_spec
 from ..utils import model_device
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:   # annotations only: PIL is imported where a card is drawn
     from PIL import Image
@@ -563,7 +566,7 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
         recomputed with one pass over the data set).
     """
     from ..io import write_json
-    from ..utils import info, versions
+    from ..utils import versions
 
     run = Path(run_dir)
     rows, summary = read_run(run)
@@ -595,8 +598,8 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
         top = {k: (torch.from_numpy(v), torch.from_numpy(i))
                for k, (v, i) in read_top_images(run).items()}
         if not top:
-            info(f"{run} holds no top_images.npz: finding the top {top_k} images of each unit "
-                 f"with one pass over {len(dataset)} images")
+            log.info(f"{run} holds no top_images.npz: finding the top {top_k} images of each unit "
+                     f"with one pass over {len(dataset)} images")
             top = top_images(model, dataset, layers, top_k, batch_size, show_progress)
     cfg = summary.get("config", {})
     # "both" runs label units by IoU (region-NSS columns sit beside it in units.csv)
