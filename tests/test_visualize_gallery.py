@@ -198,6 +198,24 @@ def test_make_gallery_end_to_end(tmp_path):
                        show_progress=False)
 
 
+def test_top_views_keep_each_units_own_maps():
+    """One pass over the union of the units' top images; each unit keeps its own maps, every
+    top image a tile-size thumbnail, only best images at full size."""
+    model, data = _model(), Squares(6)
+    index = torch.tensor([[2, 4, -1], [0, 1, 5]])
+    views = G.top_views(model, data, "relu", [0, 1], index, tile=8, batch_size=4)
+    assert sorted(views.thumbs) == [0, 1, 2, 4, 5] and sorted(views.full) == [0, 2]
+    assert views.thumbs[4].shape == (3, 8, 8) and views.thumbs[4].dtype == torch.uint8
+    assert sorted(views.maps) == [(0, 2), (0, 4), (1, 0), (1, 1), (1, 5)]
+    x = torch.stack([data[i]["image"] for i in range(6)])
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(views.maps[(1, 5)], out[5, 1])
+    torch.testing.assert_close(views.full[2], x[2])
+    thumb = views.thumbs[0].int()          # grey 0.2 = 51, the white square in its top left
+    assert int(thumb.min()) == 51 and thumb[:, :2, :2].min() > 80 and thumb[:, 4:, 4:].max() == 51
+
+
 def test_gallery_top_images_file_is_used(tmp_path):
     run = tmp_path / "run"
     _write_run(run, [{"layer": "relu", "unit": 0, "label": "square", "category": "object",
