@@ -155,3 +155,20 @@ def test_bad_arguments_are_user_errors():
         am.maximize_units(model, "relu2", [0], objective="median", size=8, steps=1)
     with pytest.raises(UserError, match="no units"):
         am.maximize_units(model, "relu2", [], size=8, steps=1)
+
+
+def test_adam_equals_torch_adam():
+    from neuroprobe.visualize.maximize.units import _Adam
+
+    torch.manual_seed(0)
+    target = torch.randn(5, 4)
+    a = torch.zeros(5, 4, requires_grad=True)
+    b = torch.zeros(5, 4, requires_grad=True)
+    ours, theirs = _Adam([a], lr=0.05), torch.optim.Adam([b], lr=0.05)
+    for _ in range(30):
+        for p, opt in ((a, ours), (b, theirs)):
+            opt.zero_grad()
+            ((p - target) ** 3).abs().sum().backward()
+            opt.step()
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(a, torch.zeros(5, 4))
