@@ -512,9 +512,9 @@ def _subtitle(score_name: str, score: float, thr: float, best: float,
     if am_peak is not None:
         ratio = f"{am_peak / thr:.2f}x threshold" if thr > 0 else "threshold 0"
         rel = f", {am_peak / best:.2f}x best image" if best > 0 else ""
-        after = "" if am_steps is None else f" after {am_steps} steps"
+        after = "" if am_steps is None else f"; {am_steps} steps"
         text += (f"   maximization peak {am_peak:.3g} ({ratio}{rel}"
-                 + (after if am_peak > thr else f"; threshold NOT reached{after}") + ")")
+                 + ("" if am_peak > thr else "; threshold NOT reached") + after + ")")
     return text
 
 
