@@ -486,8 +486,8 @@ def _render_batch(model, layer: str, rows: list[dict], values, index, views: Top
                          at.method_label(method, short=True) + " on #1",
                          attribution_signed=None if method is None else signed)
         name = unit_filename(layer, u)
-        with atomic_path(out / "units" / name) as tmp:
-            card.save(tmp, format="PNG")
+        with atomic_path(out / "units" / name) as tmp:   # zlib level 1: half the time of 6
+            card.save(tmp, format="PNG", compress_level=1)
         entries.append(_entry(r, png=f"units/{name}", threshold=thr, best_image_peak=best,
                               maximization_peak=am_peak, maximization_steps=am_steps,
                               am_activation=None if res is None else float(res.activations[j]),
