@@ -383,7 +383,8 @@ def render_units(model, dataset, rows: list[dict], top: dict, out_dir, *, score_
     """Write one PNG per row of ``rows`` (units of a run) into ``out_dir/units``.
 
     ``top``: ``{layer: (values, index)}`` top images per unit.  The units of a layer go in
-    batches of ``batch_size``: their top images are read and run once, their maximization
+    batches of ``batch_size`` (the top images of a layer's units are read and run once
+    before, :func:`top_views`): their maximization
     images optimised together (one forward and backward pass per step, each unit until the
     peak of its map exceeds its threshold or ``maximize_steps`` are spent, see
     :func:`neuroprobe.visualize.maximize.maximize_units` and :data:`MAXIMIZE`), their
