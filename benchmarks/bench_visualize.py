@@ -1,26 +1,66 @@
-"""Speed of activation maximization and of gallery generation.
+"""Speed of galleries and of activation maximization (issue 16).
 
-* Activation maximization: units per second for 256 steps at 128x128 (Fourier parameterization,
-  decorrelated colour, the standard transforms), ``encoder.block4`` of the small saliency model
-  (the demo architecture; random weights cost the same), 32 units per batch; on the CPU, and on
-  the GPU when one is visible.
-* Gallery generation for 512 units (``encoder.layer3`` and ``layer4`` of a ResNet-18 saliency
-  model, random weights) of a run over 64 synthetic images: top images, per-unit cards with outlined regions, a gradient
-  attribution per unit and the HTML report -- on the CPU; target <= 2 minutes.  The maximization
-  images are left out of this row (``--steps 0``): their cost is the first row's units/s.
+Every timed command runs in a fresh child process (``python -m neuroprobe ...``: imports, model
+loading, data reading, cards, report), with wall time and CPU time (user + system) of the child;
+each row's baseline is a bare forward+backward loop measured in the same run, in a child too.
 
-Set ``NEUROPROBE_BENCH_THREADS`` to choose torch's CPU threads (default: torch's own).
+* ``gallery/demo-detectors``: ``neuroprobe gallery RUN --detectors-only`` on the demo run
+  (``neuroprobe dissect`` with no arguments: 22 detector units of the 128 px demo model),
+  maximization included (defaults: step budget 256, each unit stops at its threshold), integrated
+  gradients on each unit's best image.  Also reported: how many units reached their threshold.
+  Baseline: 64 forward+backward steps of a batch of 22 images of 128 px through the demo model
+  (the loop a fixed-length maximization of those units would run, without transforms).
+  Target: <= 60 s on the 2-core machine.
+* ``gallery/resnet18-layer4-512``: ``neuroprobe gallery RUN --steps 0 --attribution gradient``
+  for the 512 units of ``net.layer4`` of ``torchvision:resnet18?weights=none`` (seed 0) on a
+  dissection of a generated Broden-format folder (:mod:`benchmarks.broden_data`, 224 px).
+  Baseline: a forward+backward pass of 512 images of 224 px through the model, batch 32 (the
+  floor of one gradient attribution per unit).  Target: <= 120 s on the 2-core machine.
+* ``activation maximization``: units per second of :func:`maximize_units` without thresholds
+  (a fixed step count), for orientation.
+
+Set ``NEUROPROBE_BENCH_THREADS`` to choose torch's CPU threads, here and in the children
+(``OMP_NUM_THREADS``; default: torch's own).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+RESNET = "torchvision:resnet18?weights=none"
+
+_LOOP = r"""
+import json, sys, time, torch
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+from neuroprobe.models import load
+from neuroprobe.hooks import Recorder
+model, _ = load(cfg["model"])
+model.eval()
+for p in model.parameters():
+    p.requires_grad_(False)
+def step(n):
+    x = torch.rand(n, 3, cfg["size"], cfg["size"], requires_grad=True)
+    with Recorder(model, [cfg["layer"]], detach=False, clone=False, stop=True) as rec:
+        model(x)
+    rec[cfg["layer"]].sum().backward()
+step(2)
+t0 = time.perf_counter()
+for _ in range(cfg["steps"]):
+    n = cfg["images"]
+    while n > 0:
+        step(min(n, cfg["batch"]))
+        n -= cfg["batch"]
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
 
 
 def _threads():
@@ -30,83 +70,109 @@ def _threads():
     return torch.get_num_threads()
 
 
-def _am_rate(model, device, units: int, steps: int, size: int) -> float:
+def _load() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:   # pragma: no cover
+        return "load unknown"
+
+
+def _child(args: list[str], cache: Path) -> tuple[float, float, str]:
+    """Run ``python ARGS``; returns (wall seconds, CPU seconds of the child, stdout)."""
+    env = {**os.environ, "NEUROPROBE_CACHE": str(cache), "NEUROPROBE_QUIET": "1"}
+    if os.environ.get("NEUROPROBE_BENCH_THREADS"):
+        env["OMP_NUM_THREADS"] = os.environ["NEUROPROBE_BENCH_THREADS"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise RuntimeError(f"benchmark child {args[:3]} failed: {proc.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.stdout
+
+
+def _loop(cache: Path, **cfg) -> tuple[float, float]:
+    wall, cpu, out = _child(["-c", _LOOP, json.dumps(cfg)], cache)
+    return json.loads(out.strip().splitlines()[-1])["seconds"], cpu
+
+
+def _demo(tmp: Path, quick: bool) -> list[dict]:
+    cache = tmp / "cache"
+    run = tmp / "demo"
+    _child(["-m", "neuroprobe", "--quiet", "dissect", "--out", str(run)], cache)
+    steps = ["--steps", "32"] if quick else []
+    wall, cpu, _ = _child(["-m", "neuroprobe", "--quiet", "gallery", str(run),
+                           "--detectors-only", *steps], cache)
+    units = json.loads((run / "gallery" / "gallery.json").read_text())["units"]
+    reached = sum(1 for u in units if u["reached_threshold"])
+    most = max(u["maximization_steps"] for u in units)
+    loop_steps = 8 if quick else 64
+    base, _ = _loop(cache, model="demo", layer="encoder.block4", size=128, images=22,
+                    batch=22, steps=loop_steps)
+    return [{"benchmark": "gallery/demo-detectors",
+             "config": f"neuroprobe gallery RUN --detectors-only{' --steps 32' if quick else ''}"
+                       f" (demo run, {len(units)} units, maximization + integrated gradients); "
+                       f"{reached}/{len(units)} units reached their threshold (slowest: {most} "
+                       f"steps); CPU time of the command {cpu:.0f} s; {_load()}",
+             "value": wall, "unit": "s", "baseline": base, "ratio": wall / base,
+             "target": f"<= 60 s; >= 80% of units reach threshold (baseline: {loop_steps} "
+                       "fwd+bwd steps of 22 images 128 px, demo model)"}]
+
+
+def _resnet(tmp: Path, quick: bool) -> list[dict]:
+    from .broden_data import make_broden
+
+    cache = tmp / "cache"
+    n = 40 if quick else 200
+    root = make_broden(tmp / "broden", n=n, size=224)
+    run = tmp / "resnet"
+    _child(["-m", "neuroprobe", "--quiet", "dissect", "--model", RESNET, "--concepts", "broden",
+            "--root", str(root), "--layers", "net.layer4", "--out", str(run)], cache)
+    units = ["--max-units", "64"] if quick else []
+    wall, cpu, _ = _child(["-m", "neuroprobe", "--quiet", "gallery", str(run), "--steps", "0",
+                           "--attribution", "gradient", *units], cache)
+    count = len(json.loads((run / "gallery" / "gallery.json").read_text())["units"])
+    base, _ = _loop(cache, model=RESNET, layer="net.layer4", size=224, images=count, batch=32,
+                    steps=1)
+    return [{"benchmark": "gallery/resnet18-layer4-512",
+             "config": f"neuroprobe gallery RUN --steps 0 --attribution gradient ({count} units "
+                       f"of resnet18 net.layer4, random weights seed 0, {n} Broden-format 224 px "
+                       f"images, top-8); CPU time of the command {cpu:.0f} s; {_load()}",
+             "value": wall, "unit": "s", "baseline": base, "ratio": wall / base,
+             "target": f"<= 120 s for 512 units (baseline: fwd+bwd of {count} images 224 px to "
+                       "layer4, batch 32)"}]
+
+
+def _am_rate(quick: bool, threads: int) -> dict:
+    from neuroprobe.models import build_saliency
     from neuroprobe.visualize import maximize as am
 
-    model = model.to(device)
-    am.maximize_units(model, "encoder.block4", list(range(2)), size=size, steps=2)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    torch.manual_seed(0)
+    model = build_saliency("small").eval()
+    steps, size, units = (16, 64, 8) if quick else (64, 128, 32)
+    am.maximize_units(model, "encoder.block4", [0, 1], size=size, steps=2)   # warm-up
     t0 = time.perf_counter()
     am.maximize_units(model, "encoder.block4", list(range(units)), size=size, steps=steps,
-                      batch_size=32)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return units / (time.perf_counter() - t0)
-
-
-def _gallery_seconds(quick: bool) -> tuple[float, int]:
-    from neuroprobe.concepts import open_concepts
-    from neuroprobe.models import build_saliency
-    from neuroprobe.visualize.gallery import make_gallery
-
-    torch.manual_seed(0)
-    model = build_saliency("resnet18").eval()   # layer3 + layer4 = 512 units
-    n_img = 16 if quick else 64
-    data = open_concepts("synthetic", n=n_img, image_size=112, mask_size=56)
-    from neuroprobe.hooks import record
-
-    candidates = ["encoder.layer4", "encoder.layer3", "encoder.layer2", "encoder.layer1"]
-    with torch.no_grad():
-        widths = {k: v.shape[1] for k, v in record(model, torch.zeros(1, 3, 112, 112),
-                                                    candidates).items()}
-    want, plan = (64 if quick else 512), []
-    for layer in candidates:          # the deepest layers first, until 512 units
-        take = min(widths[layer], want - sum(n for _, n in plan))
-        if take > 0:
-            plan.append((layer, take))
-    with tempfile.TemporaryDirectory(prefix="np-bench-gallery-") as tmp:
-        run = Path(tmp) / "run"
-        run.mkdir()
-        with open(run / "units.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["layer", "unit", "label", "category", "score", "threshold", "detector"])
-            for layer, n in plan:
-                for u in range(n):
-                    w.writerow([layer, u, f"concept {u % 17}", "object", (u % 50) / 100, "",
-                                1])
-        (run / "summary.json").write_text(json.dumps({"config": {
-            "model": {"spec": "bench"}, "concepts": {"name": "synthetic", "n": n_img},
-            "mode": "netdissect", "score": "iou", "iou_threshold": 0.04}}))
-        t0 = time.perf_counter()
-        res = make_gallery(run, model=model, dataset=data, top_k=6, maximize_steps=0,
-                           attribution="gradient", tile=96, show_progress=False)
-        seconds = time.perf_counter() - t0
-    return seconds, len(res.pngs)
+                      batch_size=32, objective="peak", relu_redirect=True)
+    rate = units / (time.perf_counter() - t0)
+    return {"benchmark": "activation maximization",
+            "config": f"small saliency encoder.block4, {units} units in one batch, {steps} steps "
+                      f"(no threshold stop), {size}px, fourier, peak objective, CPU {threads} "
+                      f"threads; {_load()}",
+            "value": rate, "unit": "units/s", "target": "report (no target)"}
 
 
 def run(quick: bool = False) -> list[dict]:
-    from neuroprobe.models import build_saliency
-
     threads = _threads()
-    rows = []
-    torch.manual_seed(0)
-    model = build_saliency("small").eval()
-    steps, size = (32, 64) if quick else (256, 128)
-    units = 8 if quick else 32
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
-                                       else [])
-    for dev in devices:
-        n = units if dev.type == "cpu" else (64 if quick else 256)
-        rate = _am_rate(model, dev, n, steps, size)
-        where = "CPU %d threads" % threads if dev.type == "cpu" else torch.cuda.get_device_name(0)
-        rows.append({"benchmark": "activation maximization",
-                     "config": f"small saliency encoder.block4, {n} units, {steps} steps, "
-                               f"{size}px, fourier, {where}",
-                     "value": rate, "unit": "units/s", "target": "report (no target)"})
-    seconds, count = _gallery_seconds(quick)
-    rows.append({"benchmark": "gallery generation",
-                 "config": f"{count} units of resnet18 saliency, {16 if quick else 64} synthetic images 112px, top-6, gradient "
-                           f"attribution, no maximization, CPU {threads} threads",
-                 "value": seconds, "unit": "s", "target": "<= 120 s for 512 units on CPU"})
+    with tempfile.TemporaryDirectory(prefix="np-bench-visualize-") as tmp:
+        tmp = Path(tmp)
+        rows = _demo(tmp, quick) + _resnet(tmp, quick)
+    rows.append(_am_rate(quick, threads))
     return rows
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for row in run(quick="--quick" in sys.argv):
+        print(row)

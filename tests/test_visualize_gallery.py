@@ -163,12 +163,12 @@ def test_make_gallery_end_to_end(tmp_path):
     e0, e1 = res.entries
     # unit 0 = mean of a white 2x2 patch - 0.5: every square holds one, so the peak is 0.5
     assert e0["top_activation"] == pytest.approx(0.5, abs=1e-5)
-    # a few maximization steps brighten the whole image: its mean activation exceeds the mean
-    # activation of every data-set image (a white square on grey)
-    x = torch.stack([Squares(6)[i]["image"] for i in range(6)])
-    with torch.no_grad():
-        best_mean = _model()(x)[:, 0].mean((1, 2)).max().item()
-    assert e0["am_activation"] > best_mean
+    # issue 16: the maximization optimises the peak of the unit's map until it exceeds the
+    # threshold (0.1: a 2x2 patch brighter than 0.6), checked every 8 steps, and stops there;
+    # the peak reported is the peak of the returned image's map
+    assert e0["reached_threshold"] is True and e0["maximization_peak"] > 0.1
+    assert e0["maximization_steps"] % 8 == 0 and 0 < e0["maximization_steps"] <= 24
+    assert e0["am_activation"] == pytest.approx(e0["maximization_peak"])
     assert e1["threshold"] >= 0                           # no threshold: taken from the maps
     meta = json.loads((res.out_dir / "gallery.json").read_text())
     assert meta["versions"]["neuroprobe"] and meta["config"]["top_k"] == 3
@@ -184,7 +184,7 @@ def test_make_gallery_end_to_end(tmp_path):
     assert "RdBu_r" in meta["config"]["attribution_colour_map"]
     for unit in meta["units"]:
         for key in ("score", "threshold", "best_image_peak", "maximization_peak",
-                    "am_activation"):
+                    "am_activation", "maximization_steps"):
             assert isinstance(unit[key], (int, float)) and not isinstance(unit[key], bool), key
     page = res.report.read_text()
     assert "&lt;b&gt;grey&lt;/b&gt;" in page and "<b>grey</b>" not in page
@@ -198,6 +198,24 @@ def test_make_gallery_end_to_end(tmp_path):
                        show_progress=False)
 
 
+def test_top_views_keep_each_units_own_maps():
+    """One pass over the union of the units' top images; each unit keeps its own maps, every
+    top image a tile-size thumbnail, only best images at full size."""
+    model, data = _model(), Squares(6)
+    index = torch.tensor([[2, 4, -1], [0, 1, 5]])
+    views = G.top_views(model, data, "relu", [0, 1], index, tile=8, batch_size=4)
+    assert sorted(views.thumbs) == [0, 1, 2, 4, 5] and sorted(views.full) == [0, 2]
+    assert views.thumbs[4].shape == (3, 8, 8) and views.thumbs[4].dtype == torch.uint8
+    assert sorted(views.maps) == [(0, 2), (0, 4), (1, 0), (1, 1), (1, 5)]
+    x = torch.stack([data[i]["image"] for i in range(6)])
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(views.maps[(1, 5)], out[5, 1])
+    torch.testing.assert_close(views.full[2], x[2])
+    thumb = views.thumbs[0].int()          # grey 0.2 = 51, the white square in its top left
+    assert int(thumb.min()) == 51 and thumb[:, :2, :2].min() > 80 and thumb[:, 4:, 4:].max() == 51
+
+
 def test_gallery_top_images_file_is_used(tmp_path):
     run = tmp_path / "run"
     _write_run(run, [{"layer": "relu", "unit": 0, "label": "square", "category": "object",
@@ -207,6 +225,33 @@ def test_gallery_top_images_file_is_used(tmp_path):
     res = G.make_gallery(run, model=_model(), dataset=Squares(6), maximize_steps=0,
                          attribution="none", show_progress=False, report=False)
     assert res.entries[0]["top_activation"] == 9.0
+
+
+def test_gallery_reports_an_unreached_threshold(tmp_path):
+    """A threshold the maximization cannot reach (unit 0 peaks at 0.5 at most) is reported on
+    the card and in gallery.json; units in batches of one give the same cards' numbers."""
+    run = tmp_path / "run"
+    _write_run(run, [{"layer": "relu", "unit": u, "label": "square", "category": "object",
+                      "score": 0.4, "threshold": thr, "detector": 1}
+                     for u, thr in ((0, 10.0), (1, 0.05))])
+    kw = dict(model=_model(), dataset=Squares(6), top_k=2, maximize_steps=16,
+              maximize_size=16, attribution="gradient", tile=32, show_progress=False,
+              report=False)
+    res = G.make_gallery(run, **kw)
+    e0, e1 = res.entries
+    assert e0["reached_threshold"] is False and e0["maximization_steps"] <= 16
+    assert e0["maximization_peak"] <= 0.5 + 1e-6
+    assert e1["reached_threshold"] is True and e1["maximization_peak"] > 0.05
+    meta = json.loads((res.out_dir / "gallery.json").read_text())
+    assert [u["reached_threshold"] for u in meta["units"]] == [False, True]
+    text = G._subtitle("IoU", 0.4, 10.0, 0.5, e0["maximization_peak"],
+                       e0["maximization_steps"])
+    assert "threshold NOT reached" in text and "x threshold" in text
+    assert "NOT" not in G._subtitle("IoU", 0.4, 0.05, 0.5, 0.3, 8)
+    one = G.make_gallery(run, tmp_path / "one", batch_size=1, **kw)
+    for a, b in zip(res.entries, one.entries):
+        assert a["maximization_steps"] == b["maximization_steps"]
+        assert a["maximization_peak"] == pytest.approx(b["maximization_peak"], abs=1e-5)
 
 
 def test_read_run_errors(tmp_path):

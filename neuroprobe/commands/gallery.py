@@ -24,8 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-units", type=positive_int, default=None,
                    help="only the best N units by score")
     p.add_argument("--top-k", type=positive_int, default=8, help="top images per unit (default 8)")
-    p.add_argument("--steps", type=nonnegative_int, default=128,
-                   help="activation-maximization steps (0 = no maximization image; default 128)")
+    p.add_argument("--steps", type=nonnegative_int, default=256,
+                   help="activation-maximization step budget per unit: each unit stops once the "
+                   "peak of its map exceeds its threshold (0 = no maximization image; "
+                   "default 256)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="maximization image size (default: the concept set's image size)")
     p.add_argument("--attribution", default="integrated_gradients",

@@ -29,8 +29,9 @@ def register(subparsers) -> None:
                    help="Adam learning rate (default 0.05)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterization (default fourier)")
-    p.add_argument("--objective", choices=["channel", "neuron"], default="channel",
-                   help="channel mean (default) or the centre neuron")
+    p.add_argument("--objective", choices=["channel", "peak", "neuron"], default="channel",
+                   help="channel mean (default), the peak of the channel's map (what `gallery` "
+                   "optimises) or the centre neuron")
     p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
     p.add_argument("--no-transforms", action="store_true",
                    help="no pad/jitter/scale/rotate robustness transforms")
@@ -107,7 +108,8 @@ def _sheet(path, sheet, records, args) -> None:
         if k < len(sheet):
             r = records[k]
             ax.imshow(sheet[k])
-            what = "mean activation" if args.objective == "channel" else "centre neuron"
+            what = {"channel": "mean activation", "peak": "peak"}.get(args.objective,
+                                                                      "centre neuron")
             ax.set_title(f"{r['layer'].replace('$', chr(92) + '$')}:{r['unit']}\n"
                          f"{what} reached {r['activation']:.3g}", fontsize=8)
     fig.suptitle(f"Activation maximization: model {args.model}, {args.steps} steps, "

@@ -142,12 +142,17 @@ def _layer_name(model: nn.Module, layer: Layer) -> str:
     return next(iter(resolve_layers(model, [layer])))
 
 
-def _check_channel(model: nn.Module, layer: str, unit: int, images: torch.Tensor) -> None:
+def _check_channel(model: nn.Module, layer: str, unit: int | Sequence[int],
+                   images: torch.Tensor) -> None:
+    """Refuse a unit (or any of several units) outside ``layer``'s channels (one forward pass
+    of one image, stopped after the layer)."""
+    units = [int(u) for u in unit] if isinstance(unit, (list, tuple)) else [int(unit)]
     with torch.no_grad(), Recorder(model, layer, stop=True, clone=False) as rec:
         model(images[:1])
     out = rec[layer]
-    if not 0 <= int(unit) < out.shape[1]:
-        raise UserError(f"unit {unit} is out of range for layer {layer!r} with "
+    bad = [u for u in units if not 0 <= u < out.shape[1]]
+    if bad:
+        raise UserError(f"unit {bad[0]} is out of range for layer {layer!r} with "
                         f"{out.shape[1]} channels")
 
 
@@ -393,8 +398,7 @@ def attribute_units(model: nn.Module, layer: Layer, units: Sequence[int], images
         if idx.numel() != x.shape[0]:
             raise UserError(f"{idx.numel()} units for {x.shape[0]} images: give one unit per "
                             "image")
-        for u in set(idx.tolist()):
-            _check_channel(model, name, u, x)
+        _check_channel(model, name, sorted(set(idx.tolist())), x)
         f = unit_function(model, name)
         return _run_method(method, f, x, extra=(idx,), baselines=baselines, n_steps=n_steps,
                            internal_batch_size=internal_batch_size, return_delta=return_delta,

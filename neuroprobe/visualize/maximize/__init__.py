@@ -17,7 +17,9 @@ Schubert, "Feature Visualization", Distill 2017, https://distill.pub/2017/featur
 * **The render loop** (:mod:`.render`): :func:`maximize` runs the optimisation on the model's own
   device (there is no global device), deterministically for a given ``seed`` on the CPU, and
   returns the images together with the objective value each one reached.
-  :func:`maximize_units` optimises many channels of one layer in one batch (one image per unit).
+  :func:`maximize_units` (:mod:`.units`) optimises many channels of one layer in one batch (one
+  image per unit, one forward and backward pass per step), each until the peak of its map
+  exceeds its threshold or the step budget is spent.
 
 The package re-exports all of these, so ``from neuroprobe.visualize import maximize as am;
 am.maximize(...)`` works as it did when this was one module.
@@ -35,13 +37,15 @@ from __future__ import annotations
 from .objectives import Objective, channel, direction, diversity, layer, neuron
 from .param import (COLOR_CORRELATION_SVD_SQRT, FourierImage, PixelImage, _color_matrix, _to_rgb,
                     make_param)
-from .render import MaxResult, maximize, maximize_units
+from .render import MaxResult, maximize
 from .transforms import (Transform, compose, jitter, pad, random_rotate, random_scale,
                          standard_transforms)
+from .units import OBJECTIVES, maximize_units, redirected_relu, unit_values
 
 __all__ = [
     "Objective", "channel", "neuron", "layer", "direction", "diversity",
     "PixelImage", "FourierImage", "make_param",
     "pad", "jitter", "random_scale", "random_rotate", "compose", "standard_transforms",
     "maximize", "maximize_units", "MaxResult", "COLOR_CORRELATION_SVD_SQRT",
+    "OBJECTIVES", "redirected_relu", "unit_values",
 ]

@@ -1,5 +1,6 @@
 """The optimisation loop of activation maximization: :func:`maximize` (one batch of images for
-an objective) and :func:`maximize_units` (one image per unit of a layer, in batches).
+an objective); :func:`~.units.maximize_units` (one image per unit of a layer, in batches, until
+each unit's threshold) is in :mod:`.units`.
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from torch import nn
 from ...errors import UserError
 from ...hooks import Recorder
 from ...utils import model_device, progress
-from .objectives import Objective, channel, neuron
+from .objectives import Objective
 from .param import make_param
 from .transforms import Transform, compose, standard_transforms
 
-__all__ = ["maximize", "maximize_units", "MaxResult"]
+__all__ = ["maximize", "MaxResult"]
 
 @dataclass
 class MaxResult:
@@ -26,12 +27,18 @@ class MaxResult:
     activations : (B,) objective value of each final image (untransformed), on the CPU
     history : objective value (batch mean) every ``log_every`` steps
     config : the settings that made the images
+    peaks : (B,) peak of each unit's map on its image (:func:`~.units.maximize_units` only)
+    steps_used : (B,) steps each image took (:func:`~.units.maximize_units` only)
+    reached : (B,) bool, peak above the unit's threshold (with thresholds only)
     """
 
     images: torch.Tensor
     activations: torch.Tensor
     history: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    peaks: torch.Tensor | None = None
+    steps_used: torch.Tensor | None = None
+    reached: torch.Tensor | None = None
 
 
 def _forward_acts(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict:
@@ -118,31 +125,3 @@ def _steps(n: int, show: bool):
     if show:
         return progress(range(n), desc="maximize", leave=False)
     return range(n)
-
-
-def maximize_units(model: nn.Module, layer_name: str, units: Sequence[int], *,
-                   batch_size: int = 32, objective: str = "channel", **kwargs) -> MaxResult:
-    """Maximize many channels of one layer, one image per unit, ``batch_size`` units at a time.
-
-    ``objective`` is ``"channel"`` (mean over positions) or ``"neuron"`` (centre position).
-    Other keyword arguments go to :func:`maximize`; every chunk uses the same ``seed`` (results
-    are deterministic for a given unit list and ``batch_size``).
-    """
-    units = [int(u) for u in units]
-    if not units:
-        raise UserError("no units to maximize")
-    make = {"channel": channel, "neuron": neuron}.get(objective)
-    if make is None:
-        raise UserError(f"unknown unit objective {objective!r}", hint="use channel or neuron")
-    images, acts, history = [], [], []
-    config = {}
-    for start in range(0, len(units), batch_size):
-        chunk = units[start:start + batch_size]
-        res = maximize(model, make(layer_name, chunk), batch=len(chunk), **kwargs)
-        images.append(res.images)
-        acts.append(res.activations)
-        history.append(res.history)
-        config = res.config
-    config = dict(config, objective=f"{objective} {layer_name}", units=units,
-                  batch_size=batch_size)
-    return MaxResult(torch.cat(images), torch.cat(acts), history, config)
