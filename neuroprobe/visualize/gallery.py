@@ -24,8 +24,9 @@ take seconds once the model work is done.
 
 Top-k images: a dissection's :class:`~neuroprobe.dissect.DissectionResult` carries them in
 memory; a run folder holds them in ``top_images.npz`` (read by
-:func:`neuroprobe.run.read_top_images`; older runs: ``top_images.pt``).  When both are absent they
-set named in ``summary.json`` (one forward pass over the data set).
+:func:`neuroprobe.run.read_top_images`; older runs: ``top_images.pt``).  When both are
+absent they are recomputed from the model and the concept set named in ``summary.json`` (one
+forward pass over the data set).
 """
 from __future__ import annotations
 
