@@ -22,8 +22,7 @@ from torch import nn
 from ..errors import CheckpointError, suggest
 from .cifar import build_cifar_resnet
 from .normalize import Normalize
-from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
-                       imagenet_state_dict, load_state_strict)
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, encoder_info
 
 
 def minmax_per_image(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -112,7 +111,13 @@ class SceneModel(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """A torchvision classifier with its ImageNet normalisation in front."""
+    """A torchvision or timm network with its normalisation in front.
+
+    For vision transformers (a network with a patch size: torchvision's ``patch_size``, timm's
+    ``patch_embed.patch_size``) :meth:`token_grid` tells :class:`neuroprobe.hooks.Recorder` the
+    patch grid of the current input, so that token outputs ``(B, prefix + H*W, C)`` are recorded
+    as ``(B, C, H, W)`` maps (class and register tokens dropped).
+    """
 
     task = "classification"
 
@@ -120,9 +125,32 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.net = net
+        self._input_hw: tuple[int, int] | None = None
 
     def forward(self, x):
+        self._input_hw = tuple(x.shape[-2:])
         return self.net(self.normalize(x))
+
+    def token_grid(self) -> tuple[int, int] | None:
+        """The patch grid ``(H / patch, W / patch)`` of the input of the forward pass under way;
+        ``None`` for networks without patches (convolutional ones) or before any forward."""
+        patch = patch_size(self.net)
+        if patch is None or self._input_hw is None:
+            return None
+        return self._input_hw[0] // patch[0], self._input_hw[1] // patch[1]
+
+
+def patch_size(net: nn.Module) -> tuple[int, int] | None:
+    """The patch size of a vision transformer (torchvision ``VisionTransformer.patch_size``,
+    timm ``patch_embed.patch_size``), ``None`` for other networks."""
+    embed = getattr(net, "patch_embed", None)
+    size = getattr(embed, "patch_size", None) if embed is not None else None
+    if size is None and type(net).__name__ == "VisionTransformer":
+        size = getattr(net, "patch_size", None)
+    if size is None:
+        return None
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(size[0]), int(size[-1])) if all(isinstance(v, int) for v in size) else None
 
 
 # -- builders: architecture spec (name + kwargs) -> module --------------------------------------
@@ -152,20 +180,27 @@ def build_encoder_only(encoder: str = "vgg16", weights=None) -> nn.Module:
     return model
 
 
-def build_torchvision(name: str, weights=None, num_classes: int | None = None) -> ImageClassifier:
-    import torchvision
+def build_torchvision(name: str, weights=None, num_classes: int | None = None, *,
+                      architecture_only: bool = False) -> ImageClassifier:
+    """torchvision model ``name`` behind the normalisation of its weights (see
+    :mod:`.torchvision_specs`; ``weights=None``: random).  Its ``default_metadata`` carries the
+    task, input size and the weights that were loaded."""
+    from .torchvision_specs import build_torchvision_net
 
-    available = torchvision.models.list_models()
-    if name not in available:
-        raise CheckpointError(f"torchvision has no model {name!r}",
-                              hint=suggest(name, available, "model"))
-    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
-    net = torchvision.models.get_model(name, weights=None, **kwargs)
-    if weights is not None and str(weights).lower() == "imagenet":
-        load_state_strict(net, imagenet_state_dict(name), source=f"ImageNet weights of {name}")
-    elif weights is not None and str(weights).lower() != "none":
-        load_state_strict(net, _read_state_file(weights), source=str(weights))
-    return ImageClassifier(net)
+    net, info = build_torchvision_net(name, weights, architecture_only=architecture_only,
+                                      num_classes=num_classes)
+    model = ImageClassifier(net, info["mean"], info["std"])
+    model.default_metadata = {"task": info["task"], "input_size": list(info["input_size"]),
+                              "weights": info["weights"]}
+    return model
+
+
+def build_timm(name: str, weights=None, **kwargs) -> ImageClassifier:
+    """timm model ``name`` behind the normalisation of its pretrained config (see
+    :mod:`.timm_specs`; ``weights=None``: random)."""
+    from .timm_specs import build_timm_model
+
+    return build_timm_model(name, weights, **kwargs)
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -174,6 +209,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "scene": build_scene,
     "encoder": build_encoder_only,
     "torchvision": build_torchvision,
+    "timm": build_timm,
 }
 
 
@@ -186,10 +222,20 @@ def default_layers(module: nn.Module, arch: dict | None = None) -> list[str]:
         return [f"encoder.{n}" for n in info.layers]
     if arch.get("builder") == "cifar-resnet":
         return ["layer1", "layer2", "layer3"]
-    if arch.get("builder") == "torchvision":
-        names = {n for n, _ in module.named_modules()}
-        for cand in (["net.layer3", "net.layer4"], ["net.features"]):
-            if all(c in names for c in cand):
+    names = {n for n, _ in module.named_modules()}
+    if arch.get("builder") == "timm":
+        # timm's own list of feature layers (stages / blocks), the last two
+        info = getattr(getattr(module, "net", None), "feature_info", None) or []
+        found = [f"net.{f['module']}" for f in info
+                 if isinstance(f, dict) and f"net.{f.get('module')}" in names]
+        if found:
+            return found[-2:]
+    if arch.get("builder") in ("torchvision", "timm"):
+        prefix = "net.encoder.layers.encoder_layer_"   # torchvision's ViT blocks
+        vit = sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),
+                     key=lambda n: int(n[len(prefix):]))
+        for cand in (["net.layer3", "net.layer4"], ["net.features"], vit[-2:]):
+            if cand and all(c in names for c in cand):
                 return cand
         return [n for n, m in module.named_children()][-1:]
     return []
