@@ -18,6 +18,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -66,9 +68,30 @@ def _read_weights(path: Path) -> dict:
     return _read_state_file(path)
 
 
+def _first_sentence(err: Exception, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    cut = text.find(". ")
+    text = text[:cut + 1] if 0 < cut < limit else text[:limit]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _hub_warnings_off():
+    """huggingface_hub logs a warning per failed request before raising; the raised error is
+    reported in one line instead."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _create(timm, name: str, pretrained: bool, kwargs: dict):
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_warnings_off():
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
         raise CheckpointError(f"timm model {name!r} does not take {kwargs}: "
                               f"{str(err).splitlines()[0][:160]}",
@@ -78,10 +101,9 @@ def _create(timm, name: str, pretrained: bool, kwargs: dict):
             raise
         from huggingface_hub import constants
 
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise CheckpointError(
             f"timm could not load {'the hub model' if not pretrained else 'pretrained weights of'}"
-            f" {name!r} ({type(err).__name__}: {first}); timm reads them from the Hugging Face "
+            f" {name!r} ({_first_sentence(err)}); timm reads them from the Hugging Face "
             f"cache ({constants.HF_HUB_CACHE}) or downloads them",
             hint=f"connect to the network once, or use timm:{name}?weights=none for random "
             "weights" if not name.startswith(_HUB_PREFIXES) else

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,15 +103,15 @@ def cache_file(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
 
 
-def weights_state_dict(weights, name: str = "NAME") -> dict:
-    """The state dict of torchvision ``weights``: the file in the torch hub cache, downloaded
-    there (hash-checked as torch.hub does) when missing; read with ``weights_only=True``.
+def ensure_cached(weights, name: str = "NAME") -> Path:
+    """The file of torchvision ``weights`` in the torch hub cache, downloaded there
+    (hash-checked as torch.hub does) when missing.
 
     Raises
     ------
     CheckpointError
-        When the file is missing and cannot be downloaded (offline), or does not load; the
-        message names the cache path and ``?weights=none``.
+        When the file is missing and cannot be downloaded (offline); the message names the
+        cache path and ``?weights=none``.
     """
     path = cache_file(weights)
     spec = f"{name}?weights=none"
@@ -126,8 +127,16 @@ def weights_state_dict(weights, name: str = "NAME") -> dict:
             raise CheckpointError(
                 f"torchvision weights {weights} are not in the torch cache ({path}) and could "
                 f"not be downloaded ({type(err).__name__}: {first})",
-                hint=f"download {weights.url} to {path}, or use torchvision:{spec} for "
+                hint=f"download {weights.url} into {path.parent}, or use torchvision:{spec} for "
                 "random weights") from None
+    return path
+
+
+def weights_state_dict(weights, name: str = "NAME") -> dict:
+    """The state dict of torchvision ``weights`` (:func:`ensure_cached`), read with
+    ``torch.load(weights_only=True)``; a file that does not load is a :class:`CheckpointError`."""
+    path = ensure_cached(weights, name)
+    spec = f"{name}?weights=none"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -152,6 +161,17 @@ def _safe_weights(name: str):
         WeightsEnum.get_state_dict = original
 
 
+@contextlib.contextmanager
+def _quiet_builders():
+    """torchvision's and torch's warnings while a network is built (GoogLeNet's future
+    initialisation, deprecated quantized tensors) are about their code, not for the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def _architecture_kwargs(builder, weights) -> dict:
     """Keyword arguments that give the architecture ``weights`` would give, without them: no
     pretrained backbone, the weights' number of classes and (ViT) image size, quantized where the
@@ -163,9 +183,10 @@ def _architecture_kwargs(builder, weights) -> dict:
     if weights is None:
         return kwargs
     meta = weights.meta
-    if "num_classes" in params and meta.get("categories"):
+    # what torchvision's builders themselves overwrite for weights (``_ovewrite_named_param``)
+    if meta.get("categories"):
         kwargs["num_classes"] = len(meta["categories"])
-    if "image_size" in params and meta.get("min_size"):
+    if builder.__module__.endswith("vision_transformer") and meta.get("min_size"):
         kwargs["image_size"] = int(meta["min_size"][0])
     if "quantize" in params:
         kwargs["quantize"] = True
@@ -223,14 +244,16 @@ def build_torchvision_net(name: str, weights=None, *, architecture_only: bool = 
     enum = resolved if resolved is not None and not isinstance(resolved, Path) else None
     info = {"task": task_of(name), **_transform_info(name, enum)}
     if enum is not None and not architecture_only and num_classes is None:
-        with _safe_weights(name):
+        ensure_cached(enum, name)   # before building: offline, fail before allocating
+        with _safe_weights(name), _quiet_builders():
             net = builder(weights=enum)
         info["weights"] = f"{type(enum).__name__}.{enum.name}"
         return net, info
     kwargs = _architecture_kwargs(builder, enum)
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
-    net = builder(weights=None, **kwargs)
+    with _quiet_builders():
+        net = builder(weights=None, **kwargs)
     info["weights"] = "none" if enum is None else f"{type(enum).__name__}.{enum.name} " \
         "(architecture only)"
     if isinstance(resolved, Path) and not architecture_only:
