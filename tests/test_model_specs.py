@@ -206,6 +206,16 @@ def test_quantized_architecture_only(offline):
     assert module(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
 
 
+def test_normalisation_from_the_weights_transforms():
+    _, meta = load("torchvision:squeezenet1_1?weights=none")
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["input_size"] == [224, 224]
+    info = tvs._transform_info("r3d_18", None)       # Kinetics statistics, 112x112 clips
+    assert info["mean"] == (0.43216, 0.394666, 0.37645) and info["input_size"] == (112, 112)
+    # detection models normalise inside: no second normalisation in front
+    assert tvs._transform_info("fasterrcnn_resnet50_fpn", None)["std"] == (1.0, 1.0, 1.0)
+    assert tvs._transform_info("raft_small", None)["mean"] == (0.5, 0.5, 0.5)
+
+
 def test_architecture_only_follows_the_weights():
     """ViT-H/14's DEFAULT weights are 518x518 SWAG ones: the architecture without them has that
     size too, and the metadata says so (from the weights' transforms)."""

@@ -145,7 +145,8 @@ def add_model_options(parser, default: str | None = None, *, required: bool | No
     parser.add_argument("--model", default=default,
                         required=(default is None) if required is None else required,
                         help="checkpoint path, built-in name (demo, demo-scene, ...), "
-                        "torchvision:NAME, or random:ARCH[?seed=N] (seeded random weights)"
+                        "torchvision:NAME[?weights=W], timm:NAME[?weights=W], or "
+                        "random:ARCH[?seed=N] (seeded random weights)"
                         + (f" (default: {default})" if default else ""))
     parser.add_argument("--arch", default=None,
                         help="architecture of a plain state dict (resnet18, saliency:vgg16, "

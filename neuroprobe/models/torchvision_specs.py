@@ -12,8 +12,9 @@
   ``transform_input``) holds.  The weights file itself is read with
   ``torch.load(weights_only=True)`` from the torch hub cache (``torch.hub.get_dir()/checkpoints``),
   downloaded there first when missing; offline, the error names that path and ``?weights=none``.
-* Normalisation (mean, std) and input size come from the weights' transforms (``crop_size``),
-  ImageNet statistics and 224x224 where the transforms give none (detection, optical flow).
+* Normalisation (mean, std) and input size come from the weights' transforms (``crop_size``);
+  detection models normalise inside (neuroprobe adds none), optical-flow models take [-1, 1],
+  and the input size is 224x224 where the transforms give none.
 * ``architecture_only=True`` (``neuroprobe layers``) builds the same architecture without
   reading any weights: random weights, no file, no network.
 
@@ -193,9 +194,16 @@ def _architecture_kwargs(builder, weights) -> dict:
     return kwargs
 
 
+#: normalisation of tasks whose transforms carry no mean/std: detection models normalise inside
+#: (GeneralizedRCNNTransform), optical flow takes [-1, 1] (torchvision's OpticalFlow transform)
+_OWN_NORMALISATION = {"detection": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+                      "optical-flow": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
 def _transform_info(name: str, weights) -> dict:
     """Mean, std and input size from the transforms of ``weights`` (of ``DEFAULT`` for random
-    weights), ImageNet's and 224x224 where the transforms carry none."""
+    weights); where the transforms carry no mean/std, what the task's models expect
+    (:data:`_OWN_NORMALISATION`), else ImageNet's; 224x224 where they carry no crop size."""
     import torchvision
 
     if weights is None:
@@ -203,7 +211,8 @@ def _transform_info(name: str, weights) -> dict:
             weights = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, AttributeError, KeyError):
             weights = None
-    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, (224, 224)
+    mean, std = _OWN_NORMALISATION.get(task_of(name), (IMAGENET_MEAN, IMAGENET_STD))
+    size = (224, 224)
     if weights is not None:
         t = weights.transforms()
         mean = tuple(getattr(t, "mean", None) or mean)
