@@ -5,7 +5,8 @@
   size and per-image min-max normalisation to [0, 1].  Other decoders plug in by name
   (:data:`DECODERS`).
 * :class:`SceneModel` = normalisation + encoder + classifier (global average pool + linear).
-* :class:`ImageClassifier` wraps any torchvision classifier with its normalisation.
+* :class:`ImageClassifier` (:mod:`.classifier`) wraps a torchvision or timm network with its
+  normalisation.
 
 Every adapter takes images as float tensors in ``[0, 1]`` (NCHW) and owns its normalisation.
 Layer names are dotted module names of the adapter: ``encoder.conv5_3``, ``encoder.layer4``,
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..errors import CheckpointError, suggest
 from .cifar import build_cifar_resnet
+from .classifier import ImageClassifier
 from .normalize import Normalize
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, encoder_info
 
@@ -108,49 +110,6 @@ class SceneModel(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.pool(self.encoder(self.normalize(x))).flatten(1))
-
-
-class ImageClassifier(nn.Module):
-    """A torchvision or timm network with its normalisation in front.
-
-    For vision transformers (a network with a patch size: torchvision's ``patch_size``, timm's
-    ``patch_embed.patch_size``) :meth:`token_grid` tells :class:`neuroprobe.hooks.Recorder` the
-    patch grid of the current input, so that token outputs ``(B, prefix + H*W, C)`` are recorded
-    as ``(B, C, H, W)`` maps (class and register tokens dropped).
-    """
-
-    task = "classification"
-
-    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-        self._input_hw: tuple[int, int] | None = None
-
-    def forward(self, x):
-        self._input_hw = tuple(x.shape[-2:])
-        return self.net(self.normalize(x))
-
-    def token_grid(self) -> tuple[int, int] | None:
-        """The patch grid ``(H / patch, W / patch)`` of the input of the forward pass under way;
-        ``None`` for networks without patches (convolutional ones) or before any forward."""
-        patch = patch_size(self.net)
-        if patch is None or self._input_hw is None:
-            return None
-        return self._input_hw[0] // patch[0], self._input_hw[1] // patch[1]
-
-
-def patch_size(net: nn.Module) -> tuple[int, int] | None:
-    """The patch size of a vision transformer (torchvision ``VisionTransformer.patch_size``,
-    timm ``patch_embed.patch_size``), ``None`` for other networks."""
-    embed = getattr(net, "patch_embed", None)
-    size = getattr(embed, "patch_size", None) if embed is not None else None
-    if size is None and type(net).__name__ == "VisionTransformer":
-        size = getattr(net, "patch_size", None)
-    if size is None:
-        return None
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return (int(size[0]), int(size[-1])) if all(isinstance(v, int) for v in size) else None
 
 
 # -- builders: architecture spec (name + kwargs) -> module --------------------------------------

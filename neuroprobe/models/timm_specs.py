@@ -127,7 +127,7 @@ def build_timm_model(name: str, weights=None, **kwargs):
     ImageClassifier
         Its ``default_metadata`` holds the task, input size, weights and timm's data config.
     """
-    from .adapters import ImageClassifier
+    from .classifier import ImageClassifier
     from .encoders import load_state_strict
 
     timm = _timm()
