@@ -139,7 +139,7 @@ def test_weights_file_given_as_text(tmp_path):
     torch.save(state, path)
     module, meta = load(f"torchvision:resnet18?weights={path}")
     assert torch.equal(module.net.conv1.weight, state["conv1.weight"])
-    assert meta["weights"] == str(path)
+    assert meta["weights"] == str(path) and meta["variant"] == "torchvision-file"
 
 
 def test_random_weights_are_seeded_and_leave_the_rng_alone():

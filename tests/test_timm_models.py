@@ -160,6 +160,8 @@ def test_unknown_name_suggests_and_points_at_list_models():
 def test_bad_keyword_is_one_line():
     with pytest.raises(CheckpointError, match="does not take"):
         load("timm:resnet18?weights=none&colour=red")
+    with pytest.raises(CheckpointError, match="parameter 'pretrained'"):
+        load("timm:resnet18?pretrained=false")
 
 
 def test_hub_ids_are_passed_through(monkeypatch):

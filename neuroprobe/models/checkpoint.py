@@ -172,7 +172,9 @@ def _load_torchvision(spec: str, architecture_only: bool = False):
         torch.manual_seed(seed)
         module = build_torchvision(name, weights=weights, architecture_only=architecture_only)
     loaded = module.default_metadata["weights"]
-    extra = {"variant": f"torchvision-{loaded.rsplit('.', 1)[-1]}"}
+    is_enum = "_Weights." in loaded or "_QuantizedWeights." in loaded
+    extra = {"variant": f"torchvision-{loaded.rsplit('.', 1)[-1]}" if is_enum
+             else "torchvision-file"}
     if loaded == "none" or architecture_only:
         extra.update(variant=f"torchvision-none-seed{seed}", seed=seed)
     return module, _metadata_defaults(module, a, extra)

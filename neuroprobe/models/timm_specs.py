@@ -165,7 +165,13 @@ def parse_kwargs(params: dict) -> dict:
     as keyword arguments for :func:`timm.create_model`."""
     from .spec import literal
 
-    return {k: literal(v) for k, v in params.items() if k not in ("weights", "seed")}
+    kwargs = {k: literal(v) for k, v in params.items() if k not in ("weights", "seed")}
+    taken = sorted(set(kwargs) & {"name", "model_name", "pretrained"})
+    if taken:
+        raise CheckpointError(f"parameter {taken[0]!r} of a timm: model is not a keyword for "
+                              "timm.create_model here", hint="write timm:NAME?weights="
+                              "pretrained|none|FILE for the weights")
+    return kwargs
 
 
 def seeded(fn, seed: int):
