@@ -226,6 +226,9 @@ def test_architecture_only_follows_the_weights():
         net, info = tvs.build_torchvision_net("vit_h_14", "IMAGENET1K_SWAG_LINEAR_V1",
                                               architecture_only=True)
     assert net.image_size == 224 and info["input_size"] == (224, 224)
+    with meta_parameters():   # random weights: the builder's own 224, not DEFAULT's 518
+        net, info = tvs.build_torchvision_net("vit_h_14", "none")
+    assert net.image_size == 224 and info["input_size"] == (224, 224)
 
 
 @pytest.mark.skipif(os.environ.get("NEUROPROBE_TORCHVISION_SWEEP") != "1",

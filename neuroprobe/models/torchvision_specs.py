@@ -270,4 +270,7 @@ def build_torchvision_net(name: str, weights=None, *, architecture_only: bool = 
 
         load_state_strict(net, _read_state_file(resolved), source=str(resolved))
         info["weights"] = str(resolved)
+    fixed = getattr(net, "image_size", None)   # a ViT takes only the size it was built for
+    if isinstance(fixed, int) and type(net).__name__ == "VisionTransformer":
+        info["input_size"] = (fixed, fixed)
     return net, info
