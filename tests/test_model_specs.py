@@ -333,3 +333,19 @@ def test_missing_mps_is_one_line():
 def test_cpu_device_resolves():
     assert resolve_device("CPU") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_study_encoders_read_the_same_cache(offline):
+    """``train --weights imagenet`` (the study's encoders) reads torchvision's V1 file through
+    the same weights_only path, with a hint naming --weights."""
+    from neuroprobe.models import build_encoder
+
+    with pytest.raises(CheckpointError) as err:
+        build_encoder("resnet18", "imagenet")
+    assert "--weights none" in str(err.value) and str(offline) in str(err.value)
+    state = _seeded_resnet18_state(5)
+    path = tvs.cache_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    path.parent.mkdir(parents=True, exist_ok=True)   # the failed download made the folder
+    torch.save(state, path)
+    enc = build_encoder("resnet18", "imagenet")
+    assert torch.equal(enc.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])

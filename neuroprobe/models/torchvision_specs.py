@@ -35,8 +35,11 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, suggest
-from ..utils import quiet
+from .hubcache import cache_file, ensure_cached, weights_state_dict
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["build_torchvision_net", "resolve_weights", "weight_names", "task_of", "check_name",
+           "cache_file", "ensure_cached", "weights_state_dict"]
 
 #: torchvision sub-packages -> the task neuroprobe records
 _TASKS = {"detection": "detection", "segmentation": "segmentation", "video": "video",
@@ -97,54 +100,6 @@ def resolve_weights(name: str, text: str | None):
                               hint="valid: " + ", ".join(weight_names(name)) +
                               ", none (random) or a state-dict file")
     return members[key]
-
-
-def cache_file(weights) -> Path:
-    """Where torch.hub keeps the file of ``weights`` (it may not exist)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
-
-
-def ensure_cached(weights, name: str = "NAME") -> Path:
-    """The file of torchvision ``weights`` in the torch hub cache, downloaded there
-    (hash-checked as torch.hub does) when missing.
-
-    Raises
-    ------
-    CheckpointError
-        When the file is missing and cannot be downloaded (offline); the message names the
-        cache path and ``?weights=none``.
-    """
-    path = cache_file(weights)
-    spec = f"{name}?weights=none"
-    if not path.is_file():
-        match = torch.hub.HASH_REGEX.search(path.name)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(weights.url, str(path),
-                                           match.group(1) if match else None,
-                                           progress=not quiet())
-        except Exception as err:   # URLError, OSError, a hash mismatch: all mean "no file"
-            first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
-            raise CheckpointError(
-                f"torchvision weights {weights} are not in the torch cache ({path}) and could "
-                f"not be downloaded ({type(err).__name__}: {first})",
-                hint=f"download {weights.url} into {path.parent}, or use torchvision:{spec} for "
-                "random weights") from None
-    return path
-
-
-def weights_state_dict(weights, name: str = "NAME") -> dict:
-    """The state dict of torchvision ``weights`` (:func:`ensure_cached`), read with
-    ``torch.load(weights_only=True)``; a file that does not load is a :class:`CheckpointError`."""
-    path = ensure_cached(weights, name)
-    spec = f"{name}?weights=none"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} (torchvision weights {weights}) does not load "
-                              f"({type(err).__name__})",
-                              hint=f"delete it so that it is downloaded again, or use "
-                              f"torchvision:{spec}") from None
 
 
 @contextlib.contextmanager
