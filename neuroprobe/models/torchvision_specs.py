@@ -32,8 +32,6 @@ import inspect
 import warnings
 from pathlib import Path
 
-import torch
-
 from ..errors import CheckpointError, suggest
 from .hubcache import cache_file, ensure_cached, weights_state_dict
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
