@@ -29,7 +29,11 @@ Rules worth knowing
 * **Hooks are always removed**, also when the body raises.
 * **Tokens**: ``tokens_to_grid=True`` reshapes transformer outputs ``(B, N, C)`` to ``(B, C, H, W)``
   by dropping the leading class / register tokens (``N - H*W`` of them, ``H = W`` when not given),
-  so ViT layers can be dissected like conv layers.
+  so ViT layers can be dissected like conv layers.  By default (``tokens_to_grid="auto"``) a
+  model that has a ``token_grid()`` method (neuroprobe's wrapper of torchvision and timm models,
+  :class:`neuroprobe.models.ImageClassifier`) gives the grid of its current input, so its token
+  outputs are grids everywhere neuroprobe records layers (``dissect``, ``layers``); other models'
+  outputs are left as they are.
 """
 from __future__ import annotations
 
@@ -200,14 +204,16 @@ class Recorder:
         from layer name to such a function).  See :func:`ablate` and :func:`clamp`.
     stop : bool
         Stop the forward pass once every layer has run (the exception is swallowed on exit).
-    tokens_to_grid : bool or (H, W)
+    tokens_to_grid : bool, (H, W) or "auto"
         Reshape recorded ``(B, N, C)`` outputs to ``(B, C, H, W)`` (see :func:`tokens_to_grid`).
+        ``"auto"`` (default): with the grid ``model.token_grid()`` returns while the model runs
+        (models without that method, or that return ``None``: no reshaping).
     """
 
     def __init__(self, model: nn.Module, layers, *, outputs: bool = True, inputs: bool = False,
                  clone: bool = True, detach: bool = True, retain_grad: bool = False,
                  edit: EditFn | Mapping[str, EditFn] | None = None, stop: bool = False,
-                 tokens_to_grid: bool | tuple[int, int] = False):
+                 tokens_to_grid: bool | tuple[int, int] | str = "auto"):
         self.model = model
         resolved = _resolve(model, layers)
         self.layers = OrderedDict((n, m) for n, (m, _) in resolved.items())
@@ -276,13 +282,26 @@ class Recorder:
         def fn(t: torch.Tensor) -> torch.Tensor:
             if self.detach:
                 t = t.detach()
-            if self.grid and t.dim() == 3:
-                t = tokens_to_grid(t, None if self.grid is True else tuple(self.grid))
+            grid = self._grid()
+            if grid and t.dim() == 3 and self.grid == "auto" and t.shape[1] < grid[0] * grid[1]:
+                grid = False   # fewer tokens than patches (a pooled head): not a grid
+            if grid and t.dim() == 3:
+                t = tokens_to_grid(t, None if grid is True else tuple(grid))
             elif self.clone:
                 t = t.clone()
             return t
 
         return _map_tensors(value, fn)
+
+    def _grid(self):
+        """The reshaping asked for: ``False``, ``True`` (square) or ``(H, W)``; under
+        ``"auto"`` the model's own grid where it has one and its token count fits."""
+        if not isinstance(self.grid, str):
+            return self.grid
+        if self.grid != "auto":
+            raise ValueError(f"tokens_to_grid={self.grid!r}: give True, False, (H, W) or 'auto'")
+        fn = getattr(self.model, "token_grid", None)
+        return (fn() or False) if callable(fn) else False
 
     def _make_hook(self, name: str):
         def hook(module, args, output):

@@ -38,16 +38,64 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+#: what ``--device`` accepts (checked by :func:`parse_device`)
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
+def parse_device(text: str | None) -> str:
+    """The one parser of a device name: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+    (case-insensitive, surrounding blanks ignored) -> its normal form.  Only the spelling is
+    checked here (no torch import); :func:`resolve_device` checks that the device exists.
+
+    Raises
+    ------
+    ValueError
+        For anything else, with a message naming the accepted forms.
+    """
+    name = (text or "auto").strip().lower()
+    kind, colon, index = name.partition(":")
+    if kind in ("auto", "cpu", "mps", "cuda") and not colon:
+        return name
+    if kind == "cuda" and colon and index.isdigit():
+        return f"cuda:{int(index)}"
+    raise ValueError(f"{text!r} is not a device (give one of {DEVICE_FORMS})")
+
+
 def resolve_device(name: str | None = "auto"):
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    """``auto`` -> cuda when available, else cpu; ``cuda``, ``cuda:N`` or ``mps`` that this
+    machine lacks is a :class:`UserError` (one line naming what is visible).
+
+    Parameters
+    ----------
+    name : str or None
+        Any form :func:`parse_device` accepts (``None`` = ``auto``).
+
+    Returns
+    -------
+    torch.device
+    """
     import torch
 
-    name = (name or "auto").lower()
+    try:
+        name = parse_device(name)
+    except ValueError as err:
+        raise UserError(f"--device {err}") from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible to PyTorch",
-                        hint="use --device cpu or --device auto")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was asked for but no CUDA GPU is visible to "
+                            "PyTorch", hint="use --device cpu or --device auto")
+        count = torch.cuda.device_count()
+        if ":" in name and int(name.split(":")[1]) >= count:
+            raise UserError(f"--device {name} was asked for but PyTorch sees {count} CUDA "
+                            f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})",
+                            hint="use one of those, or set CUDA_VISIBLE_DEVICES")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("--device mps was asked for but the Apple MPS backend is not "
+                            "available to PyTorch", hint="use --device cpu or --device auto")
     return torch.device(name)
 
 

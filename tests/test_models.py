@@ -118,13 +118,12 @@ def test_torchscript(tmp_path):
 
 def test_imagenet_weights_from_cache_or_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    from torchvision.models import ResNet18_Weights
 
     def no_network(*a, **k):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict",
-                        lambda self, *a, **k: no_network())
+    # the weights are fetched by torch.hub.download_url_to_file, read with weights_only=True
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: no_network())
     with pytest.raises(CheckpointError, match="not in the torch cache"):
         models.build_saliency("resnet18", weights="imagenet")
     # a file in the cache is used
@@ -133,7 +132,7 @@ def test_imagenet_weights_from_cache_or_clear_error(tmp_path, monkeypatch):
     torch.manual_seed(3)
     ref = resnet18(weights=None)
     ckpt = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    ckpt.parent.mkdir(parents=True)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ref.state_dict(), ckpt)
     m = models.build_saliency("resnet18", weights="imagenet")
     torch.testing.assert_close(m.encoder.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)

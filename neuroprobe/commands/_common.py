@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 
 __all__ = ["add_global_options", "positive_int", "nonnegative_int", "positive_float",
-           "nonnegative_float", "seed", "finite_float", "probability", "open_probability", "timeout_seconds",
+           "nonnegative_float", "seed", "device", "finite_float", "probability",
+           "open_probability", "timeout_seconds",
            "add_model_options", "add_concept_options", "add_annotations", "add_batch_size",
            "add_workers",
            "add_limit", "output_folder", "output_file"]
@@ -112,14 +113,27 @@ def timeout_seconds(text: str) -> float:
     return value
 
 
+def device(text: str) -> str:
+    """A device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), spelled as
+    :func:`neuroprobe.utils.parse_device` accepts; whether it exists is checked when a model
+    is placed on it (:func:`neuroprobe.utils.resolve_device`)."""
+    from ..utils import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # -- shared options ------------------------------------------------------------------------
 
 def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
     """Options accepted before or after the sub-command name."""
     default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", type=device, metavar="DEVICE",
                         default=argparse.SUPPRESS if suppress else "auto",
-                        help="where models run (default: auto = cuda when available)")
+                        help="where models run: auto, cpu, cuda, cuda:N or mps "
+                        "(default: auto = cuda when available)")
     parser.add_argument("--debug", action="store_true", default=default if suppress else False,
                         help="show tracebacks of errors")
     loud = parser.add_mutually_exclusive_group()
@@ -129,14 +143,14 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
                       help="also debug messages (paths looked up, plugins loaded ...)")
 
 
-
 def add_model_options(parser, default: str | None = None, *, required: bool | None = None
                       ) -> None:
     """``--model``, ``--arch`` and ``--trust-checkpoint`` (every command that loads one model)."""
     parser.add_argument("--model", default=default,
                         required=(default is None) if required is None else required,
                         help="checkpoint path, built-in name (demo, demo-scene, ...), "
-                        "torchvision:NAME, or random:ARCH[?seed=N] (seeded random weights)"
+                        "torchvision:NAME[?weights=W], timm:NAME[?weights=W], or "
+                        "random:ARCH[?seed=N] (seeded random weights)"
                         + (f" (default: {default})" if default else ""))
     parser.add_argument("--arch", default=None,
                         help="architecture of a plain state dict (resnet18, saliency:vgg16, "

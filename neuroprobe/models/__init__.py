@@ -2,23 +2,24 @@
 
 * :func:`load` (``neuroprobe.models.load(path)``) -> ``(module, metadata)``, loading safely
   (``weights_only=True``) from a neuroprobe checkpoint, a state dict plus ``arch``, TorchScript,
-  ``torchvision:NAME`` or a built-in demo name.
+  ``torchvision:NAME[?weights=...]`` (:mod:`.torchvision_specs`), ``timm:NAME[?weights=...]``
+  (:mod:`.timm_specs`, the optional extra ``neuroprobe[timm]``) or a built-in demo name.
 * :func:`save` writes the one checkpoint format (architecture spec + state dict + metadata).
 * Builders: :func:`build_saliency` (encoder + the study's decoder), :func:`build_scene`
-  (encoder + classifier), :func:`build_torchvision`; encoders vgg16 / resnet18 / resnet50 / small
-  / cifar-resnetN; the CIFAR-10 ResNets (``--arch cifar-resnet56``) in :mod:`.cifar`.
+  (encoder + classifier), :func:`build_torchvision`, :func:`build_timm`; encoders vgg16 /
+  resnet18 / resnet50 / small / cifar-resnetN; the CIFAR-10 ResNets (``--arch cifar-resnet56``) in :mod:`.cifar`.
 """
 import torch
 
 from ..hooks import Recorder
 from .adapters import (DECODERS, ImageClassifier, Normalize, SaliencyModel, SceneModel,
-                       build_encoder_only, build_saliency, build_scene, build_torchvision,
-                       minmax_per_image)
+                       build_encoder_only, build_saliency, build_scene, build_timm,
+                       build_torchvision, minmax_per_image)
 from .checkpoint import LoadedModel, build, load, parse_arch, save
 from .encoders import ENCODERS, build_encoder, encoder_info
 
 __all__ = ["load", "save", "build", "parse_arch", "LoadedModel", "build_saliency", "build_scene",
-           "build_torchvision", "build_encoder_only", "build_encoder", "encoder_info", "ENCODERS",
+           "build_torchvision", "build_timm", "build_encoder_only", "build_encoder", "encoder_info", "ENCODERS",
            "DECODERS", "SaliencyModel", "SceneModel", "ImageClassifier", "Normalize",
            "minmax_per_image", "dry_run"]
 

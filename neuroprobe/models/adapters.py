@@ -5,7 +5,8 @@
   size and per-image min-max normalisation to [0, 1].  Other decoders plug in by name
   (:data:`DECODERS`).
 * :class:`SceneModel` = normalisation + encoder + classifier (global average pool + linear).
-* :class:`ImageClassifier` wraps any torchvision classifier with its normalisation.
+* :class:`ImageClassifier` (:mod:`.classifier`) wraps a torchvision or timm network with its
+  normalisation.
 
 Every adapter takes images as float tensors in ``[0, 1]`` (NCHW) and owns its normalisation.
 Layer names are dotted module names of the adapter: ``encoder.conv5_3``, ``encoder.layer4``,
@@ -21,9 +22,9 @@ from torch import nn
 
 from ..errors import CheckpointError, suggest
 from .cifar import build_cifar_resnet
+from .classifier import ImageClassifier
 from .normalize import Normalize
-from .encoders import (IMAGENET_MEAN, IMAGENET_STD, _read_state_file, build_encoder, encoder_info,
-                       imagenet_state_dict, load_state_strict)
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, encoder_info
 
 
 def minmax_per_image(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -111,20 +112,6 @@ class SceneModel(nn.Module):
         return self.classifier(self.pool(self.encoder(self.normalize(x))).flatten(1))
 
 
-class ImageClassifier(nn.Module):
-    """A torchvision classifier with its ImageNet normalisation in front."""
-
-    task = "classification"
-
-    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-
-    def forward(self, x):
-        return self.net(self.normalize(x))
-
-
 # -- builders: architecture spec (name + kwargs) -> module --------------------------------------
 
 def build_saliency(encoder: str = "vgg16", decoder: str = "conv1x1", weights=None,
@@ -152,20 +139,27 @@ def build_encoder_only(encoder: str = "vgg16", weights=None) -> nn.Module:
     return model
 
 
-def build_torchvision(name: str, weights=None, num_classes: int | None = None) -> ImageClassifier:
-    import torchvision
+def build_torchvision(name: str, weights=None, num_classes: int | None = None, *,
+                      architecture_only: bool = False) -> ImageClassifier:
+    """torchvision model ``name`` behind the normalisation of its weights (see
+    :mod:`.torchvision_specs`; ``weights=None``: random).  Its ``default_metadata`` carries the
+    task, input size and the weights that were loaded."""
+    from .torchvision_specs import build_torchvision_net
 
-    available = torchvision.models.list_models()
-    if name not in available:
-        raise CheckpointError(f"torchvision has no model {name!r}",
-                              hint=suggest(name, available, "model"))
-    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
-    net = torchvision.models.get_model(name, weights=None, **kwargs)
-    if weights is not None and str(weights).lower() == "imagenet":
-        load_state_strict(net, imagenet_state_dict(name), source=f"ImageNet weights of {name}")
-    elif weights is not None and str(weights).lower() != "none":
-        load_state_strict(net, _read_state_file(weights), source=str(weights))
-    return ImageClassifier(net)
+    net, info = build_torchvision_net(name, weights, architecture_only=architecture_only,
+                                      num_classes=num_classes)
+    model = ImageClassifier(net, info["mean"], info["std"])
+    model.default_metadata = {"task": info["task"], "input_size": list(info["input_size"]),
+                              "weights": info["weights"]}
+    return model
+
+
+def build_timm(name: str, weights=None, **kwargs) -> ImageClassifier:
+    """timm model ``name`` behind the normalisation of its pretrained config (see
+    :mod:`.timm_specs`; ``weights=None``: random)."""
+    from .timm_specs import build_timm_model
+
+    return build_timm_model(name, weights, **kwargs)
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -174,6 +168,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "scene": build_scene,
     "encoder": build_encoder_only,
     "torchvision": build_torchvision,
+    "timm": build_timm,
 }
 
 
@@ -186,10 +181,20 @@ def default_layers(module: nn.Module, arch: dict | None = None) -> list[str]:
         return [f"encoder.{n}" for n in info.layers]
     if arch.get("builder") == "cifar-resnet":
         return ["layer1", "layer2", "layer3"]
-    if arch.get("builder") == "torchvision":
-        names = {n for n, _ in module.named_modules()}
-        for cand in (["net.layer3", "net.layer4"], ["net.features"]):
-            if all(c in names for c in cand):
+    names = {n for n, _ in module.named_modules()}
+    if arch.get("builder") == "timm":
+        # timm's own list of feature layers (stages / blocks), the last two
+        info = getattr(getattr(module, "net", None), "feature_info", None) or []
+        found = [f"net.{f['module']}" for f in info
+                 if isinstance(f, dict) and f"net.{f.get('module')}" in names]
+        if found:
+            return found[-2:]
+    if arch.get("builder") in ("torchvision", "timm"):
+        prefix = "net.encoder.layers.encoder_layer_"   # torchvision's ViT blocks
+        vit = sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),
+                     key=lambda n: int(n[len(prefix):]))
+        for cand in (["net.layer3", "net.layer4"], ["net.features"], vit[-2:]):
+            if cand and all(c in names for c in cand):
                 return cand
         return [n for n, m in module.named_children()][-1:]
     return []

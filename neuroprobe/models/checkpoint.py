@@ -11,9 +11,10 @@ One file (``torch.save`` of a dict) holds everything needed to rebuild a model::
 
 :func:`load` reads it with ``torch.load(weights_only=True)`` (no code runs while loading).  It also
 accepts a plain state dict together with an architecture (``arch="resnet18"``,
-``"saliency:vgg16"``), a TorchScript file, names such as ``torchvision:resnet50`` (ImageNet
-weights, ``torchvision:resnet50?weights=none`` for an explicit random one), and a fully pickled
-module only with ``trust=True`` (``--trust-checkpoint``).
+``"saliency:vgg16"``), a TorchScript file, names such as ``torchvision:resnet50`` (torchvision's
+``DEFAULT`` weights, ``?weights=IMAGENET1K_V1`` for another, ``?weights=none`` for random ones;
+:mod:`.torchvision_specs`) and ``timm:vit_small_patch16_224`` (:mod:`.timm_specs`), and a fully
+pickled module only with ``trust=True`` (``--trust-checkpoint``).
 """
 from __future__ import annotations
 
@@ -131,44 +132,73 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load(spec: str, *, arch: str | dict | None = None, trust: bool = False,
-         device: str | torch.device = "cpu") -> LoadedModel:
+         device: str | torch.device = "cpu", architecture_only: bool = False) -> LoadedModel:
     """Load a model given a path or a name (see the module docstring).  Returns
-    :class:`LoadedModel` ``(module, metadata)`` with the module in eval mode on ``device``."""
-    module, meta = _load(str(spec), arch, trust)
+    :class:`LoadedModel` ``(module, metadata)`` with the module in eval mode on ``device``.
+
+    ``architecture_only=True`` builds ``torchvision:`` and ``timm:`` models with random weights
+    and reads no weights file (what listing layers needs: no download, works offline); other
+    specs load as usual (their architecture is in the file)."""
+    module, meta = _load(str(spec), arch, trust, architecture_only)
     meta.setdefault("source", str(spec))
     module.eval().to(device)
     return LoadedModel(module, meta)
 
 
-def _load_torchvision(spec: str):
-    """``torchvision:NAME[?weights=imagenet|none|FILE][&seed=N]``.  Random weights
-    (``weights=none``) are drawn from ``torch.manual_seed(seed)`` (default 0) without touching
-    the caller's random state, so every load gives the same network."""
-    name, _, query = spec[len("torchvision:"):].partition("?")
-    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+def _load_torchvision(spec: str, architecture_only: bool = False):
+    """``torchvision:NAME[?weights=DEFAULT|ENUM|imagenet|none|FILE][&seed=N]`` (see
+    :mod:`.torchvision_specs`).  Random weights (``weights=none``, or ``architecture_only``)
+    are drawn from ``torch.manual_seed(seed)`` (default 0) without touching the caller's random
+    state, so every load gives the same network."""
+    from .spec import seed_of, split_spec
+
+    name, params = split_spec(spec, "torchvision:")
     unknown = sorted(set(params) - {"weights", "seed"})
     if unknown:
         raise CheckpointError(f"unknown parameter {unknown[0]!r} in model {spec!r}",
-                              hint="use torchvision:NAME?weights=none&seed=N")
-    weights = params.get("weights", "imagenet")
-    try:
-        seed = int(params.get("seed", 0))
-    except ValueError:
-        raise CheckpointError(f"seed {params['seed']!r} in model {spec!r} is not an integer",
-                              hint="e.g. torchvision:resnet18?weights=none&seed=1") from None
+                              hint="use torchvision:NAME?weights=DEFAULT|ENUM|none&seed=N")
+    weights = params.get("weights", "DEFAULT")
+    seed = seed_of(params, spec)
     a = {"builder": "torchvision", "kwargs": {"name": name}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build_torchvision(name, weights=weights)
-    extra = {"variant": f"torchvision-{weights}"}
-    if str(weights).lower() == "none":
+        module = build_torchvision(name, weights=weights, architecture_only=architecture_only)
+    loaded = module.default_metadata["weights"]
+    is_enum = "_Weights." in loaded or "_QuantizedWeights." in loaded
+    extra = {"variant": f"torchvision-{loaded.rsplit('.', 1)[-1]}" if is_enum
+             else "torchvision-file"}
+    if loaded == "none" or architecture_only:
         extra.update(variant=f"torchvision-none-seed{seed}", seed=seed)
     return module, _metadata_defaults(module, a, extra)
 
 
-def _load(spec: str, arch, trust: bool):
+def _load_timm(spec: str, architecture_only: bool = False):
+    """``timm:NAME[?weights=pretrained|none|FILE][&seed=N][&KEY=VALUE]`` (see
+    :mod:`.timm_specs`); random weights are seeded as for torchvision."""
+    from .spec import seed_of, split_spec
+    from .timm_specs import build_timm_model, parse_kwargs, seeded
+
+    name, params = split_spec(spec, "timm:")
+    weights = params.get("weights", "pretrained")
+    seed = seed_of(params, spec)
+    kwargs = parse_kwargs(params)
+    chosen = "none" if architecture_only else weights
+    module = seeded(lambda: build_timm_model(name, chosen, **kwargs), seed)
+    if architecture_only and str(weights).lower() != "none":
+        module.default_metadata["weights"] = f"timm {weights} (architecture only)"
+    a = {"builder": "timm", "kwargs": {"name": name, **kwargs}}
+    loaded = module.default_metadata["weights"]
+    extra = {"variant": "timm-pretrained" if loaded == "pretrained" else "timm-file"}
+    if loaded == "none" or architecture_only:
+        extra.update(variant=f"timm-none-seed{seed}", seed=seed)
+    return module, _metadata_defaults(module, a, extra)
+
+
+def _load(spec: str, arch, trust: bool, architecture_only: bool = False):
     if spec.startswith("torchvision:"):
-        return _load_torchvision(spec)
+        return _load_torchvision(spec, architecture_only)
+    if spec.startswith("timm:"):
+        return _load_timm(spec, architecture_only)
     if spec.startswith("random:"):
         return _load_random(spec)
     if zoo.is_builtin(spec):
@@ -178,7 +208,8 @@ def _load(spec: str, arch, trust: bool):
     if not path.exists():
         raise CheckpointError(f"model file {path} does not exist",
                               hint="pass a checkpoint path, a built-in name "
-                              f"({', '.join(zoo.builtin_names())}) or torchvision:NAME")
+                              f"({', '.join(zoo.builtin_names())}), torchvision:NAME or "
+                              "timm:NAME")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file")
     if _is_torchscript(path):
@@ -341,7 +372,8 @@ def _from_object(obj, path: Path, arch):
                               "cifar-resnet56)")
     spec = parse_arch(arch) if isinstance(arch, str) else dict(arch)
     module = build(spec)
-    if spec["builder"] == "torchvision" and not any(k.startswith("net.") for k in state):
+    if spec["builder"] in ("torchvision", "timm") and not any(k.startswith("net.")
+                                                               for k in state):
         state = {f"net.{k}": v for k, v in state.items()}
     load_state_strict(module, state, source=str(path))
     meta = _metadata_defaults(module, spec, own)

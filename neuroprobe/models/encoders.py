@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.hub import get_dir
 
 from ..errors import CheckpointError, suggest
 from .cifar import build_trunk
@@ -237,21 +236,20 @@ def _few(items: list, n: int = 4) -> str:
 
 
 def imagenet_state_dict(tv_name: str) -> dict:
-    """torchvision's ImageNet weights for ``tv_name`` from the torch hub cache, else downloaded.
+    """torchvision's ImageNet weights (``IMAGENET1K_V1``, the study's) for ``tv_name`` from the
+    torch hub cache, else downloaded; read with ``weights_only=True``
+    (:func:`.hubcache.weights_state_dict`).
 
     Raises :class:`CheckpointError` saying where to put the file when neither works.
     """
     from torchvision.models import get_model_weights
 
+    from .hubcache import cache_file, weights_state_dict
+
     weights = get_model_weights(tv_name).IMAGENET1K_V1
-    filename = weights.url.rsplit("/", 1)[-1]
-    cached = Path(get_dir()) / "checkpoints" / filename
-    if cached.is_file():
-        return _read_state_file(cached)
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"ImageNet weights for {tv_name} are not in the torch cache ({cached}) and could not "
-            f"be downloaded ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
-            hint=f"download {weights.url} and put it at {cached}, or pass --weights PATH") from None
+        return weights_state_dict(weights, tv_name)
+    except CheckpointError as err:
+        raise CheckpointError(err.message, hint=f"download {weights.url} into "
+                              f"{cache_file(weights).parent}, or pass --weights none or "
+                              "--weights PATH") from None
