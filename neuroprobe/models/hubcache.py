@@ -3,6 +3,7 @@ they are, fetching one when missing, reading one with ``torch.load(weights_only=
 in one line naming the cache file and ``?weights=none``."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ def ensure_cached(weights, name: str = "NAME") -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(weights.url, str(path),
                                            match.group(1) if match else None,
-                                           progress=not quiet())
+                                           progress=not quiet() and sys.stderr.isatty())
         except Exception as err:   # URLError, OSError, a hash mismatch: all mean "no file"
             first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
             raise CheckpointError(
