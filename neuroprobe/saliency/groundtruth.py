@@ -134,12 +134,33 @@ def _mit_blur_points(shape, rows, cols, weights, cycles: float = 8.0, dense=None
     kxt = _mit_circulant(w_, n, float(cycles))
     if len(rows) <= min(h_, w_) // 2:
         # rank-k sum of outer products of the kernels at the fixated rows and columns
-        a = kyt[rows] * weights[:, None]
-        return np.matmul(a.T, kxt[cols], out=_out2d(out, shape))
+        return _outer_sum(kyt, kxt, rows, cols, weights, _out2d(out, shape))
     if dense is None:
         dense = np.zeros(shape)
         dense[rows, cols] = weights
     return np.matmul(kyt.T @ dense, kxt, out=_out2d(out, shape))
+
+
+def _outer_sum(ky: np.ndarray, kx: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               weights: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``sum_i weights[i] * outer(ky[rows[i]], kx[cols[i]])``, as one matrix product.
+
+    Fixations that share a row (or a column, whichever are fewer) are summed first, so the
+    product's inner size is the number of distinct rows (about 105 for 140 fixated pixels of an
+    OSIE image) rather than the number of fixated pixels: the same sum, a quarter fewer
+    multiplications (rounding differs from the plain rank-k product by about 1e-16 of the
+    peak)."""
+    ur, inv_r = np.unique(rows, return_inverse=True)
+    uc, inv_c = np.unique(cols, return_inverse=True)
+    if len(ur) <= len(uc):
+        order = np.argsort(inv_r, kind="stable")
+        starts = np.flatnonzero(np.diff(inv_r[order], prepend=-1))
+        b = np.add.reduceat(kx[cols[order]] * weights[order, None], starts, axis=0)
+        return np.matmul(ky[ur].T, b, out=out)
+    order = np.argsort(inv_c, kind="stable")
+    starts = np.flatnonzero(np.diff(inv_c[order], prepend=-1))
+    a = np.add.reduceat(ky[rows[order]] * weights[order, None], starts, axis=0)
+    return np.matmul(a.T, kx[uc], out=out)
 
 
 def _out2d(out: np.ndarray | None, shape) -> np.ndarray | None:
@@ -179,17 +200,18 @@ def gaussian_density(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
     ri, ci = rows.astype(np.int64), cols.astype(np.int64)
     if np.array_equal(ri, rows) and np.array_equal(ci, cols):
         # integer pixels (the usual case): gather the exponentials from a table of offsets
-        # (row j of the sliding window at h - 1 - r is the Gaussian centred at r)
-        wy = np.lib.stride_tricks.sliding_window_view(_gauss_table(h_, float(sigma)), h_)
-        wx = np.lib.stride_tricks.sliding_window_view(_gauss_table(w_, float(sigma)), w_)
-        gy = wy[(h_ - 1) - ri]  # (k, H)
-        gx = wx[(w_ - 1) - ci]  # (k, W)
+        # (row j of the sliding window at h - 1 - r is the Gaussian centred at r), reversed
+        # so that row r is the Gaussian centred at pixel r
+        wy = np.lib.stride_tricks.sliding_window_view(_gauss_table(h_, float(sigma)), h_)[::-1]
+        wx = np.lib.stride_tricks.sliding_window_view(_gauss_table(w_, float(sigma)), w_)[::-1]
+        dens = _outer_sum(wy, wx, ri, ci, np.asarray(weights, dtype=np.float64),
+                          _out2d(out, shape))
     else:
         gy = np.exp(-((np.arange(h_)[None, :] - rows[:, None]) ** 2) / (2 * sigma ** 2))
         gx = np.exp(-((np.arange(w_)[None, :] - cols[:, None]) ** 2) / (2 * sigma ** 2))
         gy[gy < 1e-100] = 0.0
         gx[gx < 1e-100] = 0.0
-    dens = np.matmul((gy * weights[:, None]).T, gx, out=_out2d(out, shape))
+        dens = np.matmul((gy * weights[:, None]).T, gx, out=_out2d(out, shape))
     if not normalise:
         return dens
     total = dens.sum()

@@ -299,8 +299,10 @@ def _m_sauc(sm: Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_)
     keys = rng.random((len(ind), n_splits))
     # the first m of a random permutation per split (MATLAB: randperm); only the set matters
     # to the ROC, so a partition (linear time) gives what a full argsort would
-    picks = (np.argpartition(keys, m - 1, axis=0)[:m] if m < len(ind)
-             else np.broadcast_to(np.arange(m)[:, None], (m, n_splits)))
+    # (partitioned along the contiguous axis of the transposed keys: the same sets, twice as
+    # fast as along axis 0)
+    picks = (np.argpartition(np.ascontiguousarray(keys.T), m - 1, axis=1)[:, :m].T
+             if m < len(ind) else np.broadcast_to(np.arange(m)[:, None], (m, n_splits)))
     return float(auc_thresholds(sth, sm.minmax_at(ind[picks]), step).mean())
 
 
