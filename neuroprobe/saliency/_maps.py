@@ -19,7 +19,8 @@ from .groundtruth import GroundTruth, SaliencyShapeError
 #: MATLAB's eps, as the MIT benchmark code adds it (KL, IG).
 EPS = 2.2204e-16
 
-__all__ = ["Map", "prepare", "as_distribution", "as_density", "resize", "as_map_array", "dot"]
+__all__ = ["Map", "prepare", "as_distribution", "as_density", "resize", "as_map_array", "dot",
+           "block_sum"]
 
 
 def resize(smap: np.ndarray, shape) -> np.ndarray:
@@ -172,29 +173,6 @@ class Map:
         return self.get("ss", lambda: dot(self.centred, self.centred))
 
     @property
-    def density_eps(self) -> np.ndarray | None:
-        """``density + EPS`` where the map has no negative value and is not constant, else
-        None.  Then the ``exact`` density is ``map / sum`` exactly as the ``mit`` KL forms its
-        ``q``, so both KLs share this array (and :attr:`log_density_eps`)."""
-        def make():
-            if self.lo < 0 or self.constant or not self.total > 0:
-                return None
-            return np.add(self.density, EPS, out=self._buf())
-        return self.get("density_eps", make)
-
-    @property
-    def log_density_eps(self) -> np.ndarray:
-        """``log(density + EPS)`` (the ``exact`` KL's ``log q``), from :attr:`density_eps`
-        where that exists."""
-        def make():
-            r = self.density_eps
-            if r is not None:
-                return np.log(r, out=self._buf())
-            out = np.add(self.density, EPS, out=self._buf())
-            return np.log(out, out=out)
-        return self.get("log_density_eps", make)
-
-    @property
     def constant(self) -> bool:
         return self.lo == self.hi
 
@@ -257,3 +235,25 @@ def _like(out: np.ndarray | None, v: np.ndarray) -> np.ndarray:
 def dot(a: np.ndarray, b: np.ndarray) -> float:
     """Inner product of two flat float64 arrays."""
     return float(a @ b)
+
+
+#: Elements per block of :func:`block_sum` (256 KiB of float64: the blocks of a chain of
+#: operations stay in the core's cache instead of streaming each image-sized temporary through
+#: memory, about 1.6x faster on the project's shared machine).
+BLOCK = 32768
+
+
+def block_sum(fn, *arrays: np.ndarray) -> float:
+    """``sum(fn(*blocks, work))`` over consecutive blocks of equally long flat arrays.
+
+    ``fn`` gets the arrays' slices of one block and a work array of the block's length, and
+    returns that block's part of the sum (a dot product, a sum).  The element-wise results are
+    those of the whole-array operations; only the reduction is summed block by block (its
+    rounding differs from one whole-array reduction by about 1e-16 of the result)."""
+    n = arrays[0].size
+    work = np.empty(min(n, BLOCK))
+    total = 0.0
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        total += float(fn(*(x[a:b] for x in arrays), work[: b - a]))
+    return total

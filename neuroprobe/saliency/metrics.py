@@ -52,7 +52,8 @@ import numpy as np
 
 from ..errors import UserError
 from ._blas import _openblas_thread_funcs, blas_single_thread  # noqa: F401 - re-exported
-from ._maps import EPS, Map, as_density, as_distribution, as_map_array, dot, prepare, resize
+from ._maps import (EPS, Map, as_density, as_distribution, as_map_array, block_sum, dot,
+                    prepare, resize)
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
 from .groundtruth import (PROTOCOLS, GroundTruth, OtherFixations,  # noqa: F401
@@ -320,9 +321,11 @@ def _m_cc(sm: Map, gt, protocol, **_):
     d = gt.density(protocol).ravel()
     mean = _gt_get(gt, "mean_" + protocol, lambda: float(d.mean()))
 
-    def centred_ss():  # once per image: the centred ground truth lives only in the work array
-        g = np.subtract(d, mean, out=sm.scratch)
-        return dot(g, g)
+    def centred_ss():  # once per image: the centred ground truth lives only in a work block
+        def part(dd, w):
+            np.subtract(dd, mean, out=w)
+            return dot(w, w)
+        return block_sum(part, d)
 
     gss = _gt_get(gt, "gss_" + protocol, centred_ss)
     den = math.sqrt(sm.ss * gss)
@@ -366,37 +369,44 @@ def _m_kl(sm: Map, gt, protocol, **_):
         if sm.lo < 0:
             warnings.warn("negative saliency values: the mit KL divides the raw map by its sum; "
                           "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
-
         p = _gt_sum1_mit(gt)
-        r = sm.scratch  # r = eps + p / (q + eps), q = map / sum(map), without temporaries
-        q_eps = sm.density_eps  # q + eps, shared with the exact KL where q is the same array
-        if q_eps is not None:
-            np.divide(p, q_eps, out=r)
+        if sm.lo >= 0 and not sm.constant and sm.total > 0:
+            # q = map / sum(map) is the map's density (the same numbers), so the chain runs
+            # block by block from it: sum(p * log(eps + p / (q + eps)))
+            def part(pp, q, w):
+                np.add(q, EPS, out=w)
+                np.divide(pp, w, out=w)
+                w += EPS
+                return dot(pp, np.log(w, out=w))
+            return block_sum(part, p, sm.density)
+        r = sm.scratch  # r = eps + p / (q + eps) without temporaries
+        if sm.constant:
+            r.fill(1.0 / flat.size)
         else:
-            if sm.constant:
-                r.fill(1.0 / flat.size)
-            else:
-                np.divide(flat, sm.total, out=r)
-            r += EPS
-            np.divide(p, r, out=r)
+            np.divide(flat, sm.total, out=r)
         r += EPS
-        return dot(p, np.log(r, out=r))  # sum(p * log(eps + p / (q + eps)))
-    # sum(p * log((p + eps) / (q + eps))) = sum(p * log(p + eps)) - sum(p * log(q + eps)): the
-    # first sum belongs to the image (cached), the second to the map (its log cached)
-    p = _gt_dist(gt, protocol)
-    r = sm.scratch
-
-    def entropy_term():
-        np.add(p, EPS, out=r)
+        np.divide(p, r, out=r)
+        r += EPS
         return dot(p, np.log(r, out=r))
+    # sum(p * log((p + eps) / (q + eps))) = sum(p * log(p + eps)) - sum(p * log(q + eps)): the
+    # first sum belongs to the image (cached)
+    p = _gt_dist(gt, protocol)
 
-    own = _gt_get(gt, "plogp_" + protocol, entropy_term)
-    return own - dot(p, sm.log_density_eps)
+    def plogq(pp, q, w):
+        np.add(q, EPS, out=w)
+        return dot(pp, np.log(w, out=w))
+
+    own = _gt_get(gt, "plogp_" + protocol, lambda: block_sum(plogq, p, p))
+    return own - block_sum(plogq, p, sm.density)
 
 
 def _m_sim(sm: Map, gt, protocol, **_):
     q = sm.dist if protocol == "mit" else sm.density
-    return float(np.minimum(q, _gt_dist(gt, protocol), out=sm.scratch).sum())
+
+    def part(a, b, w):
+        return np.minimum(a, b, out=w).sum()
+
+    return block_sum(part, q, _gt_dist(gt, protocol))
 
 
 def _m_ig(sm: Map, gt, protocol, baseline=None, **_):
