@@ -52,16 +52,40 @@ import numpy as np
 
 from ..errors import UserError
 from ._blas import _openblas_thread_funcs, blas_single_thread  # noqa: F401 - re-exported
-from ._maps import (EPS, Map, as_density, as_distribution, as_map_array, block_sum, dot,
-                    prepare, resize)
+from ._maps import (
+    EPS,
+    Map,
+    as_density,
+    as_distribution,
+    as_map_array,
+    block_sum,
+    dot,
+    prepare,
+    resize,
+)
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
-from .groundtruth import (PROTOCOLS, GroundTruth, OtherFixations,  # noqa: F401
-                          SaliencyShapeError,
-                          _as_ground_truth, _check_protocol, _gt_get, _mit_blur_points, _rng,
-                          _to_pixels, fixation_map, gaussian_density, ground_truths,
-                          leave_out_density, matlab_round, mit_blur, mit_sigma,
-                          mit_transfer_size, other_fixations)
+from .groundtruth import (  # noqa: F401
+    PROTOCOLS,
+    GroundTruth,
+    OtherFixations,
+    SaliencyShapeError,
+    _as_ground_truth,
+    _check_protocol,
+    _gt_get,
+    _mit_blur_points,
+    _rng,
+    _to_pixels,
+    fixation_map,
+    gaussian_density,
+    ground_truths,
+    leave_out_density,
+    matlab_round,
+    mit_blur,
+    mit_sigma,
+    mit_transfer_size,
+    other_fixations,
+)
 
 METRICS = ("auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig")
 OPTIONAL_METRICS = ("emd",)
@@ -91,8 +115,8 @@ __all__ = [
     "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur",
     "mit_sigma", "gaussian_density",
     "fixation_map", "auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig", "emd",
-    "evaluate_map", "evaluate_image", "evaluate_protocols", "evaluate_batch", "has_emd", "leave_out_density",
-    "metric_rng", "other_fixations", "ground_truths", "matlab_round",
+    "evaluate_map", "evaluate_image", "evaluate_protocols", "evaluate_batch", "has_emd",
+    "leave_out_density", "metric_rng", "other_fixations", "ground_truths", "matlab_round",
 ]
 
 # names of the single-module layout, kept for code that imported them
@@ -855,7 +879,7 @@ def _batch_loop(it, gts, given, get, metrics, protocols, baseline, base_cache, s
             base_cache[key] = Map(b)
         other = None
         if others is not None:
-            def make():
+            def make(i=i):
                 return {p: others(i, p, n_other, rng=[seed, i, 1]) for p in protocols}
             # kept with the caller's ground truths (a validation loop passes them every epoch)
             other = _gt_get(gt, f"other_{n_other}_{seed}_{n}", make) if given[i] else make()
