@@ -160,17 +160,35 @@ class Map:
 
     @property
     def centred(self) -> np.ndarray:
-        return self.get("centred", lambda: np.subtract(self.flat, self.mean, out=self._buf()))
+        """The map less its mean (with :attr:`centred_sum` and :attr:`ss`, one blocked pass)."""
+        if "centred" not in self._c:
+            self._moments()
+        return self._c["centred"]
 
     @property
     def centred_sum(self) -> float:
         """Sum of the centred map (0 up to rounding)."""
-        return self.get("csum", lambda: float(self.centred.sum()))
+        if "csum" not in self._c:
+            self._moments()
+        return self._c["csum"]
 
     @property
     def ss(self) -> float:
         """Sum of squared deviations from the mean."""
-        return self.get("ss", lambda: dot(self.centred, self.centred))
+        if "ss" not in self._c:
+            self._moments()
+        return self._c["ss"]
+
+    def _moments(self) -> None:
+        """The centred map, its sum and its sum of squares, block by block (each block is
+        summed while it is in cache)."""
+        c = self._buf()
+        csum = ss = 0.0
+        for a in range(0, c.size, BLOCK):
+            blk = np.subtract(self.flat[a:a + BLOCK], self.mean, out=c[a:a + BLOCK])
+            csum += float(blk.sum())
+            ss += dot(blk, blk)
+        self._c.update(centred=c, csum=csum, ss=ss)
 
     @property
     def constant(self) -> bool:
