@@ -10,7 +10,11 @@ from scipy import ndimage
 from neuroprobe.saliency import metrics as M
 from neuroprobe.saliency._maps import BLOCK, block_sum
 from neuroprobe.saliency._workspace import Workspace
-from neuroprobe.saliency.groundtruth import _mit_circulant, _outer_sum, mit_transfer_size
+from neuroprobe.saliency.groundtruth import (
+    _mit_circulant,
+    _outer_sum,
+    mit_transfer_size,
+)
 
 
 def _images(n=4, shape=(90, 120), seed=0):
