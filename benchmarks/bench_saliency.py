@@ -136,8 +136,9 @@ def _time(fn) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _metric_rows(M, old_m, fixes, maps, n, n_base, source) -> list[dict]:
-    """All metrics in both protocols against the earlier implementations and pysaliency."""
+def _metric_rows(M, old_m, fixes, maps, n, n_base, source, before=True) -> list[dict]:
+    """All metrics in both protocols against the earlier implementations (``before=False``:
+    without the one at :data:`BEFORE_COMMIT`) and pysaliency."""
     def batch(mod, k):
         rows = mod.evaluate_batch(lambda i: maps[i % 3], fixes[:k], mod.PROTOCOLS, mod.METRICS)
         assert len(rows) == 2 * k
@@ -156,7 +157,7 @@ def _metric_rows(M, old_m, fixes, maps, n, n_base, source) -> list[dict]:
         bw, _ = _time(lambda: batch(old_m, k))
         new["baseline"] = bw * 700 / k
         new["ratio"] = new["baseline"] / new["value"]
-    before = _baseline_module("metrics", BEFORE_COMMIT)
+    before = _baseline_module("metrics", BEFORE_COMMIT) if before else None
     if before is not None:
         bw, bc = _time(lambda: batch(before, n))
         rows.append({"benchmark": f"  same, metrics.py at {BEFORE_COMMIT} (before)",
@@ -175,6 +176,25 @@ def _metric_rows(M, old_m, fixes, maps, n, n_base, source) -> list[dict]:
                  "value": pw * scale, "cpu": pc * scale, "unit": "s per 700 images",
                  "baseline": pw * scale, "ratio": pw / wall, "target": "ratio >= 5"})
     return rows
+
+
+def _data(n: int):
+    from neuroprobe.saliency import classical as C
+
+    fixes, source = _fixations(n)
+    imgs = _images(3)
+    maps = [C.image_signature(imgs[0]), C.itti_koch(imgs[1]), C.spectral_residual(imgs[2])]
+    return fixes, source, maps
+
+
+def run_pysaliency(quick: bool = False) -> list[dict]:
+    """Only neuroprobe's full evaluation and pysaliency's six metrics, on the same 700 images and
+    maps in one process (``python benchmarks/bench_saliency.py --pysaliency``): the issue-20
+    ratio without the slow earlier implementations."""
+    from neuroprobe.saliency import metrics as M
+
+    fixes, source, maps = _data(60 if quick else 700)
+    return _metric_rows(M, None, fixes, maps, len(fixes), 0, source, before=False)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -213,6 +233,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    for r in run(quick="--quick" in sys.argv):
+    sys.path.insert(0, str(REPO))
+    bench = run_pysaliency if "--pysaliency" in sys.argv else run
+    for r in bench(quick="--quick" in sys.argv):
         extra = f"  baseline {r['baseline']:.2f} ratio {r['ratio']:.2f}" if "baseline" in r else ""
         print(f"{r['benchmark']:<36} {r['value']:8.2f} {r['unit']:<18}{extra}  [{r['config']}]")

@@ -13,9 +13,14 @@ import warnings
 import numpy as np
 
 from ..errors import UserError
+from ._workspace import Workspace, take
 from .groundtruth import GroundTruth, SaliencyShapeError
 
-__all__ = ["Map", "prepare", "as_distribution", "as_density", "resize", "as_map_array", "dot"]
+#: MATLAB's eps, as the MIT benchmark code adds it (KL, IG).
+EPS = 2.2204e-16
+
+__all__ = ["Map", "prepare", "as_distribution", "as_density", "resize", "as_map_array", "dot",
+           "block_sum"]
 
 
 def resize(smap: np.ndarray, shape) -> np.ndarray:
@@ -38,10 +43,11 @@ def as_map_array(saliency) -> np.ndarray:
 
 
 def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None, *,
-            sort: bool = False) -> Map | None:
+            sort: bool = False, ws: Workspace | None = None) -> Map | None:
     """The float64 map of the ground truth's shape as a :class:`Map`, or None (NaN result)
     with a warning.  ``cache`` shares the prepared map between the protocols of one call;
-    ``sort=True`` sorts its values at once (AUC-Judd needs them, and the extremes come free)."""
+    ``sort=True`` sorts its values at once (AUC-Judd needs them, and the extremes come free);
+    ``ws``: the workspace its arrays come from (:meth:`Map.close` gives them back)."""
     smap = as_map_array(saliency)
     same = smap.shape == tuple(gt.shape)
     if cache is not None and same in cache:
@@ -56,12 +62,13 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
         warnings.warn(f"saliency map {smap.shape[1]}x{smap.shape[0]} resized to the fixation map "
                       f"{gt.shape[1]}x{gt.shape[0]} (mit protocol)", RuntimeWarning, stacklevel=3)
         smap = resize(smap, gt.shape)
-    sm = Map(smap)
+    sm = Map(smap, ws)
     if sort:
         sm.sorted  # noqa: B018 - computed now: it also gives the extremes
     if not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):  # min/max propagate NaN
         warnings.warn(f"saliency map{' of ' + gt.image if gt.image else ''} contains NaN or "
                       "infinity; its scores are NaN", RuntimeWarning, stacklevel=3)
+        sm.close()
         sm = None
     if cache is not None:
         cache[same] = sm
@@ -75,13 +82,28 @@ class Map:
     one pass each otherwise; the min-max normalised map (AUC-Borji, sAUC) is only formed at the
     pixels those metrics sample.  Image-sized temporaries go to one reused work array
     (:attr:`scratch`): allocating a fresh 800x600 float64 array costs about as much as a pass
-    over it (the kernel maps and zeroes its pages).
+    over it (the kernel maps and zeroes its pages); with a :class:`Workspace` every one of them
+    comes from it and :meth:`close` gives them back.
     """
 
-    def __init__(self, smap: np.ndarray):
+    def __init__(self, smap: np.ndarray, ws: Workspace | None = None):
         self.map = smap
         self.flat = smap.ravel()
         self._c: dict = {}
+        self._ws = ws
+        self._own: list = []  # the buffers this map took
+
+    def _buf(self) -> np.ndarray:
+        b = take(self._ws, self.flat.size)
+        self._own.append(b)
+        return b
+
+    def close(self) -> None:
+        """Give the map's buffers back to its workspace; the map must not be used after."""
+        if self._ws is not None:
+            self._ws.give(self._own)
+        self._own = []
+        self._c.clear()
 
     def get(self, key, fn):
         if key not in self._c:
@@ -91,7 +113,12 @@ class Map:
     @property
     def sorted(self) -> np.ndarray:
         """The map's values in ascending order (NaN last)."""
-        return self.get("sorted", lambda: np.sort(self.flat))
+        def make():
+            out = self._buf()
+            np.copyto(out, self.flat)
+            out.sort()  # the same quicksort as np.sort, in a reused buffer
+            return out
+        return self.get("sorted", make)
 
     @property
     def lo(self) -> float:
@@ -109,8 +136,9 @@ class Map:
         """Shifted to minimum 0 and divided by the sum (uniform if constant): the ``mit`` SIM
         (min-max normalised, then divided by the sum, is the same map) and IG."""
         if self.lo == 0:  # nothing to shift: the map over its sum, the same numbers
-            return self.get("dist", lambda: as_density(self.flat, 0.0, self.total))
-        return self.get("dist", lambda: as_distribution(self.flat, self.lo))
+            return self.get("dist", lambda: as_density(self.flat, 0.0, self.total,
+                                                       out=self._buf()))
+        return self.get("dist", lambda: as_distribution(self.flat, self.lo, out=self._buf()))
 
     @property
     def density(self) -> np.ndarray:
@@ -118,7 +146,8 @@ class Map:
         pysaliency's ``convert_saliency_map_to_density``): the ``exact`` SIM and KL."""
         if self.lo <= 0:
             return self.dist  # a minimum of 0: shifting changes nothing, one array serves both
-        return self.get("density", lambda: as_density(self.flat, self.lo, self.total))
+        return self.get("density", lambda: as_density(self.flat, self.lo, self.total,
+                                                      out=self._buf()))
 
     @property
     def total(self) -> float:
@@ -126,21 +155,40 @@ class Map:
 
     @property
     def mean(self) -> float:
-        return self.get("mean", lambda: float(self.flat.mean()))
+        # numpy's mean is the same pairwise sum divided by the count: the same number, one pass
+        return self.get("mean", lambda: self.total / self.flat.size)
 
     @property
     def centred(self) -> np.ndarray:
-        return self.get("centred", lambda: self.flat - self.mean)
+        """The map less its mean (with :attr:`centred_sum` and :attr:`ss`, one blocked pass)."""
+        if "centred" not in self._c:
+            self._moments()
+        return self._c["centred"]
 
     @property
     def centred_sum(self) -> float:
         """Sum of the centred map (0 up to rounding)."""
-        return self.get("csum", lambda: float(self.centred.sum()))
+        if "csum" not in self._c:
+            self._moments()
+        return self._c["csum"]
 
     @property
     def ss(self) -> float:
         """Sum of squared deviations from the mean."""
-        return self.get("ss", lambda: dot(self.centred, self.centred))
+        if "ss" not in self._c:
+            self._moments()
+        return self._c["ss"]
+
+    def _moments(self) -> None:
+        """The centred map, its sum and its sum of squares, block by block (each block is
+        summed while it is in cache)."""
+        c = self._buf()
+        csum = ss = 0.0
+        for a in range(0, c.size, BLOCK):
+            blk = np.subtract(self.flat[a:a + BLOCK], self.mean, out=c[a:a + BLOCK])
+            csum += float(blk.sum())
+            ss += dot(blk, blk)
+        self._c.update(centred=c, csum=csum, ss=ss)
 
     @property
     def constant(self) -> bool:
@@ -157,7 +205,7 @@ class Map:
     @property
     def scratch(self) -> np.ndarray:
         """A work array of the map's size, reused by the metrics (its content is undefined)."""
-        return self.get("scratch", lambda: np.empty_like(self.flat))
+        return self.get("scratch", self._buf)
 
 
 def _sorted_min(srt: np.ndarray) -> float:
@@ -166,30 +214,64 @@ def _sorted_min(srt: np.ndarray) -> float:
     return float("nan") if math.isnan(float(srt[-1])) else lo
 
 
-def as_distribution(v: np.ndarray, lo: float | None = None) -> np.ndarray:
+def as_distribution(v: np.ndarray, lo: float | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Shift to minimum 0 and divide by the sum; a constant map becomes uniform.  ``lo``: the
-    minimum of ``v`` where the caller knows it."""
-    v = v - (v.min() if lo is None else lo)
+    minimum of ``v`` where the caller knows it; ``out``: a buffer of ``v``'s size for the
+    result."""
+    v = np.subtract(v, v.min() if lo is None else lo, out=_like(out, v))
     total = v.sum()
     if total > 0:
         v /= total  # v is a fresh array here
         return v
-    return np.full_like(v, 1.0 / v.size)
+    v.fill(1.0 / v.size)
+    return v
 
 
-def as_density(v: np.ndarray, lo: float | None = None, total: float | None = None) -> np.ndarray:
+def as_density(v: np.ndarray, lo: float | None = None, total: float | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Divide by the sum, shifting to minimum 0 first only where the minimum is negative
     (pysaliency's ``convert_saliency_map_to_density`` with ``minimum_value=0``); a map whose sum
-    is 0 becomes uniform.  ``lo`` and ``total``: the minimum and sum where the caller knows them."""
+    is 0 becomes uniform.  ``lo`` and ``total``: the minimum and sum where the caller knows them;
+    ``out``: a buffer of ``v``'s size for the result."""
     lo = float(v.min()) if lo is None else lo
     if lo < 0:
-        return as_distribution(v, lo)
+        return as_distribution(v, lo, out)
     total = v.sum() if total is None else total
+    out = _like(out, v)
     if total > 0:
-        return v / total
-    return np.full_like(v, 1.0 / v.size)
+        return np.divide(v, total, out=out)
+    out.fill(1.0 / v.size)
+    return out
+
+
+def _like(out: np.ndarray | None, v: np.ndarray) -> np.ndarray:
+    """``out`` shaped as ``v`` (a new array without one)."""
+    return np.empty(v.shape) if out is None else out.reshape(v.shape)
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> float:
     """Inner product of two flat float64 arrays."""
     return float(a @ b)
+
+
+#: Elements per block of :func:`block_sum` (256 KiB of float64: the blocks of a chain of
+#: operations stay in the core's cache instead of streaming each image-sized temporary through
+#: memory, about 1.6x faster on the project's shared machine).
+BLOCK = 32768
+
+
+def block_sum(fn, *arrays: np.ndarray) -> float:
+    """``sum(fn(*blocks, work))`` over consecutive blocks of equally long flat arrays.
+
+    ``fn`` gets the arrays' slices of one block and a work array of the block's length, and
+    returns that block's part of the sum (a dot product, a sum).  The element-wise results are
+    those of the whole-array operations; only the reduction is summed block by block (its
+    rounding differs from one whole-array reduction by about 1e-16 of the result)."""
+    n = arrays[0].size
+    work = np.empty(min(n, BLOCK))
+    total = 0.0
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        total += float(fn(*(x[a:b] for x in arrays), work[: b - a]))
+    return total

@@ -24,9 +24,20 @@ from ..errors import UserError
 from ..io import atomic_open, atomic_path, write_json, write_text
 from ..utils import model_device, progress, resolve_device, versions
 from . import classical
+from ._workspace import Workspace
 from .data import centre_prior, inter_observer
-from .metrics import (HIGHER_IS_BETTER, METRICS, PROTOCOLS, GroundTruth, _Map, blas_single_thread,
-                      evaluate_protocols, leave_out_density, metric_title, other_fixations)
+from .metrics import (
+    HIGHER_IS_BETTER,
+    METRICS,
+    PROTOCOLS,
+    GroundTruth,
+    OtherFixations,
+    _Map,
+    blas_single_thread,
+    evaluate_image,
+    leave_out_density,
+    metric_title,
+)
 
 BASELINES = ("observers", "prior", "uniform")
 
@@ -96,7 +107,7 @@ def resolve_models(specs, device: str = "auto") -> dict:
     return out
 
 
-def _observer_scores(fx, gt, protocols, metrics, others, baseline, rng) -> dict:
+def _observer_scores(fx, gt, protocols, metrics, others, baseline, rng, ws=None) -> dict:
     """Mean over observers of the leave-one-out scores of one image."""
     acc = {p: {m: [] for m in metrics} for p in protocols}
     for _, rest, held in inter_observer(fx, gt.shape, sigma=gt.sigma, cycles=gt.cycles):
@@ -105,8 +116,8 @@ def _observer_scores(fx, gt, protocols, metrics, others, baseline, rng) -> dict:
             pred = leave_out_density(gt, held, p)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                r = evaluate_protocols(pred, held, (p,), metrics, baseline=baseline,
-                                       other=others, rng=rng)[p]
+                r = evaluate_image(pred, held, metrics, (p,), baseline=baseline,
+                                   other=others, rng=rng, workspace=ws)[p]
             for m in metrics:
                 acc[p][m].append(r[m])
     return {p: {m: (float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else float("nan"))
@@ -156,20 +167,22 @@ def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                    show_progress) -> list[dict]:
     rows = []
     base_cache: dict = {}
+    ws = Workspace()  # image-sized buffers reused from image to image
+    other_sets = OtherFixations(gts)
     for i in progress(range(len(gts)), desc=f"{dataset.name}: evaluating", unit="img",
                       disable=not show_progress or None):
-        gt, fx = gts[i], dataset.fixations[i]
+        gt, fx = gts[i].lend(ws), dataset.fixations[i]
         if gt.shape not in base_cache:
             base_cache[gt.shape] = _Map(classical.centre_bias(gt.shape))
         baseline = base_cache[gt.shape]
-        others = ({p: other_fixations(gts, i, p, n_other, rng=[seed, i, 1]) for p in protocols}
+        others = ({p: other_sets(i, p, n_other, rng=[seed, i, 1]) for p in protocols}
                   if "sauc" in metrics else None)
         image = None
         for name, fn in models.items():
             rng = np.random.default_rng([seed, i])
             if name == "observers":
                 res = _observer_scores(fx, gt, protocols, metrics,
-                                       None if others is None else others, baseline, rng) \
+                                       None if others is None else others, baseline, rng, ws) \
                     if len(gt) else {p: {m: float("nan") for m in metrics} for p in protocols}
             else:
                 if name == "uniform":
@@ -182,8 +195,8 @@ def _evaluate_loop(dataset, models, gts, protocols, metrics, seed, n_other,
                     if image is None:
                         image = dataset.load_image(i)
                     smap = fn(image)
-                res = evaluate_protocols(smap, gt, protocols, metrics, baseline=baseline,
-                                         other=others, rng=rng)
+                res = evaluate_image(smap, gt, metrics, protocols, baseline=baseline,
+                                     other=others, rng=rng, workspace=ws)
             for p in protocols:
                 rows.append({"image": gt.image or fx.image, "model": name, "protocol": p,
                              "n_fixations": len(gt), **res[p]})

@@ -52,13 +52,40 @@ import numpy as np
 
 from ..errors import UserError
 from ._blas import blas_single_thread  # noqa: F401 - re-exported
-from ._maps import Map, as_density, as_distribution, as_map_array, dot, prepare, resize
+from ._maps import (
+    EPS,
+    Map,
+    as_density,
+    as_distribution,
+    as_map_array,
+    block_sum,
+    dot,
+    prepare,
+    resize,
+)
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
-from .groundtruth import (PROTOCOLS, GroundTruth, SaliencyShapeError,  # noqa: F401
-                          _as_ground_truth, _check_protocol, _gt_get, _mit_blur_points, _rng,
-                          _to_pixels, fixation_map, gaussian_density, ground_truths,
-                          leave_out_density, matlab_round, mit_blur, mit_sigma,
-                          mit_transfer_size, other_fixations)
+from ._workspace import Workspace
+from .groundtruth import (  # noqa: F401
+    PROTOCOLS,
+    GroundTruth,
+    OtherFixations,
+    SaliencyShapeError,
+    _as_ground_truth,
+    _check_protocol,
+    _gt_get,
+    _mit_blur_points,
+    _rng,
+    _to_pixels,
+    fixation_map,
+    gaussian_density,
+    ground_truths,
+    leave_out_density,
+    matlab_round,
+    mit_blur,
+    mit_sigma,
+    mit_transfer_size,
+    other_fixations,
+)
 
 METRICS = ("auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig")
 OPTIONAL_METRICS = ("emd",)
@@ -81,7 +108,6 @@ def metric_title(key: str) -> str:
     return f"{name} ({'higher' if _HIGHER[key] else 'lower'} is better)"
 
 
-EPS = 2.2204e-16  # MATLAB eps, as used by the MIT benchmark code
 #: The metrics that draw random numbers, with the fixed index of their stream (never reorder).
 RANDOM_STREAMS = {"auc_judd": 0, "auc_borji": 1, "sauc": 2}
 
@@ -89,8 +115,8 @@ __all__ = [
     "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur",
     "mit_sigma", "gaussian_density",
     "fixation_map", "auc_judd", "auc_borji", "sauc", "nss", "cc", "kl", "sim", "ig", "emd",
-    "evaluate_map", "evaluate_protocols", "evaluate_batch", "has_emd", "leave_out_density",
-    "metric_rng", "other_fixations", "ground_truths", "matlab_round",
+    "evaluate_map", "evaluate_image", "evaluate_protocols", "evaluate_batch", "has_emd",
+    "leave_out_density", "metric_rng", "other_fixations", "ground_truths", "matlab_round",
 ]
 
 # names of the single-module layout, kept for code that imported them
@@ -158,8 +184,9 @@ def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     k, n = len(at), flat.size
     if n == k:
         return float("nan")
-    jitter = _rng(rng).random(out=sm.scratch)  # one per pixel, in the order of the sorted map
     fixed = flat[at]
+    # one jitter per pixel, in the order of the sorted map (drawn only where it matters)
+    jitter = _jitter(_rng(rng), srt, fixed, sm.scratch)
     jit_at = fixed + jitter[_sorted_positions(srt, fixed)] / 1e7
     th = np.sort(jit_at)[::-1]  # descending, i = 1..k
     ge = _count_jittered_ge(srt, jitter, th)
@@ -182,13 +209,70 @@ def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
     return pos
 
 
-def _count_jittered_ge(srt: np.ndarray, jitter: np.ndarray, th: np.ndarray) -> np.ndarray:
+class _SparseJitter:
+    """The jitter ``rng.random(n)`` would draw, at the positions of some runs only.
+
+    PCG64 (numpy's default generator) draws one 64-bit word per float64, and its ``advance``
+    skips words, so the values at positions ``[a, b)`` are ``advance(a - drawn so far)`` then
+    ``random(b - a)``: the very numbers a full draw would put there.  Indexing with positions
+    outside the runs is an error."""
+
+    def __init__(self, rng: np.random.Generator, starts: np.ndarray, stops: np.ndarray, n: int):
+        bg = rng.bit_generator
+        parts, cur = [], 0
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            if a > cur:
+                bg.advance(a - cur)
+            parts.append(rng.random(b - a))
+            cur = b
+        if n > cur:
+            bg.advance(n - cur)  # leave the generator where a full draw would
+        self.starts = starts
+        self.offsets = np.concatenate([[0], np.cumsum(stops - starts)[:-1]]).astype(np.int64)
+        self.stops = stops
+        self.values = np.concatenate(parts) if parts else np.zeros(0)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        r = np.searchsorted(self.starts, idx, side="right") - 1
+        if len(idx) and (r.min() < 0 or np.any(idx >= self.stops[r])):
+            raise IndexError("jitter asked outside the drawn runs")
+        return self.values[self.offsets[r] + (idx - self.starts[r])]
+
+
+def _jitter(rng: np.random.Generator, srt: np.ndarray, fixed: np.ndarray, out: np.ndarray):
+    """The mit AUC-Judd jitter (``rng.random(n)``, one value per position of the sorted map).
+
+    Only the positions near a fixated value are ever read: the fixated pixels and the runs
+    below each threshold (:func:`_count_jittered_ge`); a threshold lies in ``[v, v + 1e-7]``
+    (plus rounding) of a fixated value ``v`` and its run in ``[t - 2e-7, t)``, so the sorted
+    positions of ``[v - 2.5e-7, v + 1.5e-7]`` (widened by a few ulps) hold every one.  Where the
+    generator can skip ahead (PCG64) and those positions are few, only they are drawn
+    (:class:`_SparseJitter`); otherwise all ``n`` values are drawn into ``out``.
+    """
+    n = srt.size
+    if type(rng.bit_generator) is np.random.PCG64 and len(fixed):
+        pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
+        lo = np.searchsorted(srt, fixed - (2.5e-7 + pad), side="left")
+        hi = np.searchsorted(srt, fixed + (1.5e-7 + pad), side="right")
+        order = np.argsort(lo, kind="stable")
+        lo, hi = lo[order], np.maximum.accumulate(hi[order])
+        # merge runs that overlap or lie within 1024 positions (drawing is cheaper than a skip)
+        new = np.concatenate([[True], lo[1:] > hi[:-1] + 1024])
+        starts = lo[new]
+        stops = hi[np.concatenate([np.flatnonzero(new)[1:] - 1, [len(hi) - 1]])]
+        if int((stops - starts).sum()) <= n // 4:
+            return _SparseJitter(rng, starts, stops, n)
+    return rng.random(out=out)
+
+
+def _count_jittered_ge(srt: np.ndarray, jitter, th: np.ndarray) -> np.ndarray:
     """For each threshold, the pixels of the jittered map ``srt + jitter / 1e7`` at or above it.
 
     ``srt`` is the sorted map and ``jitter / 1e7`` (at most 1e-7) belongs to its positions, so a
     position at or above ``t`` stays there and one more than ``w = 2e-7`` (plus rounding) below
     stays below: only the positions in ``[t - w, t)``, a contiguous run, need their jitter
-    added.  Where those runs are long (many ties) the jittered map is sorted instead.
+    added.  Where those runs are long (many ties) the jittered map is sorted instead (then
+    ``jitter`` is the full array: a :class:`_SparseJitter` only exists where the runs are short).
     """
     n = srt.size
     lower = th - (2e-7 + 4 * np.spacing(np.abs(th)))
@@ -196,7 +280,8 @@ def _count_jittered_ge(srt: np.ndarray, jitter: np.ndarray, th: np.ndarray) -> n
     lo = np.searchsorted(srt, lower, side="left")
     lengths = hi - lo
     total = int(lengths.sum())
-    if total > n // 4 + 4096:  # a map with many ties: one more sort is cheaper
+    if total > n // 4 + 4096 and isinstance(jitter, np.ndarray):
+        # a map with many ties: one more sort is cheaper
         jittered = np.divide(jitter, 1e7, out=jitter)
         jittered += srt
         jittered.sort()
@@ -239,8 +324,10 @@ def _m_sauc(sm: Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_)
     keys = rng.random((len(ind), n_splits))
     # the first m of a random permutation per split (MATLAB: randperm); only the set matters
     # to the ROC, so a partition (linear time) gives what a full argsort would
-    picks = (np.argpartition(keys, m - 1, axis=0)[:m] if m < len(ind)
-             else np.broadcast_to(np.arange(m)[:, None], (m, n_splits)))
+    # (partitioned along the contiguous axis of the transposed keys: the same sets, twice as
+    # fast as along axis 0)
+    picks = (np.argpartition(np.ascontiguousarray(keys.T), m - 1, axis=1)[:, :m].T
+             if m < len(ind) else np.broadcast_to(np.arange(m)[:, None], (m, n_splits)))
     return float(auc_thresholds(sth, sm.minmax_at(ind[picks]), step).mean())
 
 
@@ -258,9 +345,11 @@ def _m_cc(sm: Map, gt, protocol, **_):
     d = gt.density(protocol).ravel()
     mean = _gt_get(gt, "mean_" + protocol, lambda: float(d.mean()))
 
-    def centred_ss():  # once per image: the centred ground truth lives only in the work array
-        g = np.subtract(d, mean, out=sm.scratch)
-        return dot(g, g)
+    def centred_ss():  # once per image: the centred ground truth lives only in a work block
+        def part(dd, w):
+            np.subtract(dd, mean, out=w)
+            return dot(w, w)
+        return block_sum(part, d)
 
     gss = _gt_get(gt, "gss_" + protocol, centred_ss)
     den = math.sqrt(sm.ss * gss)
@@ -273,7 +362,11 @@ def _m_cc(sm: Map, gt, protocol, **_):
 
 def _gt_sum1_mit(gt):
     """The mit ground truth divided by its sum (KL)."""
-    return _gt_get(gt, "sum1_mit", lambda: (lambda d: d / d.sum())(gt.density("mit").ravel()))
+    def make():
+        d = gt.density("mit").ravel()
+        return np.divide(d, d.sum(), out=gt._buf())
+
+    return _gt_get(gt, "sum1_mit", make)
 
 
 def _gt_dist(gt, protocol):
@@ -284,12 +377,12 @@ def _gt_dist(gt, protocol):
         if protocol == "exact":
             if gt.density_map is None:
                 return d  # the Gaussian density: non-negative, sum 1 by construction
-            return as_density(d)
+            return as_density(d, out=gt._buf())
         if d.min() == 0:
             # shifting by a minimum of 0 changes nothing: the distribution is the map over its
             # sum, which KL has already computed (the same operations, the same numbers)
             return _gt_sum1_mit(gt)
-        return as_distribution(d)
+        return as_distribution(d, out=gt._buf())
 
     return _gt_get(gt, "dist_" + protocol, make)
 
@@ -300,9 +393,17 @@ def _m_kl(sm: Map, gt, protocol, **_):
         if sm.lo < 0:
             warnings.warn("negative saliency values: the mit KL divides the raw map by its sum; "
                           "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
-
         p = _gt_sum1_mit(gt)
-        r = sm.scratch  # r = eps + p / (q + eps), q = map / sum(map), without temporaries
+        if sm.lo >= 0 and not sm.constant and sm.total > 0:
+            # q = map / sum(map) is the map's density (the same numbers), so the chain runs
+            # block by block from it: sum(p * log(eps + p / (q + eps)))
+            def part(pp, q, w):
+                np.add(q, EPS, out=w)
+                np.divide(pp, w, out=w)
+                w += EPS
+                return dot(pp, np.log(w, out=w))
+            return block_sum(part, p, sm.density)
+        r = sm.scratch  # r = eps + p / (q + eps) without temporaries
         if sm.constant:
             r.fill(1.0 / flat.size)
         else:
@@ -310,24 +411,26 @@ def _m_kl(sm: Map, gt, protocol, **_):
         r += EPS
         np.divide(p, r, out=r)
         r += EPS
-        return dot(p, np.log(r, out=r))  # sum(p * log(eps + p / (q + eps)))
-    # sum(p * log((p + eps) / (q + eps))) = sum(p * log(p + eps)) - sum(p * log(q + eps)): the
-    # first sum belongs to the image (cached), the second needs one pass in the work array
-    p = _gt_dist(gt, protocol)
-    r = sm.scratch
-
-    def entropy_term():
-        np.add(p, EPS, out=r)
         return dot(p, np.log(r, out=r))
+    # sum(p * log((p + eps) / (q + eps))) = sum(p * log(p + eps)) - sum(p * log(q + eps)): the
+    # first sum belongs to the image (cached)
+    p = _gt_dist(gt, protocol)
 
-    own = _gt_get(gt, "plogp_" + protocol, entropy_term)
-    np.add(sm.density, EPS, out=r)
-    return own - dot(p, np.log(r, out=r))
+    def plogq(pp, q, w):
+        np.add(q, EPS, out=w)
+        return dot(pp, np.log(w, out=w))
+
+    own = _gt_get(gt, "plogp_" + protocol, lambda: block_sum(plogq, p, p))
+    return own - block_sum(plogq, p, sm.density)
 
 
 def _m_sim(sm: Map, gt, protocol, **_):
     q = sm.dist if protocol == "mit" else sm.density
-    return float(np.minimum(q, _gt_dist(gt, protocol), out=sm.scratch).sum())
+
+    def part(a, b, w):
+        return np.minimum(a, b, out=w).sum()
+
+    return block_sum(part, q, _gt_dist(gt, protocol))
 
 
 def _m_ig(sm: Map, gt, protocol, baseline=None, **_):
@@ -605,13 +708,15 @@ def _one(metric, saliency, fixations, protocol, kwargs) -> float:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS, *,
-                       baseline=None, other=None, rng=0, shape=None,
+                       baseline=None, other=None, rng=0, shape=None, workspace=None,
                        **options) -> dict[str, dict[str, float]]:
     """All requested metrics of one map in several protocols, sharing the work between them.
 
     Arguments as :func:`evaluate_map`; ``other`` may be a dict ``protocol -> fixations``.  The
     map is prepared once (its sort, extremes and moments serve every metric and protocol) and
-    the ground truth's densities are cached in the :class:`GroundTruth`.
+    the ground truth's densities are cached in the :class:`GroundTruth`.  ``workspace``: a
+    :class:`~neuroprobe.saliency._workspace.Workspace` the prepared map's arrays come from and
+    go back to (a loop over images passes one; see that module).
     Returns ``{protocol: {metric: value}}``.
     """
     for p in protocols:
@@ -631,18 +736,43 @@ def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS
     prepared: dict = {}
     saliency = as_map_array(saliency)
     with blas_single_thread():
-        for p in protocols:
-            g = gt.at(p)
-            sm = prepare(saliency, g, p, prepared, sort="auc_judd" in metrics)
-            if sm is None or len(g) == 0:
-                out[p] = dict(nan)
-                continue
-            oth = other.get(p) if isinstance(other, dict) else other
-            out[p] = {m: _FUNCS[m](sm, g, p, baseline=baseline, other=oth,
-                                   rng=_stream(base, p, m) if m in RANDOM_STREAMS else None,
-                                   **options)
-                      for m in metrics}
+        try:
+            for p in protocols:
+                g = gt.at(p)
+                sm = prepare(saliency, g, p, prepared, sort="auc_judd" in metrics, ws=workspace)
+                if sm is None or len(g) == 0:
+                    out[p] = dict(nan)
+                    continue
+                oth = other.get(p) if isinstance(other, dict) else other
+                out[p] = {m: _FUNCS[m](sm, g, p, baseline=baseline, other=oth,
+                                       rng=_stream(base, p, m) if m in RANDOM_STREAMS else None,
+                                       **options)
+                          for m in metrics}
+        finally:
+            for sm in prepared.values():
+                if sm is not None:
+                    sm.close()
     return out
+
+
+def evaluate_image(saliency, fixations, metrics=None, protocols=PROTOCOLS, **kwargs
+                   ) -> dict[str, dict[str, float]]:
+    """Every requested metric of one image's map in every requested protocol, at once.
+
+    The image's ground truth (a :class:`GroundTruth`: fixated pixels of each protocol, the
+    blurred densities of CC, SIM, KL and IG, and everything derived from them) is built once and
+    shared by all metrics and protocols, as is the prepared map (one sort, the moments, the
+    distributions); pass the same :class:`GroundTruth` to score several models of one image
+    against one ground truth.  Keyword arguments as :func:`evaluate_map` (``baseline``,
+    ``other``, ``rng``, ``shape``, ``n_splits``, ``step``, ``emd_scale``) and ``workspace``
+    (:func:`evaluate_protocols`).
+
+    ``metrics`` defaults to all of :data:`METRICS`, less ``sauc`` when ``other`` is not given.
+    Returns ``{protocol: {metric: value}}``; equal to :func:`evaluate_map` per protocol.
+    """
+    if metrics is None:
+        metrics = tuple(m for m in METRICS if kwargs.get("other") is not None or m != "sauc")
+    return evaluate_protocols(saliency, fixations, tuple(protocols), tuple(metrics), **kwargs)
 
 
 def _no_fixations(gt: GroundTruth) -> bool:
@@ -730,8 +860,12 @@ def evaluate_batch(maps, fixations, protocols=PROTOCOLS, metrics=METRICS, *, bas
 def _batch_loop(it, gts, given, get, metrics, protocols, baseline, base_cache, seed, n_other, n,
                 options) -> list[dict]:
     rows = []
+    ws = Workspace()  # image-sized buffers reused from image to image (see _workspace)
+    others = OtherFixations(gts) if "sauc" in metrics else None
     for i in it:
         gt = gts[i]
+        if not given[i]:
+            gt.lend(ws)  # ours: its densities may come from and go back to the workspace
         key = gt.shape
         if key not in base_cache:
             if baseline is None:
@@ -744,11 +878,14 @@ def _batch_loop(it, gts, given, get, metrics, protocols, baseline, base_cache, s
                 b = resize(b, key)
             base_cache[key] = Map(b)
         other = None
-        if "sauc" in metrics:
-            other = _gt_get(gt, f"other_{n_other}_{seed}_{n}", lambda: {
-                p: other_fixations(gts, i, p, n_other, rng=[seed, i, 1]) for p in protocols})
+        if others is not None:
+            def make(i=i):
+                return {p: others(i, p, n_other, rng=[seed, i, 1]) for p in protocols}
+            # kept with the caller's ground truths (a validation loop passes them every epoch)
+            other = _gt_get(gt, f"other_{n_other}_{seed}_{n}", make) if given[i] else make()
         res = evaluate_protocols(get(i), gt, protocols, metrics, baseline=base_cache[key],
-                                 other=other, rng=np.random.default_rng([seed, i]), **options)
+                                 other=other, rng=np.random.default_rng([seed, i]),
+                                 workspace=ws, **options)
         for p in protocols:
             rows.append({"index": i, "image": gt.image, "protocol": p, "n_fixations": len(gt),
                          **res[p]})
