@@ -72,7 +72,7 @@ from .image_counts import FILE as IMAGE_COUNTS, unit_label_ids, write_image_coun
 from .io import config_hash
 from .results import score_iou, score_nss, summarise, write_results
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
-from .tally import upsample
+from .tally import image_label_counts, upsample
 from .utils import info, model_device, versions
 
 __all__ = ["dissect", "DissectConfig", "DissectionResult", "model_fingerprint", "MODES",
@@ -480,6 +480,7 @@ def _tally(run: _Run) -> None:
     """Pass 2: IoU tallies at the thresholds and region-NSS sums, from the spool or a second
     forward pass."""
     cfg, stats, source = run.cfg, run.stats, run.source
+    num_labels = source.labels.max_id + 1
     t_start = time.perf_counter()
     if run.keep == "disk" and not run.store.has_spool(run.mine[run.next_batch:]):
         run.keep = "recompute"   # a run resumed after one that did not keep its maps
@@ -489,12 +490,14 @@ def _tally(run: _Run) -> None:
             return
         lay = batch["layers"].to(run.device, non_blocking=True).long()
         whole = batch["whole"].to(run.device, non_blocking=True).long()
+        # the images' label counts, once for all layers
+        truth = image_label_counts(lay, whole, num_labels) if cfg.use_iou else None
         for name in run.layers:
             a = acts[name].float()
             st = stats[name]
             if cfg.use_iou:
                 st["tally"].add(a, run.thresholds[name], lay, whole, batch["categories"],
-                                images=st.get("images"), index=batch["index"])
+                                images=st.get("images"), index=batch["index"], truth=truth)
             if cfg.use_nss:
                 mm = st["minmax"]
                 st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],

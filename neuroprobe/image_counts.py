@@ -61,7 +61,8 @@ def unit_label_ids(iou: np.ndarray, labels, ties: str = "netdissect") -> np.ndar
 
 
 def write_image_counts(path, tables: dict) -> None:
-    """``tables``: ``{layer: ImageCounts.table(...)}`` (atomically, compressed)."""
+    """``tables``: ``{layer: ImageCounts.table(...)}`` (atomically; not compressed: the
+    arrays are small int32 columns, and compressing them cost more time than it saved)."""
     arrays = {"layers": np.array(list(tables), dtype=str)}
     images = None
     for layer, t in tables.items():
@@ -70,7 +71,7 @@ def write_image_counts(path, tables: dict) -> None:
     arrays["images"] = images if images is not None else np.zeros(0, dtype=np.int64)
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez(fh, **arrays)
 
 
 def read_image_counts(run_dir) -> dict:
