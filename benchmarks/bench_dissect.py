@@ -22,6 +22,13 @@ process on a multi-core CPU, maps kept on disk between the passes):
   high-water mark over ``fork``/``exec``), so a benchmark parent grown past 1 GiB would make
   every child look as large (``ru_maxrss`` stays in the output).
 
+With ``NEUROPROBE_BENCH_DISSECT_TREES=OLD_TREE`` (a checkout of an older neuroprobe, e.g.
+``git worktree add /tmp/old63 63bfe9a``) only ``dissect/trees-*`` runs: the whole
+``neuroprobe --quiet dissect`` command on the n images, wall time and peak RSS of each run, the
+old tree and this one (``--no-cache`` and warm cache) alternating,
+``NEUROPROBE_BENCH_DISSECT_ROUNDS`` rounds (default 2); the ratio is this tree's median over
+the old tree's median.
+
 The exported folder is kept in ``<neuroprobe cache>/bench`` so that reruns skip the export;
 each run builds the concept caches afresh in a temporary cache folder.
 """
@@ -30,9 +37,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 LAYERS = ["net.layer3", "net.layer4"]
@@ -130,6 +139,61 @@ def _child(what: str, root: Path, out: Path | None = None, workers: int = 1,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+_CLI = r"""
+import sys, time
+from neuroprobe.cli import main
+t0 = time.perf_counter()
+rc = main(sys.argv[1:])
+with open("/proc/self/status") as fh:
+    peak = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
+print(f"{time.perf_counter() - t0} {peak} {rc}", file=sys.stderr)
+"""
+
+
+def _cli(tree: Path, root: Path, out: Path, cache: Path, extra=()) -> tuple:
+    """Wall seconds (interpreter start to exit) and peak RSS (MiB) of ``neuroprobe --quiet
+    dissect`` run from ``tree``."""
+    args = ["--quiet", "dissect", "--model", MODEL, "--concepts", "broden", "--root", str(root),
+            "--layers", ",".join(LAYERS), "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(tree), "NEUROPROBE_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True,
+                          env=env, cwd=str(out.parent))
+    wall = time.perf_counter() - t0
+    last = proc.stderr.strip().splitlines()[-1].split() if proc.stderr.strip() else ["", "", "1"]
+    if proc.returncode or last[2] != "0":
+        raise RuntimeError(f"dissect from {tree} failed: {proc.stderr[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return wall, float(last[1])
+
+
+def run_trees(old: Path, n: int, rounds: int) -> list[dict]:
+    """The whole command on an older tree and on this one, alternating (see the module's
+    docstring)."""
+    root = _export(n)
+    new = Path(__file__).resolve().parents[1]
+    times = {"old": [], "new --no-cache": [], "new, warm cache": []}
+    peaks = {k: [] for k in times}
+    with tempfile.TemporaryDirectory(prefix="neuroprobe-bench-") as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        _cli(new, root, tmp / "warm", cache)   # builds the concept cache (not timed)
+        for _ in range(rounds):
+            for what, tree, extra in (("old", old, ()), ("new --no-cache", new, ("--no-cache",)),
+                                      ("new, warm cache", new, ())):
+                wall, peak = _cli(tree, root, tmp / "out", cache, extra)
+                times[what].append(wall)
+                peaks[what].append(peak)
+    base = statistics.median(times["old"])
+    conf = f"resnet18 layer3+layer4, {n} Broden-format images, CLI defaults"
+    return [{"benchmark": f"dissect/trees-{what.split(',')[0].replace(' ', '')}",
+             "config": f"{conf}; {what} from {tree}; runs {', '.join(f'{t:.1f}' for t in v)} s; "
+             f"peak RSS {max(peaks[what]):.0f} MiB; {_load()}",
+             "value": statistics.median(v), "unit": "s", "baseline": base,
+             "ratio": statistics.median(v) / base, "target": "ratio <= 1 (issue 15)"}
+            for (what, v), tree in zip(times.items(), (old, new, new))]
+
+
 def _load() -> str:
     try:
         return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -140,6 +204,9 @@ def _load() -> str:
 def run(quick: bool = False) -> list[dict]:
     # NEUROPROBE_BENCH_DISSECT_N: another size (a machine too loaded for the full one)
     n = int(os.environ.get("NEUROPROBE_BENCH_DISSECT_N") or (96 if quick else 2000))
+    if os.environ.get("NEUROPROBE_BENCH_DISSECT_TREES"):
+        return run_trees(Path(os.environ["NEUROPROBE_BENCH_DISSECT_TREES"]), n,
+                         int(os.environ.get("NEUROPROBE_BENCH_DISSECT_ROUNDS") or 2))
     root = _export(n)
     conf = f"resnet18 {'+'.join(l.split('.')[-1] for l in LAYERS)}, {n} Broden-format 224px " \
            f"synthetic images, netdissect, batch {BATCH}, CPU threads {os.cpu_count()}"

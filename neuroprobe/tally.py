@@ -215,13 +215,17 @@ def image_label_counts(layers: torch.Tensor, whole: torch.Tensor,
     B, L = layers.shape[0], int(num_labels)
     flat = layers.reshape(B, -1)
     offset = torch.arange(B, device=flat.device)[:, None] * L
-    out = torch.bincount((flat.long() + offset)[flat > 0], minlength=B * L)
+    # label 0 (unlabelled; negative ids are ignored like it) is counted too, in column 0, and
+    # dropped: cheaper than selecting the labelled pixels
+    out = torch.bincount((flat.long().clamp_(min=0) + offset).reshape(-1), minlength=B * L)
     on = whole > 0
     if on.any():
         wkeys = (whole.long() + offset.to(whole.device))[on]
         out = out + torch.bincount(wkeys, minlength=B * L).to(out.device) \
             * (layers.shape[-1] * layers.shape[-2])
-    return out.view(B, L)
+    out = out.view(B, L)
+    out[:, 0] = 0
+    return out
 
 
 def labelled_categories(layers: torch.Tensor, whole: torch.Tensor,

@@ -281,3 +281,27 @@ def test_gallery_and_compare_refuse_a_run_whose_model_changed(demo_runs, tmp_pat
         assert not (tmp_path / "g").exists()
     finally:
         model.write_bytes(saved)
+
+
+def test_layers_tallied_side_by_side_give_the_results_of_one_layer_alone(tmp_path):
+    """On the CPU with more than one thread, pass 2 tallies the layers in parallel threads:
+    units, tallies and per-image counts are those of each layer dissected alone (one
+    thread; the same thread count for the forward passes, whose float sums depend on it)."""
+    from neuroprobe.image_counts import read_image_counts
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = {name: dissect(tiny_model(), Tiny(), layers, out_dir=tmp_path / name,
+                             batch_size=4, progress=False)
+               for name, layers in (("both", ["1", "2"]), ("1", ["1"]), ("2", ["2"]))}
+    finally:
+        torch.set_num_threads(n)
+    assert run["both"].units == run["1"].units + run["2"].units and len(run["both"].units) == 10
+    both = read_image_counts(tmp_path / "both")
+    for layer in ("1", "2"):
+        for f in ("inter", "act", "label"):
+            assert torch.equal(getattr(run["both"].stats[layer]["tally"], f),
+                               getattr(run[layer].stats[layer]["tally"], f))
+        alone = read_image_counts(tmp_path / layer)[layer]
+        assert all(np.array_equal(both[layer][k], alone[k]) for k in alone)
