@@ -305,3 +305,25 @@ def test_layers_tallied_side_by_side_give_the_results_of_one_layer_alone(tmp_pat
                                getattr(run[layer].stats[layer]["tally"], f))
         alone = read_image_counts(tmp_path / layer)[layer]
         assert all(np.array_equal(both[layer][k], alone[k]) for k in alone)
+
+
+def test_image_counts_file_round_trips_with_equal_bytes(tmp_path):
+    """image_counts.npz (deflated at level 1, fixed entry dates) reads back the arrays written,
+    dtypes included, and equal counts give equal bytes."""
+    from neuroprobe.image_counts import read_image_counts, write_image_counts
+
+    rng = np.random.default_rng(0)
+    table = {"label": np.array([0, 3, 5], np.int32), "counted": np.array([False, True, True]),
+             "unit": rng.integers(0, 3, 50).astype(np.int32),
+             "inter": rng.integers(0, 9, 50).astype(np.int32),
+             "images": np.arange(10, dtype=np.int64)}
+    write_image_counts(tmp_path / "a" / "image_counts.npz", {"net.layer4": table})
+    write_image_counts(tmp_path / "b" / "image_counts.npz", {"net.layer4": table})
+    assert (tmp_path / "a" / "image_counts.npz").read_bytes() == \
+        (tmp_path / "b" / "image_counts.npz").read_bytes()
+    back = read_image_counts(tmp_path / "a")
+    assert np.array_equal(back["images"], table["images"])
+    for k, v in table.items():
+        if k != "images":
+            got = back["net.layer4"][k]
+            assert got.dtype == v.dtype and np.array_equal(got, v)
