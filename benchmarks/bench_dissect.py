@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -157,20 +158,23 @@ print(f"{time.perf_counter() - t0} {peak} {rc}", file=sys.stderr)
 
 
 def _cli(tree: Path, root: Path, out: Path, cache: Path, extra=()) -> tuple:
-    """Wall seconds (interpreter start to exit) and peak RSS (MiB) of ``neuroprobe --quiet
-    dissect`` run from ``tree``."""
+    """Wall seconds (interpreter start to exit), peak RSS (MiB) and CPU seconds (with its
+    loader worker) of ``neuroprobe --quiet dissect`` run from ``tree``."""
     args = ["--quiet", "dissect", "--model", MODEL, "--concepts", "broden", "--root", str(root),
             "--layers", ",".join(LAYERS), "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(tree), "NEUROPROBE_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True,
                           env=env, cwd=str(out.parent))
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)   # the command and its loader worker
+    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
     last = proc.stderr.strip().splitlines()[-1].split() if proc.stderr.strip() else ["", "", "1"]
     if proc.returncode or last[2] != "0":
         raise RuntimeError(f"dissect from {tree} failed: {proc.stderr[-2000:]}")
     shutil.rmtree(out, ignore_errors=True)
-    return wall, float(last[1])
+    return wall, float(last[1]), cpu
 
 
 def run_trees(old: Path, n: int, rounds: int) -> list[dict]:
@@ -180,6 +184,7 @@ def run_trees(old: Path, n: int, rounds: int) -> list[dict]:
     new = Path(__file__).resolve().parents[1]
     times = {"old": [], "new --no-cache": [], "new, warm cache": []}
     peaks = {k: [] for k in times}
+    cpus = {k: [] for k in times}
     with tempfile.TemporaryDirectory(prefix="neuroprobe-bench-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
@@ -190,14 +195,17 @@ def run_trees(old: Path, n: int, rounds: int) -> list[dict]:
         for _ in range(rounds):
             for what, tree, extra in (("old", old, ()), ("new --no-cache", new, ("--no-cache",)),
                                       ("new, warm cache", new, ())):
-                wall, peak = _cli(tree, root, tmp / "out", cache, extra)
+                wall, peak, cpu = _cli(tree, root, tmp / "out", cache, extra)
                 times[what].append(wall)
                 peaks[what].append(peak)
+                cpus[what].append(cpu)
     base = statistics.median(times["old"])
     conf = f"resnet18 layer3+layer4, {n} Broden-format images, CLI defaults"
     return [{"benchmark": f"dissect/trees-{what.split(',')[0].replace(' ', '')}",
              "config": f"{conf}; {what} from {tree}; runs {', '.join(f'{t:.1f}' for t in v)} s; "
-             f"peak RSS {max(peaks[what]):.0f} MiB; {_load()}",
+             f"peak RSS {max(peaks[what]):.0f} MiB; CPU seconds "
+             f"{', '.join(f'{c:.1f}' for c in cpus[what])} (old: "
+             f"{', '.join(f'{c:.1f}' for c in cpus['old'])}); {_load()}",
              "value": statistics.median(v), "unit": "s", "baseline": base,
              "ratio": statistics.median(v) / base, "target": "ratio <= 1 (issue 15)"}
             for (what, v), tree in zip(times.items(), (old, new, new))]
