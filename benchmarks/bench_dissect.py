@@ -22,6 +22,13 @@ process on a multi-core CPU, maps kept on disk between the passes):
   high-water mark over ``fork``/``exec``), so a benchmark parent grown past 1 GiB would make
   every child look as large (``ru_maxrss`` stays in the output).
 
+With ``NEUROPROBE_BENCH_DISSECT_TREES=OLD_TREE`` (a checkout of an older neuroprobe, e.g.
+``git worktree add /tmp/old63 63bfe9a``) only ``dissect/trees-*`` runs: the whole
+``neuroprobe --quiet dissect`` command on the n images, wall time and peak RSS of each run, the
+old tree and this one (``--no-cache`` and warm cache) alternating,
+``NEUROPROBE_BENCH_DISSECT_ROUNDS`` rounds (default 2); the ratio is this tree's median over
+the old tree's median.
+
 The exported folder is kept in ``<neuroprobe cache>/bench`` so that reruns skip the export;
 each run builds the concept caches afresh in a temporary cache folder.
 """
@@ -29,10 +36,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 LAYERS = ["net.layer3", "net.layer4"]
@@ -50,6 +60,10 @@ cfg = json.loads(sys.argv[1])
 torch.manual_seed(0)
 model, meta = load(cfg["model"])
 ds = open_concepts(cfg["concepts"], root=cfg["root"])
+def cpu():   # seconds of CPU of this process and its finished children (the loader worker)
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+c0 = cpu()
 t0 = time.perf_counter()
 extra = {}
 if cfg["what"] == "imports":
@@ -70,11 +84,13 @@ elif cfg["what"] == "forward":
             with Recorder(model, cfg["layers"], stop=True) as rec:
                 model(batch["image"])
             [rec[n] for n in cfg["layers"]]
+    del loader   # (its worker process ends, so its CPU time is counted)
 else:
     ds.use_cache = cfg["what"] == "dissect-cache"
     dissect(model, ds, cfg["layers"], batch_size=cfg["batch"], out_dir=cfg["out"],
             num_workers=cfg["workers"], progress=False)
 dt = time.perf_counter() - t0
+extra["cpu_seconds"] = cpu() - c0
 maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 peak = maxrss
 try:   # this process's own high-water mark: ru_maxrss starts at the parent's peak (fork/exec)
@@ -130,6 +146,76 @@ def _child(what: str, root: Path, out: Path | None = None, workers: int = 1,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+_CLI = r"""
+import sys, time
+from neuroprobe.cli import main
+t0 = time.perf_counter()
+rc = main(sys.argv[1:])
+with open("/proc/self/status") as fh:
+    peak = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
+print(f"{time.perf_counter() - t0} {peak} {rc}", file=sys.stderr)
+"""
+
+
+def _cli(tree: Path, root: Path, out: Path, cache: Path, extra=()) -> tuple:
+    """Wall seconds (interpreter start to exit), peak RSS (MiB) and CPU seconds (with its
+    loader worker) of ``neuroprobe --quiet dissect`` run from ``tree``."""
+    args = ["--quiet", "dissect", "--model", MODEL, "--concepts", "broden", "--root", str(root),
+            "--layers", ",".join(LAYERS), "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(tree), "NEUROPROBE_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True,
+                          env=env, cwd=str(out.parent))
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)   # the command and its loader worker
+    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
+    last = proc.stderr.strip().splitlines()[-1].split() if proc.stderr.strip() else ["", "", "1"]
+    if proc.returncode or last[2] != "0":
+        raise RuntimeError(f"dissect from {tree} failed: {proc.stderr[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return wall, float(last[1]), cpu
+
+
+def run_trees(old: Path, n: int, rounds: int) -> list[dict]:
+    """The whole command on an older tree and on this one, alternating (see the module's
+    docstring)."""
+    root = _export(n)
+    new = Path(__file__).resolve().parents[1]
+    times = {"old": [], "new --no-cache": [], "new, warm cache": []}
+    peaks = {k: [] for k in times}
+    cpus = {k: [] for k in times}
+    with tempfile.TemporaryDirectory(prefix="neuroprobe-bench-") as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        # the concept cache, built once beforehand (not timed)
+        subprocess.run([sys.executable, "-m", "neuroprobe", "--quiet", "concepts", "cache",
+                        "broden", "--root", str(root)], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(new), "NEUROPROBE_CACHE": str(cache)})
+        for _ in range(rounds):
+            for what, tree, extra in (("old", old, ()), ("new --no-cache", new, ("--no-cache",)),
+                                      ("new, warm cache", new, ())):
+                wall, peak, cpu = _cli(tree, root, tmp / "out", cache, extra)
+                times[what].append(wall)
+                peaks[what].append(peak)
+                cpus[what].append(cpu)
+    base = statistics.median(times["old"])
+    conf = f"resnet18 layer3+layer4, {n} Broden-format images, CLI defaults"
+    return [{"benchmark": f"dissect/trees-{what.split(',')[0].replace(' ', '')}",
+             "config": f"{conf}; {what} from {tree}; runs {', '.join(f'{t:.1f}' for t in v)} s; "
+             f"peak RSS {max(peaks[what]):.0f} MiB; CPU seconds "
+             f"{', '.join(f'{c:.1f}' for c in cpus[what])} (old: "
+             f"{', '.join(f'{c:.1f}' for c in cpus['old'])}); {_load()}",
+             "value": statistics.median(v), "unit": "s", "baseline": base,
+             "ratio": statistics.median(v) / base, "target": "ratio <= 1 (issue 15)"}
+            for (what, v), tree in zip(times.items(), (old, new, new))]
+
+
+def _median(runs: list) -> dict:
+    """The run of median wall time (its own CPU seconds and peak beside it)."""
+    return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+
+
 def _load() -> str:
     try:
         return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -140,6 +226,9 @@ def _load() -> str:
 def run(quick: bool = False) -> list[dict]:
     # NEUROPROBE_BENCH_DISSECT_N: another size (a machine too loaded for the full one)
     n = int(os.environ.get("NEUROPROBE_BENCH_DISSECT_N") or (96 if quick else 2000))
+    if os.environ.get("NEUROPROBE_BENCH_DISSECT_TREES"):
+        return run_trees(Path(os.environ["NEUROPROBE_BENCH_DISSECT_TREES"]), n,
+                         int(os.environ.get("NEUROPROBE_BENCH_DISSECT_ROUNDS") or 2))
     root = _export(n)
     conf = f"resnet18 {'+'.join(l.split('.')[-1] for l in LAYERS)}, {n} Broden-format 224px " \
            f"synthetic images, netdissect, batch {BATCH}, CPU threads {os.cpu_count()}"
@@ -153,19 +242,38 @@ def run(quick: bool = False) -> list[dict]:
                      "value": build["seconds"], "unit": "s",
                      "target": f"size on disk {build['disk_bytes'] / 1e6:.1f} MB, mask PNGs "
                      f"it replaces {build['png_bytes'] / 1e6:.1f} MB"})
-        fwd = _child("forward", root)
-        warm = _child("dissect-cache", root, tmp / "out-cache", cache=cache)
-        plain = _child("dissect-nocache", root, tmp / "out-plain", cache=cache)
+        # NEUROPROBE_BENCH_DISSECT_ROUNDS: forward, warm cache, no cache alternating, medians
+        runs = {"forward": [], "cache": [], "nocache": []}
+        for _ in range(int(os.environ.get("NEUROPROBE_BENCH_DISSECT_ROUNDS") or 1)):
+            runs["forward"].append(_child("forward", root))
+            runs["cache"].append(_child("dissect-cache", root, tmp / "out-cache", cache=cache))
+            runs["nocache"].append(_child("dissect-nocache", root, tmp / "out-plain",
+                                          cache=cache))
+            for d in ("out-cache", "out-plain"):
+                shutil.rmtree(tmp / d, ignore_errors=True)
+        fwd, warm, plain = (_median(runs[k]) for k in ("forward", "cache", "nocache"))
         for what, r, target in (("cache", warm, "ratio <= 1.10"),
                                 ("nocache", plain, "report (issue 5: <= 1.5)")):
-            rows.append({"benchmark": f"dissect/cpu-ratio-{what}", "config": f"{conf}; {_load()}",
+            each = ", ".join(f"{x['seconds']:.1f}" for x in runs[what])
+            base = ", ".join(f"{x['seconds']:.1f}" for x in runs["forward"])
+            rows.append({"benchmark": f"dissect/cpu-ratio-{what}",
+                         "config": f"{conf}; runs {each} s vs forward {base} s; {_load()}",
                          "value": r["seconds"], "unit": "s", "baseline": fwd["seconds"],
                          "ratio": r["seconds"] / fwd["seconds"],
                          "target": target + " (end to end vs forward passes alone)"})
-        big_root = _repeat(root, 4, tmp / "x4")
-        _child("build", big_root, cache=cache)
-        big = {"cache": _child("dissect-cache", big_root, tmp / "out-4n-c", cache=cache),
-               "nocache": _child("dissect-nocache", big_root, tmp / "out-4n-p", cache=cache)}
+            rows.append({"benchmark": f"dissect/cpu-seconds-{what}",
+                         "config": f"{conf}; CPU seconds of the process and its loader worker "
+                         "(less sensitive to other work on the machine than wall time)",
+                         "value": r["cpu_seconds"], "unit": "s CPU",
+                         "baseline": fwd["cpu_seconds"],
+                         "ratio": r["cpu_seconds"] / fwd["cpu_seconds"], "target": "report"})
+        # NEUROPROBE_BENCH_DISSECT_FLAT=0: not the 4n runs (a machine too loaded for them)
+        flat = os.environ.get("NEUROPROBE_BENCH_DISSECT_FLAT", "1") != "0"
+        if flat:
+            big_root = _repeat(root, 4, tmp / "x4")
+            _child("build", big_root, cache=cache)
+            big = {"cache": _child("dissect-cache", big_root, tmp / "out-4n-c", cache=cache),
+                   "nocache": _child("dissect-nocache", big_root, tmp / "out-4n-p", cache=cache)}
         for what, r in (("cache", warm), ("nocache", plain)):
             rows.append({"benchmark": f"dissect/peak-rss-{what}", "config":
                          f"{conf}; peak RSS of the main process at {n} images (baseline: the "
@@ -176,6 +284,8 @@ def run(quick: bool = False) -> list[dict]:
                          "baseline": fwd["peak_rss_mib"],
                          "ratio": r["peak_rss_mib"] / fwd["peak_rss_mib"],
                          "target": "< 1024 MiB"})
+            if not flat:
+                continue
             b = big[what]
             rows.append({"benchmark": f"dissect/peak-rss-4x-{what}", "config":
                          f"same at {4 * n} images ({b['seconds']:.0f} s; {_load()})",

@@ -58,6 +58,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -76,7 +77,7 @@ from .io import config_hash
 from .results import score_iou, score_nss, summarise, write_results
 from .run import ResultView
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
-from .tally import upsample
+from .tally import image_label_counts, upsample
 from .utils import model_device, versions
 
 log = logging.getLogger(__name__)
@@ -506,35 +507,55 @@ def _tally(run: _Run) -> None:
     """Pass 2: IoU tallies at the thresholds and region-NSS sums, from the spool or a second
     forward pass."""
     cfg, stats, source = run.cfg, run.stats, run.source
+    num_labels = source.labels.max_id + 1
     t_start = time.perf_counter()
     if run.keep == "disk" and not run.store.has_spool(run.mine[run.next_batch:]):
         run.keep = "recompute"   # a run resumed after one that did not keep its maps
+
+    def one_layer(name, a, batch, lay, whole, truth):
+        st = stats[name]
+        if cfg.use_iou:
+            st["tally"].add(a, run.thresholds[name], lay, whole, batch["categories"],
+                            images=st.get("images"), index=batch["index"], truth=truth)
+        if cfg.use_nss:
+            mm = st["minmax"]
+            st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
+                          tuple(source.image_size), batch.get("instances"))
+
+    # on the CPU the layers are tallied side by side, one thread each: much of a tally
+    # (gathers, nonzero, bincount) runs on one core; each layer's statistics are its own and
+    # their counts do not depend on the order of the work
+    threads = min(len(run.layers), torch.get_num_threads()) if run.device.type == "cpu" else 1
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def on_batch(acts, batch, j):
         if not acts:
             return
         lay = batch["layers"].to(run.device, non_blocking=True).long()
         whole = batch["whole"].to(run.device, non_blocking=True).long()
-        for name in run.layers:
-            a = acts[name].float()
-            st = stats[name]
-            if cfg.use_iou:
-                st["tally"].add(a, run.thresholds[name], lay, whole, batch["categories"],
-                                images=st.get("images"), index=batch["index"])
-            if cfg.use_nss:
-                mm = st["minmax"]
-                st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
-                              tuple(source.image_size), batch.get("instances"))
+        # the images' label counts, once for all layers
+        truth = image_label_counts(lay, whole, num_labels) if cfg.use_iou else None
+        work = [(name, acts[name].float(), batch, lay, whole, truth) for name in run.layers]
+        if pool is None:
+            for args in work:
+                one_layer(*args)
+        else:
+            for f in [pool.submit(one_layer, *args) for args in work]:
+                f.result()   # (re-raises a layer's error here)
 
     def checkpoint(done, last):
         run.checkpoint(*(("done", 0) if last else ("tally", done)))
 
     n_before = len(run.skipped)
     # pass 2 reads no item that pass 1 left out
-    run_pass(run.model, source, run.layers, on_batch,
-             spool=run.store if run.keep == "disk" else None,
-             exclude=frozenset(s["index"] for s in run.skipped if s["pass"] == "record"),
-             checkpoint=checkpoint, **run.pass_options("tally", run.next_batch))
+    try:
+        run_pass(run.model, source, run.layers, on_batch,
+                 spool=run.store if run.keep == "disk" else None,
+                 exclude=frozenset(s["index"] for s in run.skipped if s["pass"] == "record"),
+                 checkpoint=checkpoint, **run.pass_options("tally", run.next_batch))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     run.store.drop_spool()
     stats.merge_ranks(run.dctx, ("tally", "nss"), run.device)
     run.skipped[n_before:] = distributed.merge_lists(run.dctx, run.skipped[n_before:])

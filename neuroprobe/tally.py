@@ -24,7 +24,8 @@ import functools
 import torch
 
 __all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "image_label_counts",
-           "region_nss", "fixation_pixels", "interpolation_matrix", "labelled_categories",
+           "present_categories", "region_nss", "fixation_pixels", "interpolation_matrix",
+           "labelled_categories",
            "DENOMINATORS", "NSS_RESOLUTIONS", "NSS_REGIONS"]
 
 #: How the activation count of a unit is restricted per category (see :func:`iou_counts`).
@@ -60,7 +61,9 @@ def _axis(n_in: int, n_out: int, device: str = "cpu"):
 @functools.lru_cache(maxsize=64)
 def _cells(n_in: int, n_out: int, device: str = "cpu"):
     """Output positions grouped by their first source index (the "cell" they lie in):
-    ``pos (n_in, m)`` (padded with 0), ``valid (n_in, m)``, and their weights ``w0, w1``."""
+    ``pos (n_in, m)`` (padded with 0) and their weights ``w0, w1`` ``(n_in, m)`` float32,
+    ``nan`` at the padding (a value computed with them is ``nan``, never above a
+    threshold, so the padding needs no mask)."""
     i0, _, w0, w1 = (t.cpu() for t in _axis(n_in, n_out))
     m = int(torch.bincount(i0, minlength=n_in).max())
     pos = torch.zeros((n_in, m), dtype=torch.int64)
@@ -69,8 +72,16 @@ def _cells(n_in: int, n_out: int, device: str = "cpu"):
         idx = torch.nonzero(i0 == c).squeeze(1)
         pos[c, : len(idx)] = idx
         valid[c, : len(idx)] = True
+    nan = torch.tensor(float("nan"))
     dev = torch.device(device)
-    return pos.to(dev), valid.to(dev), w0[pos].to(dev), w1[pos].to(dev)
+    return (pos.to(dev), torch.where(valid, w0[pos], nan).to(dev),
+            torch.where(valid, w1[pos], nan).to(dev))
+
+
+def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.reshape(-1)[index]`` (``index_select`` of the flat tensor: on the CPU several times
+    faster than advanced indexing)."""
+    return t.reshape(-1).index_select(0, index)
 
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:
@@ -100,44 +111,72 @@ def active_pixels(maps: torch.Tensor, thresholds: torch.Tensor, size):
 
     Only the cells of the upsampled map that have a raw corner above the threshold are
     evaluated (an upsampled value is a convex combination of its four raw corners, so no other
-    pixel can be active; a margin of a few ulp keeps this exact under rounding).
+    pixel can be active; a margin of a few ulp keeps this exact under rounding).  In such a
+    cell the two raw rows are first interpolated along x (``t0``, ``t1``, the first operations
+    of :func:`upsample`); a pixel of column ``x`` is a convex combination of ``t0[x]`` and
+    ``t1[x]``, so only the columns with one of them above the threshold (less the margin) are
+    interpolated along y.  The values compared are those of :func:`upsample`, bit for bit.
 
-    Returns ``(b, u, p)``: image, unit and flat mask pixel of every active pixel.
+    Returns ``(b, u, p)``: image, unit and flat mask pixel of every active pixel (in the order
+    of the hot cells, then column, then row of the cell).
     """
     b_, u_, h, w = maps.shape
     H, W = int(size[0]), int(size[1])
     dev = maps.device
-    a = maps.float()
+    a = maps.float().contiguous()
     thr = thresholds.to(device=dev, dtype=torch.float32)
     margin = thr - (thr.abs() * 1e-6 + 1e-30)
     hot = a > margin[None, :, None, None]
-    hot = hot | torch.cat([hot[:, :, 1:], hot[:, :, -1:]], dim=2)      # row below (clamped)
-    hot = hot | torch.cat([hot[:, :, :, 1:], hot[:, :, :, -1:]], dim=3)  # column right
-    bi, ui, ri, ci = hot.nonzero(as_tuple=True)
-    rpos, rval, wy0, wy1 = _cells(h, H, str(dev))
-    cpos, cval, wx0, wx1 = _cells(w, W, str(dev))
+    grown = hot.clone()
+    grown[:, :, :-1] |= hot[:, :, 1:]          # the row below (the last row is clamped)
+    hot = grown.clone()
+    hot[:, :, :, :-1] |= grown[:, :, :, 1:]    # the column right
+    del grown
+    cells = hot.reshape(-1).nonzero().squeeze(1)      # flat ((b * U + u) * h + r) * w + c
+    del hot
+    rpos, wy0, wy1 = _cells(h, H, str(dev))
+    cpos, wx0, wx1 = _cells(w, W, str(dev))
+    mr, mc = rpos.shape[1], cpos.shape[1]
     out_b, out_u, out_p = [], [], []
     if dev.type == "cpu":   # bounded temporaries: host memory is what a CPU run runs short of
-        chunk = min(CELL_CHUNK, max(1, CELL_VALUES // (rpos.shape[1] * cpos.shape[1])))
+        chunk = min(CELL_CHUNK, max(1, CELL_VALUES // (mr * mc)))
     else:
         chunk = 4 * CELL_CHUNK   # fewer launches on a GPU
-    for s in range(0, len(bi), chunk):
-        b, u, r, c = (t[s: s + chunk] for t in (bi, ui, ri, ci))
-        r1, c1 = (r + 1).clamp(max=h - 1), (c + 1).clamp(max=w - 1)
-        a00, a01, a10, a11 = a[b, u, r, c], a[b, u, r, c1], a[b, u, r1, c], a[b, u, r1, c1]
-        t0 = a00[:, None] * wx0[c] + a01[:, None] * wx1[c]          # (n, mc)
-        t1 = a10[:, None] * wx0[c] + a11[:, None] * wx1[c]
-        # the IEEE operations of upsample() (two products, one sum) with one temporary less
-        val = t0[:, None, :] * wy0[r][:, :, None]
-        val += t1[:, None, :] * wy1[r][:, :, None]
-        on = val > thr[u][:, None, None]
+    emb = torch.nn.functional.embedding   # rows of a small table: the fastest gather
+    for s in range(0, len(cells), chunk):
+        flat = cells[s: s + chunk]
+        c = flat % w
+        r = (flat // w) % h
+        bu = flat // (h * w)                    # b * U + u
+        u = bu % u_
+        down = (r < h - 1).to(flat.dtype) * w   # the clamped neighbours
+        right = (c < w - 1).to(flat.dtype)
+        a00, a01 = _take(a, flat), _take(a, flat + right)
+        a10, a11 = _take(a, flat + down), _take(a, flat + down + right)
+        x0, x1 = emb(c, wx0), emb(c, wx1)
+        t0 = a00[:, None] * x0 + a01[:, None] * x1                   # (n, mc)
+        t1 = a10[:, None] * x0 + a11[:, None] * x1
+        del x0, x1
+        col = torch.maximum(t0, t1) > margin.index_select(0, u)[:, None]
+        kf = col.reshape(-1).nonzero().squeeze(1)                     # flat (cell, column)
+        del col
+        ki = kf // mc
+        rk = r.index_select(0, ki)
+        # the IEEE operations of upsample() (two products, one sum) on those columns only
+        val = _take(t0, kf)[:, None] * emb(rk, wy0)                   # (k, mr)
+        val += _take(t1, kf)[:, None] * emb(rk, wy1)
+        del t0, t1
+        on = val > thr.index_select(0, u.index_select(0, ki))[:, None]
         del val
-        on &= rval[r][:, :, None]
-        on &= cval[c][:, None, :]
-        ni, ry, cx = on.nonzero(as_tuple=True)
-        out_b.append(b[ni])
-        out_u.append(u[ni])
-        out_p.append(rpos[r[ni], ry] * W + cpos[c[ni], cx])
+        g = on.reshape(-1).nonzero().squeeze(1)                       # flat (column, row)
+        del on
+        kk = g // mr
+        cell = ki.index_select(0, kk)
+        pair = bu.index_select(0, cell)
+        out_b.append(pair // u_)
+        out_u.append(pair % u_)
+        out_p.append(_take(rpos, rk.index_select(0, kk) * mr + g % mr) * W
+                     + _take(cpos, c.index_select(0, cell) * mc + _take(kf, kk) % mc))
     if not out_b:
         empty = torch.zeros(0, dtype=torch.int64, device=dev)
         return empty, empty, empty
@@ -169,17 +208,24 @@ def label_counts(layers: torch.Tensor, whole: torch.Tensor, num_labels: int) -> 
 
 def image_label_counts(layers: torch.Tensor, whole: torch.Tensor,
                        num_labels: int) -> torch.Tensor:
-    """``G[b, l]``: :func:`label_counts` of every image ``b`` on its own, ``(B, L)``."""
+    """``G[b, l]``: :func:`label_counts` of every image ``b`` on its own, ``(B, L)``.
+
+    Raises ``ValueError`` for a label id outside the table (``>= num_labels``)."""
+    _check_labels(layers, whole, num_labels)
     B, L = layers.shape[0], int(num_labels)
     flat = layers.reshape(B, -1)
     offset = torch.arange(B, device=flat.device)[:, None] * L
-    out = torch.bincount((flat.long() + offset)[flat > 0], minlength=B * L)
+    # label 0 (unlabelled; negative ids are ignored like it) is counted too, in column 0, and
+    # dropped: cheaper than selecting the labelled pixels
+    out = torch.bincount((flat.long().clamp_(min=0) + offset).reshape(-1), minlength=B * L)
     on = whole > 0
     if on.any():
         wkeys = (whole.long() + offset.to(whole.device))[on]
         out = out + torch.bincount(wkeys, minlength=B * L).to(out.device) \
             * (layers.shape[-1] * layers.shape[-2])
-    return out.view(B, L)
+    out = out.view(B, L)
+    out[:, 0] = 0
+    return out
 
 
 def labelled_categories(layers: torch.Tensor, whole: torch.Tensor,
@@ -190,7 +236,8 @@ def labelled_categories(layers: torch.Tensor, whole: torch.Tensor,
     This is NetDissect's rule for the images on which a unit's activation counts for category
     ``c`` (``count_act_with_labelcat`` in NetDissect's ``src/makeresult.py``: the image's label
     counts ``c1[0, 1:]`` times the one-hot ``labelcat`` of the primary categories, with
-    ``labelcat[0, :] = 0``, then ``> 0``).
+    ``labelcat[0, :] = 0``, then ``> 0``).  Label ids outside ``category_of_label`` are
+    ignored.  :func:`present_categories` gives the same from :func:`image_label_counts`.
     """
     B = layers.shape[0]
     dev = layers.device
@@ -200,28 +247,40 @@ def labelled_categories(layers: torch.Tensor, whole: torch.Tensor,
     ids = torch.cat([layers.reshape(B, -1), whole.to(dev).reshape(B, -1)], dim=1).long()
     ids = torch.where((ids > 0) & (ids < L), ids, torch.full_like(ids, L))   # L = "none"
     present.scatter_(1, ids, True)
-    present = present[:, :L]
-    present[:, 0] = False
-    cats = cat_of.clamp(min=-1)
-    out = torch.zeros((B, int(num_categories) + 1), dtype=torch.bool, device=dev)
-    b, lab = present.nonzero(as_tuple=True)
-    c = cats[lab]
-    out[b, torch.where(c >= 0, c, int(num_categories))] = True
-    return out[:, :int(num_categories)]
+    return _present_categories(present[:, :L], cat_of, num_categories)
+
+
+def present_categories(truth: torch.Tensor, category_of_label: torch.Tensor,
+                       num_categories: int) -> torch.Tensor:
+    """:func:`labelled_categories` from the images' label counts ``truth`` ``(B, L)``
+    (:func:`image_label_counts`): a label is in an image where its count is above 0."""
+    return _present_categories(truth > 0, category_of_label.to(truth.device), num_categories)
+
+
+def _present_categories(present: torch.Tensor, cat_of: torch.Tensor,
+                        num_categories: int) -> torch.Tensor:
+    """``(B, C)``: some label of primary category ``c`` is ``present`` ``(B, L)`` (label 0
+    and labels without a category excluded)."""
+    B, C = present.shape[0], int(num_categories)
+    has = torch.zeros((B, C + 1), dtype=torch.bool, device=present.device)
+    b, lab = present[:, 1:].nonzero(as_tuple=True)
+    c = cat_of.clamp(min=-1)[lab + 1]
+    has[b, torch.where(c >= 0, c, C)] = True
+    return has[:, :C]
 
 
 def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
                whole: torch.Tensor, categories: torch.Tensor, category_of_label: torch.Tensor,
                num_labels: int, num_categories: int, denominator: str = "netdissect",
-               per_image: bool = False):
+               per_image: bool = False, truth: torch.Tensor | None = None):
     """Intersections and activation counts of one batch (Bau et al., CVPR 2017).
 
     Parameters
     ----------
     maps : (B, U, h, w) raw activation maps.
     thresholds : (U,) activation thresholds; a pixel is active where ``up(map) > threshold``.
-    layers : (B, K, H, W) int64 global label ids at mask size (0 = unlabelled).
-    whole : (B, n) int64 whole-image label ids (0 = padding).
+    layers : (B, K, H, W) integer global label ids at mask size (0 = unlabelled).
+    whole : (B, n) integer whole-image label ids (0 = padding).
     categories : (B, C) bool, which categories each image carries annotation for (used by the
         ``"annotated"`` rule only).
     category_of_label : (L,) int64 category index used for the denominator (-1 = none).
@@ -240,6 +299,9 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
 
     per_image : bool
         Also return the counts of every image (see below).
+    truth : (B, L), optional
+        :func:`image_label_counts` of the batch, when the caller has it already (several
+        layers tallied on the same labels); computed here otherwise.
 
     Returns
     -------
@@ -256,91 +318,113 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
     B, U = maps.shape[:2]
     k = layers.shape[1]
-    size = layers.shape[-2:]
-    P = size[0] * size[1]
+    P = layers.shape[-2] * layers.shape[-1]
     L, C = int(num_labels), int(num_categories)
     dev = maps.device
-    _check_labels(layers, whole, L)
-    inter = torch.zeros(U * L, dtype=torch.int64, device=dev)
-    bi, ui, pix = active_pixels(maps, thresholds, size)
-    pair = bi * U + ui
-    cnt = torch.bincount(pair, minlength=B * U).view(B, U)          # active pixels per pair
-    flat_layers = layers.reshape(B, k, P).to(dev)
     cat_of = category_of_label.to(dev)
-    touched = torch.zeros(B * U * C, dtype=torch.bool, device=dev) if denominator == "lite" \
-        else None
-    keys = [] if per_image else None
-    for layer in range(k):
-        lab = flat_layers[bi, layer, pix]
-        keep = lab > 0
-        lab_k = lab[keep]
-        inter += torch.bincount(ui[keep] * L + lab_k, minlength=U * L)
-        if keys is not None:
-            keys.append((pair[keep] * L + lab_k, None))
-        if touched is not None:
-            c = cat_of[lab_k]
-            ok = c >= 0
-            touched[pair[keep][ok] * C + c[ok]] = True
     whole = whole.to(dev)
-    on = cnt > 0
+    if truth is None:   # (a given truth comes from image_label_counts, which checked them)
+        _check_labels(layers, whole, L)
+    bi, ui, pix = active_pixels(maps, thresholds, layers.shape[-2:])
+    pair = bi * U + ui
+    cnt = torch.bincount(pair, minlength=B * U)                       # active pixels per pair
+    # the label under every active pixel in every label layer (0: none; counted in column 0,
+    # which is dropped)
+    base = bi * (k * P) + pix
+    flat = layers.to(dev).reshape(-1)
+    labs = torch.cat([flat.index_select(0, base + j * P) for j in range(k)]).long() if k \
+        else torch.zeros(0, dtype=torch.int64, device=dev)
+    on = (cnt > 0).view(B, U)
+    wb, wu, wl, wc = [], [], [], []                                   # whole-image labels
     for j in range(whole.shape[1]):
-        lab = whole[:, j][:, None].expand(B, U)
-        m = on & (lab > 0)
+        m = on & (whole[:, j] > 0)[:, None]
         if m.any():
             b, u = m.nonzero(as_tuple=True)
-            inter.index_add_(0, u * L + lab[b, u], cnt[b, u])
-            if keys is not None:
-                keys.append(((b * U + u) * L + lab[b, u], cnt[b, u]))
-            if touched is not None:
-                c = cat_of[lab[b, u]]
-                ok = c >= 0
-                touched[(b[ok] * U + u[ok]) * C + c[ok]] = True
+            wb.append(b)
+            wu.append(u)
+            wl.append(whole[b, j])
+            wc.append(cnt[b * U + u])
+    if per_image:
+        images = _image_counts(cnt, pair.repeat(k), labs, wb, wu, wl, wc, U, L)
+        inter = images.pop("_inter")
+    else:
+        inter = torch.bincount(ui.repeat(k) * L + labs, minlength=U * L)
+        for b, u, lab, c in zip(wb, wu, wl, wc):
+            inter.index_add_(0, u * L + lab, c)
+        inter = inter.view(U, L)
+        inter[:, 0] = 0
+    cnt = cnt.view(B, U)
+    if denominator == "netdissect":
+        if truth is None:
+            truth = image_label_counts(layers, whole, L)
+        flags = present_categories(truth, cat_of, C)
+    elif denominator == "annotated":
+        flags = categories.to(dev)
     if denominator in ("netdissect", "annotated"):
-        flags = (labelled_categories(flat_layers, whole, cat_of, C) if denominator == "netdissect"
-                 else categories.to(dev))
         weight = flags.to(torch.float64)                             # (B, C)
         act = (cnt.t().to(torch.float64) @ weight).round().to(torch.int64)
     elif denominator == "lite":
-        act = (cnt[:, :, None] * touched.view(B, U, C)).sum(0)
+        act = _lite_act(cnt, pair.repeat(k), labs, wb, wu, wl, cat_of, C)
     else:
         act = cnt.sum(0)[:, None].expand(U, C).clone()
-    if keys is None:
-        return inter.view(U, L), act
-    images = _image_counts(cnt, keys, L)
-    images["truth"] = image_label_counts(layers.to(dev), whole, L)
+    if not per_image:
+        return inter, act
+    images["truth"] = image_label_counts(layers, whole, L) if truth is None else truth
     if denominator in ("netdissect", "annotated"):   # the images' flags the rule counted on
         images["categories"] = flags
-    return inter.view(U, L), act, images
+    return inter, act, images
+
+
+def _lite_act(cnt, pair, labs, wb, wu, wl, cat_of, C):
+    """``act`` under NetDissect-Lite's rule: image ``b`` counts the unit's active pixels for
+    category ``c`` where they touch a label of ``c``."""
+    B, U = cnt.shape
+    touched = torch.zeros(B * U * C, dtype=torch.bool, device=cnt.device)
+    pairs = torch.cat([pair] + [b * U + u for b, u in zip(wb, wu)])
+    c = cat_of.index_select(0, torch.cat([labs] + wl))
+    ok = (torch.cat([labs] + wl) > 0) & (c >= 0)
+    touched[pairs[ok] * C + c[ok]] = True
+    return (cnt[:, :, None] * touched.view(B, U, C)).sum(0)
 
 
 #: at most this many (active pair, label) bins are counted densely by :func:`_image_counts`
 IMAGE_BINS = 1 << 22
 
 
-def _image_counts(cnt: torch.Tensor, keys: list, L: int) -> dict:
-    """The per-image part of :func:`iou_counts`: ``keys`` are ``(pair * L + label, weight)``
-    (weight ``None``: one pixel each).  The pairs are renumbered over the active ones first,
-    so the dense count has ``active pairs * L`` bins (a sort where even that is too many)."""
-    flat = cnt.reshape(-1)
-    pairs = flat.nonzero().squeeze(1)
-    dev = flat.device
-    slot = torch.full_like(flat, -1)
+def _image_counts(cnt, pair, labs, wb, wu, wl, wc, U: int, L: int) -> dict:
+    """The per-image part of :func:`iou_counts`: counts of the keys ``(pair, label)`` of the
+    active pixels (``pair``, ``labs``: one pixel each) and of the whole-image labels (``wb``,
+    ``wu``, ``wl``: image, unit, label, weight ``wc``: the pair's active pixels).  The pairs
+    are renumbered over the active ones first, so the dense count has ``active pairs * L``
+    bins (a sort where even that is too many).  Also returns the batch's ``inter`` ``(U, L)``
+    under ``_inter``: the sum of the per-image counts over the images."""
+    dev = cnt.device
+    pairs = cnt.nonzero().squeeze(1)
+    slot = torch.full_like(cnt, -1)
     slot[pairs] = torch.arange(len(pairs), device=dev)
-    k = torch.cat([slot[key // L] * L + key % L for key, _ in keys]) if keys else \
-        torch.zeros(0, dtype=torch.int64, device=dev)
-    w = torch.cat([torch.ones(len(key), dtype=torch.int64, device=dev) if wt is None else wt
-                   for key, wt in keys]) if keys else torch.zeros(0, dtype=torch.int64,
-                                                                   device=dev)
+    key = slot.index_select(0, pair) * L + labs
+    wkeys = [slot.index_select(0, b * U + u) * L + lab for b, u, lab in zip(wb, wu, wl)]
     if len(pairs) * L <= IMAGE_BINS:
-        acc = torch.zeros(len(pairs) * L, dtype=torch.int64, device=dev)
-        acc.index_add_(0, k, w)
-        nz = acc.nonzero().squeeze(1)
-        values = acc[nz]
+        acc = torch.bincount(key, minlength=len(pairs) * L)
+        for wk, c in zip(wkeys, wc):
+            acc.index_add_(0, wk, c)
+        acc = acc.view(len(pairs), L)
+        acc[:, 0] = 0                          # label 0: unlabelled
+        inter = torch.zeros((U, L), dtype=torch.int64, device=dev)
+        inter.index_add_(0, pairs % U, acc)
+        nz = acc.view(-1).nonzero().squeeze(1)
+        values = acc.view(-1).index_select(0, nz)
     else:
+        keep = labs > 0
+        k = torch.cat([key[keep]] + wkeys)
+        w = torch.cat([torch.ones(int(keep.sum()), dtype=torch.int64, device=dev)] + wc)
         nz, inverse = torch.unique(k, return_inverse=True)
         values = torch.zeros(len(nz), dtype=torch.int64, device=dev).index_add_(0, inverse, w)
-    return {"pair": pairs, "active": flat[pairs], "inter_pair": pairs[nz // L],
-            "inter_label": nz % L, "inter": values}
+        inter = torch.zeros(U * L, dtype=torch.int64, device=dev)
+        inter.index_add_(0, (pairs[nz // L] % U) * L + nz % L, values)
+        inter = inter.view(U, L)
+    return {"pair": pairs, "active": cnt[pairs], "inter_pair": pairs[nz // L],
+            "inter_label": nz % L, "inter": values, "_inter": inter}
 
 
 def fixation_pixels(fixations: torch.Tensor, image_size, mask_size) -> torch.Tensor:

@@ -307,3 +307,49 @@ def test_lock_removes_the_temporaries_a_killed_run_left(tmp_path):
         pass
     assert not any(p.exists() for p in leftovers)
     assert all(p.exists() for p in kept)
+
+
+def test_layers_tallied_side_by_side_give_the_results_of_one_layer_alone(tmp_path):
+    """On the CPU with more than one thread, pass 2 tallies the layers in parallel threads:
+    units, tallies and per-image counts are those of each layer dissected alone (one
+    thread; the same thread count for the forward passes, whose float sums depend on it)."""
+    from neuroprobe.image_counts import read_image_counts
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = {name: dissect(tiny_model(), Tiny(), layers, out_dir=tmp_path / name,
+                             batch_size=4, progress=False)
+               for name, layers in (("both", ["1", "2"]), ("1", ["1"]), ("2", ["2"]))}
+    finally:
+        torch.set_num_threads(n)
+    assert run["both"].units == run["1"].units + run["2"].units and len(run["both"].units) == 10
+    both = read_image_counts(tmp_path / "both")
+    for layer in ("1", "2"):
+        for f in ("inter", "act", "label"):
+            assert torch.equal(getattr(run["both"].stats[layer]["tally"], f),
+                               getattr(run[layer].stats[layer]["tally"], f))
+        alone = read_image_counts(tmp_path / layer)[layer]
+        assert all(np.array_equal(both[layer][k], alone[k]) for k in alone)
+
+
+def test_image_counts_file_round_trips_with_equal_bytes(tmp_path):
+    """image_counts.npz (deflated at level 1, fixed entry dates) reads back the arrays written,
+    dtypes included, and equal counts give equal bytes."""
+    from neuroprobe.image_counts import read_image_counts, write_image_counts
+
+    rng = np.random.default_rng(0)
+    table = {"label": np.array([0, 3, 5], np.int32), "counted": np.array([False, True, True]),
+             "unit": rng.integers(0, 3, 50).astype(np.int32),
+             "inter": rng.integers(0, 9, 50).astype(np.int32),
+             "images": np.arange(10, dtype=np.int64)}
+    write_image_counts(tmp_path / "a" / "image_counts.npz", {"net.layer4": table})
+    write_image_counts(tmp_path / "b" / "image_counts.npz", {"net.layer4": table})
+    assert (tmp_path / "a" / "image_counts.npz").read_bytes() == \
+        (tmp_path / "b" / "image_counts.npz").read_bytes()
+    back = read_image_counts(tmp_path / "a")
+    assert np.array_equal(back["images"], table["images"])
+    for k, v in table.items():
+        if k != "images":
+            got = back["net.layer4"][k]
+            assert got.dtype == v.dtype and np.array_equal(got, v)

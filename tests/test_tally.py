@@ -68,3 +68,78 @@ def test_release_heap_without_malloc_trim(monkeypatch):
 
     monkeypatch.setattr(U, "_glibc", lambda: (None, None))
     assert U.release_heap() is False and U.heap_free_bytes() is None
+
+
+def _random_batch(seed=0, B=6, U=4, h=7, H=28, L=9, K=2):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.relu(torch.randn((B, U, h, h), generator=g))
+    thr = torch.quantile(a.transpose(0, 1).reshape(U, -1), 0.7, dim=1)
+    layers = torch.randint(0, L, (B, K, H, H), generator=g)
+    layers[:, :, : H // 3] = 0                                    # unlabelled rows
+    whole = torch.randint(0, L, (B, 2), generator=g)
+    whole[0] = 0                                                  # an image without any
+    cat_of = torch.tensor([-1, 0, 0, 1, 1, 2, -1, 2, 0])[:L]      # label 6: no category
+    return a, thr, layers, whole, cat_of
+
+
+def test_present_categories_from_the_label_counts_equal_labelled_categories():
+    """NetDissect's category flags from the per-image label counts (computed once per batch for
+    all layers) are those of labelled_categories, which reads the label maps."""
+    from neuroprobe.tally import image_label_counts, labelled_categories, present_categories
+
+    for seed in range(3):
+        _, _, layers, whole, cat_of = _random_batch(seed)
+        layers[1] = 0
+        whole[1] = torch.tensor([6, 0])                           # only a label without category
+        truth = image_label_counts(layers, whole, 9)
+        got = present_categories(truth, cat_of, 3)
+        assert torch.equal(got, labelled_categories(layers, whole, cat_of, 3))
+        assert not got[1].any() and got.any()
+
+
+def test_image_label_counts_by_brute_force():
+    from neuroprobe.tally import image_label_counts
+
+    _, _, layers, whole, _ = _random_batch(1)
+    got = image_label_counts(layers.to(torch.int16), whole, 9)
+    for b in range(layers.shape[0]):
+        for lab in range(1, 9):
+            want = int((layers[b] == lab).sum()) + int((whole[b] == lab).sum()) * 28 * 28
+            assert got[b, lab] == want
+    assert not got[:, 0].any()
+    with pytest.raises(ValueError, match="outside the label table"):
+        image_label_counts(layers, whole, 8)
+
+
+@pytest.mark.parametrize("denominator", ["netdissect", "annotated", "lite", "all"])
+def test_iou_counts_paths_agree(monkeypatch, denominator):
+    """The per-image counts (dense or, past IMAGE_BINS, by sorting) sum to the batch's counts,
+    which equal those counted without them and with the label counts given or not; the
+    intersections equal a brute-force count over the full upsampled maps."""
+    import neuroprobe.tally as T
+
+    a, thr, layers, whole, cat_of = _random_batch(2)
+    B, U = a.shape[:2]
+    C = 1 if denominator == "all" else 3
+    if denominator == "all":
+        cat_of = torch.where(cat_of >= 0, 0, -1)
+    cats = torch.ones((B, C), dtype=torch.bool)
+    args = (a, thr, layers, whole, cats, cat_of, 9, C, denominator)
+    inter, act = T.iou_counts(*args)
+    truth = T.image_label_counts(layers, whole, 9)
+    i2, a2, dense = T.iou_counts(*args, per_image=True, truth=truth)
+    monkeypatch.setattr(T, "IMAGE_BINS", 0)
+    i3, a3, sparse = T.iou_counts(*args, per_image=True)
+    for i, x in ((i2, a2), (i3, a3)):
+        assert torch.equal(i, inter) and torch.equal(x, act)
+    for k in dense:
+        assert torch.equal(dense[k], sparse[k]), k
+    per = torch.zeros((B * U, 9), dtype=torch.int64)
+    per.index_put_((dense["inter_pair"], dense["inter_label"]), dense["inter"], accumulate=True)
+    assert torch.equal(per.view(B, U, 9).sum(0), inter)
+    up = T.upsample(a, (28, 28)) > thr[None, :, None, None]          # (B, U, H, W)
+    want = torch.zeros((U, 9), dtype=torch.int64)
+    for lab in range(1, 9):
+        on = (layers == lab).sum(1)[:, None] + (whole == lab).sum(1)[:, None, None, None]
+        want[:, lab] = (up * on).sum((0, 2, 3))
+    assert torch.equal(inter, want) and inter.sum() > 0
