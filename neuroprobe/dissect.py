@@ -182,6 +182,7 @@ class DissectConfig:
     keep: str = "auto"
     checkpoint_every: int | None = None
     num_workers: int = 0
+    tally_threads: int = 1
     model_info: dict | None = None
     sketch_capacity: int = 4096
     top_k: int = 16
@@ -241,6 +242,8 @@ class DissectConfig:
             raise UserError("--top-units must be at least 1")
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
+        if not isinstance(self.tally_threads, int) or self.tally_threads < 1:
+            raise UserError(f"tally_threads {self.tally_threads!r} must be a whole number >= 1")
         if self.keep not in ("disk", "recompute", "auto"):
             raise UserError(f"unknown keep option {self.keep!r}", hint="disk, recompute or auto")
 
@@ -522,10 +525,10 @@ def _tally(run: _Run) -> None:
             st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
                           tuple(source.image_size), batch.get("instances"))
 
-    # on the CPU the layers are tallied side by side, one thread each: much of a tally
+    # with tally_threads > 1 the layers are tallied side by side on the CPU: much of a tally
     # (gathers, nonzero, bincount) runs on one core; each layer's statistics are its own and
     # their counts do not depend on the order of the work
-    threads = min(len(run.layers), torch.get_num_threads()) if run.device.type == "cpu" else 1
+    threads = min(len(run.layers), cfg.tally_threads) if run.device.type == "cpu" else 1
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def on_batch(acts, batch, j):
@@ -711,7 +714,7 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             device=None, amp: str | None = None, limit: int | None = None,
             out_dir=None, resume: bool = True, overwrite: bool = False,
             keep: str = "auto", checkpoint_every: int | None = None, num_workers: int = 0,
-            model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
+            tally_threads: int = 1, model_info: dict | None = None, sketch_capacity: int = 4096, top_k: int = 16,
             progress: bool = True, concepts_info: dict | None = None,
             on_bad_image: str = "stop", nss_resolution: str = "image",
             nss_regions: str = "instance", ties: str = "netdissect",
@@ -754,6 +757,8 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
         :data:`CHECKPOINT_SECONDS` have passed since the last one (a fast GPU run writes few of
         them, a slow CPU run loses at most that much work when killed).  Each pass also ends
         with one.
+    num_workers, tally_threads : loader processes; layers tallied side by side in threads on
+        the CPU (default 1: two cost ~40 MiB more peak memory, see ``benchmarks/README.md``).
     model_info : identity of the model written into the results (``{"spec", "sha256", ...}``);
         computed from the weights when not given.
     sketch_capacity, top_k : size of the quantile sketch per unit; top images kept per unit.
@@ -793,11 +798,11 @@ def dissect(model: torch.nn.Module, dataset, layers: Sequence[str] | str | None 
             denominator=denominator, nss_threshold=nss_threshold, top_units=top_units,
             batch_size=batch_size, device=device, amp=amp, limit=limit, out_dir=out_dir,
             resume=resume, overwrite=overwrite, keep=keep, checkpoint_every=checkpoint_every,
-            num_workers=num_workers, model_info=model_info, sketch_capacity=sketch_capacity,
-            top_k=top_k, progress=progress, concepts_info=concepts_info,
-            on_bad_image=on_bad_image, nss_resolution=nss_resolution,
-            nss_regions=nss_regions, ties=ties, after_batch=after_batch,
-            checkpoint_seconds=checkpoint_seconds)
+            num_workers=num_workers, tally_threads=tally_threads, model_info=model_info,
+            sketch_capacity=sketch_capacity, top_k=top_k, progress=progress,
+            concepts_info=concepts_info, on_bad_image=on_bad_image,
+            nss_resolution=nss_resolution, nss_regions=nss_regions, ties=ties,
+            after_batch=after_batch, checkpoint_seconds=checkpoint_seconds)
     cfg = config.resolved()
     if cfg.use_nss and not getattr(dataset, "has_fixations", False):
         raise UserError(f"concept set {getattr(dataset, 'name', '?')!r} has no fixations; "

@@ -310,7 +310,7 @@ def test_lock_removes_the_temporaries_a_killed_run_left(tmp_path):
 
 
 def test_layers_tallied_side_by_side_give_the_results_of_one_layer_alone(tmp_path):
-    """On the CPU with more than one thread, pass 2 tallies the layers in parallel threads:
+    """With ``tally_threads=2`` on the CPU, pass 2 tallies the layers in parallel threads:
     units, tallies and per-image counts are those of each layer dissected alone (one
     thread; the same thread count for the forward passes, whose float sums depend on it)."""
     from neuroprobe.image_counts import read_image_counts
@@ -319,7 +319,7 @@ def test_layers_tallied_side_by_side_give_the_results_of_one_layer_alone(tmp_pat
     torch.set_num_threads(2)
     try:
         run = {name: dissect(tiny_model(), Tiny(), layers, out_dir=tmp_path / name,
-                             batch_size=4, progress=False)
+                             batch_size=4, progress=False, tally_threads=2)
                for name, layers in (("both", ["1", "2"]), ("1", ["1"]), ("2", ["2"]))}
     finally:
         torch.set_num_threads(n)
