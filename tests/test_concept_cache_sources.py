@@ -311,3 +311,78 @@ def test_concepts_cache_command_on_eyecrowd(tmp_path, cache_env, capsys):
     assert main(["concepts", "cache", "eyecrowd", "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "(9 images)" in out and "of int64 label and instance masks" in out
+
+
+# -- mask folders (VOC with instances and fixations, labelme) ---------------------------------------
+
+def _no_mask_reading(monkeypatch):
+    """Mask folders read masks through ``raw`` (with or without decode_labels): make it fail."""
+    from neuroprobe.concepts.maskfolder import MaskFolderDataset
+
+    def fail(self, index):
+        raise AssertionError(f"read the masks of item {index}")
+    monkeypatch.setattr(MaskFolderDataset, "raw", fail)
+
+
+def _voc_with_fixations(tmp_path: Path):
+    from test_maskfolder import make_voc
+
+    root = tmp_path / "voc"
+    make_voc(root, n=6, names=[f"{k:04d}" for k in range(6)])
+    (root / "SegmentationObject" / "0003.png").unlink()       # one image without instances
+    subj = np.empty(1, dtype=object)
+    subj[0] = {"fix_x": np.array([1.0, 16.0, 3.0]), "fix_y": np.array([1.0, 12.0, 5.0]),
+               "fix_duration": np.ones(3)}
+    fx = np.empty(2, dtype=object)
+    fx[0] = {"img": "0001.png", "subjects": subj}
+    fx[1] = {"img": "0004.png", "subjects": subj}
+    sio.savemat(tmp_path / "fixations.mat", {"fixations": fx})
+    return root, tmp_path / "fixations.mat"
+
+
+def test_voc_mask_folder_round_trip_and_changed_mask(tmp_path, cache_env, monkeypatch):
+    from test_maskfolder import _palette_png
+
+    from neuroprobe.concepts.maskfolder import MaskFolderDataset
+
+    root, fix = _voc_with_fixations(tmp_path)
+
+    def open_(**kw):
+        return MaskFolderDataset(root, fixations=fix, image_size=(24, 32), mask_size=(6, 8),
+                                 **kw)
+    want = _items(open_())
+    assert "instances" not in want[3] and "instances" in want[0]
+    assert len(want[1]["fixations"]) == 3 and want[0]["fixations"].shape == (0, 2)
+    ds = open_()
+    cache = ds.prepare_labels(progress=False)
+    assert cache.complete() and cache.source_bytes() == sum(
+        p.stat().st_size for i in range(6) for p in ds.replaced_files(i) if p.exists())
+    with monkeypatch.context() as m:
+        _no_mask_reading(m)
+        assert_items_equal(_items(ds), want)
+    # a changed class mask and an instance mask that appears: both items decoded again
+    _palette_png(root / "SegmentationClass" / "0002.png", np.full((12, 16), 73))
+    _palette_png(root / "SegmentationObject" / "0003.png", np.ones((12, 16)))
+    fresh = open_()
+    fresh.use_cache = False
+    got, now = _items(ds), _items(fresh)
+    assert now[2]["layers"].eq(73).all() and "instances" in now[3]
+    assert_items_equal(got, now)
+
+
+def test_labelme_folder_round_trip(tmp_path, cache_env, monkeypatch):
+    from neuroprobe.concepts.maskfolder import MaskFolderDataset
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    for k in range(5):
+        Image.fromarray(np.full((12, 16, 3), k, np.uint8)).save(folder / f"p{k}.png")
+        doc = {"imagePath": f"p{k}.png", "shapes": [
+            {"label": "vehicle", "points": [[k, 0], [9, 0], [9, 5], [0, 5]]},
+            {"label": "person head", "points": [[2, 1], [4 + k, 3]], "shape_type": "rectangle"}]}
+        (folder / f"p{k}.json").write_text(json.dumps(doc))
+    want = _items(MaskFolderDataset(folder, image_size=(12, 16)))
+    ds = MaskFolderDataset(folder, image_size=(12, 16))
+    ds.prepare_labels(progress=False)
+    _no_mask_reading(monkeypatch)
+    assert_items_equal(_items(ds), want)

@@ -186,13 +186,15 @@ def _chunk_name(c: int) -> str:
 
 def _encode_item(dataset, index: int, dtype: np.dtype) -> tuple[dict, int]:
     """Decode item ``index`` for the cache: ``(record, bytes of its source files)``."""
-    files = [Path(p) for p in dataset.label_files(index)]
-    nbytes = 0
-    for p in dataset.replaced_files(index):
-        with contextlib.suppress(OSError):
-            nbytes += os.stat(p).st_size
-    rec = {"stat": _stat_sig(files), "content": _content_sig(files), "bad": False}
+    files, nbytes = [], 0
+    rec = {"stat": 0, "content": bytes(16), "bad": False}
     try:
+        # (a labelme item finds its image in its file: naming the files can fail like decoding)
+        files = [Path(p) for p in dataset.label_files(index)]
+        for p in dataset.replaced_files(index):
+            with contextlib.suppress(OSError):
+                nbytes += os.stat(p).st_size
+        rec.update(stat=_stat_sig(files), content=_content_sig(files))
         lab = dataset.decode_labels(index)
     except _DATA_ERRORS:
         rec.update(bad=True, layers=np.zeros((0,) + tuple(dataset.mask_size), dtype),
