@@ -118,8 +118,8 @@ def _cache(args) -> int:
     ds = open_concepts(args.name, **_overrides(args))
     if ds.cache_spec() is None:
         raise UserError(f"concept set {args.name!r} ({type(ds).__name__}) has no label cache",
-                        hint="Broden, coco-parts and box sets (eyecrowd) are cached; "
-                        "generated sets are not (see README, concept-set cache)")
+                        hint="Broden, coco-parts, box sets (eyecrowd) and mask folders are "
+                        "cached; generated sets are not (see README, concept-set cache)")
     folder = cache_folder(ds)
     if args.clear:
         existed = folder.exists()

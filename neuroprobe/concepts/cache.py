@@ -9,8 +9,9 @@ is not cached (it is what the model sees; decoding it is part of a forward loop 
 
 Sources with a cache implement ``cache_spec``, ``label_files`` and ``decode_labels`` of
 :class:`~neuroprobe.concepts.base.ConceptDataset`: Broden (mask PNGs), COCO (``coco-parts``:
-polygons and RLE decoded with pycocotools, person heads from keypoints) and box sets (EyeCrowd,
-box CSVs, with their fixations).  Generated sets (``synthetic``) have none.
+polygons and RLE decoded with pycocotools, person heads from keypoints), box sets (EyeCrowd,
+box CSVs, with their fixations) and mask folders (VOC / OSIE-SR PNGs, labelme).  Generated sets
+(``synthetic``) have none.
 
 Where and how it is stored
 --------------------------
@@ -31,8 +32,9 @@ Where and how it is stored
 ``chunk-NNNNNN.meta.npz``
     per item: offsets into the planes, whole-image labels, category flags, fixations and
     observers, offsets into the instance planes and which items have them (``has_inst``;
-    absent in chunks of sources without instances), whether the item could not be read (``bad``: such items are decoded again on
-    every read, which raises the reader's own error), and the signature of its source files.
+    absent in chunks of sources without instances), whether the item could not be read
+    (``bad``: such items are decoded again on every read, which raises the reader's own
+    error), and the signature of its source files.
     The meta file is written last: a chunk is complete when it exists.
 ``chunk-NNNNNN.inst.npy``
     the instance planes of the chunk, stored like the label planes (smallest dtype for the
@@ -352,8 +354,8 @@ def build(dataset, indices: Iterable[int] | None = None, *, progress: bool = Tru
     spec = dataset.cache_spec()
     if spec is None:
         raise ConceptSetError(f"concept set {dataset.name!r} ({type(dataset).__name__}) has no "
-                              "cache", hint="Broden, COCO (coco-parts) and box sets (EyeCrowd) are cached; "
-                              "generated sets (synthetic) are not")
+                              "cache", hint="Broden, coco-parts, box sets (EyeCrowd) and mask "
+                              "folders are cached; generated sets (synthetic) are not")
     folder = cache_folder(dataset, spec)
     n = len(dataset)
     dtype = label_dtype(dataset.labels.max_id)
