@@ -118,8 +118,8 @@ def _cache(args) -> int:
     ds = open_concepts(args.name, **_overrides(args))
     if ds.cache_spec() is None:
         raise UserError(f"concept set {args.name!r} ({type(ds).__name__}) has no label cache",
-                        hint="only Broden-format sets are cached (see README, concept-set "
-                        "cache)")
+                        hint="Broden, coco-parts, box sets (eyecrowd) and mask folders are "
+                        "cached; generated sets are not (see README, concept-set cache)")
     folder = cache_folder(ds)
     if args.clear:
         existed = folder.exists()
@@ -128,6 +128,10 @@ def _cache(args) -> int:
         return 0
     cache = build(ds, verify=args.verify, progress=True)
     print(f"concept cache of {ds.name} ({cache.built_items():,} images): {folder}")
-    print(f"  {_mb(cache.disk_bytes())} on disk; the label files it replaces: "
-          f"{_mb(cache.source_bytes())}")
+    if cache.source_bytes():
+        print(f"  {_mb(cache.disk_bytes())} on disk; the label files it replaces: "
+              f"{_mb(cache.source_bytes())}")
+    else:   # COCO, box sets: labels decoded from annotations parsed when the set is opened
+        print(f"  {_mb(cache.disk_bytes())} on disk; it replaces decoding the annotations "
+              f"into {_mb(cache.decoded_bytes())} of int64 label and instance masks")
     return 0

@@ -212,6 +212,11 @@ class ConceptDataset(torch.utils.data.Dataset):
         cache entry)."""
         return []
 
+    def replaced_files(self, index: int) -> list:
+        """The files of item ``index`` that a run with the cache no longer reads (their sizes
+        are reported beside the cache's); default :meth:`label_files`."""
+        return self.label_files(index)
+
     def decode_labels(self, index: int) -> dict:
         """Item ``index``'s ``layers`` (numpy, at :attr:`mask_size`), ``whole``,
         ``categories``, ``fixations`` and ``observers``, decoded from the source's files."""
@@ -229,6 +234,23 @@ class ConceptDataset(torch.utils.data.Dataset):
         if self.label_cache is None or not self.use_cache:
             return None
         return self.label_cache.get(index, self.label_files(index))
+
+    @staticmethod
+    def label_tensors(got: dict) -> dict:
+        """The label entries of an item (``layers``, ``instances`` where present, ``whole``,
+        ``categories``, ``fixations``, ``observers``) as tensors, from the numpy arrays that
+        :meth:`decode_labels` or the cache give (``int64`` masks)."""
+        def tensor(a, dtype):
+            return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype))
+
+        out = {"layers": tensor(got["layers"], np.int64),
+               "whole": tensor(got["whole"], np.int64),
+               "categories": tensor(got["categories"], bool),
+               "fixations": tensor(got.get("fixations"), np.float32),
+               "observers": tensor(got.get("observers"), np.int64)}
+        if got.get("instances") is not None:
+            out["instances"] = tensor(got["instances"], np.int64)
+        return out
 
     def present_categories(self, layers: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
         """Default ``categories`` entry: the categories of the labels that occur in the image."""

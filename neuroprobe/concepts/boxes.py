@@ -19,6 +19,7 @@ A generic CSV of boxes is read too (``format = "csv"``): columns ``image,label,x
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,11 +28,13 @@ import numpy as np
 import torch
 
 from ..errors import ConceptSetError, DataFormatError
+from ..imageio import image_size as native_size
 from ..io import confined, read_csv
 from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, LabelTable
-from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
-                         resolve_data_path, study_label_table)
+from .cache import hash_fixations
+from .maskfolder import (as_size, fixation_tensors, image_tensor, image_uint8, read_image,
+                         resize_labels, resolve_data_path, study_label_table)
 
 __all__ = ["Box", "BoxDataset", "box_mask", "read_eyecrowd", "read_box_csv", "from_spec",
            "EYECROWD_FLAGS"]
@@ -134,11 +137,29 @@ class BoxDataset(ConceptDataset):
         return str(self.records[index].id)
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
+        """See :meth:`ConceptDataset.item`: ``labels=False`` paints no box; labels come from
+        the concept-set cache where it is attached."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         rec = self.records[index]
         rgb = read_image(rec.image)
-        h, w = rgb.shape[:2]
+        out = {"image": (image_uint8 if raw_image else image_tensor)(rgb, self.image_size),
+               "id": rec.id}
+        if labels:
+            got = self.cached_labels(index) or self.decode_labels(index, rgb.shape[:2])
+            out.update(self.label_tensors(got))
+        return out
+
+    # -- the concept-set cache (neuroprobe.concepts.cache) ----------------------------------
+    def decode_labels(self, index: int, hw: tuple[int, int] | None = None) -> dict:
+        """Item ``index``'s boxes painted at the image's native size ``hw`` (default: read from
+        the image file's header) and resized to :attr:`mask_size`, one instance per box, and
+        its fixations scaled to :attr:`image_size`."""
+        rec = self.records[index]
+        h, w = native_size(rec.image) if hw is None else hw
         layer = np.zeros((h, w), dtype=np.int64)
         inst = np.zeros((h, w), dtype=np.int64)   # each box is one region-NSS region
         for k, b in enumerate(sorted(self.boxes(index), key=lambda b: -b.area), start=1):
@@ -147,19 +168,33 @@ class BoxDataset(ConceptDataset):
             inst[m] = k
         fix = obs = None
         if self.has_fixations:
-            fix, obs = fixation_tensors(rec.fixations, (h, w), self.image_size)
-        return {
-            "image": image_tensor(rgb, self.image_size),
-            "layers": torch.from_numpy(np.ascontiguousarray(resize_labels(layer[None],
-                                                                          self.mask_size))),
-            "instances": torch.from_numpy(np.ascontiguousarray(resize_labels(inst[None],
-                                                                             self.mask_size))),
-            "whole": torch.zeros(0, dtype=torch.int64),
-            "categories": self._annotated.clone(),
-            "fixations": fix,
-            "observers": obs,
-            "id": rec.id,
-        }
+            fix, obs = (t.numpy() for t in fixation_tensors(rec.fixations, (h, w),
+                                                            self.image_size))
+        return {"layers": resize_labels(layer[None], self.mask_size),
+                "instances": resize_labels(inst[None], self.mask_size),
+                "whole": np.zeros(0, np.int64), "categories": self._annotated.numpy().copy(),
+                "fixations": fix, "observers": obs}
+
+    def label_files(self, index: int) -> list[Path]:
+        """The image file: its size places the boxes (the boxes and fixations themselves are
+        in the cache key, :meth:`cache_spec`)."""
+        return [self.records[index].image]
+
+    def replaced_files(self, index: int) -> list:
+        """None: the image is read with or without the cache."""
+        return []
+
+    def cache_spec(self) -> dict:
+        """Every record's id, image name, boxes (with flags) and fixations, hashed, and the
+        options that shape the labels; not the folder's path."""
+        h = hashlib.sha256()
+        for r in self.records:
+            boxes = [(b.label, b.x, b.y, b.width, b.height, sorted(b.flags.items()))
+                     for b in r.boxes]
+            h.update(repr((r.id, r.image.name, boxes)).encode())
+            hash_fixations(h, r.fixations)
+        return {"source": "boxes", "records": h.hexdigest(), "labels": self.labels.to_rows(),
+                "annotated": self._annotated.tolist(), **self.config()}
 
     def config(self) -> dict:
         out = super().config()

@@ -3,8 +3,15 @@
 Researchers dissect many models on the same concept set; without a cache every run decodes
 every mask file again.  The cache keeps, for every item of a set, what the reader would return
 besides the image: the label layers **already resized to the set's mask size**, the whole-image
-labels, the category flags, the fixations and their observers.  The image itself is not cached
-(it is what the model sees; decoding it is part of a forward loop anyway).
+labels, the category flags, the fixations and their observers, and the instance planes where a
+source has them (COCO annotations, EyeCrowd boxes: one region-NSS region each).  The image itself
+is not cached (it is what the model sees; decoding it is part of a forward loop anyway).
+
+Sources with a cache implement ``cache_spec``, ``label_files`` and ``decode_labels`` of
+:class:`~neuroprobe.concepts.base.ConceptDataset`: Broden (mask PNGs), COCO (``coco-parts``:
+polygons and RLE decoded with pycocotools, person heads from keypoints), box sets (EyeCrowd,
+box CSVs, with their fixations) and mask folders (VOC / OSIE-SR PNGs, labelme).  Generated sets
+(``synthetic``) have none.
 
 Where and how it is stored
 --------------------------
@@ -24,9 +31,15 @@ Where and how it is stored
     pages do, and would grow with the data set).
 ``chunk-NNNNNN.meta.npz``
     per item: offsets into the planes, whole-image labels, category flags, fixations and
-    observers, whether the item could not be read (``bad``: such items are decoded again on
-    every read, which raises the reader's own error), and the signature of its source files.
+    observers, offsets into the instance planes and which items have them (``has_inst``;
+    absent in chunks of sources without instances), whether the item could not be read
+    (``bad``: such items are decoded again on every read, which raises the reader's own
+    error), and the signature of its source files.
     The meta file is written last: a chunk is complete when it exists.
+``chunk-NNNNNN.inst.npy``
+    the instance planes of the chunk, stored like the label planes (smallest dtype for the
+    chunk's largest instance id, palette-coded where that halves the bytes, palette
+    ``inst_palette`` in the meta file); only where some item of the chunk has instances.
 
 Keys and invalidation
 ---------------------
@@ -77,7 +90,7 @@ from ..errors import ConceptSetError, DataFormatError
 log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "CHUNK", "LabelCache", "prepare", "build", "cache_folder", "cache_key",
-           "hash_files", "label_dtype"]
+           "hash_files", "hash_fixations", "label_dtype"]
 
 #: version of the on-disk layout and of the cached content's definition (bump on any change)
 FORMAT = 1
@@ -103,6 +116,19 @@ def hash_files(paths: Iterable[Path], algorithm: str = "sha256") -> str:
             h.update(b"<absent>")
         h.update(b"\0")
     return h.hexdigest()
+
+
+def hash_fixations(h, fix) -> None:
+    """Feed one image's :class:`~neuroprobe.saliency.fixations.Fixations` (or ``None``) into
+    the hash ``h``: the positions and observers, which are all an item's fixations are made
+    of (dtype and shape included, so that equal bytes of other arrays never collide)."""
+    if fix is None:
+        h.update(b"<no fixations>")
+        return
+    for arr in (fix.x, fix.y, fix.observer):
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{arr.dtype.str}{arr.shape};".encode())
+        h.update(arr.tobytes())
 
 
 def cache_key(spec: dict) -> str:
@@ -162,25 +188,35 @@ def _chunk_name(c: int) -> str:
 
 def _encode_item(dataset, index: int, dtype: np.dtype) -> tuple[dict, int]:
     """Decode item ``index`` for the cache: ``(record, bytes of its source files)``."""
-    files = [Path(p) for p in dataset.label_files(index)]
-    nbytes = 0
-    for p in files:
-        with contextlib.suppress(OSError):
-            nbytes += os.stat(p).st_size
-    rec = {"stat": _stat_sig(files), "content": _content_sig(files), "bad": False}
+    files, nbytes = [], 0
+    rec = {"stat": 0, "content": bytes(16), "bad": False}
     try:
+        # (a labelme item finds its image in its file: naming the files can fail like decoding)
+        files = [Path(p) for p in dataset.label_files(index)]
+        for p in dataset.replaced_files(index):
+            with contextlib.suppress(OSError):
+                nbytes += os.stat(p).st_size
+        rec.update(stat=_stat_sig(files), content=_content_sig(files))
         lab = dataset.decode_labels(index)
     except _DATA_ERRORS:
         rec.update(bad=True, layers=np.zeros((0,) + tuple(dataset.mask_size), dtype),
                    whole=np.zeros(0, np.int64),
                    categories=np.zeros(len(dataset.categories), bool),
-                   fixations=None, observers=None)
+                   fixations=None, observers=None, instances=None)
         return rec, nbytes
     layers = np.asarray(lab["layers"])
     if layers.shape[1:] != tuple(dataset.mask_size):
         raise ValueError(f"decode_labels({index}) gave masks of {layers.shape[1:]}, not the "
                          f"set's mask size {tuple(dataset.mask_size)}")
-    rec.update(layers=layers.astype(dtype, copy=False),
+    inst = lab.get("instances")
+    if inst is not None:
+        inst = np.asarray(inst)
+        if inst.shape != layers.shape:
+            raise ValueError(f"decode_labels({index}) gave instances of {inst.shape}, not the "
+                             f"shape of its layers {layers.shape}")
+        if len(inst) and (inst.min() < 0 or inst.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"decode_labels({index}) gave instance ids outside 0..2**31-1")
+    rec.update(layers=layers.astype(dtype, copy=False), instances=inst,
                whole=np.asarray(lab["whole"], np.int64).reshape(-1),
                categories=np.asarray(lab["categories"], bool).reshape(-1),
                fixations=None if lab.get("fixations") is None
@@ -200,6 +236,13 @@ def _write_chunk(folder: Path, c: int, recs: list[dict], start: int, png_bytes: 
               else np.zeros((0,) + tuple(mask_size), dtype))
     n = len(recs)
     layers, palette = _palette_encode(layers)
+    insts = [r["instances"] for r in recs]
+    has_inst = np.array([x is not None for x in insts], bool)
+    inst_planes = [x for x in insts if x is not None and len(x)]
+    top = max((int(x.max()) for x in inst_planes), default=0)
+    inst = (np.concatenate(inst_planes).astype(label_dtype(top)) if inst_planes
+            else np.zeros((0,) + tuple(mask_size), np.uint8))
+    inst, inst_palette = _palette_encode(inst)
 
     def offsets(sizes):
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -221,6 +264,10 @@ def _write_chunk(folder: Path, c: int, recs: list[dict], start: int, png_bytes: 
         "observers": np.concatenate([np.zeros(0, np.int64)]
                                     + [o for o in obs if o is not None]).astype(np.int64),
         "bad": np.array([r["bad"] for r in recs], bool),
+        "has_inst": has_inst,
+        "inst_off": offsets([0 if x is None else len(x) for x in insts]),
+        "inst_palette": (inst_palette if inst_palette is not None
+                         else np.zeros((0, 256), inst.dtype)),
         "palette": palette if palette is not None else np.zeros((0, 256), dtype),
         "stat": np.array([r["stat"] for r in recs], np.int64),
         "content": np.frombuffer(b"".join(r["content"] for r in recs),
@@ -229,6 +276,9 @@ def _write_chunk(folder: Path, c: int, recs: list[dict], start: int, png_bytes: 
     name = _chunk_name(c)
     with atomic_path(folder / f"{name}.layers.npy") as tmp:
         np.save(tmp, np.ascontiguousarray(layers))
+    if has_inst.any():
+        with atomic_path(folder / f"{name}.inst.npy") as tmp:
+            np.save(tmp, np.ascontiguousarray(inst))
     with atomic_path(folder / f"{name}.meta.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **meta)
@@ -304,7 +354,8 @@ def build(dataset, indices: Iterable[int] | None = None, *, progress: bool = Tru
     spec = dataset.cache_spec()
     if spec is None:
         raise ConceptSetError(f"concept set {dataset.name!r} ({type(dataset).__name__}) has no "
-                              "cache", hint="only file-based sources (Broden) are cached")
+                              "cache", hint="Broden, coco-parts, box sets (EyeCrowd) and mask "
+                              "folders are cached; generated sets (synthetic) are not")
     folder = cache_folder(dataset, spec)
     n = len(dataset)
     dtype = label_dtype(dataset.labels.max_id)
@@ -376,7 +427,7 @@ class LabelCache:
         # the meta arrays of the chunks read last (a bounded LRU: memory stays flat in the size
         # of the set, in every loader process)
         self._meta: OrderedDict[int, dict] = OrderedDict()
-        self._offset: dict[int, tuple] = {}
+        self._offset: dict[tuple[int, str], tuple] = {}
         self._noted = False
 
     def __getstate__(self):
@@ -386,6 +437,11 @@ class LabelCache:
         name = _chunk_name(c)
         return self.folder / f"{name}.layers.npy", self.folder / f"{name}.meta.npz"
 
+    def _planes_file(self, c: int, kind: str) -> Path:
+        """The ``.npy`` file of chunk ``c``'s label planes (``kind="layers"``) or instance
+        planes (``"inst"``)."""
+        return self.folder / f"{_chunk_name(c)}.{kind}.npy"
+
     def has_chunk(self, c: int) -> bool:
         return c in self._meta or self._paths(c)[1].is_file()
 
@@ -394,7 +450,11 @@ class LabelCache:
 
     def forget(self, c: int) -> None:
         self._meta.pop(c, None)
-        self._offset.pop(c, None)
+        self._drop_offsets(c)
+
+    def _drop_offsets(self, c: int) -> None:
+        for kind in ("layers", "inst"):
+            self._offset.pop((c, kind), None)
 
     def meta(self, c: int) -> dict | None:
         """The per-item arrays of chunk ``c`` (``None`` where it is not built)."""
@@ -406,32 +466,39 @@ class LabelCache:
             return None
         with np.load(path) as z:
             meta = {k: z[k] for k in z.files}
-        mm = np.lib.format.open_memmap(layers, mode="r")
-        self._offset[c] = (int(mm.offset), mm.dtype)
-        del mm
+        # chunks of sources without instances (and those written before instances were
+        # cached) have no instance planes
+        meta.setdefault("has_inst", np.zeros(len(meta["bad"]), bool))
+        kinds = ["layers"] + (["inst"] if meta["has_inst"].any() else [])
+        for kind in kinds:
+            mm = np.lib.format.open_memmap(self._planes_file(c, kind), mode="r")
+            self._offset[(c, kind)] = (int(mm.offset), mm.dtype)
+            del mm
         self._meta[c] = meta
         while len(self._meta) > _KEEP_META:
             old, _ = self._meta.popitem(last=False)
-            self._offset.pop(old, None)
+            self._drop_offsets(old)
         return meta
 
-    def _planes(self, c: int, m: dict, a: int, b: int) -> np.ndarray:
-        """Planes ``a:b`` of chunk ``c`` (one ``pread``; palette-decoded where stored so)."""
+    def _planes(self, c: int, m: dict, a: int, b: int, kind: str = "layers") -> np.ndarray:
+        """Planes ``a:b`` of chunk ``c``'s ``kind`` file (``"layers"`` or ``"inst"``; one
+        ``pread``; palette-decoded where stored so)."""
         h, w = self.mask_size
         if b <= a:
             return np.zeros((0, h, w), self.dtype)
-        offset, dtype = self._offset[c]
+        offset, dtype = self._offset[(c, kind)]
         size = h * w * dtype.itemsize
-        fd = os.open(self._paths(c)[0], os.O_RDONLY)
+        path = self._planes_file(c, kind)
+        fd = os.open(path, os.O_RDONLY)
         try:
             data = os.pread(fd, (b - a) * size, offset + a * size)
         finally:
             os.close(fd)
         if len(data) != (b - a) * size:
-            raise DataFormatError(f"concept cache file {self._paths(c)[0]} is truncated",
+            raise DataFormatError(f"concept cache file {path} is truncated",
                                   hint=f"delete {self.folder} (it is rebuilt on next use)")
         planes = np.frombuffer(data, dtype).reshape(b - a, h * w)
-        palette = m["palette"]
+        palette = m["palette" if kind == "layers" else "inst_palette"]
         if len(palette):
             planes = np.take_along_axis(palette[a:b], planes.astype(np.intp), axis=1)
         return planes.reshape(b - a, h, w)
@@ -458,6 +525,9 @@ class LabelCache:
             out["fixations"] = m["fixations"][m["fix_off"][k]:m["fix_off"][k + 1]].copy()
         if m["has_obs"][k]:
             out["observers"] = m["observers"][m["obs_off"][k]:m["obs_off"][k + 1]].copy()
+        if m["has_inst"][k]:
+            out["instances"] = self._planes(c, m, int(m["inst_off"][k]),
+                                            int(m["inst_off"][k + 1]), "inst").astype(np.int64)
         return out
 
     def _note_stale(self, files) -> None:
@@ -485,13 +555,25 @@ class LabelCache:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
     def source_bytes(self) -> int:
-        """Bytes of the label files the built chunks replace (sizes when built)."""
+        """Bytes of the label files the built chunks replace (sizes when built; 0 for sources
+        whose labels come from set-wide annotation files, COCO and box sets)."""
         total = 0
         for c in range((self.n + self.chunk - 1) // self.chunk):
             m = self.meta(c)
             if m is not None:
                 total += int(m["png_bytes"])
         return total
+
+    def decoded_bytes(self) -> int:
+        """Bytes of the built items' label and instance planes as a reader decodes them
+        (``int64``), what the cache's compact planes stand for."""
+        h, w = self.mask_size
+        planes = 0
+        for c in range((self.n + self.chunk - 1) // self.chunk):
+            m = self.meta(c)
+            if m is not None:
+                planes += int(m["lay_off"][-1]) + int(m.get("inst_off", [0])[-1])
+        return planes * h * w * 8
 
     def built_items(self) -> int:
         return sum(len(self.meta(c)["bad"]) for c in range((self.n + self.chunk - 1)

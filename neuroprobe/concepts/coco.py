@@ -51,6 +51,7 @@ Ids
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -63,8 +64,9 @@ from ..download import download, fetch
 from ..errors import ConceptSetError, DataFormatError
 from ..resources import cache_dir
 from .base import STUDY_CATEGORIES, ConceptDataset
-from .maskfolder import (as_size, fixation_tensors, image_tensor, read_image, resize_labels,
-                         study_label_table)
+from .cache import hash_files, hash_fixations
+from .maskfolder import (as_size, fixation_tensors, image_tensor, image_uint8, read_image,
+                         resize_labels, study_label_table)
 from .paths import is_shipped, resolve_data_path
 
 __all__ = ["CocoParts", "from_spec", "head_mask", "decode_segmentation", "coco_image_id",
@@ -276,7 +278,9 @@ class CocoParts(ConceptDataset):
         if unknown:
             raise DataFormatError(f"annotations name category id(s) {sorted(unknown)[:5]} that no "
                                   "`categories` entry defines")
-        self.text = self._read_coco_text(Path(coco_text)) if coco_text else None
+        #: the COCO-Text file read, if any (its content is part of the cache key)
+        self.coco_text = Path(coco_text).resolve() if coco_text else None
+        self.text = self._read_coco_text(self.coco_text) if coco_text else None
         self.ids = sorted(self.images)
         if limit is not None:
             self.ids = self.ids[: int(limit)]
@@ -407,6 +411,11 @@ class CocoParts(ConceptDataset):
         return str(self.ids[index])
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
+        """See :meth:`ConceptDataset.item`: ``labels=False`` decodes no segmentation; labels
+        come from the concept-set cache where it is attached."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         image_id = self.ids[index]
@@ -416,25 +425,58 @@ class CocoParts(ConceptDataset):
         if rgb.shape[:2] != (h, w):
             raise DataFormatError(f"COCO image {info['file_name']} is {rgb.shape[1]}x"
                                   f"{rgb.shape[0]}, the annotations say {w}x{h}")
+        out = {"image": (image_uint8 if raw_image else image_tensor)(rgb, self.image_size),
+               "id": str(image_id)}
+        if labels:
+            out.update(self.label_tensors(self.cached_labels(index)
+                                          or self.decode_labels(index)))
+        return out
+
+    # -- the concept-set cache (neuroprobe.concepts.cache) ----------------------------------
+    def decode_labels(self, index: int) -> dict:
+        """Item ``index``'s layers and instances decoded from its annotations (at the size
+        the annotations give) and resized to :attr:`mask_size`, and its fixations."""
+        image_id = self.ids[index]
+        info = self.images[image_id]
+        h, w = int(info["height"]), int(info["width"])
         layers, inst = self.masks_and_instances(image_id)
-        layers = resize_labels(layers, self.mask_size)
-        inst = resize_labels(inst, self.mask_size)
         fix = obs = None
         if self.fixations is not None:
             rec = self.fixations.get(image_id)
             if rec is None:
                 rec = self.fixations.get(info["file_name"])
-            fix, obs = fixation_tensors(rec, (h, w), self.image_size)
-        return {
-            "image": image_tensor(rgb, self.image_size),
-            "layers": torch.from_numpy(np.ascontiguousarray(layers)),
-            "instances": torch.from_numpy(np.ascontiguousarray(inst)),
-            "whole": torch.zeros(0, dtype=torch.int64),
-            "categories": torch.ones(len(self.categories), dtype=torch.bool),
-            "fixations": fix,
-            "observers": obs,
-            "id": str(image_id),
-        }
+            fix, obs = (t.numpy() for t in fixation_tensors(rec, (h, w), self.image_size))
+        return {"layers": resize_labels(layers, self.mask_size),
+                "instances": resize_labels(inst, self.mask_size),
+                "whole": np.zeros(0, np.int64),
+                "categories": np.ones(len(self.categories), bool),
+                "fixations": fix, "observers": obs}
+
+    def label_files(self, index: int) -> list:
+        """None: an item's labels are made of the annotation files alone (hashed into the
+        cache key, :meth:`cache_spec`), not of its image."""
+        return []
+
+    def cache_spec(self) -> dict:
+        """The contents of the annotation (and COCO-Text) files, the mapping, head and crowd
+        options, the fixations given and the sizes; not the files' paths."""
+        if getattr(self, "_spec", None) is None:   # hashed once per data set (MBs of json)
+            self._spec = self._cache_spec()
+        return self._spec
+
+    def _cache_spec(self) -> dict:
+        files = [Path(p) for p in self.annotation_files]
+        fix = None
+        if self.fixations is not None:
+            h = hashlib.sha256()
+            for image_id in self.ids:
+                info = self.images[image_id]
+                rec = self.fixations.get(image_id)
+                hash_fixations(h, self.fixations.get(info["file_name"]) if rec is None else rec)
+            fix = h.hexdigest()
+        return {"source": "coco-parts", "annotations": hash_files(files),
+                "coco_text": None if self.coco_text is None else hash_files([self.coco_text]),
+                "map": sorted(self._label_of.items()), "fixations": fix, **self.config()}
 
     def config(self) -> dict:
         out = super().config()

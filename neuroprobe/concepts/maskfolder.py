@@ -26,6 +26,7 @@ resizing, nearest-neighbour mask resizing, fixation scaling, data-folder resolut
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,7 @@ import torch
 from ..errors import ConceptSetError, DataFormatError
 from ..saliency.fixations import read_subjects_mat
 from .base import STUDY_CATEGORIES, ConceptDataset, Label, LabelTable
+from .cache import hash_fixations
 from .paths import resolve_data_path
 
 __all__ = ["MaskFolderDataset", "from_spec", "OSIE_SR", "study_label_table", "read_image",
@@ -337,29 +339,76 @@ class MaskFolderDataset(ConceptDataset):
         return self.items[index][0]
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, *, labels: bool = True, raw_image: bool = False) -> dict:
+        """See :meth:`ConceptDataset.item`: ``labels=False`` reads no mask; labels come from
+        the concept-set cache where it is attached."""
         if not 0 <= index < len(self):
             raise IndexError(index)
-        rgb, mask, img_path = self.raw(index)
-        hw = rgb.shape[:2]
-        layers = torch.from_numpy(np.ascontiguousarray(resize_labels(mask[None], self.mask_size)))
+        got = self.cached_labels(index) if labels else None
+        if labels and got is None:
+            rgb, mask, img_path = self.raw(index)
+            got = self._labels_of(index, mask, img_path, rgb.shape[:2])
+        else:
+            rgb = read_image(self._image_path(index))
+        out = {"image": (image_uint8 if raw_image else image_tensor)(rgb, self.image_size),
+               "id": self.items[index][0]}
+        if labels:
+            out.update(self.label_tensors(got))
+        return out
+
+    def _labels_of(self, index: int, mask: np.ndarray, img_path: Path, hw) -> dict:
+        """The label entries of item ``index`` from its native-size class ``mask``."""
         fix = obs = None
         if self.fixations is not None:
             rec = self.fixations.get(img_path.name) or self.fixations.get(self.items[index][0])
-            fix, obs = fixation_tensors(rec, hw, self.image_size)
-        out = {
-            "image": image_tensor(rgb, self.image_size),
-            "layers": layers,
-            "whole": torch.zeros(0, dtype=torch.int64),
-            "categories": torch.ones(len(self.categories), dtype=torch.bool),
-            "fixations": fix,
-            "observers": obs,
-            "id": self.items[index][0],
-        }
+            fix, obs = (t.numpy() for t in fixation_tensors(rec, hw, self.image_size))
+        out = {"layers": resize_labels(mask[None], self.mask_size),
+               "whole": np.zeros(0, np.int64), "categories": np.ones(len(self.categories), bool),
+               "fixations": fix, "observers": obs}
         inst = self._instance_map(index, mask.shape)
         if inst is not None:   # OSIE-SR / VOC instance masks: one region-NSS region each
-            out["instances"] = torch.from_numpy(np.ascontiguousarray(
-                resize_labels(np.where(mask > 0, inst, 0)[None], self.mask_size)))
+            out["instances"] = resize_labels(np.where(mask > 0, inst, 0)[None], self.mask_size)
         return out
+
+    def _image_path(self, index: int) -> Path:
+        stem, img, ann = self.items[index]
+        return img if self.format == "voc" else self._labelme_doc(ann)[1]
+
+    # -- the concept-set cache (neuroprobe.concepts.cache) ----------------------------------
+    def decode_labels(self, index: int) -> dict:
+        """Item ``index``'s labels from its mask (and instance) PNG or labelme file, checked
+        against its image as without the cache."""
+        rgb, mask, img_path = self.raw(index)
+        return self._labels_of(index, mask, img_path, rgb.shape[:2])
+
+    def label_files(self, index: int) -> list[Path]:
+        """The class mask (or labelme file), the instance mask's path (VOC; absent counts as
+        absent) and the image, whose size the masks are checked against and fixations scaled
+        from."""
+        stem, _, ann = self.items[index]
+        files = [ann] + ([self.objects_dir / f"{stem}.png"] if self.format == "voc" else [])
+        return files + [self._image_path(index)]
+
+    def replaced_files(self, index: int) -> list[Path]:
+        """The mask files (the image is read with or without the cache)."""
+        return self.label_files(index)[:-1]
+
+    def cache_spec(self) -> dict:
+        """Item names, label map, void values, the fixations (hashed) and the sizes; not the
+        folder's path."""
+        h = hashlib.sha256(repr([(stem, Path(a).name) for stem, _, a in self.items]).encode())
+        fix = None
+        if self.fixations is not None:
+            f = hashlib.sha256()
+            for key in sorted(self.fixations):
+                f.update(f"{key};".encode())
+                hash_fixations(f, self.fixations[key])
+            fix = f.hexdigest()
+        return {"source": "mask-folder", "items": h.hexdigest(),
+                "labels": self.labels.to_rows(), "void": list(self.void), "fixations": fix,
+                **{k: v for k, v in self.config().items() if k != "root"}}
 
     def _instance_map(self, index: int, shape) -> np.ndarray | None:
         """The native-size ``SegmentationObject`` map of item ``index`` (void values -> 0), or
