@@ -33,7 +33,7 @@ from .notebook import read_gallery, result_html
 from .results import LEGACY_TOP_IMAGES, SCORES, TOP_IMAGES
 
 __all__ = ["load_run", "Run", "ResultView", "MissingDependency", "typed_row", "model_spec",
-           "read_top_images"]
+           "read_top_images", "typed_cell"]
 
 #: ``units.csv`` / ``region_nss.csv`` columns that hold names, never numbers
 _TEXT = ("layer", "label", "category")
@@ -45,9 +45,12 @@ class MissingDependency(UserError, ImportError):
     """An optional library that a feature needs is not installed."""
 
 
-def _cell(key: str, value: str, where: str):
-    """One CSV cell, typed as the dissection wrote it (ints, floats written with ``repr``)."""
-    if key in _TEXT or key.endswith(("-label", "-category")) or not isinstance(value, str):
+def typed_cell(key: str, value, where: str | None = None, text=()):
+    """One CSV cell, typed as the dissection wrote it (ints, floats written with ``repr``);
+    empty cells are ``None``; name columns (and the keys in ``text``) stay strings.  With
+    ``where``, a cell of a number column that is not a number is refused, naming ``where``."""
+    if (key in _TEXT or key in text or key.endswith(("-label", "-category"))
+            or not isinstance(value, str)):
         return value
     if value == "":
         return None
@@ -56,15 +59,15 @@ def _cell(key: str, value: str, where: str):
             return kind(value)
         except ValueError:
             pass
-    if key in _STRICT:
+    if where is not None and key in _STRICT:
         raise DataFormatError(f"{where}: bad number {value!r} in column {key!r}",
                               hint="rerun `neuroprobe dissect` into this folder")
     return value
 
 
 def typed_row(row: dict, where: str = "units.csv") -> dict:
-    """A CSV row with its cells typed (see :func:`_cell`)."""
-    return {k: _cell(k, v, where) for k, v in row.items()}
+    """A CSV row with its cells typed (see :func:`typed_cell`)."""
+    return {k: typed_cell(k, v, where) for k, v in row.items()}
 
 
 def _table(path: Path, required=()) -> list[dict]:

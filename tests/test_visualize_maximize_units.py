@@ -136,7 +136,8 @@ def test_redirected_relu_values_and_gradients():
 def test_deterministic_and_model_left_as_found():
     model = _tiny().train()
     flags = [p.requires_grad for p in model.parameters()]
-    kw = dict(size=16, steps=5, objective="peak", thresholds=[0.1, 0.2], relu_redirect=True)
+    kw = {"size": 16, "steps": 5, "objective": "peak", "thresholds": [0.1, 0.2],
+          "relu_redirect": True}
     a = am.maximize_units(model, "relu2", [1, 2], seed=5, **kw)
     b = am.maximize_units(model, "relu2", [1, 2], seed=5, **kw)
     c = am.maximize_units(model, "relu2", [1, 2], seed=6, **kw)

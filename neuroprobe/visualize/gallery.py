@@ -42,7 +42,7 @@ import torch
 from ..engine.store import check_model
 from ..errors import UserError
 from ..notebook import gallery_html
-from ..run import load_run, read_top_images
+from ..run import load_run, read_top_images, typed_cell
 from ..run import model_spec as recorded_model_spec
 from ..utils import model_device
 
@@ -514,23 +514,12 @@ _TEXT_FIELDS = {"layer", "label", "category", "png", "attribution"}
 
 def _number(key: str, value):
     """A ``units.csv`` cell as JSON wants it: numbers as numbers, detector flags as booleans,
-    empty cells as null, names as strings."""
-    if (key == "detector" or key.endswith("-detector")) and isinstance(value, int):
-        return bool(value)   # load_run types the cells of units.csv
-    if not isinstance(value, str) or key in _TEXT_FIELDS or key.endswith(("-label",
-                                                                             "-category")):
-        return value
-    if value == "":
-        return None
-    if key == "detector" or key.endswith("-detector"):
-        if value in ("1", "True", "true", "0", "False", "false"):
-            return value in ("1", "True", "true")
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+    empty cells as null, names as strings (:func:`neuroprobe.run.typed_cell`)."""
+    flag = key == "detector" or key.endswith("-detector")
+    if flag and value in ("True", "true", "False", "false"):
+        return value in ("True", "true")
+    value = typed_cell(key, value, text=_TEXT_FIELDS)
+    return bool(value) if flag and isinstance(value, int) else value
 
 
 def _entry(row: dict, **fields) -> dict:
