@@ -11,7 +11,8 @@ each row's baseline is a bare forward+backward loop measured in the same run, in
   Baseline: 64 forward+backward steps of a batch of 22 images of 128 px through the demo model
   (the loop a fixed-length maximization of those units would run, without transforms).
   Target: <= 60 s on the 2-core machine.
-* ``gallery/resnet18-layer4-512``: ``neuroprobe gallery RUN --steps 0 --attribution gradient``
+* ``gallery/resnet18-layer4-512``: ``neuroprobe gallery RUN --steps 0`` (the default attribution,
+  ``auto``: on the CPU, 512 units are past the integrated-gradients budget, so input x gradient)
   for the 512 units of ``net.layer4`` of ``torchvision:resnet18?weights=none`` (seed 0) on a
   dissection of a generated Broden-format folder (:mod:`benchmarks.broden_data`, 224 px).
   Baseline: a forward+backward pass of 512 images of 224 px through the model, batch 32 (the
@@ -132,12 +133,13 @@ def _resnet(tmp: Path, quick: bool) -> list[dict]:
             "--root", str(root), "--layers", "net.layer4", "--out", str(run)], cache)
     units = ["--max-units", "64"] if quick else []
     wall, cpu, _ = _child(["-m", "neuroprobe", "--quiet", "gallery", str(run), "--steps", "0",
-                           "--attribution", "gradient", *units], cache)
-    count = len(json.loads((run / "gallery" / "gallery.json").read_text())["units"])
+                           *units], cache)
+    meta = json.loads((run / "gallery" / "gallery.json").read_text())
+    count, method = len(meta["units"]), meta["config"]["attribution"]
     base, _ = _loop(cache, model=RESNET, layer="net.layer4", size=224, images=count, batch=32,
                     steps=1)
     return [{"benchmark": "gallery/resnet18-layer4-512",
-             "config": f"neuroprobe gallery RUN --steps 0 --attribution gradient ({count} units "
+             "config": f"neuroprobe gallery RUN --steps 0 (attribution auto -> {method}; {count} units "
                        f"of resnet18 net.layer4, random weights seed 0, {n} Broden-format 224 px "
                        f"images, top-8); CPU time of the command {cpu:.0f} s; {_load()}",
              "value": wall, "unit": "s", "baseline": base, "ratio": wall / base,

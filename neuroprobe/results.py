@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -286,8 +287,14 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
     rows_max = max([len(v) for v in shown.values()] + [1])
     cols = min(len(layers), 3) or 1
     nrow = -(-len(layers) // cols) if layers else 1
-    height = 1.0 + nrow * (1.4 + 0.3 * max(rows_max, 4))
-    fig, axes = plt.subplots(nrow, cols, figsize=(4.4 * cols + 0.8, height), squeeze=False)
+    width = 4.4 * cols + 0.8
+    model, concepts = run_names(summary)
+    # the title wrapped to the figure's width (about 6.6 points a character at 11 points)
+    chars = max(20, int(width * 72 / 6.6))
+    head = textwrap.wrap(f"Detector units per concept: model {model}, concepts {concepts}",
+                         chars) + (textwrap.wrap(title, chars) if title else [])
+    height = 1.0 + 0.2 * max(0, len(head) - 2) + nrow * (1.4 + 0.3 * max(rows_max, 4))
+    fig, axes = plt.subplots(nrow, cols, figsize=(width, height), squeeze=False)
     spare: dict = {}
     used = {}
     for k, layer in enumerate(layers):
@@ -321,9 +328,7 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
         ax.tick_params(axis="x", labelsize=8)
     for k in range(len(layers), nrow * cols):
         axes[k // cols][k % cols].axis("off")
-    model, concepts = run_names(summary)
-    head = f"Detector units per concept: model {model}, concepts {concepts}"
-    fig.suptitle(head + (f"\n{title}" if title else ""), fontsize=11)
+    fig.suptitle("\n".join(head), fontsize=11)
     if used:
         fig.legend(handles=[Patch(color=c, label=k) for k, c in sorted(used.items())],
                    title="category", fontsize=9, title_fontsize=9, loc="lower center",

@@ -459,3 +459,25 @@ def test_concepts_figure_explains_itself():
         assert axes[2].texts[0].get_text() == "no detector units"
     finally:
         plt.close(fig)
+
+
+def test_concepts_figure_title_fits_a_one_layer_figure():
+    """A long model spec over a single narrow panel: the title wraps inside the figure instead
+    of running off both edges (seen in a gallery report of torchvision:resnet18?weights=none)."""
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.results import counts_figure
+
+    spec = "torchvision:resnet18?weights=none&seed=12345"
+    summary = {"config": {"model": {"spec": spec}, "concepts": {"name": "broden"}},
+               "detectors_per_concept": {"net.layer4": {"wheel": 2, "food": 1}},
+               "detectors": {"net.layer4": 3}, "units": {"net.layer4": 512}}
+    fig = counts_figure(summary, "netdissect mode, detectors: IoU >= 0.04")
+    try:
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+        text = fig._suptitle.get_text()
+        assert spec in text.replace("\n", " ") and text.count("\n") >= 2
+    finally:
+        plt.close(fig)

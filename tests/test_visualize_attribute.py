@@ -220,6 +220,22 @@ def test_new_methods_known_answers_on_a_linear_unit(images):
     torch.testing.assert_close(ggc, grad * cam)
 
 
+def test_input_x_gradient_is_the_input_times_its_gradient(images):
+    """Brute force on a ReLU network: x * d f_u(x) / dx with f_u the spatial mean of unit u,
+    which is also integrated gradients from 0 with one right-Riemann step."""
+    model = _relu_cnn().eval()
+    units = [1, 4]
+    ixg = at.attribute_units(model, model[2], units, images, method="input_x_gradient")
+    x = images.clone().requires_grad_(True)
+    out = model[:3](x)                      # the unit's layer, before its in-place ReLU
+    f = torch.stack([out[i, u].mean() for i, u in enumerate(units)])
+    (g,) = torch.autograd.grad(f.sum(), x)
+    torch.testing.assert_close(ixg, images * g)
+    ig1 = at.attribute_units(model, model[2], units, images, method="ig", n_steps=1)
+    assert not torch.allclose(ig1, ixg)     # Captum's default IG rule is Gauss-Legendre
+    assert at.is_signed("ixg") and at.method_label("ixg", short=True) == "in x grad"
+
+
 def _relu_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),

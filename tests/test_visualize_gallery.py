@@ -323,3 +323,30 @@ def test_cli_gallery_and_visualize(tmp_path, capsys):
     assert len(err) == 1 and "out of range" in err[0]
     assert main(["gallery", str(tmp_path / "nope")]) == 2
     assert "no units.csv" in capsys.readouterr().err
+
+
+def test_auto_attribution_is_integrated_gradients_while_affordable(tmp_path, monkeypatch, caplog):
+    """``auto``: integrated gradients on an accelerator or up to AUTO_IG_IMAGES interpolated
+    images on the CPU, input x gradient beyond; gallery.json records what was used."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    limit = G.AUTO_IG_IMAGES
+    assert G.choose_attribution("auto", limit // 16, 16, cpu) == "integrated_gradients"
+    assert G.choose_attribution("auto", limit // 16 + 1, 16, cpu) == "input_x_gradient"
+    assert G.choose_attribution("auto", 512, 16, cuda) == "integrated_gradients"
+    assert G.choose_attribution("ig", 512, 16, cpu) == "integrated_gradients"   # as asked
+    assert G.choose_attribution("none", 1, 16, cpu) == "none"
+    with pytest.raises(UserError, match="unknown attribution"):
+        G.choose_attribution("lime", 1, 16, cpu)
+    run = tmp_path / "run"
+    _write_run(run, [{"layer": "relu", "unit": u, "label": "square", "category": "object",
+                      "score": 0.4, "threshold": 0.1, "detector": 1} for u in (0, 1)])
+    monkeypatch.setattr(G, "AUTO_IG_IMAGES", 7)             # 2 units x 4 steps > 7
+    with caplog.at_level("INFO", logger="neuroprobe"):
+        res = G.make_gallery(run, model=_model(), dataset=Squares(6), top_k=2,
+                             maximize_steps=0, n_steps=4, tile=32, show_progress=False)
+    assert "input x gradient for 2 units" in caplog.text
+    meta = json.loads((res.out_dir / "gallery.json").read_text())
+    assert meta["config"]["attribution"] == "input_x_gradient"
+    assert meta["config"]["attribution_requested"] == "auto"
+    assert {u["attribution"] for u in meta["units"]} == {"input_x_gradient"}
+    assert "input x gradient" in res.report.read_text()

@@ -30,11 +30,14 @@ def register(subparsers) -> None:
                    "default 256)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="maximization image size (default: the concept set's image size)")
-    p.add_argument("--attribution", default="integrated_gradients",
-                   choices=["integrated_gradients", "ig", "gradient", "smoothgrad", "occlusion",
-                            "gradient_shap", "guided_gradcam", "none"],
-                   help="attribution map on each unit's top image, through Captum (default "
-                   "integrated_gradients; signed maps are drawn blue-white-red)")
+    p.add_argument("--attribution", default="auto",
+                   choices=["auto", "integrated_gradients", "ig", "gradient", "input_x_gradient",
+                            "smoothgrad", "occlusion", "gradient_shap", "guided_gradcam",
+                            "none"],
+                   help="attribution map on each unit's top image, through Captum (default auto: "
+                   "integrated gradients on a GPU or up to 1024 interpolated images (64 units "
+                   "at 16 steps), input_x_gradient beyond that on a CPU; signed maps are drawn "
+                   "blue-white-red)")
     p.add_argument("--ig-steps", type=positive_int, default=16, help="integrated-gradients steps")
     p.add_argument("--tile", type=positive_int, default=96, help="tile size in pixels (default 96)")
     add_batch_size(p, 32)

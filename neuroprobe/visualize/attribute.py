@@ -16,6 +16,10 @@ Methods (``method=``; :data:`METHODS`), each Captum's own implementation:
 
 * ``integrated_gradients`` (``ig``) -- Sundararajan et al. 2017;
 * ``gradient`` -- the plain (signed) input gradient, Simonyan et al. 2014;
+* ``input_x_gradient`` -- Captum's ``InputXGradient``: the input times its gradient
+  (Shrikumar et al. 2016, "Not Just a Black Box"), which is integrated gradients from a zero
+  baseline with a single right-Riemann step: the cheap signed method for galleries of hundreds
+  of units on a CPU (one backward pass per unit, against ``n_steps`` for integrated gradients);
 * ``smoothgrad`` -- ``NoiseTunnel`` over the gradient, averaged over noisy copies of the image
   (Smilkov et al. 2017, noise 15 % of the image's value range by default);
 * ``occlusion`` -- ``Occlusion``: the drop of the target when a square patch is replaced by the
@@ -56,8 +60,8 @@ __all__ = ["attribute_unit", "attribute_units", "attribute_output", "gradcam",
 
 Layer = Union[str, nn.Module]
 
-METHODS = ("integrated_gradients", "gradient", "smoothgrad", "occlusion", "gradient_shap",
-           "guided_gradcam")
+METHODS = ("integrated_gradients", "gradient", "input_x_gradient", "smoothgrad", "occlusion",
+           "gradient_shap", "guided_gradcam")
 _ALIASES = {"ig": "integrated_gradients", "integrated-gradients": "integrated_gradients",
             "integrated_gradients": "integrated_gradients", "grad": "gradient",
             "gradient": "gradient", "saliency": "gradient", "smoothgrad": "smoothgrad",
@@ -65,12 +69,15 @@ _ALIASES = {"ig": "integrated_gradients", "integrated-gradients": "integrated_gr
             "gradient_shap": "gradient_shap", "gradientshap": "gradient_shap",
             "gradient-shap": "gradient_shap", "shap": "gradient_shap",
             "guided_gradcam": "guided_gradcam", "guided-gradcam": "guided_gradcam",
-            "guided_grad_cam": "guided_gradcam"}
+            "guided_grad_cam": "guided_gradcam", "input_x_gradient": "input_x_gradient",
+            "input-x-gradient": "input_x_gradient", "inputxgradient": "input_x_gradient",
+            "ixg": "input_x_gradient"}
 _LABELS = {"integrated_gradients": "integrated gradients", "gradient": "gradient",
+           "input_x_gradient": "input x gradient",
            "smoothgrad": "SmoothGrad", "occlusion": "occlusion", "gradient_shap": "GradientSHAP",
            "guided_gradcam": "guided Grad-CAM", "gradcam": "Grad-CAM"}
-_SHORT = {"integrated_gradients": "IG", "gradient": "gradient", "smoothgrad": "SmoothGrad",
-          "occlusion": "occlusion", "gradient_shap": "GradSHAP", "guided_gradcam": "guided GC",
+_SHORT = {"integrated_gradients": "IG", "gradient": "gradient", "input_x_gradient": "in x grad",
+          "smoothgrad": "SmoothGrad", "occlusion": "occlusion", "gradient_shap": "GradSHAP", "guided_gradcam": "guided GC",
           "gradcam": "Grad-CAM"}
 
 #: colour map of signed attributions (blue negative, white zero, red positive)
@@ -237,8 +244,8 @@ def _run_method(method: str, f, x: torch.Tensor, *, target=None, extra=None, bas
     """One Captum method on forward function ``f`` (see the module docstring).  ``guided`` is
     ``(module, layer_module)`` for guided Grad-CAM.  Returns attributions, or
     ``(attributions, deltas)`` with ``return_delta`` (deltas None where the method has none)."""
-    from captum.attr import (GradientShap, GuidedGradCam, IntegratedGradients, NoiseTunnel,
-                             Occlusion, Saliency)
+    from captum.attr import (GradientShap, GuidedGradCam, InputXGradient, IntegratedGradients,
+                             NoiseTunnel, Occlusion, Saliency)
 
     opts = dict(options or {})
     seed = int(opts.get("seed", 0))
@@ -250,6 +257,9 @@ def _run_method(method: str, f, x: torch.Tensor, *, target=None, extra=None, bas
             return_convergence_delta=return_delta)
     if method == "gradient":
         attr = Saliency(f).attribute(x, target=target, abs=False, additional_forward_args=extra)
+    elif method == "input_x_gradient":
+        x = x.detach().requires_grad_(True)     # (Captum warns when it has to set the flag)
+        attr = InputXGradient(f).attribute(x, target=target, additional_forward_args=extra)
     elif method == "smoothgrad":
         spread = float(x.max() - x.min()) or 1.0
         with _seeded(x, seed):
