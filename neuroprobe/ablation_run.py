@@ -27,7 +27,7 @@ from .engine.store import check_model
 from .errors import UserError
 from .io import atomic_open, atomic_path, write_json, write_text
 from .models import load
-from .visualize.gallery import _reopen
+from .reopen import reopen
 
 __all__ = ["ablate_run", "write_ablation", "concept_units", "CONTROLS", "CSV_COLUMNS"]
 
@@ -67,7 +67,7 @@ def concept_units(run, concept: str, layer: str | None = None) -> tuple[str, lis
 
 def _open(run, model_spec, arch, trust, data, root, device):
 
-    model, dataset = _reopen(run.summary, model_spec, None, device, arch, trust)
+    model, dataset = reopen(run.summary, model_spec, None, device, arch, trust)
     check_model(run.summary, model, run.path)
     if data:
         dataset = open_concepts(data, **({"root": root} if root else {}))

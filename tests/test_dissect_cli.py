@@ -66,7 +66,7 @@ def test_run_folder_reopens_for_the_gallery(demo_run):
     import numpy as np
 
     from neuroprobe.run import read_top_images
-    from neuroprobe.visualize.gallery import _reopen
+    from neuroprobe.reopen import reopen
 
     code, out = demo_run
     summary = json.loads((out / "summary.json").read_text())
@@ -78,5 +78,5 @@ def test_run_folder_reopens_for_the_gallery(demo_run):
         assert v.shape == i.shape and v.shape[0] == summary["units"][layer]
         assert int(i.min()) >= 0 and int(i.max()) < 6
         assert np.all(v[:, :-1] >= v[:, 1:])   # best first
-    model, dataset = _reopen(summary, None, None, "cpu")
+    model, dataset = reopen(summary, None, None, "cpu")
     assert len(dataset) == 6 and tuple(dataset.image_size) == tuple(ccfg["image_size"])

@@ -41,9 +41,9 @@ import torch
 
 from ..engine.store import check_model
 from ..errors import UserError
+from ..reopen import reopen
 from ..notebook import gallery_html
 from ..run import load_run, read_top_images, typed_cell
-from ..run import model_spec as recorded_model_spec
 from ..utils import model_device
 
 log = logging.getLogger(__name__)
@@ -581,69 +581,6 @@ def _colour_map_note(attribution) -> str | None:
     return f"{at.CMAP_MAGNITUDE} (sequential: 0 to max); {how}"
 
 
-def _reopen(summary: dict, model_spec: str | None, concepts: str | None, device,
-            arch: str | None = None, trust: bool = False):
-    """Model and concept set of a run (from ``summary.json`` unless given)."""
-    from ..concepts import open_concepts
-    from ..models import load
-
-    device = device or "cpu"
-    cfg = summary.get("config", {})
-    minfo = cfg.get("model") or {}
-    spec = model_spec or recorded_model_spec(minfo)   # a relative path: the absolute one
-    if not spec:
-        raise UserError("summary.json does not name the model of this run",
-                        hint="pass --model PATH")
-    if spec.startswith("stand-in:") and not model_spec:
-        try:   # the dissect command's documented stand-in (random weights, fixed seed)
-            from ..models.standin import stand_in
-
-            model = stand_in()[0].to(device)
-        except (ImportError, AttributeError):
-            raise UserError(f"cannot rebuild the run's stand-in model {spec!r}",
-                            hint="pass --model PATH") from None
-    else:
-        model, _ = load(spec, arch=arch or (None if model_spec else minfo.get("arch")),
-                        trust=trust, device=device)
-    ccfg = cfg.get("concepts") or {}
-    name = concepts or ccfg.get("spec") or ccfg.get("path") or ccfg.get("name")
-    if not name:
-        raise UserError("summary.json does not name the concept set of this run",
-                        hint="pass --concepts NAME")
-    dataset = None
-    if not concepts:
-        overrides = {k: ccfg[k] for k in ("seed", "n", "image_size", "mask_size", "observers",
-                                          "root", "split") if ccfg.get(k) is not None}
-        try:
-            dataset = open_concepts(name, **overrides)
-        except UserError:
-            dataset = None
-    if dataset is None:
-        dataset = open_concepts(name)
-    n = ccfg.get("n")
-    if n is not None and len(dataset) > int(n):   # the run used the first n images
-        dataset = _Subset(dataset, int(n))
-    return model.eval(), dataset
-
-
-class _Subset(torch.utils.data.Dataset):
-    """The first ``n`` items of a concept dataset, keeping its attributes."""
-
-    def __init__(self, dataset, n: int):
-        self.dataset, self.n = dataset, n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.dataset[i]
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["dataset"], name)
-
-
 def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
                  detectors_only: bool = False, max_units: int | None = None, top_k: int = 8,
                  maximize_steps: int = 256, maximize_size: int | None = None,
@@ -691,7 +628,7 @@ def make_gallery(run_dir, out_dir=None, *, model=None, dataset=None, units=None,
     if not rows:
         raise UserError(f"no units to draw from {run}", hint="check --units / --detectors-only")
     if model is None or dataset is None:
-        m, d = _reopen(summary, model_spec, concepts, device, arch, trust)
+        m, d = reopen(summary, model_spec, concepts, device, arch, trust)
         if model is None:   # a model loaded by name must be the network the run dissected
             check_model(summary, m, run)
         model = model if model is not None else m
