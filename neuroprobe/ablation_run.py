@@ -28,6 +28,7 @@ from .errors import UserError
 from .io import atomic_open, atomic_path, write_json, write_text
 from .models import load
 from .reopen import reopen
+from .utils import wrap_to_figure
 
 __all__ = ["ablate_run", "write_ablation", "concept_units", "CONTROLS", "CSV_COLUMNS"]
 
@@ -219,10 +220,11 @@ def plot_ablation(result, info: dict, path) -> None:
     for k in range(len(measures), rows_n * cols):
         axes[k // cols][k % cols].axis("off")
     cfg = result.config
-    fig.suptitle(f"Ablation in {info.get('model')}: {info.get('concept') or 'given'} units, "
-                 f"layer {info.get('layer')}\n{cfg['mode']} ablation, {cfg['n_images']} images, "
-                 f"{int(cfg['level'] * 100)}% paired bootstrap intervals ({cfg['n_boot']} "
-                 "resamples)", fontsize=10)
+    fig.suptitle(wrap_to_figure(
+        fig, f"Ablation in {info.get('model')}: {info.get('concept') or 'given'} units, "
+        f"layer {info.get('layer')}\n{cfg['mode']} ablation, {cfg['n_images']} images, "
+        f"{int(cfg['level'] * 100)}% paired bootstrap intervals ({cfg['n_boot']} resamples)",
+        10), fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

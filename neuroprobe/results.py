@@ -289,8 +289,8 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
     nrow = -(-len(layers) // cols) if layers else 1
     width = 4.4 * cols + 0.8
     model, concepts = run_names(summary)
-    # the title wrapped to the figure's width (about 6.6 points a character at 11 points)
-    chars = max(20, int(width * 72 / 6.6))
+    # the title wrapped to the figure's width (about 0.6 em a character at 11 points)
+    chars = max(16, int((width - 0.5) * 72 / 6.6))
     head = textwrap.wrap(f"Detector units per concept: model {model}, concepts {concepts}",
                          chars) + (textwrap.wrap(title, chars) if title else [])
     height = 1.0 + 0.2 * max(0, len(head) - 2) + nrow * (1.4 + 0.3 * max(rows_max, 4))

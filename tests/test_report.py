@@ -188,3 +188,47 @@ def test_scores_figure_names_the_run_and_the_selection():
         assert all(float(t).is_integer() for t in right.get_xticks())
     finally:
         plt.close(fig)
+
+
+LONG_SPEC = ("/home/someone/experiments/checkpoints/saliency_finetune_all_lr1e-4/"
+             "epoch_020_val_nss_1.93.pt")
+
+
+def _inside(fig, text_artist) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(fig.canvas, "get_renderer"):    # a bare Figure
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    box = text_artist.get_window_extent(fig.canvas.get_renderer())
+    return 0 <= box.x0 and box.x1 <= fig.bbox.width
+
+
+def test_titles_naming_a_long_checkpoint_path_fit_their_figure():
+    """Figure titles name the model; a checkpoint path has no spaces to wrap at, so the title
+    is broken inside it rather than cut off at both edges of the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.utils import wrap_to_figure
+    from neuroprobe.visualize import attribute as at
+
+    for width in (3.0, 4.4, 9.0):
+        fig = plt.figure(figsize=(width, 3))
+        try:
+            text = f"Gallery units: model {LONG_SPEC}, concepts broden\nsecond line kept"
+            wrapped = wrap_to_figure(fig, text, 11)
+            assert wrapped.replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(
+                " ", "")
+            assert "\nsecond line kept" in wrapped
+            assert _inside(fig, fig.suptitle(wrapped, fontsize=11))
+            assert not _inside(fig, fig.suptitle(text, fontsize=11))   # the failure it fixes
+        finally:
+            plt.close(fig)
+    import torch
+
+    img, heat = torch.rand(3, 32, 32), torch.randn(32, 32)
+    fig = at.figure(img, heat, signed=True, method="IG", title=f"{LONG_SPEC}  layer4:7\nIG on x")
+    assert _inside(fig, fig.axes[0].title)

@@ -99,6 +99,7 @@ def _sheet(path, sheet, records, args) -> None:
     import matplotlib.pyplot as plt
 
     from ..io import atomic_path
+    from ..utils import wrap_to_figure
 
     cols = min(6, len(sheet))
     nrow = math.ceil(len(sheet) / cols)
@@ -112,8 +113,9 @@ def _sheet(path, sheet, records, args) -> None:
                                                                       "centre neuron")
             ax.set_title(f"{r['layer'].replace('$', chr(92) + '$')}:{r['unit']}\n"
                          f"{what} reached {r['activation']:.3g}", fontsize=8)
-    fig.suptitle(f"Activation maximization: model {args.model}, {args.steps} steps, "
-                 f"{args.param} parameterization, seed {args.seed}", fontsize=10)
+    fig.suptitle(wrap_to_figure(fig, f"Activation maximization: model {args.model}, "
+                                f"{args.steps} steps, {args.param} parameterization, seed "
+                                f"{args.seed}", 10), fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

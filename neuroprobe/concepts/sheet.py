@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_path
-from ..utils import progress, versions
+from ..utils import progress, versions, wrap_to_figure
 
 # a qualitative palette (tab20-like), indexed by label order in the sheet
 _PALETTE = np.array([
@@ -143,8 +143,9 @@ def sheet_figure(dataset, n: int = 8, columns: int = 2, start: int = 0):
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=per * columns, fontsize=8,
                    frameon=False, title=_key_title(label_ids, observers), title_fontsize=8)
-    fig.suptitle(f"{dataset.config().get('name', 'concept set')}: {n} "
-                 f"image{'s' if n != 1 else ''} from #{start}", fontsize=10)
+    fig.suptitle(wrap_to_figure(fig, f"{dataset.config().get('name', 'concept set')}: {n} "
+                                f"image{'s' if n != 1 else ''} from #{start}", 10),
+                 fontsize=10)
     return fig, n
 
 

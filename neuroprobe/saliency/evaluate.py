@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_open, atomic_path, write_json, write_text
-from ..utils import model_device, progress, resolve_device, versions
+from ..utils import model_device, progress, resolve_device, versions, wrap_to_figure
 from . import classical
 from ._workspace import Workspace
 from .data import centre_prior, inter_observer
@@ -299,8 +299,8 @@ def plot_summary(summary: list[dict], metrics, path, title: str = "") -> None:
     for k in range(len(metrics), nrow * cols):
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(fontsize=7, title="protocol", title_fontsize=7)
-    fig.suptitle((f"{title}: " if title else "") + "mean per image with 95% intervals",
-                 fontsize=10)
+    fig.suptitle(wrap_to_figure(fig, (f"{title}: " if title else "")
+                                + "mean per image with 95% intervals", 10), fontsize=10)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")

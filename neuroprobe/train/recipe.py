@@ -55,7 +55,7 @@ from ..models.checkpoint import save
 from ..models.encoders import build_encoder, encoder_info, encoder_state_for, load_state_strict
 from ..saliency.metrics import (evaluate_batch, gaussian_density, ground_truths,
                                 metric_title, mit_sigma)
-from ..utils import model_device, progress, versions
+from ..utils import model_device, progress, versions, wrap_to_figure
 from . import losses as L
 from .data import load_task_data
 
@@ -480,7 +480,7 @@ def plot_curve(history: list[dict], path: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     for k in range(len(panels), nrow * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap_to_figure(fig, title, 10), fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -50,7 +50,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..hooks import Recorder, resolve_layers
-from ..utils import model_device
+from ..utils import model_device, wrap_to_figure
 
 __all__ = ["attribute_unit", "attribute_units", "attribute_output", "gradcam",
            "unit_function", "output_function", "completeness_delta", "attribution_map",
@@ -673,7 +673,7 @@ def figure(image, heat, *, signed: bool, title: str = "", method: str = "",
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(overlay(img, h, signed=signed, percentile=percentile))
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap_to_figure(fig, title, 9), fontsize=9)
     norm = Normalize(-top, top) if signed else Normalize(0.0, top)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=matplotlib.colormaps[cmap]), ax=ax,
                        orientation="horizontal", fraction=0.06, pad=0.03, extend="both"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import atomic_path, write_text
+from ..utils import wrap_to_figure
 
 __all__ = ["write_report", "render_html", "summary_plot", "scores_figure"]
 
@@ -321,8 +322,9 @@ def scores_figure(entries: list[dict], score_name: str = "IoU", summary: dict | 
         axes[1].legend(handles=[Patch(color=c, label=k) for k, c in sorted(used.items())],
                        title="category", fontsize=8, title_fontsize=8, loc="lower right")
     model, concepts = run_names(summary or {})
-    fig.suptitle(f"Gallery units: model {tex(model)}, concepts {tex(concepts)}, layers "
-                 f"{tex(', '.join(layers)) or '-'}", fontsize=11)
+    fig.suptitle(wrap_to_figure(fig, f"Gallery units: model {tex(model)}, concepts "
+                                f"{tex(concepts)}, layers {tex(', '.join(layers)) or '-'}", 11),
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
