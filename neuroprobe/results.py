@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_open, atomic_path, write_json
+from .utils import wrap_to_figure
 
 __all__ = ["score_iou", "score_nss", "summarise", "write_results", "TIE_RULES",
            "nss_definition", "write_npz", "write_top_images", "write_scores", "TOP_IMAGES",
@@ -282,6 +283,8 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
 
     per = summary["detectors_per_concept"]
     layers = list(per)
+    if layers and not any(per.values()):
+        return _no_detectors_figure(summary, title, plt)
     cat_of = {r["label"]: r["category"] for r in (units or []) if r.get("detector")}
     shown = {layer: list(per[layer].items())[:max_concepts] for layer in layers}
     rows_max = max([len(v) for v in shown.values()] + [1])
@@ -334,6 +337,25 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
                    title="category", fontsize=9, title_fontsize=9, loc="lower center",
                    ncol=min(6, len(used)), frameon=False)
     fig.tight_layout(rect=(0, 0.55 / height if used else 0, 1, 1))
+    return fig
+
+
+def _no_detectors_figure(summary: dict, title: str, plt):
+    """``concepts.png`` of a run without any detector unit: one short figure that says so per
+    layer, instead of a row of empty axes."""
+    model, concepts = run_names(summary)
+    layers = list(summary["detectors_per_concept"])
+    lines = ["no detector units in any layer"] + [
+        f"{layer}: 0 of {summary['units'].get(layer, '?')} units" for layer in layers]
+    fig = plt.figure(figsize=(6.4, 1.0))
+    head = wrap_to_figure(fig, f"Detector units per concept: model {model}, concepts "
+                          f"{concepts}" + (f"\n{title}" if title else ""), 11)
+    top = 0.15 + 0.22 * (head.count("\n") + 1)          # inches taken by the title
+    height = top + 0.25 + 0.26 * len(lines)
+    fig.set_size_inches(6.4, height)
+    fig.suptitle(head, fontsize=11, y=1 - 0.08 / height)
+    fig.text(0.5, 1 - (top + 0.15) / height, "\n".join(lines).replace("$", r"\$"),
+             ha="center", va="top", fontsize=10, linespacing=1.5)
     return fig
 
 

@@ -481,3 +481,23 @@ def test_concepts_figure_title_fits_a_one_layer_figure():
         assert spec in text.replace("\n", " ") and text.count("\n") >= 2
     finally:
         plt.close(fig)
+
+
+def test_concepts_figure_without_any_detector_is_one_short_message():
+    """No detector in any layer: no row of empty axes, one line per layer saying so."""
+    import matplotlib.pyplot as plt
+
+    from neuroprobe.results import counts_figure
+
+    summary = {"config": {"model": {"spec": "demo"}, "concepts": {"name": "eyecrowd"}},
+               "detectors_per_concept": {"layer1": {}, "layer2": {}, "layer3": {}},
+               "detectors": {"layer1": 0, "layer2": 0, "layer3": 0},
+               "units": {"layer1": 16, "layer2": 32, "layer3": 64}}
+    fig = counts_figure(summary, "netdissect mode")
+    try:
+        assert fig.axes == [] and fig.get_figheight() < 3
+        text = fig.texts[-1].get_text()
+        assert "no detector units in any layer" in text and "layer3: 0 of 64 units" in text
+        assert "demo" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)

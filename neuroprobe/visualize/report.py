@@ -315,6 +315,8 @@ def scores_figure(entries: list[dict], score_name: str = "IoU", summary: dict | 
         axes[1].barh(range(len(counts)), [c for _, c in counts][::-1], color=colours[::-1])
         axes[1].set_yticks(range(len(counts)))
         axes[1].set_yticklabels([tex(n) for n, _ in counts][::-1], fontsize=9)
+        # room for at least 8 bars, so that one or two labels are bars, not blocks
+        axes[1].set_ylim(len(counts) - 0.5 - max(8, len(counts)), len(counts) - 0.5)
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("drawn units whose best label it is", fontsize=10)
     axes[1].set_title("most frequent unit labels", fontsize=10)
