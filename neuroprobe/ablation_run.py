@@ -28,7 +28,7 @@ from .errors import UserError
 from .io import atomic_open, atomic_path, write_json, write_text
 from .models import load
 from .reopen import reopen
-from .utils import wrap_to_figure
+from .figures import wrap_to_figure
 
 __all__ = ["ablate_run", "write_ablation", "concept_units", "CONTROLS", "CSV_COLUMNS"]
 

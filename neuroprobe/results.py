@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figures import wrap_to_figure
 from .io import atomic_open, atomic_path, write_json
-from .utils import wrap_to_figure
 
 __all__ = ["score_iou", "score_nss", "summarise", "write_results", "TIE_RULES",
            "nss_definition", "write_npz", "write_top_images", "write_scores", "TOP_IMAGES",
@@ -343,6 +343,7 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
 def _no_detectors_figure(summary: dict, title: str, plt):
     """``concepts.png`` of a run without any detector unit: one short figure that says so per
     layer, instead of a row of empty axes."""
+
     model, concepts = run_names(summary)
     layers = list(summary["detectors_per_concept"])
     lines = ["no detector units in any layer"] + [

@@ -7,7 +7,6 @@ import functools
 import logging
 import platform
 import sys
-import textwrap
 from importlib import metadata
 
 from . import __version__
@@ -200,14 +199,3 @@ def release_heap(min_free: int = 0) -> bool:
             return False
     trim(0)
     return True
-
-
-def wrap_to_figure(fig, text: str, fontsize: float) -> str:
-    """``text`` broken into lines that fit the width of matplotlib figure ``fig`` at
-    ``fontsize`` points (about 0.6 em a character, a quarter inch of margin each side; words
-    longer than a line, such as checkpoint paths, are broken too).  Lines already in ``text``
-    are kept.  For figure titles that name models and concept sets."""
-    chars = max(16, int((fig.get_figwidth() - 0.5) * 72 / (0.6 * fontsize)))
-    return "\n".join(line for para in str(text).split("\n")
-                     for line in (textwrap.wrap(para, chars) or [""]))
-

@@ -212,7 +212,7 @@ def test_titles_naming_a_long_checkpoint_path_fit_their_figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from neuroprobe.utils import wrap_to_figure
+    from neuroprobe.figures import wrap_to_figure
     from neuroprobe.visualize import attribute as at
 
     for width in (3.0, 4.4, 9.0):

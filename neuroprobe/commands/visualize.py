@@ -99,7 +99,7 @@ def _sheet(path, sheet, records, args) -> None:
     import matplotlib.pyplot as plt
 
     from ..io import atomic_path
-    from ..utils import wrap_to_figure
+    from ..figures import wrap_to_figure
 
     cols = min(6, len(sheet))
     nrow = math.ceil(len(sheet) / cols)

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_path
-from ..utils import progress, versions, wrap_to_figure
+from ..figures import wrap_to_figure
+from ..utils import progress, versions
 
 # a qualitative palette (tab20-like), indexed by label order in the sheet
 _PALETTE = np.array([

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_open, atomic_path, write_json, write_text
-from ..utils import model_device, progress, resolve_device, versions, wrap_to_figure
+from ..figures import wrap_to_figure
+from ..utils import model_device, progress, resolve_device, versions
 from . import classical
 from ._workspace import Workspace
 from .data import centre_prior, inter_observer

@@ -55,7 +55,8 @@ from ..models.checkpoint import save
 from ..models.encoders import build_encoder, encoder_info, encoder_state_for, load_state_strict
 from ..saliency.metrics import (evaluate_batch, gaussian_density, ground_truths,
                                 metric_title, mit_sigma)
-from ..utils import model_device, progress, versions, wrap_to_figure
+from ..figures import wrap_to_figure
+from ..utils import model_device, progress, versions
 from . import losses as L
 from .data import load_task_data
 

@@ -50,7 +50,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..hooks import Recorder, resolve_layers
-from ..utils import model_device, wrap_to_figure
+from ..figures import wrap_to_figure
+from ..utils import model_device
 
 __all__ = ["attribute_unit", "attribute_units", "attribute_output", "gradcam",
            "unit_function", "output_function", "completeness_delta", "attribution_map",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import atomic_path, write_text
-from ..utils import wrap_to_figure
+from ..figures import wrap_to_figure
 
 __all__ = ["write_report", "render_html", "summary_plot", "scores_figure"]
 
