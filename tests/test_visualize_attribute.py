@@ -323,3 +323,24 @@ def test_overlay_colours_signed_and_magnitude(images):
     assert at.is_signed("ig") and at.is_signed("occlusion") and not at.is_signed("gradcam")
     bar = at.colorbar_strip(20, 3, signed=True)
     assert bar.shape == (3, 20, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
+
+
+def test_methods_run_without_captum_warnings(images):
+    """Nothing for a user to act on reaches the terminal: the inputs carry requires_grad
+    before Captum sees them, and guided Grad-CAM's notice about its ReLU hooks is dropped."""
+    import warnings
+
+    model = _relu_cnn().eval()
+    opts = {"samples": 2, "window": 4, "stride": 4}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for method in at.METHODS:
+            at.attribute_units(model, model[2], [1, 4], images, method=method, n_steps=2,
+                               options=opts)
+            at.attribute_output(model, images, target=2, method=method, n_steps=2,
+                                options=opts)
+        for method in ("gradient", "integrated_gradients"):   # Captum's Neuron* classes
+            at.attribute_unit(model, model[2], 1, images, method=method, n_steps=2)
+            at.attribute_unit(model, model[2], 1, images, method=method, n_steps=2,
+                              position=(3, 3))
+    assert [str(w.message) for w in caught] == []

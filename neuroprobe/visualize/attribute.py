@@ -41,6 +41,7 @@ the model at once (the memory knob).  :func:`overlay` draws a map over an image.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Sequence, Union
 
@@ -251,6 +252,8 @@ def _run_method(method: str, f, x: torch.Tensor, *, target=None, extra=None, bas
     opts = dict(options or {})
     seed = int(opts.get("seed", 0))
     delta = None
+    if method in ("gradient", "input_x_gradient", "guided_gradcam"):
+        x = x.detach().requires_grad_(True)     # (Captum warns when it has to set the flag)
     if method == "integrated_gradients":
         return IntegratedGradients(f).attribute(
             x, baselines=_baselines(x, baselines), target=target, additional_forward_args=extra,
@@ -259,7 +262,6 @@ def _run_method(method: str, f, x: torch.Tensor, *, target=None, extra=None, bas
     if method == "gradient":
         attr = Saliency(f).attribute(x, target=target, abs=False, additional_forward_args=extra)
     elif method == "input_x_gradient":
-        x = x.detach().requires_grad_(True)     # (Captum warns when it has to set the flag)
         attr = InputXGradient(f).attribute(x, target=target, additional_forward_args=extra)
     elif method == "smoothgrad":
         spread = float(x.max() - x.min()) or 1.0
@@ -287,7 +289,9 @@ def _run_method(method: str, f, x: torch.Tensor, *, target=None, extra=None, bas
         attr, delta = out if return_delta else (out, None)
     elif method == "guided_gradcam":
         module, layer_module = guided
-        with _no_inplace_relu(module):
+        with _no_inplace_relu(module), warnings.catch_warnings():
+            # Captum announces the ReLU hooks it sets and removes again; nothing to act on
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
             attr = GuidedGradCam(module, layer_module).attribute(
                 x, target=target, additional_forward_args=extra, interpolate_mode="bilinear")
     else:  # pragma: no cover - _method() guards
@@ -384,7 +388,8 @@ def attribute_unit(model: nn.Module, layer: Layer, unit: int, images: torch.Tens
         else:
             selector = (int(unit), int(position[0]), int(position[1]))
         if method == "gradient":
-            return NeuronGradient(model, module).attribute(x, selector)
+            return NeuronGradient(model, module).attribute(x.detach().requires_grad_(True),
+                                                           selector)
         return NeuronIntegratedGradients(model, module).attribute(
             x, selector, baselines=_baselines(x, baselines), n_steps=n_steps,
             internal_batch_size=internal_batch_size)
