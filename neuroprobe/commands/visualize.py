@@ -40,8 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--image", action="append", default=[],
                    help="an image file to attribute each unit on (repeatable)")
     p.add_argument("--attribution", choices=["integrated_gradients", "ig", "gradient",
-                                             "smoothgrad", "occlusion", "gradient_shap",
-                                             "guided_gradcam", "gradcam"],
+                                             "input_x_gradient", "smoothgrad", "occlusion",
+                                             "gradient_shap", "guided_gradcam", "gradcam"],
                    default="integrated_gradients",
                    help="attribution method, through Captum (default integrated_gradients); "
                    "signed maps are drawn blue (-) / red (+), Grad-CAM in a sequential map")
