@@ -21,6 +21,11 @@ Usage (on the GPU machine, from the repository root)::
    - ``dissect`` end to end on ``--n`` images (both passes, per-pass seconds), and on ``n/4``
      images first (warm-up, and the memory figures at two data sizes);
    - the IoU tally alone on real layer4 maps and masks, images/s.
+4. Gallery (issue 16): ``neuroprobe dissect`` of ResNet-18 (random weights, seed 0) ``net.layer4``
+   on ``--gallery-images`` of the distinct images, then ``neuroprobe gallery RUN`` with its
+   defaults (all 512 units, maximization until each unit's threshold with the 256-step budget,
+   integrated gradients on the GPU), timed as a fresh command; also how many units reached
+   their threshold.  Target: <= 5 minutes.  ``--skip-gallery`` leaves it out.
 Each step's figures are written to ``--out`` as soon as they exist, so a run cut short by the
 time limit still returns what it measured.
 """
@@ -323,6 +328,32 @@ class _Report(dict):
             os.replace(tmp, self.path)
 
 
+def _gallery(root: Path, device, report, quick: bool) -> None:
+    """Step 4: the 512-unit ResNet-18 layer4 gallery with maximization, as commands."""
+    run = root.parent / "gallery-run"
+    model = "torchvision:resnet18?weights=none&seed=0"
+    base = [sys.executable, "-m", "neuroprobe", "--quiet", "--device", device]
+    images = report["gallery_images"]
+    t0 = time.perf_counter()
+    subprocess.run([*base, "dissect", "--model", model, "--concepts", "broden", "--root",
+                    str(root), "--layers", LAYER, "--limit",
+                    str(images), "--out", str(run)], check=True)
+    dissect_s = time.perf_counter() - t0
+    extra = ["--max-units", "8", "--steps", "16"] if quick else []
+    t0 = time.perf_counter()
+    subprocess.run([*base, "gallery", str(run), *extra], check=True)
+    seconds = time.perf_counter() - t0
+    units = json.loads((run / "gallery" / "gallery.json").read_text())
+    rows = units["units"]
+    report["gallery"] = {
+        "command": "neuroprobe gallery RUN" + (" " + " ".join(extra) if extra else ""),
+        "dissect_s": dissect_s, "seconds": seconds, "units": len(rows),
+        "reached_threshold": sum(bool(r.get("reached_threshold")) for r in rows),
+        "max_steps_used": max((r.get("maximization_steps") or 0) for r in rows),
+        "attribution": units["config"]["attribution"], "target_s": 300}
+    report.save()
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -339,6 +370,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--keep-data", default=None, help="move the generated Broden folder here")
+    p.add_argument("--skip-gallery", action="store_true")
+    p.add_argument("--gallery-images", type=int, default=2000,
+                   help="images dissected for the gallery step (default 2000)")
     args = p.parse_args(argv)
     if args.child:
         _child(json.loads(args.child))
@@ -348,12 +382,14 @@ def main(argv=None) -> int:
         args.workers = default_workers(device)
     if args.quick:
         args.n, args.distinct, args.batch, args.workers = 96, 48, 16, 1
+        args.gallery_images = 48
     os.environ.setdefault("NEUROPROBE_QUIET", "1")
     report = _Report(args.out)
     report.update({"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                    "torch": torch.__version__, "cuda": torch.version.cuda,
                    "cpu_cores": os.cpu_count(), "n": args.n, "distinct": args.distinct,
-                   "batch": args.batch, "workers": args.workers, "amp": not args.no_amp})
+                   "batch": args.batch, "workers": args.workers, "amp": not args.no_amp,
+                   "gallery_images": min(args.gallery_images, args.distinct)})
     tmp = Path(tempfile.mkdtemp(prefix="neuroprobe-gpu-"))
     t_all = time.perf_counter()
     try:
@@ -368,6 +404,8 @@ def main(argv=None) -> int:
             report.save()
         _timing(root, device, not args.no_amp and device == "cuda", args.batch, args.workers,
                 report)
+        if not args.skip_gallery:
+            _gallery(tmp / "distinct", device, report, args.quick)
     finally:
         if args.keep_data and (tmp / "full").is_dir():
             shutil.move(str(tmp), args.keep_data)
