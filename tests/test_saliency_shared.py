@@ -146,3 +146,18 @@ def test_block_sum_equals_the_whole_array_reduction():
         a, b = rng.random(n), rng.random(n)
         got = block_sum(lambda x, y, w: np.multiply(x, y, out=w).sum(), a, b)
         assert got == pytest.approx(float(a @ b), rel=1e-14)
+
+
+def test_group_sum_adds_each_groups_rows_in_order():
+    from neuroprobe.saliency.groundtruth import _group_sum
+
+    rng = np.random.default_rng(4)
+    k = rng.random((20, 7))
+    at = rng.integers(0, 20, 25)
+    group = rng.integers(0, 5, 25)
+    group[:5] = np.arange(5)  # every group non-empty
+    for w in (np.ones(25), rng.random(25) * 3):
+        ref = np.zeros((5, 7))
+        for i in range(25):
+            ref[group[i]] += w[i] * k[at[i]]
+        assert np.allclose(_group_sum(k, at, w, group), ref, rtol=1e-15, atol=0)
