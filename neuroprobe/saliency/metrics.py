@@ -63,6 +63,7 @@ from ._maps import (
     prepare,
     resize,
 )
+from ._ranks import PartialSort, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
 from .groundtruth import (  # noqa: F401
@@ -175,7 +176,7 @@ def metric_rng(seed, protocol: str, metric: str) -> np.random.Generator:
 # protocol name, and the shared options; the public functions below document them.
 def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     flat = sm.flat
-    srt = sm.sorted  # one sort of the map serves both protocols
+    srt = _judd_ranks(sm, (gt,), (protocol,))  # sorted map, or the part of it that is read
     if protocol == "exact":
         return auc_exact_sorted(flat[gt.flat], srt)
     # MIT: the map plus a uniform jitter in [0, 1e-7], thresholds at the jittered values of the
@@ -189,11 +190,44 @@ def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     jitter = _jitter(_rng(rng), srt, fixed, sm.scratch)
     jit_at = fixed + jitter[_sorted_positions(srt, fixed)] / 1e7
     th = np.sort(jit_at)[::-1]  # descending, i = 1..k
+    if isinstance(jitter, np.ndarray) and isinstance(srt, PartialSort):
+        srt = sm.sorted  # all jitters drawn: the count may need the whole sorted map
     ge = _count_jittered_ge(srt, jitter, th)
     i = np.arange(1, k + 1)
     tp = np.concatenate([[0.0], i / k, [1.0]])
     fp = np.concatenate([[0.0], (ge - i) / (n - k), [1.0]])
     return float(trapz(fp, tp))
+
+
+def _judd_bands(fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the mit AUC-Judd reads the sorted map around fixated values (see :func:`_jitter`;
+    the same expressions, so the same edges)."""
+    pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
+    return fixed - (2.5e-7 + pad), fixed + (1.5e-7 + pad)
+
+
+def _judd_ranks(sm: Map, gts, protocols):
+    """The sorted map as AUC-Judd reads it, built once per prepared map for the ground truths
+    of every protocol given: a :class:`~._ranks.PartialSort` over the fixated values (and the
+    mit bands around them) where the map allows, else the full sort."""
+    def make():
+        if not sm.lo >= 0 or "sorted" in sm._c:
+            return None
+        los, his = [], []
+        for g, p in zip(gts, protocols):
+            if p == "exact":
+                v = sm.flat[g.flat]
+                los.append(v)
+                his.append(v)
+            else:
+                a, b = _judd_bands(sm.flat[g.unique_flat])
+                los.append(a)
+                his.append(b)
+        return partial_sort(sm.flat, sm.hi, np.concatenate(los), np.concatenate(his),
+                            sm.scratch)
+
+    part = sm.get("judd_ranks", make)
+    return sm.sorted if part is None else part
 
 
 def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -205,7 +239,7 @@ def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
     v = values[order]
     rank = np.arange(len(v)) - np.searchsorted(v, v, side="left")  # among equal fixated values
     pos = np.empty(len(v), dtype=np.int64)
-    pos[order] = np.searchsorted(srt, v, side="left") + rank
+    pos[order] = srt.searchsorted(v, side="left") + rank
     return pos
 
 
@@ -251,9 +285,9 @@ def _jitter(rng: np.random.Generator, srt: np.ndarray, fixed: np.ndarray, out: n
     """
     n = srt.size
     if type(rng.bit_generator) is np.random.PCG64 and len(fixed):
-        pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
-        lo = np.searchsorted(srt, fixed - (2.5e-7 + pad), side="left")
-        hi = np.searchsorted(srt, fixed + (1.5e-7 + pad), side="right")
+        a, b = _judd_bands(fixed)
+        lo = srt.searchsorted(a, side="left")
+        hi = srt.searchsorted(b, side="right")
         order = np.argsort(lo, kind="stable")
         lo, hi = lo[order], np.maximum.accumulate(hi[order])
         # merge runs that overlap or lie within 1024 positions (drawing is cheaper than a skip)
@@ -276,8 +310,8 @@ def _count_jittered_ge(srt: np.ndarray, jitter, th: np.ndarray) -> np.ndarray:
     """
     n = srt.size
     lower = th - (2e-7 + 4 * np.spacing(np.abs(th)))
-    hi = np.searchsorted(srt, th, side="left")
-    lo = np.searchsorted(srt, lower, side="left")
+    hi = srt.searchsorted(th, side="left")
+    lo = srt.searchsorted(lower, side="left")
     lengths = hi - lo
     total = int(lengths.sum())
     if total > n // 4 + 4096 and isinstance(jitter, np.ndarray):
@@ -739,10 +773,13 @@ def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS
         try:
             for p in protocols:
                 g = gt.at(p)
-                sm = prepare(saliency, g, p, prepared, sort="auc_judd" in metrics, ws=workspace)
+                sm = prepare(saliency, g, p, prepared, ws=workspace)
                 if sm is None or len(g) == 0:
                     out[p] = dict(nan)
                     continue
+                if "auc_judd" in metrics and sm.map.shape == saliency.shape:
+                    # one histogram of the map answers AUC-Judd's ranks in every protocol
+                    _judd_ranks(sm, [gt.at(q) for q in protocols], protocols)
                 oth = other.get(p) if isinstance(other, dict) else other
                 out[p] = {m: _FUNCS[m](sm, g, p, baseline=baseline, other=oth,
                                        rng=_stream(base, p, m) if m in RANDOM_STREAMS else None,
