@@ -4,7 +4,7 @@
 metric in both protocols (``evaluate_batch``, seed 0) for the first ``n`` OSIE fixation sets
 (synthetic ones without the data) with several maps per image: three classical maps of OSIE
 stimuli, one with negative values, one with heavy ties (64 levels), a constant one, one with a
-maximum below 1e-77 and one with signed zeros.  The ref's ``neuroprobe`` package is taken from
+maximum of 1e-305 and one with signed zeros.  The ref's ``neuroprobe`` package is taken from
 git (``git archive``) and run in a child process, as is this tree's; the table gives the largest
 absolute difference per metric (AUCs must be 0, the rest below 1e-12).  Also times both
 (process CPU seconds, same machine, one after the other).
@@ -36,7 +36,7 @@ m = maps[0]
 lo = m - 0.3 * m.max()
 ties = np.round(maps[1] / maps[1].max() * 63)
 const = np.full_like(m, 0.25)
-tiny = m / m.max() * 1e-80
+tiny = m / m.max() * 1e-305
 signed = np.where(np.arange(m.size).reshape(m.shape) % 3 == 0, -0.0, m)
 signed[m < np.quantile(m, 0.4)] = 0.0
 all_maps = [maps[0], maps[1], maps[2], lo, ties, const, tiny, signed]

@@ -79,7 +79,7 @@ def partial_sort(flat: np.ndarray, hi: float, lo_edges: np.ndarray, hi_edges: np
     n = flat.size
     base = (int(np.float64(hi).view(np.int64)) >> SHIFT) - (N_BUCKETS - 1)
     if base <= 0:
-        # a maximum below about 1e-77: 0.0 would not share bucket 0 with -0.0 and the negatives
+        # a maximum below about 1e-303: 0.0 would not share bucket 0 with -0.0 and the negatives
         return None
     b = work.view(np.int64)
     np.right_shift(flat.view(np.int64), SHIFT, out=b)
