@@ -211,7 +211,7 @@ def _judd_ranks(sm: Map, gts, protocols):
     of every protocol given: a :class:`~._ranks.PartialSort` over the fixated values (and the
     mit bands around them) where the map allows, else the full sort."""
     def make():
-        if not sm.lo >= 0 or "sorted" in sm._c:
+        if not sm.lo >= 0 or sm.constant or "sorted" in sm._c:
             return None
         los, his = [], []
         for g, p in zip(gts, protocols):
