@@ -37,9 +37,10 @@ warning.  Coordinates are 0-based pixels with pixel centres at integers
 Layout and speed: the ground truth (fixations as pixels, the blurred densities) is
 :mod:`neuroprobe.saliency.groundtruth`, built once per image and shared by every metric,
 protocol and model (:class:`GroundTruth`); the ROC areas are ``neuroprobe.saliency._roc`` (one
-sort and binary searches, no threshold loops); the prepared map (extremes, moments,
-distributions, sorted values, each computed once and shared by the protocols) is
-``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
+sort and binary searches, no threshold loops; AUC-Judd reads the sorted map only near the
+fixated values, which ``neuroprobe.saliency._ranks`` finds from a histogram of the map without
+sorting it all); the prepared map (extremes, moments, distributions, AUC-Judd's ranks, each
+computed once and shared by the protocols) is ``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
 (:func:`blas_single_thread`).  Results equal a literal implementation to about 1e-14 (the tests
 compare with brute-force and MATLAB-loop references).
 """
@@ -798,8 +799,8 @@ def evaluate_image(saliency, fixations, metrics=None, protocols=PROTOCOLS, **kwa
 
     The image's ground truth (a :class:`GroundTruth`: fixated pixels of each protocol, the
     blurred densities of CC, SIM, KL and IG, and everything derived from them) is built once and
-    shared by all metrics and protocols, as is the prepared map (one sort, the moments, the
-    distributions); pass the same :class:`GroundTruth` to score several models of one image
+    shared by all metrics and protocols, as is the prepared map (AUC-Judd's ranks, the moments,
+    the distributions); pass the same :class:`GroundTruth` to score several models of one image
     against one ground truth.  Keyword arguments as :func:`evaluate_map` (``baseline``,
     ``other``, ``rng``, ``shape``, ``n_splits``, ``step``, ``emd_scale``) and ``workspace``
     (:func:`evaluate_protocols`).
