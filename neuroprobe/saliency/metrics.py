@@ -685,7 +685,9 @@ kl.__doc__ = _doc("""KL: Kullback-Leibler divergence of the map from the fixatio
 
     ``mit`` (``KLdiv.m``): ``q = s / sum(s)``, ``p = g / sum(g)`` (``g`` the blurred binary
     map), ``sum(p * log(eps + p / (q + eps)))`` with eps = 2.2204e-16; the map is *not*
-    shifted (a negative map warns).
+    shifted (a negative map warns).  For a non-negative map it is computed as ``sum(p log p) -
+    sum(p log(q + eps))``, which differs from that by at most ``eps * sum(q + eps)`` (about
+    2.2e-16) plus rounding.
 
     ``exact``: ``q = s / sum(s)``, shifted to minimum 0 first only if the map has negative
     values (pysaliency's ``convert_saliency_map_to_density``), ``p`` the Gaussian density;
