@@ -46,7 +46,8 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
             sort: bool = False, ws: Workspace | None = None) -> Map | None:
     """The float64 map of the ground truth's shape as a :class:`Map`, or None (NaN result)
     with a warning.  ``cache`` shares the prepared map between the protocols of one call;
-    ``sort=True`` sorts its values at once (AUC-Judd needs them, and the extremes come free);
+    ``sort=True`` sorts its values at once (the extremes then come free; AUC-Judd sorts only
+    where :mod:`._ranks` cannot answer);
     ``ws``: the workspace its arrays come from (:meth:`Map.close` gives them back)."""
     smap = as_map_array(saliency)
     same = smap.shape == tuple(gt.shape)
@@ -78,7 +79,7 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
 class Map:
     """A prepared saliency map with the derived quantities several metrics share (computed once).
 
-    The extremes come from the sorted values where those exist (AUC-Judd sorts them anyway), from
+    The extremes come from the sorted values where those exist (AUC-Judd's fallback), from
     one pass each otherwise; the min-max normalised map (AUC-Borji, sAUC) is only formed at the
     pixels those metrics sample.  Image-sized temporaries go to one reused work array
     (:attr:`scratch`): allocating a fresh 800x600 float64 array costs about as much as a pass

@@ -27,10 +27,11 @@ def auc_exact(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def auc_exact_sorted(pos: np.ndarray, srt: np.ndarray) -> float:
-    """:func:`auc_exact` with the negatives already sorted in ascending order."""
-    less = np.searchsorted(srt, pos, side="left")
-    leq = np.searchsorted(srt, pos, side="right")
-    return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * len(srt)))
+    """:func:`auc_exact` with the negatives already sorted in ascending order (an array, or
+    any object with ``searchsorted`` and ``size`` as :class:`~._ranks.PartialSort`)."""
+    less = srt.searchsorted(pos, side="left")
+    leq = srt.searchsorted(pos, side="right")
+    return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * srt.size))
 
 
 def auc_exact_splits(pos: np.ndarray, negs: np.ndarray) -> np.ndarray:

@@ -37,9 +37,10 @@ warning.  Coordinates are 0-based pixels with pixel centres at integers
 Layout and speed: the ground truth (fixations as pixels, the blurred densities) is
 :mod:`neuroprobe.saliency.groundtruth`, built once per image and shared by every metric,
 protocol and model (:class:`GroundTruth`); the ROC areas are ``neuroprobe.saliency._roc`` (one
-sort and binary searches, no threshold loops); the prepared map (extremes, moments,
-distributions, sorted values, each computed once and shared by the protocols) is
-``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
+sort and binary searches, no threshold loops; AUC-Judd reads the sorted map only near the
+fixated values, which ``neuroprobe.saliency._ranks`` finds from a histogram of the map without
+sorting it all); the prepared map (extremes, moments, distributions, AUC-Judd's ranks, each
+computed once and shared by the protocols) is ``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
 (:func:`blas_single_thread`).  Results equal a literal implementation to about 1e-14 (the tests
 compare with brute-force and MATLAB-loop references).
 """
@@ -63,6 +64,7 @@ from ._maps import (
     prepare,
     resize,
 )
+from ._ranks import PartialSort, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
 from .groundtruth import (  # noqa: F401
@@ -110,6 +112,8 @@ def metric_title(key: str) -> str:
 
 #: The metrics that draw random numbers, with the fixed index of their stream (never reorder).
 RANDOM_STREAMS = {"auc_judd": 0, "auc_borji": 1, "sauc": 2}
+#: The smallest normal float64 (the mit KL's p log p takes log(max(p, TINY)): 0 where p is 0).
+TINY = float(np.finfo(np.float64).tiny)
 
 __all__ = [
     "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur",
@@ -175,7 +179,7 @@ def metric_rng(seed, protocol: str, metric: str) -> np.random.Generator:
 # protocol name, and the shared options; the public functions below document them.
 def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     flat = sm.flat
-    srt = sm.sorted  # one sort of the map serves both protocols
+    srt = _judd_ranks(sm, (gt,), (protocol,))  # sorted map, or the part of it that is read
     if protocol == "exact":
         return auc_exact_sorted(flat[gt.flat], srt)
     # MIT: the map plus a uniform jitter in [0, 1e-7], thresholds at the jittered values of the
@@ -189,11 +193,44 @@ def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     jitter = _jitter(_rng(rng), srt, fixed, sm.scratch)
     jit_at = fixed + jitter[_sorted_positions(srt, fixed)] / 1e7
     th = np.sort(jit_at)[::-1]  # descending, i = 1..k
+    if isinstance(jitter, np.ndarray) and isinstance(srt, PartialSort):
+        srt = sm.sorted  # all jitters drawn: the count may need the whole sorted map
     ge = _count_jittered_ge(srt, jitter, th)
     i = np.arange(1, k + 1)
     tp = np.concatenate([[0.0], i / k, [1.0]])
     fp = np.concatenate([[0.0], (ge - i) / (n - k), [1.0]])
     return float(trapz(fp, tp))
+
+
+def _judd_bands(fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the mit AUC-Judd reads the sorted map around fixated values (see :func:`_jitter`;
+    the same expressions, so the same edges)."""
+    pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
+    return fixed - (2.5e-7 + pad), fixed + (1.5e-7 + pad)
+
+
+def _judd_ranks(sm: Map, gts, protocols):
+    """The sorted map as AUC-Judd reads it, built once per prepared map for the ground truths
+    of every protocol given: a :class:`~._ranks.PartialSort` over the fixated values (and the
+    mit bands around them) where the map allows, else the full sort."""
+    def make():
+        if not sm.lo >= 0 or sm.constant or "sorted" in sm._c:
+            return None
+        los, his = [], []
+        for g, p in zip(gts, protocols):
+            if p == "exact":
+                v = sm.flat[g.flat]
+                los.append(v)
+                his.append(v)
+            else:
+                a, b = _judd_bands(sm.flat[g.unique_flat])
+                los.append(a)
+                his.append(b)
+        return partial_sort(sm.flat, sm.hi, np.concatenate(los), np.concatenate(his),
+                            sm.scratch)
+
+    part = sm.get("judd_ranks", make)
+    return sm.sorted if part is None else part
 
 
 def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -205,7 +242,7 @@ def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
     v = values[order]
     rank = np.arange(len(v)) - np.searchsorted(v, v, side="left")  # among equal fixated values
     pos = np.empty(len(v), dtype=np.int64)
-    pos[order] = np.searchsorted(srt, v, side="left") + rank
+    pos[order] = srt.searchsorted(v, side="left") + rank
     return pos
 
 
@@ -251,9 +288,9 @@ def _jitter(rng: np.random.Generator, srt: np.ndarray, fixed: np.ndarray, out: n
     """
     n = srt.size
     if type(rng.bit_generator) is np.random.PCG64 and len(fixed):
-        pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
-        lo = np.searchsorted(srt, fixed - (2.5e-7 + pad), side="left")
-        hi = np.searchsorted(srt, fixed + (1.5e-7 + pad), side="right")
+        a, b = _judd_bands(fixed)
+        lo = srt.searchsorted(a, side="left")
+        hi = srt.searchsorted(b, side="right")
         order = np.argsort(lo, kind="stable")
         lo, hi = lo[order], np.maximum.accumulate(hi[order])
         # merge runs that overlap or lie within 1024 positions (drawing is cheaper than a skip)
@@ -276,8 +313,8 @@ def _count_jittered_ge(srt: np.ndarray, jitter, th: np.ndarray) -> np.ndarray:
     """
     n = srt.size
     lower = th - (2e-7 + 4 * np.spacing(np.abs(th)))
-    hi = np.searchsorted(srt, th, side="left")
-    lo = np.searchsorted(srt, lower, side="left")
+    hi = srt.searchsorted(th, side="left")
+    lo = srt.searchsorted(lower, side="left")
     lengths = hi - lo
     total = int(lengths.sum())
     if total > n // 4 + 4096 and isinstance(jitter, np.ndarray):
@@ -395,14 +432,16 @@ def _m_kl(sm: Map, gt, protocol, **_):
                           "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
         p = _gt_sum1_mit(gt)
         if sm.lo >= 0 and not sm.constant and sm.total > 0:
-            # q = map / sum(map) is the map's density (the same numbers), so the chain runs
-            # block by block from it: sum(p * log(eps + p / (q + eps)))
-            def part(pp, q, w):
-                np.add(q, EPS, out=w)
-                np.divide(pp, w, out=w)
-                w += EPS
+            # q = map / sum(map) is the map's density (the same numbers).  sum(p * log(eps + p /
+            # (q + eps))) = sum(p log p) - sum(p log(q + eps)) + r with 0 <= r <= eps * sum(q +
+            # eps) ~ 2.2e-16 (log(1 + x) <= x); the first sum belongs to the image (cached), the
+            # log of the map is shared with the exact KL
+            def plogp(pp, w):  # p log p, 0 where p is 0 (the blur is clipped at 0)
+                np.maximum(pp, TINY, out=w)
                 return dot(pp, np.log(w, out=w))
-            return block_sum(part, p, sm.density)
+
+            own = _gt_get(gt, "plogp_mit", lambda: block_sum(plogp, p))
+            return own - dot(p, _log_density(sm))
         r = sm.scratch  # r = eps + p / (q + eps) without temporaries
         if sm.constant:
             r.fill(1.0 / flat.size)
@@ -421,7 +460,18 @@ def _m_kl(sm: Map, gt, protocol, **_):
         return dot(pp, np.log(w, out=w))
 
     own = _gt_get(gt, "plogp_" + protocol, lambda: block_sum(plogq, p, p))
-    return own - block_sum(plogq, p, sm.density)
+    return own - dot(p, _log_density(sm))
+
+
+def _log_density(sm: Map) -> np.ndarray:
+    """``log(q + eps)`` of the map's density ``q`` (:attr:`Map.density`), once per prepared map:
+    both protocols' KL read it."""
+    def make():
+        out = sm._buf()
+        np.add(sm.density, EPS, out=out)
+        return np.log(out, out=out)
+
+    return sm.get("log_density", make)
 
 
 def _m_sim(sm: Map, gt, protocol, **_):
@@ -635,7 +685,9 @@ kl.__doc__ = _doc("""KL: Kullback-Leibler divergence of the map from the fixatio
 
     ``mit`` (``KLdiv.m``): ``q = s / sum(s)``, ``p = g / sum(g)`` (``g`` the blurred binary
     map), ``sum(p * log(eps + p / (q + eps)))`` with eps = 2.2204e-16; the map is *not*
-    shifted (a negative map warns).
+    shifted (a negative map warns).  For a non-negative map it is computed as ``sum(p log p) -
+    sum(p log(q + eps))``, which differs from that by at most ``eps * sum(q + eps)`` (about
+    2.2e-16) plus rounding.
 
     ``exact``: ``q = s / sum(s)``, shifted to minimum 0 first only if the map has negative
     values (pysaliency's ``convert_saliency_map_to_density``), ``p`` the Gaussian density;
@@ -739,10 +791,13 @@ def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS
         try:
             for p in protocols:
                 g = gt.at(p)
-                sm = prepare(saliency, g, p, prepared, sort="auc_judd" in metrics, ws=workspace)
+                sm = prepare(saliency, g, p, prepared, ws=workspace)
                 if sm is None or len(g) == 0:
                     out[p] = dict(nan)
                     continue
+                if "auc_judd" in metrics and sm.map.shape == saliency.shape:
+                    # one histogram of the map answers AUC-Judd's ranks in every protocol
+                    _judd_ranks(sm, [gt.at(q) for q in protocols], protocols)
                 oth = other.get(p) if isinstance(other, dict) else other
                 out[p] = {m: _FUNCS[m](sm, g, p, baseline=baseline, other=oth,
                                        rng=_stream(base, p, m) if m in RANDOM_STREAMS else None,
@@ -761,8 +816,8 @@ def evaluate_image(saliency, fixations, metrics=None, protocols=PROTOCOLS, **kwa
 
     The image's ground truth (a :class:`GroundTruth`: fixated pixels of each protocol, the
     blurred densities of CC, SIM, KL and IG, and everything derived from them) is built once and
-    shared by all metrics and protocols, as is the prepared map (one sort, the moments, the
-    distributions); pass the same :class:`GroundTruth` to score several models of one image
+    shared by all metrics and protocols, as is the prepared map (AUC-Judd's ranks, the moments,
+    the distributions); pass the same :class:`GroundTruth` to score several models of one image
     against one ground truth.  Keyword arguments as :func:`evaluate_map` (``baseline``,
     ``other``, ``rng``, ``shape``, ``n_splits``, ``step``, ``emd_scale``) and ``workspace``
     (:func:`evaluate_protocols`).
