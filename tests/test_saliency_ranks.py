@@ -90,3 +90,19 @@ def test_auc_judd_partial_equals_full_sort(name, monkeypatch):
         fp = np.concatenate([[0], [(neg >= t).mean() for t in th], [1]])
         area = float(np.sum(np.diff(fp) * (tp[1:] + tp[:-1]) / 2))
         assert fast["mit"]["auc_judd"] == pytest.approx(area, abs=1e-12)
+
+
+def test_likely_too_many_tells_tie_heavy_maps_from_smooth_ones():
+    from neuroprobe.saliency._ranks import likely_too_many
+
+    rng = np.random.default_rng(5)
+    smooth = rng.random(200_000)
+    at = rng.integers(0, smooth.size, 150)
+    assert not likely_too_many(smooth, smooth[at] - 3e-7, smooth[at] + 2e-7)
+    eight_bit = np.round(smooth * 255) / 255  # 256 values: each bucket holds ~0.4 % of pixels
+    assert likely_too_many(eight_bit, eight_bit[at] - 3e-7, eight_bit[at] + 2e-7)
+    # no estimate for a map without a positive value: left to partial_sort
+    assert not likely_too_many(np.zeros(1000), np.zeros(3), np.zeros(3))
+    # a sample pixel counts once where intervals overlap (50 copies of 2 % of the pixels)
+    assert not likely_too_many(smooth, np.full(50, 0.30), np.full(50, 0.32))
+    assert likely_too_many(smooth, np.full(50, 0.30), np.full(50, 0.50))

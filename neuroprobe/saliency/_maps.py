@@ -66,7 +66,10 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
     sm = Map(smap, ws)
     if sort:
         sm.sorted  # noqa: B018 - computed now: it also gives the extremes
-    if not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):  # min/max propagate NaN
+    # a finite sum means finite values (NaN and infinity propagate into it) and is needed by
+    # most metrics anyway; only where it is not finite (also when finite values overflow it)
+    # are the extremes looked at, which min and max propagate NaN into
+    if not math.isfinite(sm.total) and not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):
         warnings.warn(f"saliency map{' of ' + gt.image if gt.image else ''} contains NaN or "
                       "infinity; its scores are NaN", RuntimeWarning, stacklevel=3)
         sm.close()

@@ -64,7 +64,7 @@ from ._maps import (
     prepare,
     resize,
 )
-from ._ranks import PartialSort, partial_sort
+from ._ranks import PartialSort, likely_too_many, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
 from .groundtruth import (  # noqa: F401
@@ -214,7 +214,7 @@ def _judd_ranks(sm: Map, gts, protocols):
     of every protocol given: a :class:`~._ranks.PartialSort` over the fixated values (and the
     mit bands around them) where the map allows, else the full sort."""
     def make():
-        if not sm.lo >= 0 or sm.constant or "sorted" in sm._c:
+        if "sorted" in sm._c:
             return None
         los, his = [], []
         for g, p in zip(gts, protocols):
@@ -226,8 +226,12 @@ def _judd_ranks(sm: Map, gts, protocols):
                 a, b = _judd_bands(sm.flat[g.unique_flat])
                 los.append(a)
                 his.append(b)
-        return partial_sort(sm.flat, sm.hi, np.concatenate(los), np.concatenate(his),
-                            sm.scratch)
+        los, his = np.concatenate(los), np.concatenate(his)
+        if likely_too_many(sm.flat, los, his):
+            return None  # heavy ties: the full sort at once (it also gives the extremes)
+        if not sm.lo >= 0 or sm.constant:
+            return None
+        return partial_sort(sm.flat, sm.hi, los, his, sm.scratch)
 
     part = sm.get("judd_ranks", make)
     return sm.sorted if part is None else part
