@@ -64,6 +64,7 @@ from ._maps import (
     prepare,
     resize,
 )
+from ._fused import density_sums, map_sums
 from ._ranks import PartialSort, likely_too_many, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
@@ -397,8 +398,11 @@ def _m_cc(sm: Map, gt, protocol, **_):
     if not den > 0 or sm.constant:
         return 0.0
     # sum(a * (d - mean)) = sum(a * d) - mean * sum(a) for the centred map a, without writing
-    # the centred ground truth again
-    return (dot(sm.centred, d) - mean * sm.centred_sum) / den
+    # the centred ground truth again; sum(a * d) from the shared pass where it ran
+    cross = sm._c.get(("cc", protocol))
+    if cross is None:
+        cross = dot(sm.centred, d)
+    return (cross - mean * sm.centred_sum) / den
 
 
 def _gt_sum1_mit(gt):
@@ -445,7 +449,7 @@ def _m_kl(sm: Map, gt, protocol, **_):
                 return dot(pp, np.log(w, out=w))
 
             own = _gt_get(gt, "plogp_mit", lambda: block_sum(plogp, p))
-            return own - dot(p, _log_density(sm))
+            return own - _kl_map_term(sm, p, protocol)
         r = sm.scratch  # r = eps + p / (q + eps) without temporaries
         if sm.constant:
             r.fill(1.0 / flat.size)
@@ -464,7 +468,14 @@ def _m_kl(sm: Map, gt, protocol, **_):
         return dot(pp, np.log(w, out=w))
 
     own = _gt_get(gt, "plogp_" + protocol, lambda: block_sum(plogq, p, p))
-    return own - dot(p, _log_density(sm))
+    return own - _kl_map_term(sm, p, protocol)
+
+
+def _kl_map_term(sm: Map, p: np.ndarray, protocol: str) -> float:
+    """``sum(p * log(q + eps))`` for the map's density ``q``: from the shared pass where it ran
+    (:func:`_share_map_sums`), else from the map's log (computed once for both protocols)."""
+    v = sm._c.get(("kl", protocol))
+    return dot(p, _log_density(sm)) if v is None else v
 
 
 def _log_density(sm: Map) -> np.ndarray:
@@ -478,7 +489,64 @@ def _log_density(sm: Map) -> np.ndarray:
     return sm.get("log_density", make)
 
 
+def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
+    """The sums of CC, NSS, KL and SIM over the map for every protocol, in one blocked pass
+    (:func:`~._fused.map_sums`), left in the prepared map's cache for the metric kernels
+    (``("cc", p)``: sum of the centred map times the density; ``("kl", p)``: the map's KL
+    term; ``("sim", p)``: SIM itself; and the moments).  Only where at least two such sums
+    are asked for; the kernels compute whatever is missing themselves."""
+    cross, kl, sim, keys = [], [], [], ([], [], [])
+    for p in protocols:
+        g = gt.at(p)
+        _share_gt_sums(g, p, metrics)
+        if "cc" in metrics and not sm.constant:
+            cross.append(g.density(p).ravel())
+            keys[0].append(("cc", p))
+        if "kl" in metrics and (p == "exact" or sm.lo >= 0 and not sm.constant and
+                                sm.total > 0):
+            kl.append(_gt_dist(g, p) if p == "exact" else _gt_sum1_mit(g))
+            keys[1].append(("kl", p))
+        if "sim" in metrics:
+            sim.append((sm.dist if p == "mit" else sm.density, _gt_dist(g, p)))
+            keys[2].append(("sim", p))
+    wanted = ("nss" in metrics) + len(cross) + len(kl) + len(sim)
+    if wanted < 2:
+        return
+    res = map_sums(sm.flat, sm.mean, sm.density if kl else None, cross, kl, sim)
+    if "ss" not in sm._c:
+        sm._c.update(csum=res.csum, ss=res.ss)
+    for ks, vals in zip(keys, (res.cross, res.kl, res.sim)):
+        sm._c.update(zip(ks, vals))
+
+
+def _share_gt_sums(g: GroundTruth, protocol: str, metrics) -> None:
+    """The image's terms of CC (mean and centred sum of squares of the density) and KL (the
+    mit distribution ``p = d / sum(d)`` and ``sum(p log p)``, the exact ``sum(p log(p +
+    eps))``) in two blocked passes over the density (:func:`~._fused.density_sums`), cached in
+    the ground truth under the keys the kernels read; what is cached already is not redone."""
+    c = g._cache
+    want_cc = "cc" in metrics and f"gss_{protocol}" not in c
+    want_kl = "kl" in metrics and f"plogp_{protocol}" not in c
+    if g.density_map is not None or not (want_cc or want_kl):
+        return
+    d = g.density(protocol).ravel()
+    own = protocol if want_kl else None
+    if own == "mit" and "sum1_mit" in c:
+        own = None  # p exists: the kernel's own pass over it
+    res = density_sums(d, own=own, cc=want_cc, out=g._buf() if own == "mit" else None)
+    if want_cc:
+        c[f"mean_{protocol}"], c[f"gss_{protocol}"] = res["mean"], res["gss"]
+    if own is not None:
+        c[f"plogp_{protocol}"] = res["own"]
+    if own == "mit":
+        c["sum1_mit"] = res["p"]
+        if res["min"] == 0:  # as _gt_dist: shifting by a minimum of 0 changes nothing
+            c.setdefault("dist_mit", res["p"])
+
+
 def _m_sim(sm: Map, gt, protocol, **_):
+    if ("sim", protocol) in sm._c:  # from the shared pass
+        return sm._c[("sim", protocol)]
     q = sm.dist if protocol == "mit" else sm.density
 
     def part(a, b, w):
@@ -799,9 +867,14 @@ def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS
                 if sm is None or len(g) == 0:
                     out[p] = dict(nan)
                     continue
-                if "auc_judd" in metrics and sm.map.shape == saliency.shape:
-                    # one histogram of the map answers AUC-Judd's ranks in every protocol
-                    _judd_ranks(sm, [gt.at(q) for q in protocols], protocols)
+                if sm.map.shape == saliency.shape and "shared" not in sm._c:
+                    # one prepared map serves every protocol: one histogram of it answers
+                    # AUC-Judd's ranks, one pass gives the sums of CC, NSS, KL and SIM
+                    sm._c["shared"] = True
+                    live = [q for q in protocols if len(gt.at(q))]
+                    if "auc_judd" in metrics:
+                        _judd_ranks(sm, [gt.at(q) for q in live], live)
+                    _share_map_sums(sm, gt, live, metrics)
                 oth = other.get(p) if isinstance(other, dict) else other
                 out[p] = {m: _FUNCS[m](sm, g, p, baseline=baseline, other=oth,
                                        rng=_stream(base, p, m) if m in RANDOM_STREAMS else None,

@@ -1,0 +1,144 @@
+"""One blocked pass over a prepared map for the sums CC, NSS, KL and SIM need in every protocol.
+
+Each of those metrics reduces the map (or its density) against an image-sized array of the
+ground truth: NSS the map's moments, CC the centred map against the density, KL the density's
+logarithm against the ground-truth distribution, SIM the element-wise minimum of two
+distributions.  Done one metric and one protocol at a time, every reduction streams its arrays
+from memory again (an 800x600 float64 array is 3.8 MB, more than a core's cache), and the
+logarithm and the centred map are written out whole.  :func:`map_sums` computes all of them in
+one pass over blocks of :data:`~neuroprobe.saliency._maps.BLOCK` elements: each block of every
+array is read once while it is in cache, and the centred map and the logarithm only ever exist
+one block at a time.
+
+The element-wise operations are those of the metric-by-metric code; the reductions are summed
+block by block (as :func:`~neuroprobe.saliency._maps.block_sum` does), so the moments and SIM are
+bit-identical to it and the dot products differ from whole-array ones by rounding (about 1e-16
+of the result).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._maps import BLOCK, EPS, dot
+
+__all__ = ["MapSums", "map_sums"]
+
+
+class MapSums:
+    """The results of :func:`map_sums`: ``csum`` and ``ss`` (sum and sum of squares of the
+    centred map), and one value per array given in ``cross``, ``kl`` and ``sim``."""
+
+    def __init__(self, n_cross: int, n_kl: int, n_sim: int):
+        self.csum = 0.0
+        self.ss = 0.0
+        self.cross = [0.0] * n_cross
+        self.kl = [0.0] * n_kl
+        self.sim = [0.0] * n_sim
+
+
+def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | None = None, cross=(), kl=(),
+             sim=()) -> MapSums:
+    """One blocked pass over the map computing every sum the caller asks for.
+
+    Parameters
+    ----------
+    flat : (N,) float64
+        The map.
+    mean : float
+        Its mean; ``c = flat - mean`` is the centred map (formed one block at a time).
+    q : (N,) float64, optional
+        The map's density; ``log(q + EPS)`` is formed one block at a time (needed with ``kl``).
+    cross : sequence of (N,) arrays ``d``
+        ``sum(c * d)`` for each (CC's covariance term).
+    kl : sequence of (N,) arrays ``p``
+        ``sum(p * log(q + EPS))`` for each (KL's term of the map).
+    sim : sequence of pairs ``(a, b)`` of (N,) arrays
+        ``sum(min(a, b))`` for each (SIM).
+
+    Returns
+    -------
+    MapSums, with ``csum = sum(c)`` and ``ss = sum(c * c)`` always.
+    """
+    n = flat.size
+    if kl and q is None:
+        raise ValueError("map_sums: kl terms need the density q")
+    out = MapSums(len(cross), len(kl), len(sim))
+    work = np.empty(min(n, BLOCK))
+    work2 = np.empty(min(n, BLOCK)) if sim else None
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        c = np.subtract(flat[a:b], mean, out=work[: b - a])
+        out.csum += float(c.sum())
+        out.ss += dot(c, c)
+        for i, d in enumerate(cross):
+            out.cross[i] += dot(c, d[a:b])
+        if kl:
+            lg = np.add(q[a:b], EPS, out=work[: b - a])
+            np.log(lg, out=lg)
+            for i, p in enumerate(kl):
+                out.kl[i] += dot(p[a:b], lg)
+        for i, (x, y) in enumerate(sim):
+            out.sim[i] += float(np.minimum(x[a:b], y[a:b], out=work2[: b - a]).sum())
+    return out
+
+
+#: The smallest normal float64: ``p log p`` is taken as ``p log(max(p, TINY))`` (0 where p is 0).
+TINY = float(np.finfo(np.float64).tiny)
+
+
+def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
+                 out: np.ndarray | None = None) -> dict:
+    """The sums of one ground-truth density that CC and KL need, in two blocked passes.
+
+    Parameters
+    ----------
+    d : (N,) float64
+        The density (``mit``: the clipped blur; ``exact``: the normalised Gaussian density).
+    own : "mit", "exact" or None
+        KL's term of the image: ``"mit"``, ``sum(p log p)`` for ``p = d / sum(d)`` (written to
+        ``out``); ``"exact"``, ``sum(d log(d + EPS))`` of ``d`` itself; None: neither.
+    cc : bool
+        Compute CC's ``mean`` and ``gss`` (sum of squared deviations from the mean).
+    out : (N,) float64, optional
+        Where ``p = d / sum(d)`` goes for ``own="mit"``.
+
+    Returns
+    -------
+    dict with ``total`` (sum), ``min``, and where asked ``mean``, ``gss``, ``own``, ``p``.
+    The mean is ``total / N`` with the total summed block by block (numpy's ``mean`` sums
+    pairwise: the two differ by rounding, about 1e-16 relative).
+    """
+    n = d.size
+    total, lo = 0.0, np.inf
+    for a in range(0, n, BLOCK):
+        blk = d[a:a + BLOCK]
+        total += float(blk.sum())
+        lo = min(lo, float(blk.min()))
+    res = {"total": total, "min": lo, "mean": total / n}
+    if not cc and own is None:
+        return res
+    if own == "mit" and out is None:
+        out = np.empty(n)
+    mean = res["mean"]
+    gss = kl = 0.0
+    work = np.empty(min(n, BLOCK))
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        blk, w = d[a:b], work[: b - a]
+        if cc:
+            np.subtract(blk, mean, out=w)
+            gss += dot(w, w)
+        if own == "mit":
+            p = np.divide(blk, total, out=out[a:b])
+            np.maximum(p, TINY, out=w)
+            kl += dot(p, np.log(w, out=w))
+        elif own == "exact":
+            np.add(blk, EPS, out=w)
+            kl += dot(blk, np.log(w, out=w))
+    if cc:
+        res["gss"] = gss
+    if own is not None:
+        res["own"] = kl
+    if own == "mit":
+        res["p"] = out
+    return res
