@@ -36,8 +36,8 @@ class MapSums:
         self.sim = [0.0] * n_sim
 
 
-def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | None = None, cross=(), kl=(),
-             sim=()) -> MapSums:
+def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None, cross=(),
+             kl=(), sim=()) -> MapSums:
     """One blocked pass over the map computing every sum the caller asks for.
 
     Parameters
@@ -46,39 +46,49 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | None = None, cross=(
         The map.
     mean : float
         Its mean; ``c = flat - mean`` is the centred map (formed one block at a time).
-    q : (N,) float64, optional
-        The map's density; ``log(q + EPS)`` is formed one block at a time (needed with ``kl``).
+    q : (N,) float64 or float, optional
+        The map's density, or the map's sum where the density is the map divided by it (formed
+        one block at a time, as ``np.divide`` forms it whole: the same numbers);
+        ``log(q + EPS)`` is formed one block at a time (needed with ``kl``).
     cross : sequence of (N,) arrays ``d``
         ``sum(c * d)`` for each (CC's covariance term).
     kl : sequence of (N,) arrays ``p``
         ``sum(p * log(q + EPS))`` for each (KL's term of the map).
     sim : sequence of pairs ``(a, b)`` of (N,) arrays
-        ``sum(min(a, b))`` for each (SIM).
+        ``sum(min(a, b))`` for each (SIM); ``a`` None stands for ``q``.
 
     Returns
     -------
     MapSums, with ``csum = sum(c)`` and ``ss = sum(c * c)`` always.
     """
     n = flat.size
-    if kl and q is None:
+    if q is None and (kl or any(x is None for x, _ in sim)):
         raise ValueError("map_sums: kl terms need the density q")
     out = MapSums(len(cross), len(kl), len(sim))
     work = np.empty(min(n, BLOCK))
     work2 = np.empty(min(n, BLOCK)) if sim else None
+    qwork = np.empty(min(n, BLOCK)) if isinstance(q, float) else None
     for a in range(0, n, BLOCK):
         b = min(n, a + BLOCK)
+        if q is None:
+            qb = None
+        elif qwork is not None:
+            qb = np.divide(flat[a:b], q, out=qwork[: b - a])
+        else:
+            qb = q[a:b]
         c = np.subtract(flat[a:b], mean, out=work[: b - a])
         out.csum += float(c.sum())
         out.ss += dot(c, c)
         for i, d in enumerate(cross):
             out.cross[i] += dot(c, d[a:b])
         if kl:
-            lg = np.add(q[a:b], EPS, out=work[: b - a])
+            lg = np.add(qb, EPS, out=work[: b - a])
             np.log(lg, out=lg)
             for i, p in enumerate(kl):
                 out.kl[i] += dot(p[a:b], lg)
         for i, (x, y) in enumerate(sim):
-            out.sim[i] += float(np.minimum(x[a:b], y[a:b], out=work2[: b - a]).sum())
+            xb = qb if x is None else x[a:b]
+            out.sim[i] += float(np.minimum(xb, y[a:b], out=work2[: b - a]).sum())
     return out
 
 

@@ -144,6 +144,13 @@ class Map:
                                                        out=self._buf()))
         return self.get("dist", lambda: as_distribution(self.flat, self.lo, out=self._buf()))
 
+    def dist_at(self, index) -> np.ndarray:
+        """``dist[index]`` without forming the whole of :attr:`dist` where the minimum is 0
+        (then it is the map over its sum: the same divisions, the same numbers)."""
+        if "dist" not in self._c and self.lo == 0 and self.total > 0:
+            return self.flat[index] / self.total
+        return self.dist[index]
+
     @property
     def density(self) -> np.ndarray:
         """Divided by the sum, shifted to minimum 0 only when it has negative values (as

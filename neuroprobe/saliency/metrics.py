@@ -496,6 +496,12 @@ def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
     term; ``("sim", p)``: SIM itself; and the moments).  Only where at least two such sums
     are asked for; the kernels compute whatever is missing themselves."""
     cross, kl, sim, keys = [], [], [], ([], [], [])
+    # a non-negative map's density is the map over its sum: formed block by block in the pass
+    # (never written out whole) unless a kernel has made it already; the mit SIM's shifted
+    # map is the same numbers where the minimum is 0
+    plain = sm.lo >= 0 and not sm.constant and sm.total > 0 and "dist" not in sm._c and \
+        "density" not in sm._c
+    q = sm.total if plain else None
     for p in protocols:
         g = gt.at(p)
         _share_gt_sums(g, p, metrics)
@@ -507,12 +513,18 @@ def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
             kl.append(_gt_dist(g, p) if p == "exact" else _gt_sum1_mit(g))
             keys[1].append(("kl", p))
         if "sim" in metrics:
-            sim.append((sm.dist if p == "mit" else sm.density, _gt_dist(g, p)))
+            if p == "exact":
+                a = None if plain else sm.density
+            else:
+                a = None if plain and sm.lo == 0 else sm.dist
+            sim.append((a, _gt_dist(g, p)))  # a None: the density formed in the pass
             keys[2].append(("sim", p))
     wanted = ("nss" in metrics) + len(cross) + len(kl) + len(sim)
     if wanted < 2:
         return
-    res = map_sums(sm.flat, sm.mean, sm.density if kl else None, cross, kl, sim)
+    if q is None and kl:
+        q = sm.density
+    res = map_sums(sm.flat, sm.mean, q, cross, kl, sim)
     if "ss" not in sm._c:
         sm._c.update(csum=res.csum, ss=res.ss)
     for ks, vals in zip(keys, (res.cross, res.kl, res.sim)):
@@ -566,7 +578,7 @@ def _m_ig(sm: Map, gt, protocol, baseline=None, **_):
             b = resize(b, gt.shape)
         baseline = Map(b)
     at = gt.unique_flat if protocol == "mit" else gt.flat
-    return float(np.mean(np.log2(EPS + sm.dist[at]) - np.log2(EPS + baseline.dist[at])))
+    return float(np.mean(np.log2(EPS + sm.dist_at(at)) - np.log2(EPS + baseline.dist[at])))
 
 
 def has_emd() -> bool:
