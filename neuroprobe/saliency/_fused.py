@@ -97,7 +97,8 @@ TINY = float(np.finfo(np.float64).tiny)
 
 
 def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
-                 out: np.ndarray | None = None) -> dict:
+                 out: np.ndarray | None = None, total: float | None = None,
+                 lo: float | None = None) -> dict:
     """The sums of one ground-truth density that CC and KL need, in two blocked passes.
 
     Parameters
@@ -111,6 +112,8 @@ def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
         Compute CC's ``mean`` and ``gss`` (sum of squared deviations from the mean).
     out : (N,) float64, optional
         Where ``p = d / sum(d)`` goes for ``own="mit"``.
+    total, lo : float, optional
+        ``d``'s sum and minimum where the caller has them (no first pass then).
 
     Returns
     -------
@@ -119,11 +122,12 @@ def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
     pairwise: the two differ by rounding, about 1e-16 relative).
     """
     n = d.size
-    total, lo = 0.0, np.inf
-    for a in range(0, n, BLOCK):
-        blk = d[a:a + BLOCK]
-        total += float(blk.sum())
-        lo = min(lo, float(blk.min()))
+    if total is None or lo is None:
+        total, lo = 0.0, np.inf
+        for a in range(0, n, BLOCK):
+            blk = d[a:a + BLOCK]
+            total += float(blk.sum())
+            lo = min(lo, float(blk.min()))
     res = {"total": total, "min": lo, "mean": total / n}
     if not cc and own is None:
         return res

@@ -545,7 +545,12 @@ def _share_gt_sums(g: GroundTruth, protocol: str, metrics) -> None:
     own = protocol if want_kl else None
     if own == "mit" and "sum1_mit" in c:
         own = None  # p exists: the kernel's own pass over it
-    res = density_sums(d, own=own, cc=want_cc, out=g._buf() if own == "mit" else None)
+    if protocol == "mit":  # sum and minimum from the clipping pass of the blur
+        known = c.get("total_mit"), c.get("min_mit")
+    else:  # the Gaussian density is normalised and non-negative
+        known = (1.0, 0.0) if g.density_map is None else (None, None)
+    res = density_sums(d, own=own, cc=want_cc, out=g._buf() if own == "mit" else None,
+                       total=known[0], lo=known[1])
     if want_cc:
         c[f"mean_{protocol}"], c[f"gss_{protocol}"] = res["mean"], res["gss"]
     if own is not None:
