@@ -48,7 +48,8 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
         Its mean; ``c = flat - mean`` is the centred map (formed one block at a time).
     q : (N,) float64 or float, optional
         The map's density, or the map's sum where the density is the map divided by it (formed
-        one block at a time, as ``np.divide`` forms it whole: the same numbers);
+        one block at a time as the map times the reciprocal of the sum: within one unit in the
+        last place of the division, three times cheaper);
         ``log(q + EPS)`` is formed one block at a time (needed with ``kl``).
     cross : sequence of (N,) arrays ``d``
         ``sum(c * d)`` for each (CC's covariance term).
@@ -68,12 +69,13 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
     work = np.empty(min(n, BLOCK))
     work2 = np.empty(min(n, BLOCK)) if sim else None
     qwork = np.empty(min(n, BLOCK)) if isinstance(q, float) else None
+    inv = 1.0 / q if qwork is not None else None
     for a in range(0, n, BLOCK):
         b = min(n, a + BLOCK)
         if q is None:
             qb = None
         elif qwork is not None:
-            qb = np.divide(flat[a:b], q, out=qwork[: b - a])
+            qb = np.multiply(flat[a:b], inv, out=qwork[: b - a])
         else:
             qb = q[a:b]
         c = np.subtract(flat[a:b], mean, out=work[: b - a])
@@ -106,8 +108,9 @@ def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
     d : (N,) float64
         The density (``mit``: the clipped blur; ``exact``: the normalised Gaussian density).
     own : "mit", "exact" or None
-        KL's term of the image: ``"mit"``, ``sum(p log p)`` for ``p = d / sum(d)`` (written to
-        ``out``); ``"exact"``, ``sum(d log(d + EPS))`` of ``d`` itself; None: neither.
+        KL's term of the image: ``"mit"``, ``sum(p log p)`` for ``p = d / sum(d)`` (formed as
+        ``d`` times the reciprocal of the sum, within one unit in the last place of the
+        division; written to ``out``); ``"exact"``, ``sum(d log(d + EPS))`` of ``d`` itself; None: neither.
     cc : bool
         Compute CC's ``mean`` and ``gss`` (sum of squared deviations from the mean).
     out : (N,) float64, optional
@@ -134,6 +137,7 @@ def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
     if own == "mit" and out is None:
         out = np.empty(n)
     mean = res["mean"]
+    inv = 1.0 / total if total > 0 else np.inf
     gss = kl = 0.0
     work = np.empty(min(n, BLOCK))
     for a in range(0, n, BLOCK):
@@ -143,7 +147,7 @@ def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,
             np.subtract(blk, mean, out=w)
             gss += dot(w, w)
         if own == "mit":
-            p = np.divide(blk, total, out=out[a:b])
+            p = np.multiply(blk, inv, out=out[a:b])
             np.maximum(p, TINY, out=w)
             kl += dot(p, np.log(w, out=w))
         elif own == "exact":

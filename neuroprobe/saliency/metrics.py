@@ -409,7 +409,12 @@ def _gt_sum1_mit(gt):
     """The mit ground truth divided by its sum (KL)."""
     def make():
         d = gt.density("mit").ravel()
-        return np.divide(d, d.sum(), out=gt._buf())
+        # the sum from the blur's clipping pass where it ran, and the reciprocal, as
+        # _fused.density_sums forms it (the same numbers whichever of the two made it)
+        total = gt._cache.get("total_mit")
+        if total is None:
+            total = float(d.sum())
+        return np.multiply(d, 1.0 / total if total > 0 else np.inf, out=gt._buf())
 
     return _gt_get(gt, "sum1_mit", make)
 
