@@ -148,16 +148,17 @@ def test_block_sum_equals_the_whole_array_reduction():
         assert got == pytest.approx(float(a @ b), rel=1e-14)
 
 
-def test_group_sum_adds_each_groups_rows_in_order():
+def test_group_sum_equals_reduceat_bit_for_bit():
     from neuroprobe.saliency.groundtruth import _group_sum
 
     rng = np.random.default_rng(4)
-    k = rng.random((20, 7))
-    at = rng.integers(0, 20, 25)
-    group = rng.integers(0, 5, 25)
-    group[:5] = np.arange(5)  # every group non-empty
-    for w in (np.ones(25), rng.random(25) * 3):
-        ref = np.zeros((5, 7))
-        for i in range(25):
-            ref[group[i]] += w[i] * k[at[i]]
-        assert np.allclose(_group_sum(k, at, w, group), ref, rtol=1e-15, atol=0)
+    for trial in range(60):
+        n = int(rng.integers(1, 120))
+        group = np.unique(rng.integers(0, int(rng.integers(1, n + 1)), n), return_inverse=True)[1]
+        k = rng.random((40, 9)) * 10.0 ** rng.integers(-30, 2, (40, 9))  # many binades
+        at = rng.integers(0, 40, n)
+        w = np.ones(n) if trial % 2 else rng.integers(1, 4, n).astype(float)
+        order = np.argsort(group, kind="stable")
+        starts = np.flatnonzero(np.diff(group[order], prepend=-1))
+        ref = np.add.reduceat(k[at[order]] * w[order, None], starts, axis=0)
+        assert np.array_equal(_group_sum(k, at, w, group), ref)  # the same numbers

@@ -172,12 +172,14 @@ def _outer_sum(ky: np.ndarray, kx: np.ndarray, rows: np.ndarray, cols: np.ndarra
 def _group_sum(k: np.ndarray, at: np.ndarray, weights: np.ndarray,
                group: np.ndarray) -> np.ndarray:
     """``out[g] = sum of weights[i] * k[at[i]]`` over the ``i`` with ``group[i] == g`` (groups
-    numbered 0..G-1, each non-empty), summed in the order of ``i``.
+    numbered 0..G-1, each non-empty): ``np.add.reduceat`` over the rows sorted by group, with
+    the same numbers.
 
-    The members of each group are ranked (0 for the first); one gather takes the rank-0 rows and
-    each further rank adds its rows to their groups.  Groups are small (a row of an image holds
-    one or two fixated pixels, rarely five), so this is a handful of vectorised additions: about
-    3x faster than ``np.add.reduceat`` over the sorted rows (0.6 ms per OSIE image)."""
+    Groups are small (a row of an image holds one or two fixated pixels, rarely five), so the
+    members are ranked (0 for the first) and each rank added to its groups in one vectorised
+    step: about 3x faster than ``reduceat`` (0.6 ms per OSIE image).  ``reduceat`` adds the
+    first row to the sum of the others (``x0 + ((x1 + x2) + x3)``), which is what is done here;
+    groups of more than 8 (where ``reduceat`` unrolls its sum) go to ``reduceat`` itself."""
     order = np.argsort(group, kind="stable")
     g = group[order]
     starts = np.flatnonzero(np.diff(g, prepend=-1))
@@ -186,10 +188,20 @@ def _group_sum(k: np.ndarray, at: np.ndarray, weights: np.ndarray,
     rows = k[at[order]]
     if not np.all(w == 1.0):
         rows *= w[:, None]
+    top = int(rank.max()) if len(rank) else 0
+    if top >= 8:
+        return np.add.reduceat(rows, starts, axis=0)
     out = rows[starts]
-    for j in range(1, int(rank.max()) + 1 if len(rank) else 0):
+    if top == 0:
+        return out
+    first = np.flatnonzero(rank == 1)  # groups of two or more: their second rows
+    rest = rows[first]
+    slot = np.empty(len(starts), dtype=np.int64)
+    slot[g[first]] = np.arange(len(first))
+    for j in range(2, top + 1):
         sel = np.flatnonzero(rank == j)
-        out[g[sel]] += rows[sel]
+        rest[slot[g[sel]]] += rows[sel]
+    out[g[first]] += rest
     return out
 
 
