@@ -21,24 +21,61 @@ import numpy as np
 
 from ._maps import BLOCK, EPS, dot
 
-__all__ = ["MapSums", "map_sums"]
+__all__ = ["MapSums", "Own", "Scaled", "density_sums", "map_sums"]
+
+#: The smallest normal float64: ``p log p`` is taken as ``p log(max(p, TINY))`` (0 where p is 0).
+TINY = float(np.finfo(np.float64).tiny)
 
 
 class MapSums:
     """The results of :func:`map_sums`: ``csum`` and ``ss`` (sum and sum of squares of the
-    centred map), and one value per array given in ``cross``, ``kl`` and ``sim``."""
+    centred map), and one value per entry given in ``cross``, ``kl``, ``sim`` and ``own``
+    (``own`` and ``gss`` for the latter)."""
 
-    def __init__(self, n_cross: int, n_kl: int, n_sim: int):
+    def __init__(self, n_cross: int, n_kl: int, n_sim: int, n_own: int = 0):
         self.csum = 0.0
         self.ss = 0.0
         self.cross = [0.0] * n_cross
         self.kl = [0.0] * n_kl
         self.sim = [0.0] * n_sim
+        self.own = [0.0] * n_own
+        self.gss = [0.0] * n_own
+
+
+class Scaled:
+    """``d * factor``, formed one block at a time where :func:`map_sums` reads it (never whole):
+    the mit distribution ``d / sum(d)`` as the blur times the reciprocal of its sum."""
+
+    def __init__(self, d: np.ndarray, factor: float):
+        self.d = d
+        self.factor = factor
+        self.work = np.empty(min(d.size, BLOCK))
+
+    def block(self, a: int, b: int) -> np.ndarray:
+        return np.multiply(self.d[a:b], self.factor, out=self.work[: b - a])
+
+
+class Own:
+    """An image's own terms for :func:`map_sums`: ``kind`` "mit" (``sum(p log p)``, 0 where p is
+    0) or "exact" (``sum(p log(p + EPS))``) or None, of ``p``; and, with ``mean`` given, the sum
+    of squared deviations of ``d`` from it (CC's ``gss``)."""
+
+    def __init__(self, kind: str | None, p, d: np.ndarray | None = None,
+                 mean: float | None = None):
+        self.kind, self.p, self.d, self.mean = kind, p, d, mean
+
+
+def _block(x, a: int, b: int, memo: dict) -> np.ndarray:
+    if isinstance(x, Scaled):
+        if id(x) not in memo:
+            memo[id(x)] = x.block(a, b)
+        return memo[id(x)]
+    return x[a:b]
 
 
 def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None, cross=(),
-             kl=(), sim=()) -> MapSums:
-    """One blocked pass over the map computing every sum the caller asks for.
+             kl=(), sim=(), own=()) -> MapSums:
+    """One blocked pass over the map (and the densities) computing every sum asked for.
 
     Parameters
     ----------
@@ -51,12 +88,15 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
         one block at a time as the map times the reciprocal of the sum: within one unit in the
         last place of the division, three times cheaper);
         ``log(q + EPS)`` is formed one block at a time (needed with ``kl``).
-    cross : sequence of (N,) arrays ``d``
+    cross : sequence of (N,) arrays or :class:`Scaled` ``d``
         ``sum(c * d)`` for each (CC's covariance term).
-    kl : sequence of (N,) arrays ``p``
+    kl : sequence of (N,) arrays or :class:`Scaled` ``p``
         ``sum(p * log(q + EPS))`` for each (KL's term of the map).
-    sim : sequence of pairs ``(a, b)`` of (N,) arrays
+    sim : sequence of pairs ``(a, b)`` of (N,) arrays or :class:`Scaled`
         ``sum(min(a, b))`` for each (SIM); ``a`` None stands for ``q``.
+    own : sequence of :class:`Own`
+        The image's own KL term and CC's ``gss`` (per ground truth; computed here where they are
+        not cached yet, while the density's blocks are in cache anyway).
 
     Returns
     -------
@@ -65,13 +105,14 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
     n = flat.size
     if q is None and (kl or any(x is None for x, _ in sim)):
         raise ValueError("map_sums: kl terms need the density q")
-    out = MapSums(len(cross), len(kl), len(sim))
+    out = MapSums(len(cross), len(kl), len(sim), len(own))
     work = np.empty(min(n, BLOCK))
     work2 = np.empty(min(n, BLOCK)) if sim else None
     qwork = np.empty(min(n, BLOCK)) if isinstance(q, float) else None
     inv = 1.0 / q if qwork is not None else None
     for a in range(0, n, BLOCK):
         b = min(n, a + BLOCK)
+        memo: dict = {}
         if q is None:
             qb = None
         elif qwork is not None:
@@ -82,20 +123,30 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
         out.csum += float(c.sum())
         out.ss += dot(c, c)
         for i, d in enumerate(cross):
-            out.cross[i] += dot(c, d[a:b])
+            out.cross[i] += dot(c, _block(d, a, b, memo))
         if kl:
             lg = np.add(qb, EPS, out=work[: b - a])
             np.log(lg, out=lg)
             for i, p in enumerate(kl):
-                out.kl[i] += dot(p[a:b], lg)
+                out.kl[i] += dot(_block(p, a, b, memo), lg)
         for i, (x, y) in enumerate(sim):
-            xb = qb if x is None else x[a:b]
-            out.sim[i] += float(np.minimum(xb, y[a:b], out=work2[: b - a]).sum())
+            xb = qb if x is None else _block(x, a, b, memo)
+            out.sim[i] += float(np.minimum(xb, _block(y, a, b, memo), out=work2[: b - a]).sum())
+        for i, o in enumerate(own):
+            w = work[: b - a]
+            if o.mean is not None:
+                np.subtract(o.d[a:b], o.mean, out=w)
+                out.gss[i] += dot(w, w)
+            if o.kind is not None:
+                pb = _block(o.p, a, b, memo)
+                if o.kind == "mit":
+                    np.maximum(pb, TINY, out=w)
+                else:
+                    np.add(pb, EPS, out=w)
+                out.own[i] += dot(pb, np.log(w, out=w))
     return out
 
 
-#: The smallest normal float64: ``p log p`` is taken as ``p log(max(p, TINY))`` (0 where p is 0).
-TINY = float(np.finfo(np.float64).tiny)
 
 
 def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,

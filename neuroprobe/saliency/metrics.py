@@ -64,7 +64,7 @@ from ._maps import (
     prepare,
     resize,
 )
-from ._fused import density_sums, map_sums
+from ._fused import Own, Scaled, density_sums, map_sums
 from ._ranks import PartialSort, likely_too_many, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
@@ -443,6 +443,9 @@ def _m_kl(sm: Map, gt, protocol, **_):
         if sm.lo < 0:
             warnings.warn("negative saliency values: the mit KL divides the raw map by its sum; "
                           "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
+        if sm.lo >= 0 and not sm.constant and sm.total > 0 and ("kl", "mit") in sm._c \
+                and "plogp_mit" in gt._cache:
+            return gt._cache["plogp_mit"] - sm._c[("kl", "mit")]  # from the shared pass
         p = _gt_sum1_mit(gt)
         if sm.lo >= 0 and not sm.constant and sm.total > 0:
             # q = map / sum(map) is the map's density (the same numbers).  sum(p * log(eps + p /
@@ -498,42 +501,79 @@ def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
     """The sums of CC, NSS, KL and SIM over the map for every protocol, in one blocked pass
     (:func:`~._fused.map_sums`), left in the prepared map's cache for the metric kernels
     (``("cc", p)``: sum of the centred map times the density; ``("kl", p)``: the map's KL
-    term; ``("sim", p)``: SIM itself; and the moments).  Only where at least two such sums
-    are asked for; the kernels compute whatever is missing themselves."""
-    cross, kl, sim, keys = [], [], [], ([], [], [])
+    term; ``("sim", p)``: SIM itself; and the moments).  The image's own terms (CC's mean and
+    ``gss``, KL's ``sum(p log p)``) come from the same pass where they are not cached yet, and
+    the mit distribution ``p = d / sum(d)`` is formed one block at a time (never written out).
+    Only where at least two such sums are asked for; the kernels compute whatever is missing
+    themselves."""
+    cross, kl, sim, own, owned, keys = [], [], [], [], [], ([], [], [])
     # a non-negative map's density is the map over its sum: formed block by block in the pass
     # (never written out whole) unless a kernel has made it already; the mit SIM's shifted
     # map is the same numbers where the minimum is 0
     plain = sm.lo >= 0 and not sm.constant and sm.total > 0 and "dist" not in sm._c and \
         "density" not in sm._c
-    q = sm.total if plain else None
     for p in protocols:
         g = gt.at(p)
-        _share_gt_sums(g, p, metrics)
+        pkl, pdist = _pass_distributions(g, p, metrics, own, owned)
         if "cc" in metrics and not sm.constant:
             cross.append(g.density(p).ravel())
             keys[0].append(("cc", p))
         if "kl" in metrics and (p == "exact" or sm.lo >= 0 and not sm.constant and
                                 sm.total > 0):
-            kl.append(_gt_dist(g, p) if p == "exact" else _gt_sum1_mit(g))
+            kl.append(pkl)
             keys[1].append(("kl", p))
         if "sim" in metrics:
             if p == "exact":
                 a = None if plain else sm.density
             else:
                 a = None if plain and sm.lo == 0 else sm.dist
-            sim.append((a, _gt_dist(g, p)))  # a None: the density formed in the pass
+            sim.append((a, pdist))  # a None: the density formed in the pass
             keys[2].append(("sim", p))
     wanted = ("nss" in metrics) + len(cross) + len(kl) + len(sim)
     if wanted < 2:
+        for g, p, *_ in owned:
+            _share_gt_sums(g, p, metrics)
         return
-    if q is None and kl:
-        q = sm.density
-    res = map_sums(sm.flat, sm.mean, q, cross, kl, sim)
+    q = sm.total if plain else (sm.density if kl else None)
+    res = map_sums(sm.flat, sm.mean, q, cross, kl, sim, own)
     if "ss" not in sm._c:
         sm._c.update(csum=res.csum, ss=res.ss)
     for ks, vals in zip(keys, (res.cross, res.kl, res.sim)):
         sm._c.update(zip(ks, vals))
+    for i, (g, p, want_cc, want_kl, mean) in enumerate(owned):
+        if want_cc:
+            g._cache[f"mean_{p}"], g._cache[f"gss_{p}"] = mean, res.gss[i]
+        if want_kl:
+            g._cache[f"plogp_{p}"] = res.own[i]
+
+
+def _pass_distributions(g: GroundTruth, protocol: str, metrics, own: list, owned: list):
+    """The ground truth's distributions as the shared pass reads them: (KL's ``p``, SIM's),
+    and the image's own terms to compute in it (appended to ``own`` / ``owned``).  The
+    Gaussian density is its own distribution; the mit one is the clipped blur over its sum
+    (from the clipping pass), formed in the pass unless a kernel made it already."""
+    if g.density_map is not None:  # a given map: the kernels' own route
+        _share_gt_sums(g, protocol, metrics)
+        pdist = _gt_dist(g, protocol)
+        return (pdist if protocol == "exact" else _gt_sum1_mit(g)), pdist
+    c = g._cache
+    d = g.density(protocol).ravel()
+    if protocol == "mit":
+        total = c["total_mit"]
+        pkl = c.get("sum1_mit")
+        if pkl is None:
+            pkl = Scaled(d, 1.0 / total if total > 0 else np.inf)
+        pdist = pkl if c["min_mit"] == 0 else _gt_dist(g, "mit")
+        mean = total / d.size
+    else:
+        pkl = pdist = d  # normalised and non-negative
+        mean = 1.0 / d.size
+    want_cc = "cc" in metrics and f"gss_{protocol}" not in c
+    want_kl = "kl" in metrics and f"plogp_{protocol}" not in c
+    if want_cc or want_kl:
+        own.append(Own(protocol if want_kl else None, pkl, d, mean if want_cc else None))
+        owned.append((g, protocol, want_cc, want_kl, mean))
+    return pkl, pdist
 
 
 def _share_gt_sums(g: GroundTruth, protocol: str, metrics) -> None:
