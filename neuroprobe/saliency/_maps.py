@@ -128,12 +128,29 @@ class Map:
     def lo(self) -> float:
         if "sorted" in self._c:
             return self.get("lo", lambda: _sorted_min(self.sorted))
-        return self.get("lo", lambda: float(self.flat.min()))
+        if "lo" not in self._c:
+            self._extremes()
+        return self._c["lo"]
 
     @property
     def hi(self) -> float:
-        return self.get("hi", lambda: float(self.sorted[-1]) if "sorted" in self._c
-                        else float(self.flat.max()))
+        if "sorted" in self._c:
+            return self.get("hi", lambda: float(self.sorted[-1]))
+        if "hi" not in self._c:
+            self._extremes()
+        return self._c["hi"]
+
+    def _extremes(self) -> None:
+        """Minimum and maximum in one pass, block by block (each block is read from memory
+        once; min and max are exact, so the same numbers as two whole-array passes)."""
+        lows, highs = [], []
+        for a in range(0, self.flat.size, BLOCK):
+            blk = self.flat[a:a + BLOCK]
+            lows.append(blk.min())
+            highs.append(blk.max())
+        # np.min / np.max of the blocks' extremes propagate NaN as the whole-array ones do
+        self._c.setdefault("lo", float(np.min(lows)))
+        self._c.setdefault("hi", float(np.max(highs)))
 
     @property
     def dist(self) -> np.ndarray:

@@ -39,10 +39,15 @@ Layout and speed: the ground truth (fixations as pixels, the blurred densities) 
 protocol and model (:class:`GroundTruth`); the ROC areas are ``neuroprobe.saliency._roc`` (one
 sort and binary searches, no threshold loops; AUC-Judd reads the sorted map only near the
 fixated values, which ``neuroprobe.saliency._ranks`` finds from a histogram of the map without
-sorting it all); the prepared map (extremes, moments, distributions, AUC-Judd's ranks, each
-computed once and shared by the protocols) is ``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
-(:func:`blas_single_thread`).  Results equal a literal implementation to about 1e-14 (the tests
-compare with brute-force and MATLAB-loop references).
+sorting it all; tie-heavy maps, which it would not help, are told from a sample and sorted);
+the prepared map (extremes, moments, distributions, AUC-Judd's ranks, each computed once and
+shared by the protocols) is ``neuroprobe.saliency._maps``.  Where several of CC, NSS, KL and SIM
+are asked for, one blocked pass over the map and both protocols' densities
+(``neuroprobe.saliency._fused``) gives all their sums, the image's own terms included, with
+every block read once while it is in cache (:func:`_share_map_sums`); a metric asked for alone
+runs its own code, with the same results to about 1e-14.  BLAS runs on one thread inside the
+metric loops (:func:`blas_single_thread`).  Results equal a literal implementation to about
+1e-14 (the tests compare with brute-force and MATLAB-loop references).
 """
 from __future__ import annotations
 
