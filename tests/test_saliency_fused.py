@@ -110,3 +110,15 @@ def test_shared_passes_equal_the_metric_by_metric_kernels(name, monkeypatch):
                 else:
                     assert abs(res[p][m] - alone) <= 1e-13 * max(1.0, abs(alone)), (p, m)
         assert not calls  # one metric in one protocol: the kernels' own code
+
+
+def test_metrics_without_a_density_make_none():
+    shape = (150, 260)
+    rng = np.random.default_rng(6)
+    gt = M.GroundTruth.from_fixations(np.column_stack([rng.uniform(0, 259, 30),
+                                                       rng.uniform(0, 149, 30)]), shape)
+    M.evaluate_image(_maps(shape)["min 0"], gt, ("auc_judd", "auc_borji", "nss", "ig"))
+    for p in M.PROTOCOLS:
+        assert not any(k.startswith("dens_") for k in gt.at(p)._cache)
+    M.evaluate_image(_maps(shape)["min 0"], gt, ("cc", "nss"))
+    assert all("dens_" + p in gt.at(p)._cache for p in M.PROTOCOLS)

@@ -511,6 +511,12 @@ def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
     the mit distribution ``p = d / sum(d)`` is formed one block at a time (never written out).
     Only where at least two such sums are asked for; the kernels compute whatever is missing
     themselves."""
+    kl_map = sm.lo >= 0 and not sm.constant and sm.total > 0  # the mit KL's fast path
+    wanted = ("nss" in metrics) + sum(("cc" in metrics and not sm.constant) + ("sim" in metrics)
+                                      + ("kl" in metrics and (p == "exact" or kl_map))
+                                      for p in protocols)
+    if wanted < 2:
+        return  # one sum (or none): the kernels' own code, no densities made for nothing
     cross, kl, sim, own, owned, keys = [], [], [], [], [], ([], [], [])
     # a non-negative map's density is the map over its sum: formed block by block in the pass
     # (never written out whole) unless a kernel has made it already; the mit SIM's shifted
@@ -519,12 +525,13 @@ def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
         "density" not in sm._c
     for p in protocols:
         g = gt.at(p)
+        if not any(m in metrics for m in ("cc", "kl", "sim")):
+            continue  # NSS alone: the map's moments only
         pkl, pdist = _pass_distributions(g, p, metrics, own, owned)
         if "cc" in metrics and not sm.constant:
             cross.append(g.density(p).ravel())
             keys[0].append(("cc", p))
-        if "kl" in metrics and (p == "exact" or sm.lo >= 0 and not sm.constant and
-                                sm.total > 0):
+        if "kl" in metrics and (p == "exact" or kl_map):
             kl.append(pkl)
             keys[1].append(("kl", p))
         if "sim" in metrics:
@@ -534,11 +541,6 @@ def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
                 a = None if plain and sm.lo == 0 else sm.dist
             sim.append((a, pdist))  # a None: the density formed in the pass
             keys[2].append(("sim", p))
-    wanted = ("nss" in metrics) + len(cross) + len(kl) + len(sim)
-    if wanted < 2:
-        for g, p, *_ in owned:
-            _share_gt_sums(g, p, metrics)
-        return
     q = sm.total if plain else (sm.density if kl else None)
     res = map_sums(sm.flat, sm.mean, q, cross, kl, sim, own)
     if "ss" not in sm._c:
