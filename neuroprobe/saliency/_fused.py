@@ -8,12 +8,17 @@ from memory again (an 800x600 float64 array is 3.8 MB, more than a core's cache)
 logarithm and the centred map are written out whole.  :func:`map_sums` computes all of them in
 one pass over blocks of :data:`~neuroprobe.saliency._maps.BLOCK` elements: each block of every
 array is read once while it is in cache, and the centred map and the logarithm only ever exist
-one block at a time.
+one block at a time.  The same pass takes the image's own terms (CC's centred sum of squares of
+each density, KL's ``sum(p log p)``) where they are not cached yet, and forms the mit
+distribution ``d / sum(d)`` block by block (:class:`Scaled`) instead of writing it out.
+:func:`density_sums` gives the image's terms alone (two passes over one density), for ground
+truths the shared pass does not cover.
 
-The element-wise operations are those of the metric-by-metric code; the reductions are summed
-block by block (as :func:`~neuroprobe.saliency._maps.block_sum` does), so the moments and SIM are
-bit-identical to it and the dot products differ from whole-array ones by rounding (about 1e-16
-of the result).
+The element-wise operations are those of the metric-by-metric code, except that a division by a
+sum is a multiplication by its reciprocal (one unit in the last place); the reductions are summed
+block by block (as :func:`~neuroprobe.saliency._maps.block_sum` does), so the moments are
+bit-identical to the kernels' and the other sums differ from whole-array ones by rounding (about
+1e-16 of the result).
 """
 from __future__ import annotations
 
