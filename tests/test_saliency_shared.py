@@ -146,3 +146,19 @@ def test_block_sum_equals_the_whole_array_reduction():
         a, b = rng.random(n), rng.random(n)
         got = block_sum(lambda x, y, w: np.multiply(x, y, out=w).sum(), a, b)
         assert got == pytest.approx(float(a @ b), rel=1e-14)
+
+
+def test_group_sum_equals_reduceat_bit_for_bit():
+    from neuroprobe.saliency.groundtruth import _group_sum
+
+    rng = np.random.default_rng(4)
+    for trial in range(60):
+        n = int(rng.integers(1, 120))
+        group = np.unique(rng.integers(0, int(rng.integers(1, n + 1)), n), return_inverse=True)[1]
+        k = rng.random((40, 9)) * 10.0 ** rng.integers(-30, 2, (40, 9))  # many binades
+        at = rng.integers(0, 40, n)
+        w = np.ones(n) if trial % 2 else rng.integers(1, 4, n).astype(float)
+        order = np.argsort(group, kind="stable")
+        starts = np.flatnonzero(np.diff(group[order], prepend=-1))
+        ref = np.add.reduceat(k[at[order]] * w[order, None], starts, axis=0)
+        assert np.array_equal(_group_sum(k, at, w, group), ref)  # the same numbers

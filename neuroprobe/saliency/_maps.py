@@ -46,7 +46,8 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
             sort: bool = False, ws: Workspace | None = None) -> Map | None:
     """The float64 map of the ground truth's shape as a :class:`Map`, or None (NaN result)
     with a warning.  ``cache`` shares the prepared map between the protocols of one call;
-    ``sort=True`` sorts its values at once (AUC-Judd needs them, and the extremes come free);
+    ``sort=True`` sorts its values at once (the extremes then come free; AUC-Judd sorts only
+    where :mod:`._ranks` cannot answer);
     ``ws``: the workspace its arrays come from (:meth:`Map.close` gives them back)."""
     smap = as_map_array(saliency)
     same = smap.shape == tuple(gt.shape)
@@ -65,7 +66,10 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
     sm = Map(smap, ws)
     if sort:
         sm.sorted  # noqa: B018 - computed now: it also gives the extremes
-    if not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):  # min/max propagate NaN
+    # a finite sum means finite values (NaN and infinity propagate into it) and is needed by
+    # most metrics anyway; only where it is not finite (also when finite values overflow it)
+    # are the extremes looked at, which min and max propagate NaN into
+    if not math.isfinite(sm.total) and not (math.isfinite(sm.lo) and math.isfinite(sm.hi)):
         warnings.warn(f"saliency map{' of ' + gt.image if gt.image else ''} contains NaN or "
                       "infinity; its scores are NaN", RuntimeWarning, stacklevel=3)
         sm.close()
@@ -78,7 +82,7 @@ def prepare(saliency, gt: GroundTruth, protocol: str, cache: dict | None = None,
 class Map:
     """A prepared saliency map with the derived quantities several metrics share (computed once).
 
-    The extremes come from the sorted values where those exist (AUC-Judd sorts them anyway), from
+    The extremes come from the sorted values where those exist (AUC-Judd's fallback), from
     one pass each otherwise; the min-max normalised map (AUC-Borji, sAUC) is only formed at the
     pixels those metrics sample.  Image-sized temporaries go to one reused work array
     (:attr:`scratch`): allocating a fresh 800x600 float64 array costs about as much as a pass
@@ -124,12 +128,29 @@ class Map:
     def lo(self) -> float:
         if "sorted" in self._c:
             return self.get("lo", lambda: _sorted_min(self.sorted))
-        return self.get("lo", lambda: float(self.flat.min()))
+        if "lo" not in self._c:
+            self._extremes()
+        return self._c["lo"]
 
     @property
     def hi(self) -> float:
-        return self.get("hi", lambda: float(self.sorted[-1]) if "sorted" in self._c
-                        else float(self.flat.max()))
+        if "sorted" in self._c:
+            return self.get("hi", lambda: float(self.sorted[-1]))
+        if "hi" not in self._c:
+            self._extremes()
+        return self._c["hi"]
+
+    def _extremes(self) -> None:
+        """Minimum and maximum in one pass, block by block (each block is read from memory
+        once; min and max are exact, so the same numbers as two whole-array passes)."""
+        lows, highs = [], []
+        for a in range(0, self.flat.size, BLOCK):
+            blk = self.flat[a:a + BLOCK]
+            lows.append(blk.min())
+            highs.append(blk.max())
+        # np.min / np.max of the blocks' extremes propagate NaN as the whole-array ones do
+        self._c.setdefault("lo", float(np.min(lows)))
+        self._c.setdefault("hi", float(np.max(highs)))
 
     @property
     def dist(self) -> np.ndarray:
@@ -139,6 +160,13 @@ class Map:
             return self.get("dist", lambda: as_density(self.flat, 0.0, self.total,
                                                        out=self._buf()))
         return self.get("dist", lambda: as_distribution(self.flat, self.lo, out=self._buf()))
+
+    def dist_at(self, index) -> np.ndarray:
+        """``dist[index]`` without forming the whole of :attr:`dist` where the minimum is 0
+        (then it is the map over its sum: the same divisions, the same numbers)."""
+        if "dist" not in self._c and self.lo == 0 and self.total > 0:
+            return self.flat[index] / self.total
+        return self.dist[index]
 
     @property
     def density(self) -> np.ndarray:

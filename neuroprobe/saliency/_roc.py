@@ -27,14 +27,20 @@ def auc_exact(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def auc_exact_sorted(pos: np.ndarray, srt: np.ndarray) -> float:
-    """:func:`auc_exact` with the negatives already sorted in ascending order."""
-    less = np.searchsorted(srt, pos, side="left")
-    leq = np.searchsorted(srt, pos, side="right")
-    return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * len(srt)))
+    """:func:`auc_exact` with the negatives already sorted in ascending order (an array, or
+    any object with ``searchsorted`` and ``size`` as :class:`~._ranks.PartialSort`)."""
+    less = srt.searchsorted(pos, side="left")
+    leq = srt.searchsorted(pos, side="right")
+    return float((less.sum() + 0.5 * (leq - less).sum()) / (len(pos) * srt.size))
 
 
 def auc_exact_splits(pos: np.ndarray, negs: np.ndarray) -> np.ndarray:
-    """:func:`auc_exact` for several small negative sets at once: ``negs`` (S, M) -> (S,)."""
+    """:func:`auc_exact` for several small negative sets at once: ``negs`` (S, M) -> (S,).
+
+    Each set is sorted first: its score is a mean over its negatives, whose order does not
+    matter (every term is a multiple of 0.5, so the sums are exact in any order), and numpy's
+    binary searches run about twice as fast on ascending keys."""
+    negs = np.sort(negs, axis=1)
     u, cnt = np.unique(pos, return_counts=True)
     k = len(pos)
     cum = np.concatenate([[0], np.cumsum(cnt)])

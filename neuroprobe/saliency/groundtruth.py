@@ -142,25 +142,67 @@ def _mit_blur_points(shape, rows, cols, weights, cycles: float = 8.0, dense=None
 
 
 def _outer_sum(ky: np.ndarray, kx: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-               weights: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+               weights: np.ndarray, out: np.ndarray | None,
+               unit_sum: bool = False) -> np.ndarray | None:
     """``sum_i weights[i] * outer(ky[rows[i]], kx[cols[i]])``, as one matrix product.
 
     Fixations that share a row (or a column, whichever are fewer) are summed first, so the
     product's inner size is the number of distinct rows (about 105 for 140 fixated pixels of an
     OSIE image) rather than the number of fixated pixels: the same sum, a quarter fewer
     multiplications (rounding differs from the plain rank-k product by about 1e-16 of the
-    peak)."""
+    peak).  The sums per row are :func:`_group_sum` (a few vectorised additions).
+    ``unit_sum=True``: divided by its sum (None where that is not positive)."""
     ur, inv_r = np.unique(rows, return_inverse=True)
     uc, inv_c = np.unique(cols, return_inverse=True)
     if len(ur) <= len(uc):
-        order = np.argsort(inv_r, kind="stable")
-        starts = np.flatnonzero(np.diff(inv_r[order], prepend=-1))
-        b = np.add.reduceat(kx[cols[order]] * weights[order, None], starts, axis=0)
-        return np.matmul(ky[ur].T, b, out=out)
-    order = np.argsort(inv_c, kind="stable")
-    starts = np.flatnonzero(np.diff(inv_c[order], prepend=-1))
-    a = np.add.reduceat(ky[rows[order]] * weights[order, None], starts, axis=0)
-    return np.matmul(a.T, kx[uc], out=out)
+        a, b = ky[ur], _group_sum(kx, cols, weights, inv_r)  # b: a fresh array
+    else:
+        a, b = _group_sum(ky, rows, weights, inv_c), kx[uc]  # kx[uc]: a fresh array
+    if unit_sum:
+        # the product's sum from its factors, sum_k sum(a[k]) sum(b[k]) (the same sum, other
+        # rounding: about 1e-16 relative), so that the product comes out normalised instead
+        # of being summed and divided afterwards (two passes over the image)
+        total = float(a.sum(axis=1) @ b.sum(axis=1))
+        if not total > 0:
+            return None
+        b /= total
+    return np.matmul(a.T, b, out=out)
+
+
+def _group_sum(k: np.ndarray, at: np.ndarray, weights: np.ndarray,
+               group: np.ndarray) -> np.ndarray:
+    """``out[g] = sum of weights[i] * k[at[i]]`` over the ``i`` with ``group[i] == g`` (groups
+    numbered 0..G-1, each non-empty): ``np.add.reduceat`` over the rows sorted by group, with
+    the same numbers.
+
+    Groups are small (a row of an image holds one or two fixated pixels, rarely five), so the
+    members are ranked (0 for the first) and each rank added to its groups in one vectorised
+    step: about 3x faster than ``reduceat`` (0.6 ms per OSIE image).  ``reduceat`` adds the
+    first row to the sum of the others (``x0 + ((x1 + x2) + x3)``), which is what is done here;
+    groups of more than 8 (where ``reduceat`` unrolls its sum) go to ``reduceat`` itself."""
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    starts = np.flatnonzero(np.diff(g, prepend=-1))
+    rank = np.arange(len(g)) - starts[g]
+    w = weights[order]
+    rows = k[at[order]]
+    if not np.all(w == 1.0):
+        rows *= w[:, None]
+    top = int(rank.max()) if len(rank) else 0
+    if top >= 8:
+        return np.add.reduceat(rows, starts, axis=0)
+    out = rows[starts]
+    if top == 0:
+        return out
+    first = np.flatnonzero(rank == 1)  # groups of two or more: their second rows
+    rest = rows[first]
+    slot = np.empty(len(starts), dtype=np.int64)
+    slot[g[first]] = np.arange(len(first))
+    for j in range(2, top + 1):
+        sel = np.flatnonzero(rank == j)
+        rest[slot[g[sel]]] += rows[sel]
+    out[g[first]] += rest
+    return out
 
 
 def _out2d(out: np.ndarray | None, shape) -> np.ndarray | None:
@@ -187,8 +229,10 @@ def gaussian_density(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
 
     Equivalent to ``scipy.ndimage.gaussian_filter(counts, sigma, mode='constant', truncate=inf)``
     followed by division by the sum (mass falling outside the image is dropped before
-    normalising).  Computed separably from the fixation list.  ``normalise=False`` returns the
-    plain sum of Gaussians.  ``out``: a buffer of ``H * W`` elements for the result.
+    normalising).  Computed separably from the fixation list; for integer pixels the sum comes
+    from the factors of the product and the product is normalised as it is formed (its sum is
+    1 up to rounding, about 1e-16).  ``normalise=False`` returns the plain sum of Gaussians.
+    ``out``: a buffer of ``H * W`` elements for the result.
     """
     h_, w_ = shape
     if len(rows) == 0:
@@ -205,7 +249,13 @@ def gaussian_density(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
         wy = np.lib.stride_tricks.sliding_window_view(_gauss_table(h_, float(sigma)), h_)[::-1]
         wx = np.lib.stride_tricks.sliding_window_view(_gauss_table(w_, float(sigma)), w_)[::-1]
         dens = _outer_sum(wy, wx, ri, ci, np.asarray(weights, dtype=np.float64),
-                          _out2d(out, shape))
+                          _out2d(out, shape), unit_sum=normalise)
+        if normalise:  # normalised by its factors' sums (None: no mass, uniform below)
+            if dens is not None:
+                return dens
+            dens = np.empty(shape) if out is None else _out2d(out, shape)
+            dens.fill(1.0 / (h_ * w_))
+            return dens
     else:
         gy = np.exp(-((np.arange(h_)[None, :] - rows[:, None]) ** 2) / (2 * sigma ** 2))
         gx = np.exp(-((np.arange(w_)[None, :] - cols[:, None]) ** 2) / (2 * sigma ** 2))
@@ -432,10 +482,23 @@ class GroundTruth:
             # the Fourier filter rings slightly below zero far from fixations; clip as storing
             # the map as an image (as the benchmark does) would
             d = _mit_blur_points(self.shape, r, c, np.ones(len(r)), self.cycles, out=self._buf())
-            return np.maximum(d, 0.0, out=d)
+            total, lo = _clip_sum(d.ravel())
+            self._cache["total_mit"], self._cache["min_mit"] = total, lo
+            return d
         # every fixation counts: each fixated pixel once, weighted by its count
         return gaussian_density(r, c, self.shape, _gt_sigma(self),
                                 weights=self.unique_counts.astype(np.float64), out=self._buf())
+
+
+def _clip_sum(d: np.ndarray, block: int = 32768) -> tuple[float, float]:
+    """Clip a flat array at 0 in place, block by block, returning its sum and minimum (after
+    clipping) from the same pass."""
+    total, lo = 0.0, np.inf
+    for a in range(0, d.size, block):
+        blk = np.maximum(d[a:a + block], 0.0, out=d[a:a + block])
+        total += float(blk.sum())
+        lo = min(lo, float(blk.min()))
+    return total, lo
 
 
 def _gt_get(gt: GroundTruth, key, fn):

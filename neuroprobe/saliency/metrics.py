@@ -37,11 +37,17 @@ warning.  Coordinates are 0-based pixels with pixel centres at integers
 Layout and speed: the ground truth (fixations as pixels, the blurred densities) is
 :mod:`neuroprobe.saliency.groundtruth`, built once per image and shared by every metric,
 protocol and model (:class:`GroundTruth`); the ROC areas are ``neuroprobe.saliency._roc`` (one
-sort and binary searches, no threshold loops); the prepared map (extremes, moments,
-distributions, sorted values, each computed once and shared by the protocols) is
-``neuroprobe.saliency._maps``.  BLAS runs on one thread inside the metric loops
-(:func:`blas_single_thread`).  Results equal a literal implementation to about 1e-14 (the tests
-compare with brute-force and MATLAB-loop references).
+sort and binary searches, no threshold loops; AUC-Judd reads the sorted map only near the
+fixated values, which ``neuroprobe.saliency._ranks`` finds from a histogram of the map without
+sorting it all; tie-heavy maps, which it would not help, are told from a sample and sorted);
+the prepared map (extremes, moments, distributions, AUC-Judd's ranks, each computed once and
+shared by the protocols) is ``neuroprobe.saliency._maps``.  Where several of CC, NSS, KL and SIM
+are asked for, one blocked pass over the map and both protocols' densities
+(``neuroprobe.saliency._fused``) gives all their sums, the image's own terms included, with
+every block read once while it is in cache (:func:`_share_map_sums`); a metric asked for alone
+runs its own code, with the same results to about 1e-14.  BLAS runs on one thread inside the
+metric loops (:func:`blas_single_thread`).  Results equal a literal implementation to about
+1e-14 (the tests compare with brute-force and MATLAB-loop references).
 """
 from __future__ import annotations
 
@@ -63,6 +69,8 @@ from ._maps import (
     prepare,
     resize,
 )
+from ._fused import Own, Scaled, density_sums, map_sums
+from ._ranks import PartialSort, likely_too_many, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
 from .groundtruth import (  # noqa: F401
@@ -110,6 +118,8 @@ def metric_title(key: str) -> str:
 
 #: The metrics that draw random numbers, with the fixed index of their stream (never reorder).
 RANDOM_STREAMS = {"auc_judd": 0, "auc_borji": 1, "sauc": 2}
+#: The smallest normal float64 (the mit KL's p log p takes log(max(p, TINY)): 0 where p is 0).
+TINY = float(np.finfo(np.float64).tiny)
 
 __all__ = [
     "PROTOCOLS", "METRICS", "METRIC_NAMES", "metric_title", "GroundTruth", "mit_blur",
@@ -175,7 +185,7 @@ def metric_rng(seed, protocol: str, metric: str) -> np.random.Generator:
 # protocol name, and the shared options; the public functions below document them.
 def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     flat = sm.flat
-    srt = sm.sorted  # one sort of the map serves both protocols
+    srt = _judd_ranks(sm, (gt,), (protocol,))  # sorted map, or the part of it that is read
     if protocol == "exact":
         return auc_exact_sorted(flat[gt.flat], srt)
     # MIT: the map plus a uniform jitter in [0, 1e-7], thresholds at the jittered values of the
@@ -189,11 +199,48 @@ def _m_auc_judd(sm: Map, gt, protocol, rng, **_):
     jitter = _jitter(_rng(rng), srt, fixed, sm.scratch)
     jit_at = fixed + jitter[_sorted_positions(srt, fixed)] / 1e7
     th = np.sort(jit_at)[::-1]  # descending, i = 1..k
+    if isinstance(jitter, np.ndarray) and isinstance(srt, PartialSort):
+        srt = sm.sorted  # all jitters drawn: the count may need the whole sorted map
     ge = _count_jittered_ge(srt, jitter, th)
     i = np.arange(1, k + 1)
     tp = np.concatenate([[0.0], i / k, [1.0]])
     fp = np.concatenate([[0.0], (ge - i) / (n - k), [1.0]])
     return float(trapz(fp, tp))
+
+
+def _judd_bands(fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the mit AUC-Judd reads the sorted map around fixated values (see :func:`_jitter`;
+    the same expressions, so the same edges)."""
+    pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
+    return fixed - (2.5e-7 + pad), fixed + (1.5e-7 + pad)
+
+
+def _judd_ranks(sm: Map, gts, protocols):
+    """The sorted map as AUC-Judd reads it, built once per prepared map for the ground truths
+    of every protocol given: a :class:`~._ranks.PartialSort` over the fixated values (and the
+    mit bands around them) where the map allows, else the full sort."""
+    def make():
+        if "sorted" in sm._c:
+            return None
+        los, his = [], []
+        for g, p in zip(gts, protocols):
+            if p == "exact":
+                v = sm.flat[g.flat]
+                los.append(v)
+                his.append(v)
+            else:
+                a, b = _judd_bands(sm.flat[g.unique_flat])
+                los.append(a)
+                his.append(b)
+        los, his = np.concatenate(los), np.concatenate(his)
+        if likely_too_many(sm.flat, los, his):
+            return None  # heavy ties: the full sort at once (it also gives the extremes)
+        if not sm.lo >= 0 or sm.constant:
+            return None
+        return partial_sort(sm.flat, sm.hi, los, his, sm.scratch)
+
+    part = sm.get("judd_ranks", make)
+    return sm.sorted if part is None else part
 
 
 def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -205,7 +252,7 @@ def _sorted_positions(srt: np.ndarray, values: np.ndarray) -> np.ndarray:
     v = values[order]
     rank = np.arange(len(v)) - np.searchsorted(v, v, side="left")  # among equal fixated values
     pos = np.empty(len(v), dtype=np.int64)
-    pos[order] = np.searchsorted(srt, v, side="left") + rank
+    pos[order] = srt.searchsorted(v, side="left") + rank
     return pos
 
 
@@ -251,9 +298,9 @@ def _jitter(rng: np.random.Generator, srt: np.ndarray, fixed: np.ndarray, out: n
     """
     n = srt.size
     if type(rng.bit_generator) is np.random.PCG64 and len(fixed):
-        pad = 8 * np.spacing(np.abs(fixed) + 1e-7)
-        lo = np.searchsorted(srt, fixed - (2.5e-7 + pad), side="left")
-        hi = np.searchsorted(srt, fixed + (1.5e-7 + pad), side="right")
+        a, b = _judd_bands(fixed)
+        lo = srt.searchsorted(a, side="left")
+        hi = srt.searchsorted(b, side="right")
         order = np.argsort(lo, kind="stable")
         lo, hi = lo[order], np.maximum.accumulate(hi[order])
         # merge runs that overlap or lie within 1024 positions (drawing is cheaper than a skip)
@@ -276,8 +323,8 @@ def _count_jittered_ge(srt: np.ndarray, jitter, th: np.ndarray) -> np.ndarray:
     """
     n = srt.size
     lower = th - (2e-7 + 4 * np.spacing(np.abs(th)))
-    hi = np.searchsorted(srt, th, side="left")
-    lo = np.searchsorted(srt, lower, side="left")
+    hi = srt.searchsorted(th, side="left")
+    lo = srt.searchsorted(lower, side="left")
     lengths = hi - lo
     total = int(lengths.sum())
     if total > n // 4 + 4096 and isinstance(jitter, np.ndarray):
@@ -356,15 +403,23 @@ def _m_cc(sm: Map, gt, protocol, **_):
     if not den > 0 or sm.constant:
         return 0.0
     # sum(a * (d - mean)) = sum(a * d) - mean * sum(a) for the centred map a, without writing
-    # the centred ground truth again
-    return (dot(sm.centred, d) - mean * sm.centred_sum) / den
+    # the centred ground truth again; sum(a * d) from the shared pass where it ran
+    cross = sm._c.get(("cc", protocol))
+    if cross is None:
+        cross = dot(sm.centred, d)
+    return (cross - mean * sm.centred_sum) / den
 
 
 def _gt_sum1_mit(gt):
     """The mit ground truth divided by its sum (KL)."""
     def make():
         d = gt.density("mit").ravel()
-        return np.divide(d, d.sum(), out=gt._buf())
+        # the sum from the blur's clipping pass where it ran, and the reciprocal, as
+        # _fused.density_sums forms it (the same numbers whichever of the two made it)
+        total = gt._cache.get("total_mit")
+        if total is None:
+            total = float(d.sum())
+        return np.multiply(d, 1.0 / total if total > 0 else np.inf, out=gt._buf())
 
     return _gt_get(gt, "sum1_mit", make)
 
@@ -393,16 +448,21 @@ def _m_kl(sm: Map, gt, protocol, **_):
         if sm.lo < 0:
             warnings.warn("negative saliency values: the mit KL divides the raw map by its sum; "
                           "shift the map to non-negative values", RuntimeWarning, stacklevel=3)
+        if sm.lo >= 0 and not sm.constant and sm.total > 0 and ("kl", "mit") in sm._c \
+                and "plogp_mit" in gt._cache:
+            return gt._cache["plogp_mit"] - sm._c[("kl", "mit")]  # from the shared pass
         p = _gt_sum1_mit(gt)
         if sm.lo >= 0 and not sm.constant and sm.total > 0:
-            # q = map / sum(map) is the map's density (the same numbers), so the chain runs
-            # block by block from it: sum(p * log(eps + p / (q + eps)))
-            def part(pp, q, w):
-                np.add(q, EPS, out=w)
-                np.divide(pp, w, out=w)
-                w += EPS
+            # q = map / sum(map) is the map's density (the same numbers).  sum(p * log(eps + p /
+            # (q + eps))) = sum(p log p) - sum(p log(q + eps)) + r with 0 <= r <= eps * sum(q +
+            # eps) ~ 2.2e-16 (log(1 + x) <= x); the first sum belongs to the image (cached), the
+            # log of the map is shared with the exact KL
+            def plogp(pp, w):  # p log p, 0 where p is 0 (the blur is clipped at 0)
+                np.maximum(pp, TINY, out=w)
                 return dot(pp, np.log(w, out=w))
-            return block_sum(part, p, sm.density)
+
+            own = _gt_get(gt, "plogp_mit", lambda: block_sum(plogp, p))
+            return own - _kl_map_term(sm, p, protocol)
         r = sm.scratch  # r = eps + p / (q + eps) without temporaries
         if sm.constant:
             r.fill(1.0 / flat.size)
@@ -421,10 +481,141 @@ def _m_kl(sm: Map, gt, protocol, **_):
         return dot(pp, np.log(w, out=w))
 
     own = _gt_get(gt, "plogp_" + protocol, lambda: block_sum(plogq, p, p))
-    return own - block_sum(plogq, p, sm.density)
+    return own - _kl_map_term(sm, p, protocol)
+
+
+def _kl_map_term(sm: Map, p: np.ndarray, protocol: str) -> float:
+    """``sum(p * log(q + eps))`` for the map's density ``q``: from the shared pass where it ran
+    (:func:`_share_map_sums`), else from the map's log (computed once for both protocols)."""
+    v = sm._c.get(("kl", protocol))
+    return dot(p, _log_density(sm)) if v is None else v
+
+
+def _log_density(sm: Map) -> np.ndarray:
+    """``log(q + eps)`` of the map's density ``q`` (:attr:`Map.density`), once per prepared map:
+    both protocols' KL read it."""
+    def make():
+        out = sm._buf()
+        np.add(sm.density, EPS, out=out)
+        return np.log(out, out=out)
+
+    return sm.get("log_density", make)
+
+
+def _share_map_sums(sm: Map, gt: GroundTruth, protocols, metrics) -> None:
+    """The sums of CC, NSS, KL and SIM over the map for every protocol, in one blocked pass
+    (:func:`~._fused.map_sums`), left in the prepared map's cache for the metric kernels
+    (``("cc", p)``: sum of the centred map times the density; ``("kl", p)``: the map's KL
+    term; ``("sim", p)``: SIM itself; and the moments).  The image's own terms (CC's mean and
+    ``gss``, KL's ``sum(p log p)``) come from the same pass where they are not cached yet, and
+    the mit distribution ``p = d / sum(d)`` is formed one block at a time (never written out).
+    Only where at least two such sums are asked for; the kernels compute whatever is missing
+    themselves."""
+    kl_map = sm.lo >= 0 and not sm.constant and sm.total > 0  # the mit KL's fast path
+    wanted = ("nss" in metrics) + sum(("cc" in metrics and not sm.constant) + ("sim" in metrics)
+                                      + ("kl" in metrics and (p == "exact" or kl_map))
+                                      for p in protocols)
+    if wanted < 2:
+        return  # one sum (or none): the kernels' own code, no densities made for nothing
+    cross, kl, sim, own, owned, keys = [], [], [], [], [], ([], [], [])
+    # a non-negative map's density is the map over its sum: formed block by block in the pass
+    # (never written out whole) unless a kernel has made it already; the mit SIM's shifted
+    # map is the same numbers where the minimum is 0
+    plain = sm.lo >= 0 and not sm.constant and sm.total > 0 and "dist" not in sm._c and \
+        "density" not in sm._c
+    for p in protocols:
+        g = gt.at(p)
+        if not any(m in metrics for m in ("cc", "kl", "sim")):
+            continue  # NSS alone: the map's moments only
+        pkl, pdist = _pass_distributions(g, p, metrics, own, owned)
+        if "cc" in metrics and not sm.constant:
+            cross.append(g.density(p).ravel())
+            keys[0].append(("cc", p))
+        if "kl" in metrics and (p == "exact" or kl_map):
+            kl.append(pkl)
+            keys[1].append(("kl", p))
+        if "sim" in metrics:
+            if p == "exact":
+                a = None if plain else sm.density
+            else:
+                a = None if plain and sm.lo == 0 else sm.dist
+            sim.append((a, pdist))  # a None: the density formed in the pass
+            keys[2].append(("sim", p))
+    q = sm.total if plain else (sm.density if kl else None)
+    res = map_sums(sm.flat, sm.mean, q, cross, kl, sim, own)
+    if "ss" not in sm._c:
+        sm._c.update(csum=res.csum, ss=res.ss)
+    for ks, vals in zip(keys, (res.cross, res.kl, res.sim)):
+        sm._c.update(zip(ks, vals))
+    for i, (g, p, want_cc, want_kl, mean) in enumerate(owned):
+        if want_cc:
+            g._cache[f"mean_{p}"], g._cache[f"gss_{p}"] = mean, res.gss[i]
+        if want_kl:
+            g._cache[f"plogp_{p}"] = res.own[i]
+
+
+def _pass_distributions(g: GroundTruth, protocol: str, metrics, own: list, owned: list):
+    """The ground truth's distributions as the shared pass reads them: (KL's ``p``, SIM's),
+    and the image's own terms to compute in it (appended to ``own`` / ``owned``).  The
+    Gaussian density is its own distribution; the mit one is the clipped blur over its sum
+    (from the clipping pass), formed in the pass unless a kernel made it already."""
+    if g.density_map is not None:  # a given map: the kernels' own route
+        _share_gt_sums(g, protocol, metrics)
+        pdist = _gt_dist(g, protocol)
+        return (pdist if protocol == "exact" else _gt_sum1_mit(g)), pdist
+    c = g._cache
+    d = g.density(protocol).ravel()
+    if protocol == "mit":
+        total = c["total_mit"]
+        pkl = c.get("sum1_mit")
+        if pkl is None:
+            pkl = Scaled(d, 1.0 / total if total > 0 else np.inf)
+        pdist = pkl if c["min_mit"] == 0 else _gt_dist(g, "mit")
+        mean = total / d.size
+    else:
+        pkl = pdist = d  # normalised and non-negative
+        mean = 1.0 / d.size
+    want_cc = "cc" in metrics and f"gss_{protocol}" not in c
+    want_kl = "kl" in metrics and f"plogp_{protocol}" not in c
+    if want_cc or want_kl:
+        own.append(Own(protocol if want_kl else None, pkl, d, mean if want_cc else None))
+        owned.append((g, protocol, want_cc, want_kl, mean))
+    return pkl, pdist
+
+
+def _share_gt_sums(g: GroundTruth, protocol: str, metrics) -> None:
+    """The image's terms of CC (mean and centred sum of squares of the density) and KL (the
+    mit distribution ``p = d / sum(d)`` and ``sum(p log p)``, the exact ``sum(p log(p +
+    eps))``) in two blocked passes over the density (:func:`~._fused.density_sums`), cached in
+    the ground truth under the keys the kernels read; what is cached already is not redone."""
+    c = g._cache
+    want_cc = "cc" in metrics and f"gss_{protocol}" not in c
+    want_kl = "kl" in metrics and f"plogp_{protocol}" not in c
+    if g.density_map is not None or not (want_cc or want_kl):
+        return
+    d = g.density(protocol).ravel()
+    own = protocol if want_kl else None
+    if own == "mit" and "sum1_mit" in c:
+        own = None  # p exists: the kernel's own pass over it
+    if protocol == "mit":  # sum and minimum from the clipping pass of the blur
+        known = c.get("total_mit"), c.get("min_mit")
+    else:  # the Gaussian density is normalised and non-negative
+        known = (1.0, 0.0) if g.density_map is None else (None, None)
+    res = density_sums(d, own=own, cc=want_cc, out=g._buf() if own == "mit" else None,
+                       total=known[0], lo=known[1])
+    if want_cc:
+        c[f"mean_{protocol}"], c[f"gss_{protocol}"] = res["mean"], res["gss"]
+    if own is not None:
+        c[f"plogp_{protocol}"] = res["own"]
+    if own == "mit":
+        c["sum1_mit"] = res["p"]
+        if res["min"] == 0:  # as _gt_dist: shifting by a minimum of 0 changes nothing
+            c.setdefault("dist_mit", res["p"])
 
 
 def _m_sim(sm: Map, gt, protocol, **_):
+    if ("sim", protocol) in sm._c:  # from the shared pass
+        return sm._c[("sim", protocol)]
     q = sm.dist if protocol == "mit" else sm.density
 
     def part(a, b, w):
@@ -444,7 +635,7 @@ def _m_ig(sm: Map, gt, protocol, baseline=None, **_):
             b = resize(b, gt.shape)
         baseline = Map(b)
     at = gt.unique_flat if protocol == "mit" else gt.flat
-    return float(np.mean(np.log2(EPS + sm.dist[at]) - np.log2(EPS + baseline.dist[at])))
+    return float(np.mean(np.log2(EPS + sm.dist_at(at)) - np.log2(EPS + baseline.dist[at])))
 
 
 def has_emd() -> bool:
@@ -635,7 +826,9 @@ kl.__doc__ = _doc("""KL: Kullback-Leibler divergence of the map from the fixatio
 
     ``mit`` (``KLdiv.m``): ``q = s / sum(s)``, ``p = g / sum(g)`` (``g`` the blurred binary
     map), ``sum(p * log(eps + p / (q + eps)))`` with eps = 2.2204e-16; the map is *not*
-    shifted (a negative map warns).
+    shifted (a negative map warns).  For a non-negative map it is computed as ``sum(p log p) -
+    sum(p log(q + eps))``, which differs from that by at most ``eps * sum(q + eps)`` (about
+    2.2e-16) plus rounding.
 
     ``exact``: ``q = s / sum(s)``, shifted to minimum 0 first only if the map has negative
     values (pysaliency's ``convert_saliency_map_to_density``), ``p`` the Gaussian density;
@@ -739,10 +932,18 @@ def evaluate_protocols(saliency, fixations, protocols=PROTOCOLS, metrics=METRICS
         try:
             for p in protocols:
                 g = gt.at(p)
-                sm = prepare(saliency, g, p, prepared, sort="auc_judd" in metrics, ws=workspace)
+                sm = prepare(saliency, g, p, prepared, ws=workspace)
                 if sm is None or len(g) == 0:
                     out[p] = dict(nan)
                     continue
+                if sm.map.shape == saliency.shape and "shared" not in sm._c:
+                    # one prepared map serves every protocol: one histogram of it answers
+                    # AUC-Judd's ranks, one pass gives the sums of CC, NSS, KL and SIM
+                    sm._c["shared"] = True
+                    live = [q for q in protocols if len(gt.at(q))]
+                    if "auc_judd" in metrics:
+                        _judd_ranks(sm, [gt.at(q) for q in live], live)
+                    _share_map_sums(sm, gt, live, metrics)
                 oth = other.get(p) if isinstance(other, dict) else other
                 out[p] = {m: _FUNCS[m](sm, g, p, baseline=baseline, other=oth,
                                        rng=_stream(base, p, m) if m in RANDOM_STREAMS else None,
@@ -761,8 +962,8 @@ def evaluate_image(saliency, fixations, metrics=None, protocols=PROTOCOLS, **kwa
 
     The image's ground truth (a :class:`GroundTruth`: fixated pixels of each protocol, the
     blurred densities of CC, SIM, KL and IG, and everything derived from them) is built once and
-    shared by all metrics and protocols, as is the prepared map (one sort, the moments, the
-    distributions); pass the same :class:`GroundTruth` to score several models of one image
+    shared by all metrics and protocols, as is the prepared map (AUC-Judd's ranks, the moments,
+    the distributions); pass the same :class:`GroundTruth` to score several models of one image
     against one ground truth.  Keyword arguments as :func:`evaluate_map` (``baseline``,
     ``other``, ``rng``, ``shape``, ``n_splits``, ``step``, ``emd_scale``) and ``workspace``
     (:func:`evaluate_protocols`).

@@ -1,0 +1,124 @@
+"""The shared passes of the saliency metrics (neuroprobe.saliency._fused) against plain numpy,
+and the metrics computed through them against the metric-by-metric kernels."""
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from neuroprobe.saliency import metrics as M
+from neuroprobe.saliency._fused import TINY, density_sums, map_sums
+from neuroprobe.saliency._maps import BLOCK, EPS
+from neuroprobe.saliency.groundtruth import _clip_sum, gaussian_density
+
+
+def _rel(a, b):
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+def test_map_sums_equal_the_whole_array_sums():
+    rng = np.random.default_rng(0)
+    n = 2 * BLOCK + 1234  # several blocks and a short last one
+    flat, d1, d2, p1 = rng.random(n), rng.random(n), rng.random(n), rng.random(n)
+    total = float(flat.sum())
+    q = flat / total
+    mean = total / n
+    for qq in (q, total):  # the density given, or formed in the pass from the sum
+        res = map_sums(flat, mean, qq, cross=[d1, d2], kl=[p1], sim=[(None, d1), (d2, p1)])
+        c = flat - mean
+        assert _rel(res.ss, float(c @ c)) < 1e-13
+        assert abs(res.csum - c.sum()) < 1e-9
+        assert _rel(res.cross[0], float(c @ d1)) < 1e-13
+        assert _rel(res.cross[1], float(c @ d2)) < 1e-13
+        assert _rel(res.kl[0], float(p1 @ np.log(q + EPS))) < 1e-13
+        assert _rel(res.sim[0], float(np.minimum(q, d1).sum())) < 1e-13
+        assert _rel(res.sim[1], float(np.minimum(d2, p1).sum())) < 1e-13
+    with pytest.raises(ValueError):
+        map_sums(flat, mean, None, kl=[p1])
+
+
+def test_density_sums_equal_the_whole_array_sums():
+    rng = np.random.default_rng(1)
+    n = 3 * BLOCK + 7
+    d = rng.random(n) ** 4
+    d[:50] = 0.0  # p log p is 0 where p is 0
+    res = density_sums(d, own="mit", cc=True)
+    p = d / d.sum()
+    assert _rel(res["total"], d.sum()) < 1e-13 and res["min"] == 0.0
+    assert _rel(res["mean"], d.mean()) < 1e-13
+    assert _rel(res["gss"], float(((d - d.mean()) ** 2).sum())) < 1e-12
+    assert np.allclose(res["p"], p, rtol=1e-15, atol=0)
+    assert _rel(res["own"], float(p @ np.log(np.maximum(p, TINY)))) < 1e-13
+    e = density_sums(p, own="exact", cc=False, total=1.0, lo=0.0)
+    assert "gss" not in e and _rel(e["own"], float(p @ np.log(p + EPS))) < 1e-13
+    assert density_sums(d, own=None, cc=False)["total"] == res["total"]
+
+
+def test_clip_sum_clips_in_place_and_sums():
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=BLOCK + 99)
+    ref = np.maximum(d, 0.0)
+    total, lo = _clip_sum(d)
+    assert np.array_equal(d, ref) and lo == 0.0 and _rel(total, ref.sum()) < 1e-13
+
+
+def test_gaussian_density_normalised_through_its_factors():
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 60, 40), rng.integers(0, 80, 40)
+    w = rng.integers(1, 4, 40).astype(float)
+    got = gaussian_density(rows, cols, (60, 80), 5.0, weights=w)
+    raw = gaussian_density(rows, cols, (60, 80), 5.0, weights=w, normalise=False)
+    assert abs(got.sum() - 1.0) < 1e-14
+    assert np.abs(got - raw / raw.sum()).max() <= 1e-15 * got.max()
+
+
+def _maps(shape):
+    rng = np.random.default_rng(4)
+    smooth = ndimage.gaussian_filter(rng.random(shape), 6)
+    smooth -= smooth.min()  # minimum 0: the density formed in the pass
+    return {"min 0": smooth, "positive": smooth + 0.3, "signed": smooth - 0.5 * smooth.max(),
+            "constant": np.full(shape, 0.25), "8-bit": np.round(smooth / smooth.max() * 255)}
+
+
+@pytest.mark.parametrize("name", list(_maps((150, 260))))
+def test_shared_passes_equal_the_metric_by_metric_kernels(name, monkeypatch):
+    """evaluate_image (the shared passes over map and densities) against each metric computed
+    alone in one protocol (the kernels' own code), on an image of several blocks."""
+    shape = (150, 260)
+    smap = _maps(shape)[name]
+    rng = np.random.default_rng(5)
+    fix = np.column_stack([rng.uniform(0, 259, 60), rng.uniform(0, 149, 60)])
+    fix[40:45] = fix[:5]  # pixels fixated twice
+    fix[50, 0] = 100.5  # a coordinate the protocols round differently
+    other = M.GroundTruth.from_fixations(rng.uniform(0, 149, (200, 2)), shape)
+    calls = []
+    monkeypatch.setattr(M, "map_sums", lambda *a, **k: calls.append(1) or map_sums(*a, **k))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the signed map warns (mit KL), as it should
+        res = M.evaluate_image(smap, M.GroundTruth.from_fixations(fix, shape), other=other,
+                               rng=2)
+        assert len(calls) == 1  # the shared pass ran (once, for both protocols)
+        calls.clear()
+        for p in M.PROTOCOLS:
+            for m in M.METRICS:
+                alone = M.evaluate_map(smap, M.GroundTruth.from_fixations(fix, shape), p, (m,),
+                                       other=other, rng=2)[m]
+                if np.isnan(alone):  # the mit KL of a signed map (log of a negative)
+                    assert np.isnan(res[p][m]), (p, m)
+                elif m in ("auc_judd", "auc_borji", "sauc", "nss", "ig"):
+                    assert res[p][m] == alone, (p, m)  # the same computation
+                else:
+                    assert abs(res[p][m] - alone) <= 1e-13 * max(1.0, abs(alone)), (p, m)
+        assert not calls  # one metric in one protocol: the kernels' own code
+
+
+def test_metrics_without_a_density_make_none():
+    shape = (150, 260)
+    rng = np.random.default_rng(6)
+    gt = M.GroundTruth.from_fixations(np.column_stack([rng.uniform(0, 259, 30),
+                                                       rng.uniform(0, 149, 30)]), shape)
+    M.evaluate_image(_maps(shape)["min 0"], gt, ("auc_judd", "auc_borji", "nss", "ig"))
+    for p in M.PROTOCOLS:
+        assert not any(k.startswith("dens_") for k in gt.at(p)._cache)
+    M.evaluate_image(_maps(shape)["min 0"], gt, ("cc", "nss"))
+    assert all("dens_" + p in gt.at(p)._cache for p in M.PROTOCOLS)
