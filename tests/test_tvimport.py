@@ -55,3 +55,21 @@ def test_loading_a_torchvision_model_spec_leaves_dynamo_out():
         "model, meta = load('torchvision:resnet18?weights=none')\n"
         "print('torch._dynamo' in sys.modules, sum(p.numel() for p in model.parameters()) > 0)\n")
     assert out == "False True"
+
+
+def test_a_torchvision_needing_more_of_the_compiler_is_imported_plainly(tmp_path):
+    """A torchvision whose import needs a name the placeholders lack: imported again the
+    ordinary way (here a stand-in package on the path, imported once per attempt)."""
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import builtins\n"
+        "builtins.tv_attempts = getattr(builtins, 'tv_attempts', 0) + 1\n"
+        "from torch._dynamo.utils import counters\n")
+    code = ("import builtins, sys\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "from neuroprobe.models.tvimport import import_torchvision\n"
+            "tv = import_torchvision()\n"
+            "print(builtins.tv_attempts, hasattr(tv, 'counters'), "
+            "hasattr(sys.modules['torch._dynamo'], 'optimize'))\n")
+    assert _run(code) == "2 True True"

@@ -48,8 +48,9 @@ def import_torchvision():
     sys.modules.update({"torch._dynamo": package, "torch._dynamo.utils": utils})
     try:
         return importlib.import_module("torchvision")
-    except ImportError:
-        # a torchvision that needs more of the compiler at import time: start over, plainly
+    except (ImportError, AttributeError):
+        # a torchvision that needs more of the compiler at import time (a name the
+        # placeholders lack): start over, plainly
         for name in [n for n in sys.modules if n == "torchvision" or
                      n.startswith("torchvision.")]:
             del sys.modules[name]
