@@ -569,7 +569,10 @@ def _tally(run: _Run) -> None:
     n_before = len(run.skipped)
     # pass 2 reads no item that pass 1 left out
     try:
-        _tally_pass(run, on_batch, checkpoint)
+        run_pass(run.model, source, run.layers, on_batch,
+                 spool=run.store if run.keep == "disk" else None,
+                 exclude=frozenset(s["index"] for s in run.skipped if s["pass"] == "record"),
+                 checkpoint=checkpoint, **run.pass_options("tally", run.next_batch))
     finally:
         if pool is not None:
             pool.shutdown()
@@ -579,15 +582,6 @@ def _tally(run: _Run) -> None:
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     run.timing["tally_s"] = round(time.perf_counter() - t_start, 3)
-
-
-def _tally_pass(run: _Run, on_batch, checkpoint) -> None:
-    """Pass 2's loop: the spool (maps kept on disk) or a second forward pass; no item that
-    pass 1 left out is read."""
-    run_pass(run.model, run.source, run.layers, on_batch,
-             spool=run.store if run.keep == "disk" else None,
-             exclude=frozenset(s["index"] for s in run.skipped if s["pass"] == "record"),
-             checkpoint=checkpoint, **run.pass_options("tally", run.next_batch))
 
 
 def _spool_record(acts: dict, batch: dict) -> dict:
