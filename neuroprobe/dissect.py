@@ -78,7 +78,7 @@ from .results import score_iou, score_nss, summarise, write_results
 from .run import ResultView
 from .stats import ImageCounts, IoUTally, MinMax, NSSTally, Quantile, StatSet, TopK
 from .tally import image_label_counts, upsample
-from .utils import model_device, versions
+from .utils import intra_op_threads, model_device, versions
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +455,15 @@ def _record(run: _Run) -> None:
     mask_size = tuple(run.source.mask_size)
     t_start = time.perf_counter()
 
+    # on the CPU the statistics run on one intra-op thread, the forward pass on all of them
+    # (see neuroprobe.utils.intra_op_threads)
+    one_thread = run.device.type == "cpu"
+
     def on_batch(acts, batch, j):
+        with intra_op_threads(1) if one_thread else contextlib.nullcontext():
+            record_batch(acts, batch, j)
+
+    def record_batch(acts, batch, j):
         if batch["id"]:
             # the items' own data-set positions (not j * per_batch + k: items may be missing)
             idx = batch["index"].to(run.device, non_blocking=True)
@@ -528,12 +536,21 @@ def _tally(run: _Run) -> None:
     # with tally_threads > 1 the layers are tallied side by side on the CPU: much of a tally
     # (gathers, nonzero, bincount) runs on one core; each layer's statistics are its own and
     # their counts do not depend on the order of the work
-    threads = min(len(run.layers), cfg.tally_threads) if run.device.type == "cpu" else 1
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    cpu = run.device.type == "cpu"
+    threads = min(len(run.layers), cfg.tally_threads) if cpu else 1
+    # on the CPU every tally operation runs on one intra-op thread (in each layer thread too;
+    # a second forward pass, keep="recompute", keeps all of them): see
+    # neuroprobe.utils.intra_op_threads
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) \
+        if threads > 1 else None
 
     def on_batch(acts, batch, j):
         if not acts:
             return
+        with intra_op_threads(1) if cpu else contextlib.nullcontext():
+            tally_batch(acts, batch)
+
+    def tally_batch(acts, batch):
         lay = batch["layers"].to(run.device, non_blocking=True).long()
         whole = batch["whole"].to(run.device, non_blocking=True).long()
         # the images' label counts, once for all layers

@@ -2,6 +2,7 @@
 bars, version information, the C heap."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -162,6 +163,27 @@ def heap_free_bytes() -> int | None:
     where the C library cannot tell."""
     info = _glibc()[1]
     return None if info is None else int(info().fordblks)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """Run the body with ``n`` intra-op threads of torch (``torch.set_num_threads``), then
+    restore the former count.
+
+    Why (issue 20): the CPU tally of a dissection is many short, memory-bound operations
+    (gathers, ``nonzero``, ``bincount``).  With two OpenMP threads each of them waits for the
+    second core; when another process holds that core the waits dominate.  Measured on the
+    2-core machine of ``benchmarks/README.md`` (tally pass of 300 images, load 3.5-4): 14.4 and
+    31.7 s with two threads against 2.3 and 1.4 s with one.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def release_heap(min_free: int = 0) -> bool:

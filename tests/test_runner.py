@@ -353,3 +353,72 @@ def test_image_counts_file_round_trips_with_equal_bytes(tmp_path):
         if k != "images":
             got = back["net.layer4"][k]
             assert got.dtype == v.dtype and np.array_equal(got, v)
+
+
+def test_check_finite_names_the_first_bad_unit_and_accepts_an_overflowing_sum():
+    from neuroprobe.engine.runner import check_finite
+    from neuroprobe.errors import UserError
+
+    big = torch.full((2, 3, 4, 4), 3e38)   # finite values whose float32 sum overflows
+    check_finite("x", big, ["a", "b"])
+    for value, kind in ((float("nan"), "NaN"), (float("inf"), "infinite"),
+                        (float("-inf"), "infinite")):
+        a = torch.zeros(2, 3, 4, 4)
+        a[1, 2, 3, 0] = value
+        with pytest.raises(UserError, match=f"{kind} activations in layer 'x', unit 2, "
+                           "image 'b'"):
+            check_finite("x", a, ["a", "b"])
+
+
+def test_intra_op_threads_sets_and_restores_the_count():
+    from neuroprobe.utils import intra_op_threads
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with intra_op_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError):
+            with intra_op_threads(1):
+                raise KeyError("x")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("tally_threads", [1, 2])
+def test_cpu_statistics_run_on_one_thread_and_the_forward_on_all(monkeypatch, tmp_path,
+                                                                 tally_threads):
+    """On the CPU the per-batch statistics of both passes run with one intra-op thread (issue
+    20: many short operations that wait for a busy second core), the forward pass with the
+    process's count, which is restored at the end; the results are those of a run that never
+    changes the count."""
+    import neuroprobe.dissect as dissect_module
+    import neuroprobe.engine.runner as runner
+
+    seen = {"forward": set(), "record": set(), "tally": set()}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen[name].add(torch.get_num_threads())
+            return fn(*args, **kwargs)
+        return wrapped
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plain = dissect(tiny_model(), Tiny(), ["1", "2"], batch_size=4, progress=False)
+        monkeypatch.setattr(runner, "forward", spy("forward", runner.forward))
+        monkeypatch.setattr(dissect_module, "check_finite",
+                            spy("record", dissect_module.check_finite))
+        monkeypatch.setattr(IoUTally, "add", spy("tally", IoUTally.add))
+        res = dissect(tiny_model(), Tiny(), ["1", "2"], batch_size=4, progress=False,
+                      out_dir=tmp_path / "run", tally_threads=tally_threads)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+    assert seen == {"forward": {2}, "record": {1}, "tally": {1}}
+    assert res.units == plain.units
+    for layer in ("1", "2"):
+        assert torch.equal(res.stats[layer]["tally"].inter, plain.stats[layer]["tally"].inter)

@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import CheckpointError, suggest
 from .cifar import build_trunk
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
+from .tvimport import import_torchvision
 
 
 
@@ -86,7 +87,7 @@ def _vgg16_from_torchvision(state: dict) -> dict:
 
 
 def _resnet(name: str) -> nn.Sequential:
-    import torchvision
+    torchvision = import_torchvision()
 
     net = getattr(torchvision.models, name)(weights=None)
     return nn.Sequential(OrderedDict(
@@ -242,6 +243,7 @@ def imagenet_state_dict(tv_name: str) -> dict:
 
     Raises :class:`CheckpointError` saying where to put the file when neither works.
     """
+    import_torchvision()
     from torchvision.models import get_model_weights
 
     from .hubcache import cache_file, weights_state_dict

@@ -35,6 +35,7 @@ from pathlib import Path
 from ..errors import CheckpointError, suggest
 from .hubcache import cache_file, ensure_cached, weights_state_dict
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
+from .tvimport import import_torchvision
 
 __all__ = ["build_torchvision_net", "resolve_weights", "weight_names", "task_of", "check_name",
            "cache_file", "ensure_cached", "weights_state_dict"]
@@ -46,7 +47,7 @@ _TASKS = {"detection": "detection", "segmentation": "segmentation", "video": "vi
 
 def task_of(name: str) -> str:
     """The task of torchvision model ``name`` from the sub-package that defines it."""
-    import torchvision
+    torchvision = import_torchvision()
 
     module = torchvision.models.get_model_builder(name).__module__.split(".")
     return _TASKS.get(module[2] if len(module) > 2 else "", "classification")
@@ -54,7 +55,7 @@ def task_of(name: str) -> str:
 
 def check_name(name: str) -> None:
     """Refuse a name torchvision does not know, with the closest ones."""
-    import torchvision
+    torchvision = import_torchvision()
 
     available = torchvision.models.list_models()
     if name not in available:
@@ -65,7 +66,7 @@ def check_name(name: str) -> None:
 
 def weight_names(name: str) -> list[str]:
     """The member names of ``name``'s weights enum, then ``DEFAULT``."""
-    import torchvision
+    torchvision = import_torchvision()
 
     enum = torchvision.models.get_model_weights(name)
     return [m for m in enum.__members__ if m != "DEFAULT"] + ["DEFAULT"]
@@ -80,7 +81,7 @@ def resolve_weights(name: str, text: str | None):
     CheckpointError
         For an enum name ``name``'s weights do not have (the message lists the valid ones).
     """
-    import torchvision
+    torchvision = import_torchvision()
 
     text = "DEFAULT" if text is None else str(text)
     if text.lower() == "none":
@@ -105,6 +106,7 @@ def _safe_weights(name: str):
     """While active, torchvision builders read weights through :func:`weights_state_dict`
     (``weights_only=True``, one-line offline errors) instead of torch.hub's
     ``load_state_dict_from_url`` (which unpickles with ``weights_only=False``)."""
+    import_torchvision()
     from torchvision.models._api import WeightsEnum
 
     original = WeightsEnum.get_state_dict
@@ -157,7 +159,7 @@ def _transform_info(name: str, weights) -> dict:
     """Mean, std and input size from the transforms of ``weights`` (of ``DEFAULT`` for random
     weights); where the transforms carry no mean/std, what the task's models expect
     (:data:`_OWN_NORMALISATION`), else ImageNet's; 224x224 where they carry no crop size."""
-    import torchvision
+    torchvision = import_torchvision()
 
     if weights is None:
         try:
@@ -198,7 +200,7 @@ def build_torchvision_net(name: str, weights=None, *, architecture_only: bool = 
         ``weights`` (the enum member's name, a path or ``"none"``), ``task``, ``mean``,
         ``std``, ``input_size``.
     """
-    import torchvision
+    torchvision = import_torchvision()
 
     check_name(name)
     resolved = resolve_weights(name, "none" if weights is None else weights)
