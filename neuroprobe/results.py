@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import textwrap
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -292,12 +291,12 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
     nrow = -(-len(layers) // cols) if layers else 1
     width = 4.4 * cols + 0.8
     model, concepts = run_names(summary)
-    # the title wrapped to the figure's width (about 0.6 em a character at 11 points)
-    chars = max(16, int((width - 0.5) * 72 / 6.6))
-    head = textwrap.wrap(f"Detector units per concept: model {model}, concepts {concepts}",
-                         chars) + (textwrap.wrap(title, chars) if title else [])
-    height = 1.0 + 0.2 * max(0, len(head) - 2) + nrow * (1.4 + 0.3 * max(rows_max, 4))
+    height = 1.0 + nrow * (1.4 + 0.3 * max(rows_max, 4))
     fig, axes = plt.subplots(nrow, cols, figsize=(width, height), squeeze=False)
+    head = wrap_to_figure(fig, f"Detector units per concept: model {model}, concepts "
+                          f"{concepts}" + (f"\n{title}" if title else ""), 11)
+    height += 0.2 * max(0, head.count("\n") - 1)        # room for a title of over 2 lines
+    fig.set_size_inches(width, height)
     spare: dict = {}
     used = {}
     for k, layer in enumerate(layers):
@@ -331,7 +330,7 @@ def counts_figure(summary: dict, title: str = "", units=None, max_concepts: int 
         ax.tick_params(axis="x", labelsize=8)
     for k in range(len(layers), nrow * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.suptitle("\n".join(head), fontsize=11)
+    fig.suptitle(head, fontsize=11)
     if used:
         fig.legend(handles=[Patch(color=c, label=k) for k, c in sorted(used.items())],
                    title="category", fontsize=9, title_fontsize=9, loc="lower center",

@@ -108,8 +108,8 @@ def _dead_unit_model():
 
 def test_redirected_relu_lets_a_dead_unit_start():
     model = _dead_unit_model()
-    kw = dict(size=12, steps=64, seed=0, objective="peak", thresholds=[0.05], lr=0.1,
-              transforms=None)
+    kw = {"size": 12, "steps": 64, "seed": 0, "objective": "peak", "thresholds": [0.05],
+          "lr": 0.1, "transforms": None}
     plain = am.maximize_units(model, "relu", [0], **kw)
     redirected = am.maximize_units(model, "relu", [0], relu_redirect=True, **kw)
     assert float(plain.peaks[0]) == 0.0 and not plain.reached[0]
