@@ -11,7 +11,11 @@ process on a multi-core CPU, maps kept on disk between the passes):
   forward loop over the same images (target: at most 1.10x); ``dissect/cpu-ratio-nocache``:
   the same without the cache (``--no-cache``: every mask PNG decoded), against the same
   baseline.  The baseline reads the images alone (``item(i, labels=False)``) through the same
-  reader, loader and batch size, and records the two layers with the same hooks;
+  reader, loader and batch size, and records the two layers with the same hooks, as a user's
+  plain loop would (contiguous tensors); ``dissect/cpu-ratio-*-vs-channels-last``: the same
+  dissections against a forward loop in the engine's own memory format (channels-last model
+  and images, see :func:`neuroprobe.dissect._probe`), i.e. the engine's cost beyond its
+  forward passes;
 * ``dissect/peak-rss*``: peak resident memory of the dissection at n and 4n images, with and
   without the cache, each in its own process (target: under 1 GiB and within 15 % between the
   sizes).  The 4n folder lists the n exported images four times in its index.csv (same reader
@@ -71,7 +75,10 @@ if cfg["what"] == "imports":
 elif cfg["what"] == "build":
     cache = ds.prepare_labels(progress=False)
     extra = {"disk_bytes": cache.disk_bytes(), "png_bytes": cache.source_bytes()}
-elif cfg["what"] == "forward":
+elif cfg["what"] in ("forward", "forward-cl"):
+    cl = cfg["what"] == "forward-cl"   # the engine's own memory format (channels-last)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
     class Images(torch.utils.data.Dataset):   # the images alone, as the reader gives them
         def __len__(self):
             return len(ds)
@@ -81,8 +88,9 @@ elif cfg["what"] == "forward":
                                          num_workers=cfg["workers"], collate_fn=collate)
     with torch.no_grad():
         for batch in loader:
+            x = batch["image"]
             with Recorder(model, cfg["layers"], stop=True) as rec:
-                model(batch["image"])
+                model(x.contiguous(memory_format=torch.channels_last) if cl else x)
             [rec[n] for n in cfg["layers"]]
     del loader   # (its worker process ends, so its CPU time is counted)
 else:
@@ -243,15 +251,18 @@ def run(quick: bool = False) -> list[dict]:
                      "target": f"size on disk {build['disk_bytes'] / 1e6:.1f} MB, mask PNGs "
                      f"it replaces {build['png_bytes'] / 1e6:.1f} MB"})
         # NEUROPROBE_BENCH_DISSECT_ROUNDS: forward, warm cache, no cache alternating, medians
-        runs = {"forward": [], "cache": [], "nocache": []}
+        runs = {"forward": [], "forward-cl": [], "cache": [], "nocache": []}
         for _ in range(int(os.environ.get("NEUROPROBE_BENCH_DISSECT_ROUNDS") or 1)):
             runs["forward"].append(_child("forward", root))
+            runs["forward-cl"].append(_child("forward-cl", root))
             runs["cache"].append(_child("dissect-cache", root, tmp / "out-cache", cache=cache))
             runs["nocache"].append(_child("dissect-nocache", root, tmp / "out-plain",
                                           cache=cache))
             for d in ("out-cache", "out-plain"):
                 shutil.rmtree(tmp / d, ignore_errors=True)
-        fwd, warm, plain = (_median(runs[k]) for k in ("forward", "cache", "nocache"))
+        fwd, fcl, warm, plain = (_median(runs[k]) for k in ("forward", "forward-cl", "cache",
+                                                            "nocache"))
+        cl_runs = ", ".join(f"{x['seconds']:.1f}" for x in runs["forward-cl"])
         for what, r, target in (("cache", warm, "ratio <= 1.10"),
                                 ("nocache", plain, "report (issue 5: <= 1.5)")):
             each = ", ".join(f"{x['seconds']:.1f}" for x in runs[what])
@@ -261,6 +272,13 @@ def run(quick: bool = False) -> list[dict]:
                          "value": r["seconds"], "unit": "s", "baseline": fwd["seconds"],
                          "ratio": r["seconds"] / fwd["seconds"],
                          "target": target + " (end to end vs forward passes alone)"})
+            rows.append({"benchmark": f"dissect/cpu-ratio-{what}-vs-channels-last",
+                         "config": f"{conf}; the same runs against a forward loop with the "
+                         f"engine's own memory format (channels-last model and images): "
+                         f"{cl_runs} s",
+                         "value": r["seconds"], "unit": "s", "baseline": fcl["seconds"],
+                         "ratio": r["seconds"] / fcl["seconds"],
+                         "target": "report (the engine's overhead beyond its forward passes)"})
             rows.append({"benchmark": f"dissect/cpu-seconds-{what}",
                          "config": f"{conf}; CPU seconds of the process and its loader worker "
                          "(less sensitive to other work on the machine than wall time)",

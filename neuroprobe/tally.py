@@ -23,6 +23,8 @@ import functools
 
 import torch
 
+from . import _tally_kernel as _kernel
+
 __all__ = ["upsample", "active_pixels", "iou_counts", "label_counts", "image_label_counts",
            "present_categories", "region_nss", "fixation_pixels", "interpolation_matrix",
            "labelled_categories",
@@ -76,6 +78,20 @@ def _cells(n_in: int, n_out: int, device: str = "cpu"):
     dev = torch.device(device)
     return (pos.to(dev), torch.where(valid, w0[pos], nan).to(dev),
             torch.where(valid, w1[pos], nan).to(dev))
+
+
+@functools.lru_cache(maxsize=64)
+def _ranges(n_in: int, n_out: int):
+    """:func:`_axis` for the compiled CPU tally, as NumPy arrays ``(start, end, w0, w1)``:
+    the output positions ``start[i]:end[i]`` have first source index ``i`` (they are
+    contiguous: the first source index never decreases along the axis)."""
+    import numpy as np
+
+    i0, _, w0, w1 = (t.cpu().numpy() for t in _axis(n_in, n_out))
+    src = np.arange(n_in)
+    return (np.searchsorted(i0, src, side="left").astype(np.int64),
+            np.searchsorted(i0, src, side="right").astype(np.int64),
+            np.ascontiguousarray(w0, np.float32), np.ascontiguousarray(w1, np.float32))
 
 
 def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -272,7 +288,8 @@ def _present_categories(present: torch.Tensor, cat_of: torch.Tensor,
 def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
                whole: torch.Tensor, categories: torch.Tensor, category_of_label: torch.Tensor,
                num_labels: int, num_categories: int, denominator: str = "netdissect",
-               per_image: bool = False, truth: torch.Tensor | None = None):
+               per_image: bool = False, truth: torch.Tensor | None = None,
+               kernel: bool | None = None):
     """Intersections and activation counts of one batch (Bau et al., CVPR 2017).
 
     Parameters
@@ -302,6 +319,11 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     truth : (B, L), optional
         :func:`image_label_counts` of the batch, when the caller has it already (several
         layers tallied on the same labels); computed here otherwise.
+    kernel : bool, optional
+        Count with the compiled CPU loop of :mod:`neuroprobe._tally_kernel` (``True``) or with
+        tensor operations (``False``).  Default: the loop for CPU tensors where Numba is
+        installed, except under the ``"lite"`` rule.  Both give the same counts in the same
+        order.
 
     Returns
     -------
@@ -325,6 +347,13 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
     whole = whole.to(dev)
     if truth is None:   # (a given truth comes from image_label_counts, which checked them)
         _check_labels(layers, whole, L)
+    can = dev.type == "cpu" and denominator != "lite" and _kernel.available()
+    if kernel and not can:
+        raise ValueError("the compiled tally counts CPU tensors under the netdissect, "
+                         "annotated and all rules, with Numba installed")
+    if can if kernel is None else kernel:
+        return _iou_counts_kernel(maps, thresholds, layers, whole, categories, cat_of, L, C,
+                                  denominator, per_image, truth)
     bi, ui, pix = active_pixels(maps, thresholds, layers.shape[-2:])
     pair = bi * U + ui
     cnt = torch.bincount(pair, minlength=B * U)                       # active pixels per pair
@@ -354,25 +383,65 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         inter = inter.view(U, L)
         inter[:, 0] = 0
     cnt = cnt.view(B, U)
+    if denominator == "lite":
+        act = _lite_act(cnt, pair.repeat(k), labs, wb, wu, wl, cat_of, C)
+        flags = None
+    else:
+        act, flags, truth = _act(denominator, cnt, truth, categories, cat_of, layers, whole,
+                                 L, C)
+    return _result(inter, act, flags, images if per_image else None, layers, whole, L, truth)
+
+
+def _act(denominator, cnt, truth, categories, cat_of, layers, whole, L, C):
+    """``(act, flags, truth)`` of the ``"netdissect"``, ``"annotated"`` and ``"all"`` rules
+    from the active pixels ``cnt`` ``(B, U)`` of every (image, unit): ``act`` ``(U, C)``, the
+    images' ``(B, C)`` category flags the rule counts on (``None`` for ``"all"``) and the
+    batch's label counts (computed here where the rule needs them and none were given)."""
+    flags = None
     if denominator == "netdissect":
         if truth is None:
             truth = image_label_counts(layers, whole, L)
         flags = present_categories(truth, cat_of, C)
     elif denominator == "annotated":
-        flags = categories.to(dev)
-    if denominator in ("netdissect", "annotated"):
-        weight = flags.to(torch.float64)                             # (B, C)
-        act = (cnt.t().to(torch.float64) @ weight).round().to(torch.int64)
-    elif denominator == "lite":
-        act = _lite_act(cnt, pair.repeat(k), labs, wb, wu, wl, cat_of, C)
+        flags = categories.to(cnt.device)
+    if flags is not None:
+        act = (cnt.t().to(torch.float64) @ flags.to(torch.float64)).round().to(torch.int64)
     else:
-        act = cnt.sum(0)[:, None].expand(U, C).clone()
-    if not per_image:
+        act = cnt.sum(0)[:, None].expand(cnt.shape[1], C).clone()
+    return act, flags, truth
+
+
+def _result(inter, act, flags, images, layers, whole, L, truth):
+    """What :func:`iou_counts` returns: ``(inter, act)``, and the per-image counts completed by
+    the batch's label counts and the rule's category flags where ``images`` is given."""
+    if images is None:
         return inter, act
     images["truth"] = image_label_counts(layers, whole, L) if truth is None else truth
-    if denominator in ("netdissect", "annotated"):   # the images' flags the rule counted on
+    if flags is not None:   # the images' flags the rule counted on
         images["categories"] = flags
     return inter, act, images
+
+
+def _iou_counts_kernel(maps, thresholds, layers, whole, categories, cat_of, L, C,
+                       denominator, per_image, truth):
+    """:func:`iou_counts` on the CPU with the compiled loop of :mod:`neuroprobe._tally_kernel`
+    (not the ``"lite"`` rule, which needs every active pixel's labels)."""
+    B, U = maps.shape[:2]
+    thr = thresholds.to(dtype=torch.float32)
+    margin = thr - (thr.abs() * 1e-6 + 1e-30)   # the bound of active_pixels
+    h, w = maps.shape[-2:]
+    H, W = layers.shape[-2:]
+    cnt, inter, ip, il, iv = _kernel.iou_counts_cpu(maps, thr, margin, layers, whole, L,
+                                                    per_image, _ranges(h, int(H)),
+                                                    _ranges(w, int(W)))
+    images = None
+    if per_image:
+        flat = cnt.view(-1)
+        pairs = flat.nonzero().squeeze(1)
+        images = {"pair": pairs, "active": flat.index_select(0, pairs), "inter_pair": ip,
+                  "inter_label": il, "inter": iv}
+    act, flags, truth = _act(denominator, cnt, truth, categories, cat_of, layers, whole, L, C)
+    return _result(inter, act, flags, images, layers, whole, L, truth)
 
 
 def _lite_act(cnt, pair, labs, wb, wu, wl, cat_of, C):

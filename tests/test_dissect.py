@@ -501,3 +501,39 @@ def test_concepts_figure_without_any_detector_is_one_short_message():
         assert "demo" in fig._suptitle.get_text()
     finally:
         plt.close(fig)
+
+
+class _ViewNet(nn.Module):
+    """A convolution whose output goes through ``view``, which channels-last tensors refuse."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(F.avg_pool2d(x, 4))
+        return self.act(y.view(y.shape[0], -1).view(y.shape))
+
+
+def test_memory_format_of_the_run_and_the_model_given_back():
+    """A convolutional network runs channels-last (recorded in the configuration, its numbers
+    those of a contiguous run up to rounding) and comes back with contiguous parameters; a
+    network that cannot take channels-last tensors runs contiguous."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()).eval()
+    res = dissect(model, Tiny(n=12), ["2"], batch_size=4, progress=False)
+    assert res.summary["config"]["memory_format"] == "channels_last"
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert not model[1].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():   # the thresholds of a contiguous forward pass, up to rounding
+        a = torch.cat([model[:2](Tiny(n=12)[i]["image"][None]) for i in range(12)])
+    expect = np.quantile(a.transpose(0, 1).reshape(5, -1).numpy(), 0.995, axis=1)
+    np.testing.assert_allclose(res.thresholds["2"].numpy(), expect, rtol=1e-5, atol=1e-6)
+
+    view = _ViewNet().eval()
+    res = dissect(view, Tiny(n=8), ["act"], batch_size=4, progress=False)
+    assert res.summary["config"]["memory_format"] == "contiguous"
+    assert all(p.is_contiguous() for p in view.parameters())
+    assert len(res.units) == 4

@@ -1,4 +1,5 @@
 """Per-batch tally helpers: bounded chunks give the same active pixels; the heap is released."""
+import functools
 import platform
 
 import pytest
@@ -111,12 +112,20 @@ def test_image_label_counts_by_brute_force():
         image_label_counts(layers, whole, 8)
 
 
+@pytest.mark.parametrize("kernel", [False, True])
 @pytest.mark.parametrize("denominator", ["netdissect", "annotated", "lite", "all"])
-def test_iou_counts_paths_agree(monkeypatch, denominator):
+def test_iou_counts_paths_agree(monkeypatch, denominator, kernel):
     """The per-image counts (dense or, past IMAGE_BINS, by sorting) sum to the batch's counts,
     which equal those counted without them and with the label counts given or not; the
-    intersections equal a brute-force count over the full upsampled maps."""
+    intersections equal a brute-force count over the full upsampled maps.  ``kernel``: the
+    tensor operations (False) or the compiled loop (True, not for the lite rule)."""
     import neuroprobe.tally as T
+
+    if kernel:
+        pytest.importorskip("numba", reason="the compiled tally needs Numba")
+        if denominator == "lite":
+            pytest.skip("the lite rule is counted with tensor operations only")
+    monkeypatch.setattr(T, "iou_counts", functools.partial(T.iou_counts, kernel=kernel))
 
     a, thr, layers, whole, cat_of = _random_batch(2)
     B, U = a.shape[:2]
@@ -143,3 +152,63 @@ def test_iou_counts_paths_agree(monkeypatch, denominator):
         on = (layers == lab).sum(1)[:, None] + (whole == lab).sum(1)[:, None, None, None]
         want[:, lab] = (up * on).sum((0, 2, 3))
     assert torch.equal(inter, want) and inter.sum() > 0
+
+
+def _kernel_case(B, U, h, w, H, W, K, L, n_whole, dtype, seed, q=0.97):
+    """Random maps with values on, just below and just above each unit's threshold, random
+    labels (a third of each mask unlabelled) and whole-image labels (none on image 0)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn((B, U, h, w), generator=g)
+    thr = torch.quantile(a.transpose(0, 1).reshape(U, -1), q, dim=1)
+    flat = a.view(B, U, -1)
+    flat[:, :, 0] = thr[None]
+    flat[:, :, 1] = torch.nextafter(thr, torch.full_like(thr, -1e9))[None]
+    flat[:, :, 2] = torch.nextafter(thr, torch.full_like(thr, 1e9))[None]
+    layers = torch.randint(0, L, (B, K, H, W), generator=g).to(dtype)
+    layers[:, :, : H // 3] = 0
+    whole = torch.randint(0, L, (B, n_whole), generator=g)
+    if n_whole:
+        whole[0] = 0
+    cats = torch.rand((B, 3), generator=g) > 0.5
+    cat_of = torch.randint(-1, 3, (L,), generator=g)
+    return a, thr, layers, whole, cats, cat_of, L
+
+
+@pytest.mark.parametrize("shape", [
+    (4, 16, 7, 7, 112, 112, 3, 50, 2, torch.int16),     # ResNet layer4 on Broden masks
+    (3, 8, 14, 14, 112, 112, 2, 30, 0, torch.int16),    # layer3, no whole-image labels
+    (2, 5, 56, 56, 112, 112, 1, 20, 1, torch.int64),    # 2x upsampling
+    (2, 5, 13, 9, 50, 70, 2, 20, 1, torch.int32),       # odd factors, not square
+    (2, 5, 8, 8, 8, 8, 2, 20, 1, torch.uint8),          # same size
+    (4, 5, 16, 16, 8, 8, 2, 20, 1, torch.int16, 0.8),   # downsampling (2x2 means)
+])
+def test_compiled_tally_equals_tensor_tally(shape):
+    """The compiled CPU loop gives the tensor path's counts entry for entry and in the same
+    order: intersections, activation counts under every rule, and the per-image counts,
+    with values on and one ulp either side of the thresholds."""
+    pytest.importorskip("numba", reason="the compiled tally needs Numba")
+    from neuroprobe.tally import iou_counts
+
+    a, thr, layers, whole, cats, cat_of, L = _kernel_case(*shape[:10], seed=sum(shape[:4]),
+                                                          q=shape[10] if len(shape) > 10 else 0.97)
+    for denominator in ("netdissect", "annotated", "all"):
+        args = (a, thr, layers, whole, cats, cat_of, L, 3, denominator)
+        for per_image in (False, True):
+            want = iou_counts(*args, per_image=per_image, kernel=False)
+            got = iou_counts(*args, per_image=per_image, kernel=True)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            if per_image:
+                assert got[2].keys() == want[2].keys()
+                for k, v in want[2].items():
+                    assert got[2][k].dtype == v.dtype and torch.equal(got[2][k], v), k
+    assert want[0].sum() > 0
+
+
+def test_compiled_tally_refuses_what_it_cannot_count():
+    pytest.importorskip("numba", reason="the compiled tally needs Numba")
+    from neuroprobe.tally import iou_counts
+
+    a, thr, layers, whole, cats, cat_of, L = _kernel_case(2, 3, 7, 7, 28, 28, 1, 5, 1,
+                                                          torch.int16, seed=0)
+    with pytest.raises(ValueError, match="compiled tally"):
+        iou_counts(a, thr, layers, whole, cats, cat_of, L, 3, "lite", kernel=True)

@@ -72,10 +72,10 @@ def model_input(images: torch.Tensor, device, channels_last: bool) -> torch.Tens
     """A batch of images on ``device`` as float32 in ``[0, 1]`` (``uint8`` ones are converted
     there: the same float32 values as :func:`~neuroprobe.concepts.maskfolder.image_tensor`)."""
     x = images.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = x.float().mul_(UINT8_SCALE)
-    if channels_last:
+    if channels_last:   # (before the conversion: a copy of bytes rather than of floats)
         x = x.contiguous(memory_format=torch.channels_last)
+    if x.dtype == torch.uint8:   # (the elementwise operations keep the memory format)
+        x = x.float().mul_(UINT8_SCALE)
     return x
 
 
@@ -173,9 +173,11 @@ def none_readable(dataset, n: int, error: str | None) -> UserError:
                      hint="check the data folder (--root) and the concept-set file")
 
 
-def probe_shapes(model, dataset, layers, amp, device, on_bad_image="stop") -> dict:
-    """Run one image (the first readable one in skip mode); check that every layer gives
-    spatial maps.  Returns ``{layer: (U, h, w)}``."""
+def probe_shapes(model, dataset, layers, amp, device, on_bad_image="stop",
+                 channels_last: bool = False) -> dict:
+    """Run one image (the first readable one in skip mode, as channels-last tensor with
+    ``channels_last``); check that every layer gives spatial maps.  Returns
+    ``{layer: (U, h, w)}``."""
     sample, first_error = None, None
     for i in range(len(dataset)):
         try:
@@ -188,6 +190,8 @@ def probe_shapes(model, dataset, layers, amp, device, on_bad_image="stop") -> di
     if sample is None:
         raise none_readable(dataset, len(dataset), first_error and error_line(first_error))
     images = sample["image"].to(device)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
     try:
         acts = forward(model, images, layers, amp, device)
     except UserError:
