@@ -115,6 +115,15 @@ def _compiled():
                     local[lab] = 0
         return cnt, inter, ip[:n], il[:n], iv[:n]
 
+    try:   # compile (or load from Numba's cache) now: a failure here means the tensor path
+        one = np.ones(1, np.int64)
+        kernel(np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32),
+               np.zeros(1, np.float32), np.ones((1, 1, 1), np.int16),
+               np.zeros((1, 0), np.int64), one * 0, one, np.ones(1, np.float32),
+               np.zeros(1, np.float32), one * 0, one, np.ones(1, np.float32),
+               np.zeros(1, np.float32), 1, 2, True)
+    except Exception:   # pragma: no cover - a Numba that cannot compile here
+        return None
     return kernel
 
 
