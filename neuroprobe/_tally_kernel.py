@@ -115,6 +115,28 @@ def _compiled():
                     local[lab] = 0
         return cnt, inter, ip[:n], il[:n], iv[:n]
 
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def label_kernel(lay, whole, L):
+        B, K, P = lay.shape
+        out = np.zeros((B, L), np.int64)
+        top = 0
+        for b in range(B):
+            row = out[b]
+            for k in range(K):
+                for p in range(P):
+                    lab = lay[b, k, p]
+                    if lab > 0:
+                        if lab >= L:
+                            return out, lab   # the caller raises
+                        row[lab] += 1
+            for j in range(whole.shape[1]):
+                lab = whole[b, j]
+                if lab > 0:
+                    if lab >= L:
+                        return out, lab
+                    row[lab] += P   # a whole-image label covers every pixel
+        return out, top
+
     try:   # compile (or load from Numba's cache) now: a failure here means the tensor path
         one = np.ones(1, np.int64)
         kernel(np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32),
@@ -122,9 +144,10 @@ def _compiled():
                np.zeros((1, 0), np.int64), one * 0, one, np.ones(1, np.float32),
                np.zeros(1, np.float32), one * 0, one, np.ones(1, np.float32),
                np.zeros(1, np.float32), 1, 2, True)
+        label_kernel(np.ones((1, 1, 1), np.int16), np.zeros((1, 0), np.int64), 2)
     except Exception:   # pragma: no cover - a Numba that cannot compile here
         return None
-    return kernel
+    return kernel, label_kernel
 
 
 def available() -> bool:
@@ -147,18 +170,34 @@ def iou_counts_cpu(maps: torch.Tensor, thresholds: torch.Tensor, margin: torch.T
     ``i``, their weights are ``w0``, ``w1`` (float32).  Returns torch tensors ``cnt`` ``(B, U)``, ``inter`` ``(U, L)`` (column 0
     zero) and ``(pair, label, count)`` int64 vectors (empty without ``per_image``).
     """
-    kernel = _compiled()
+    kernel = _compiled()[0]
     B, U, h, w = maps.shape
     H, W = int(layers.shape[-2]), int(layers.shape[-1])
     rs, re, wy0, wy1 = rows
     cs, ce, wx0, wx1 = cols
     a = maps.detach().float().contiguous().numpy()
-    lay = layers.reshape(layers.shape[0], layers.shape[1], H * W)
-    if lay.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8):
-        lay = lay.long()
-    lay = lay.contiguous().numpy()
-    wh = whole.reshape(whole.shape[0], -1).long().contiguous().numpy()
+    lay, wh = _labels(layers, whole)
     out = kernel(a, thresholds.float().contiguous().numpy(),
                  margin.float().contiguous().numpy(), lay, wh, rs, re, wy0, wy1, cs, ce,
                  wx0, wx1, W, int(num_labels), bool(per_image))
     return tuple(torch.from_numpy(x) for x in out)
+
+
+def _labels(layers: torch.Tensor, whole: torch.Tensor):
+    """``(B, K, H * W)`` label ids (in their own integer type where the loop takes it) and
+    ``(B, n)`` int64 whole-image labels, as NumPy arrays."""
+    B, K = layers.shape[:2]
+    lay = layers.reshape(B, K, layers.shape[-2] * layers.shape[-1])   # (K may be 0)
+    if lay.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8):
+        lay = lay.long()
+    wh = whole.reshape(B, -1) if whole.numel() else whole.new_zeros((B, 0))
+    return lay.contiguous().numpy(), wh.long().contiguous().numpy()
+
+
+def image_label_counts_cpu(layers: torch.Tensor, whole: torch.Tensor, num_labels: int):
+    """:func:`neuroprobe.tally.image_label_counts` of CPU tensors in one loop: ``(counts, top)``
+    where ``top`` is 0, or the first label id found that is not below ``num_labels`` (the
+    counts are then incomplete, and the caller raises)."""
+    lay, wh = _labels(layers, whole)
+    out, top = _compiled()[1](lay, wh, int(num_labels))
+    return torch.from_numpy(out), int(top)

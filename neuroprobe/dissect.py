@@ -598,7 +598,9 @@ def _tally(run: _Run) -> None:
             tally_batch(acts, batch)
 
     def tally_batch(acts, batch):
-        lay = batch["layers"].to(run.device, non_blocking=True).long()
+        # (label ids in the loader's smallest integer type: every tally path widens what it
+        # reads, the compiled CPU tally reads them as they are)
+        lay = batch["layers"].to(run.device, non_blocking=True)
         whole = batch["whole"].to(run.device, non_blocking=True).long()
         # the images' label counts, once for all layers
         truth = image_label_counts(lay, whole, num_labels) if cfg.use_iou else None

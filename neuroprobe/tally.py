@@ -227,6 +227,11 @@ def image_label_counts(layers: torch.Tensor, whole: torch.Tensor,
     """``G[b, l]``: :func:`label_counts` of every image ``b`` on its own, ``(B, L)``.
 
     Raises ``ValueError`` for a label id outside the table (``>= num_labels``)."""
+    if layers.device.type == "cpu" and _kernel.available():   # one loop, no temporaries
+        out, top = _kernel.image_label_counts_cpu(layers, whole, num_labels)
+        if top:
+            _check_labels(layers, whole, num_labels)   # (raises, naming the largest id)
+        return out
     _check_labels(layers, whole, num_labels)
     B, L = layers.shape[0], int(num_labels)
     flat = layers.reshape(B, -1)

@@ -212,3 +212,27 @@ def test_compiled_tally_refuses_what_it_cannot_count():
                                                           torch.int16, seed=0)
     with pytest.raises(ValueError, match="compiled tally"):
         iou_counts(a, thr, layers, whole, cats, cat_of, L, 3, "lite", kernel=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64, torch.uint8])
+def test_compiled_label_counts_equal_tensor_label_counts(monkeypatch, dtype):
+    """The images' label counts from the compiled loop equal the tensor operations' (negative
+    ids and label 0 ignored, a whole-image label counting every pixel), and both refuse an id
+    outside the table naming the largest one."""
+    pytest.importorskip("numba", reason="the compiled tally needs Numba")
+    import neuroprobe.tally as T
+
+    g = torch.Generator().manual_seed(3)
+    low = 0 if dtype == torch.uint8 else -2
+    layers = torch.randint(low, 9, (5, 3, 12, 10), generator=g).to(dtype)
+    whole = torch.randint(-1, 9, (5, 2), generator=g)
+    got = T.image_label_counts(layers, whole, 9)
+    monkeypatch.setattr(T._kernel, "available", lambda: False)
+    want = T.image_label_counts(layers, whole, 9)
+    assert got.dtype == want.dtype == torch.int64 and torch.equal(got, want)
+    assert want[:, 1:].sum() > 0
+    monkeypatch.undo()
+    bad = layers.clone()
+    bad[1, 0, 0, 0], bad[3, 2, 5, 5] = 9, 11
+    with pytest.raises(ValueError, match="label id 11 is outside the label table"):
+        T.image_label_counts(bad, whole, 9)
