@@ -171,8 +171,7 @@ def iou_counts_cpu(maps: torch.Tensor, thresholds: torch.Tensor, margin: torch.T
     zero) and ``(pair, label, count)`` int64 vectors (empty without ``per_image``).
     """
     kernel = _compiled()[0]
-    B, U, h, w = maps.shape
-    H, W = int(layers.shape[-2]), int(layers.shape[-1])
+    W = int(layers.shape[-1])
     rs, re, wy0, wy1 = rows
     cs, ce, wx0, wx1 = cols
     a = maps.detach().float().contiguous().numpy()

@@ -58,7 +58,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..download import download, fetch
 from ..errors import ConceptSetError, DataFormatError

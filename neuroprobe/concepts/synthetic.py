@@ -46,7 +46,6 @@ Synthetic observers (the priority model)
 from __future__ import annotations
 
 import copy
-import math
 from functools import lru_cache
 
 import numpy as np
