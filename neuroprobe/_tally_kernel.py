@@ -31,6 +31,8 @@ def _compiled():
         import numba
     except Exception:   # not installed, or built for another NumPy: the tensor path runs
         return None
+    if numba.config.DISABLE_JIT:   # (NUMBA_DISABLE_JIT=1: the loops would run in Python)
+        return None
 
     # fastmath off (the default): no reassociation, no fused multiply-add, so every product
     # and sum is rounded to float32 exactly as torch's separate elementwise kernels round it
@@ -49,6 +51,7 @@ def _compiled():
         il = np.empty(cap, np.int64)
         iv = np.empty(cap, np.int64)
         n = 0
+        bad = 0
         for b in range(B):
             for u in range(U):
                 t = thr[u]
@@ -77,6 +80,9 @@ def _compiled():
                                     for k in range(K):
                                         lab = lay[b, k, p]
                                         if lab > 0:
+                                            if lab >= L:   # the caller raises
+                                                bad = max(bad, lab)
+                                                continue
                                             if local[lab] == 0:
                                                 touched[nt] = lab
                                                 nt += 1
@@ -87,6 +93,9 @@ def _compiled():
                 for j in range(nw):   # a whole-image label covers every active pixel
                     lab = whole[b, j]
                     if lab > 0:
+                        if lab >= L:
+                            bad = max(bad, lab)
+                            continue
                         if local[lab] == 0:
                             touched[nt] = lab
                             nt += 1
@@ -113,7 +122,7 @@ def _compiled():
                         iv[n] = v
                         n += 1
                     local[lab] = 0
-        return cnt, inter, ip[:n], il[:n], iv[:n]
+        return cnt, inter, ip[:n], il[:n], iv[:n], bad
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def label_kernel(lay, whole, L):
@@ -155,9 +164,31 @@ def available() -> bool:
     return _compiled() is not None
 
 
+def _spans(n: int, parts: int) -> list:
+    """``parts`` contiguous ``(start, end)`` spans covering ``range(n)`` (none empty)."""
+    parts = max(1, min(int(parts), n))
+    edges = [n * k // parts for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="neuroprobe-tally")
+
+
+def _map(fn, spans):
+    """``[fn(start, end)]`` for every span, side by side in threads (the loops release the
+    GIL) where there are several."""
+    if len(spans) == 1:
+        return [fn(*spans[0])]
+    return list(_pool().map(lambda se: fn(*se), spans))
+
+
 def iou_counts_cpu(maps: torch.Tensor, thresholds: torch.Tensor, margin: torch.Tensor,
                    layers: torch.Tensor, whole: torch.Tensor, num_labels: int,
-                   per_image: bool, rows: tuple, cols: tuple):
+                   per_image: bool, rows: tuple, cols: tuple, threads: int = 1):
     """Active pixels per (image, unit), intersections per (unit, label) and, with
     ``per_image``, the nonzero intersections of every (image, unit, label) in the order
     (pair, label) of :func:`neuroprobe.tally._image_counts`.
@@ -167,19 +198,42 @@ def iou_counts_cpu(maps: torch.Tensor, thresholds: torch.Tensor, margin: torch.T
     active_pixels` computes them); ``layers`` ``(B, K, H, W)`` integer label ids, ``whole``
     ``(B, n)``; ``rows``, ``cols``: the interpolation along each axis as NumPy arrays
     ``(start, end, w0, w1)``: output positions ``start[i]:end[i]`` have first source index
-    ``i``, their weights are ``w0``, ``w1`` (float32).  Returns torch tensors ``cnt`` ``(B, U)``, ``inter`` ``(U, L)`` (column 0
-    zero) and ``(pair, label, count)`` int64 vectors (empty without ``per_image``).
+    ``i``, their weights are ``w0``, ``w1`` (float32).  ``threads``: the images are split into
+    that many contiguous groups counted side by side; the counts are joined in image order, so
+    the result does not depend on it.  Returns torch tensors ``cnt`` ``(B, U)``, ``inter``
+    ``(U, L)`` (column 0 zero) and ``(pair, label, count)`` int64 vectors (empty without
+    ``per_image``).
     """
     kernel = _compiled()[0]
+    B, U = maps.shape[:2]
     W = int(layers.shape[-1])
     rs, re, wy0, wy1 = rows
     cs, ce, wx0, wx1 = cols
     a = maps.detach().float().contiguous().numpy()
+    thr = thresholds.float().contiguous().numpy()
+    mg = margin.float().contiguous().numpy()
     lay, wh = _labels(layers, whole)
-    out = kernel(a, thresholds.float().contiguous().numpy(),
-                 margin.float().contiguous().numpy(), lay, wh, rs, re, wy0, wy1, cs, ce,
-                 wx0, wx1, W, int(num_labels), bool(per_image))
-    return tuple(torch.from_numpy(x) for x in out)
+
+    def part(s, e):
+        return kernel(a[s:e], thr, mg, lay[s:e], wh[s:e], rs, re, wy0, wy1, cs, ce, wx0, wx1,
+                      W, int(num_labels), bool(per_image))
+
+    spans = _spans(B, threads)
+    parts = _map(part, spans)
+    bad = max(int(p[5]) for p in parts)
+    if bad:
+        raise ValueError(f"label id {bad} is outside the label table (ids < {num_labels})")
+    if len(parts) == 1:
+        return tuple(torch.from_numpy(x) for x in parts[0][:5])
+    cnt = np.concatenate([p[0] for p in parts])
+    inter = parts[0][1]
+    for p in parts[1:]:
+        inter += p[1]
+    # a group's pairs are numbered from its first image
+    pair = np.concatenate([p[2] + s * U for p, (s, _) in zip(parts, spans)])
+    label = np.concatenate([p[3] for p in parts])
+    count = np.concatenate([p[4] for p in parts])
+    return tuple(torch.from_numpy(x) for x in (cnt, inter, pair, label, count))
 
 
 def _labels(layers: torch.Tensor, whole: torch.Tensor):
@@ -193,10 +247,15 @@ def _labels(layers: torch.Tensor, whole: torch.Tensor):
     return lay.contiguous().numpy(), wh.long().contiguous().numpy()
 
 
-def image_label_counts_cpu(layers: torch.Tensor, whole: torch.Tensor, num_labels: int):
+def image_label_counts_cpu(layers: torch.Tensor, whole: torch.Tensor, num_labels: int,
+                           threads: int = 1):
     """:func:`neuroprobe.tally.image_label_counts` of CPU tensors in one loop: ``(counts, top)``
-    where ``top`` is 0, or the first label id found that is not below ``num_labels`` (the
-    counts are then incomplete, and the caller raises)."""
+    where ``top`` is 0, or a label id found that is not below ``num_labels`` (the counts are
+    then incomplete, and the caller raises).  ``threads``: image groups counted side by side."""
     lay, wh = _labels(layers, whole)
-    out, top = _compiled()[1](lay, wh, int(num_labels))
-    return torch.from_numpy(out), int(top)
+    fn = _compiled()[1]
+    parts = _map(lambda s, e: fn(lay[s:e], wh[s:e], int(num_labels)),
+                 _spans(len(lay), threads))
+    out = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+    top = max(int(p[1]) for p in parts)
+    return torch.from_numpy(out), top

@@ -574,7 +574,8 @@ def _tally(run: _Run) -> None:
         st = stats[name]
         if cfg.use_iou:
             st["tally"].add(a, run.thresholds[name], lay, whole, batch["categories"],
-                            images=st.get("images"), index=batch["index"], truth=truth)
+                            images=st.get("images"), index=batch["index"], truth=truth,
+                            threads=loop_threads)
         if cfg.use_nss:
             mm = st["minmax"]
             st["nss"].add(a, mm.min, mm.max, lay, batch["fixations"],
@@ -590,6 +591,10 @@ def _tally(run: _Run) -> None:
     # neuroprobe.utils.intra_op_threads
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) \
         if threads > 1 else None
+    # the compiled CPU tally (neuroprobe._tally_kernel) splits each batch's images into groups
+    # counted side by side, as many as torch's threads (OMP_NUM_THREADS), shared between the
+    # layer threads; its counts do not depend on it
+    loop_threads = max(1, torch.get_num_threads() // threads) if cpu else 1
 
     def on_batch(acts, batch, j):
         if not acts:
@@ -603,7 +608,8 @@ def _tally(run: _Run) -> None:
         lay = batch["layers"].to(run.device, non_blocking=True)
         whole = batch["whole"].to(run.device, non_blocking=True).long()
         # the images' label counts, once for all layers
-        truth = image_label_counts(lay, whole, num_labels) if cfg.use_iou else None
+        truth = image_label_counts(lay, whole, num_labels, loop_threads * threads) \
+            if cfg.use_iou else None
         work = [(name, acts[name].float(), batch, lay, whole, truth) for name in run.layers]
         if pool is None:
             for args in work:

@@ -478,13 +478,14 @@ class IoUTally(_Counts):
         self.inter = self.act = self.label = self.images = None
 
     def add(self, maps, thresholds, layers, whole, categories, *, images=None,
-            index=None, truth=None) -> None:
+            index=None, truth=None, threads: int = 1) -> None:
         """Tally one batch: raw maps ``(B, U, h, w)``, thresholds ``(U,)``, label layers
         ``(B, K, H, W)``, whole-image labels ``(B, n)``, category flags ``(B, C)``; with
         ``images`` (an :class:`ImageCounts`) and the images' data-set ``index``, the same
         counts image by image go there too.  ``truth``: the batch's
         :func:`neuroprobe.tally.image_label_counts`, where the caller tallies several layers
-        on the same labels (computed once instead of once per layer)."""
+        on the same labels (computed once instead of once per layer).  ``threads``: of the
+        compiled CPU tally (the counts do not depend on it)."""
         from .tally import image_label_counts, iou_counts
 
         dev = maps.device
@@ -497,10 +498,10 @@ class IoUTally(_Counts):
         cat = self.category_of_label.to(dev)
         if truth is None:   # the label counts of every image: the tally's label counts and
             # NetDissect's category flags follow from them
-            truth = image_label_counts(layers, whole, self.num_labels)
+            truth = image_label_counts(layers, whole, self.num_labels, threads)
         out = iou_counts(maps, thresholds, layers, whole, categories, cat, self.num_labels,
                          self.num_categories, self.denominator, per_image=images is not None,
-                         truth=truth)
+                         truth=truth, threads=threads)
         inter, act = out[:2]
         self.inter += inter
         self.act += act

@@ -223,12 +223,13 @@ def label_counts(layers: torch.Tensor, whole: torch.Tensor, num_labels: int) -> 
 
 
 def image_label_counts(layers: torch.Tensor, whole: torch.Tensor,
-                       num_labels: int) -> torch.Tensor:
+                       num_labels: int, threads: int = 1) -> torch.Tensor:
     """``G[b, l]``: :func:`label_counts` of every image ``b`` on its own, ``(B, L)``.
 
-    Raises ``ValueError`` for a label id outside the table (``>= num_labels``)."""
+    Raises ``ValueError`` for a label id outside the table (``>= num_labels``).  On the CPU
+    with Numba, one compiled loop counts them (``threads``: image groups side by side)."""
     if layers.device.type == "cpu" and _kernel.available():   # one loop, no temporaries
-        out, top = _kernel.image_label_counts_cpu(layers, whole, num_labels)
+        out, top = _kernel.image_label_counts_cpu(layers, whole, num_labels, threads)
         if top:
             _check_labels(layers, whole, num_labels)   # (raises, naming the largest id)
         return out
@@ -294,7 +295,7 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
                whole: torch.Tensor, categories: torch.Tensor, category_of_label: torch.Tensor,
                num_labels: int, num_categories: int, denominator: str = "netdissect",
                per_image: bool = False, truth: torch.Tensor | None = None,
-               kernel: bool | None = None):
+               kernel: bool | None = None, threads: int = 1):
     """Intersections and activation counts of one batch (Bau et al., CVPR 2017).
 
     Parameters
@@ -329,6 +330,9 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
         tensor operations (``False``).  Default: the loop for CPU tensors where Numba is
         installed, except under the ``"lite"`` rule.  Both give the same counts in the same
         order.
+    threads : int
+        Threads of the compiled loop (groups of images counted side by side; the counts do not
+        depend on it).
 
     Returns
     -------
@@ -358,7 +362,7 @@ def iou_counts(maps: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tenso
                          "annotated and all rules, with Numba installed")
     if can if kernel is None else kernel:
         return _iou_counts_kernel(maps, thresholds, layers, whole, categories, cat_of, L, C,
-                                  denominator, per_image, truth)
+                                  denominator, per_image, truth, threads)
     bi, ui, pix = active_pixels(maps, thresholds, layers.shape[-2:])
     pair = bi * U + ui
     cnt = torch.bincount(pair, minlength=B * U)                       # active pixels per pair
@@ -428,7 +432,7 @@ def _result(inter, act, flags, images, layers, whole, L, truth):
 
 
 def _iou_counts_kernel(maps, thresholds, layers, whole, categories, cat_of, L, C,
-                       denominator, per_image, truth):
+                       denominator, per_image, truth, threads):
     """:func:`iou_counts` on the CPU with the compiled loop of :mod:`neuroprobe._tally_kernel`
     (not the ``"lite"`` rule, which needs every active pixel's labels)."""
     B, U = maps.shape[:2]
@@ -438,7 +442,7 @@ def _iou_counts_kernel(maps, thresholds, layers, whole, categories, cat_of, L, C
     H, W = layers.shape[-2:]
     cnt, inter, ip, il, iv = _kernel.iou_counts_cpu(maps, thr, margin, layers, whole, L,
                                                     per_image, _ranges(h, int(H)),
-                                                    _ranges(w, int(W)))
+                                                    _ranges(w, int(W)), threads)
     images = None
     if per_image:
         flat = cnt.view(-1)

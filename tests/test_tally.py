@@ -195,12 +195,13 @@ def test_compiled_tally_equals_tensor_tally(shape):
         args = (a, thr, layers, whole, cats, cat_of, L, 3, denominator)
         for per_image in (False, True):
             want = iou_counts(*args, per_image=per_image, kernel=False)
-            got = iou_counts(*args, per_image=per_image, kernel=True)
-            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-            if per_image:
-                assert got[2].keys() == want[2].keys()
-                for k, v in want[2].items():
-                    assert got[2][k].dtype == v.dtype and torch.equal(got[2][k], v), k
+            for threads in (1, 3):   # images counted in groups side by side: same result
+                got = iou_counts(*args, per_image=per_image, kernel=True, threads=threads)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+                if per_image:
+                    assert got[2].keys() == want[2].keys()
+                    for k, v in want[2].items():
+                        assert got[2][k].dtype == v.dtype and torch.equal(got[2][k], v), k
     assert want[0].sum() > 0
 
 
@@ -212,6 +213,14 @@ def test_compiled_tally_refuses_what_it_cannot_count():
                                                           torch.int16, seed=0)
     with pytest.raises(ValueError, match="compiled tally"):
         iou_counts(a, thr, layers, whole, cats, cat_of, L, 3, "lite", kernel=True)
+    # label ids beyond the table under active pixels (a caller's truth vouching for them) are
+    # refused, never read past the loop's tables
+    truth = torch.zeros((2, L), dtype=torch.int64)
+    for bad_layers, bad_whole in ((layers.clone().fill_(L + 2), whole),
+                                  (layers, whole.clone().fill_(L + 2))):
+        with pytest.raises(ValueError, match=f"label id {L + 2} is outside the label table"):
+            iou_counts(a, thr, bad_layers, bad_whole, cats, cat_of, L, 3, kernel=True,
+                       truth=truth)
 
 
 @pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64, torch.uint8])
@@ -227,6 +236,7 @@ def test_compiled_label_counts_equal_tensor_label_counts(monkeypatch, dtype):
     layers = torch.randint(low, 9, (5, 3, 12, 10), generator=g).to(dtype)
     whole = torch.randint(-1, 9, (5, 2), generator=g)
     got = T.image_label_counts(layers, whole, 9)
+    assert torch.equal(T.image_label_counts(layers, whole, 9, threads=2), got)
     monkeypatch.setattr(T._kernel, "available", lambda: False)
     want = T.image_label_counts(layers, whole, 9)
     assert got.dtype == want.dtype == torch.int64 and torch.equal(got, want)
@@ -234,5 +244,6 @@ def test_compiled_label_counts_equal_tensor_label_counts(monkeypatch, dtype):
     monkeypatch.undo()
     bad = layers.clone()
     bad[1, 0, 0, 0], bad[3, 2, 5, 5] = 9, 11
-    with pytest.raises(ValueError, match="label id 11 is outside the label table"):
-        T.image_label_counts(bad, whole, 9)
+    for threads in (1, 2):
+        with pytest.raises(ValueError, match="label id 11 is outside the label table"):
+            T.image_label_counts(bad, whole, 9, threads=threads)
