@@ -537,3 +537,26 @@ def test_memory_format_of_the_run_and_the_model_given_back():
     assert res.summary["config"]["memory_format"] == "contiguous"
     assert all(p.is_contiguous() for p in view.parameters())
     assert len(res.units) == 4
+
+
+def test_compiled_tally_and_tensor_tally_give_the_same_run(tmp_path, monkeypatch):
+    """A dissection counted by the compiled CPU loop (two threads of image groups) writes the
+    same results, byte for byte, as one counted with tensor operations."""
+    pytest.importorskip("numba", reason="the compiled tally needs Numba")
+    import neuroprobe.tally as T
+
+    def run(out):
+        dissect(tiny_model(), Tiny(n=20), ["1"], batch_size=6, out_dir=out, progress=False,
+                denominator="annotated")
+        return {name: (out / name).read_bytes()
+                for name in ("units.csv", "scores.npz", "image_counts.npz", "top_images.npz")}
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)   # (the compiled loop splits each batch into 2 image groups)
+    try:
+        compiled = run(tmp_path / "compiled")
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(T._kernel, "available", lambda: False)
+    tensor = run(tmp_path / "tensor")
+    assert compiled == tensor
