@@ -24,139 +24,147 @@ import torch
 __all__ = ["available", "iou_counts_cpu"]
 
 
+# The loops, as plain Python: :func:`_compiled` compiles them (Numba's ``cache=True`` keeps the
+# machine code beside this file, so later processes load it instead of compiling again).
+
+def _iou_loop(a, thr, margin, lay, whole, rs, re, wy0, wy1, cs, ce, wx0, wx1, W, L,
+              per_image):
+    """Count one group of images (see :func:`iou_counts_cpu`); also returns the largest
+    label id found beyond the table (0: none)."""
+    B, U, h, w = a.shape
+    K = lay.shape[1]
+    nw = whole.shape[1]
+    cnt = np.zeros((B, U), np.int64)
+    inter = np.zeros((U, L), np.int64)
+    local = np.zeros(L, np.int64)
+    touched = np.empty(L, np.int64)
+    cap = 1024
+    ip = np.empty(cap, np.int64)      # per-image entries: pair, label, count
+    il = np.empty(cap, np.int64)
+    iv = np.empty(cap, np.int64)
+    n = 0
+    bad = 0
+    for b in range(B):
+        for u in range(U):
+            t = thr[u]
+            mg = margin[u]
+            m = a[b, u]
+            na = 0
+            nt = 0
+            for r in range(h):
+                r1 = r + 1 if r + 1 < h else r
+                for c in range(w):
+                    c1 = c + 1 if c + 1 < w else c
+                    a00 = m[r, c]
+                    a01 = m[r, c1]
+                    a10 = m[r1, c]
+                    a11 = m[r1, c1]
+                    if not (a00 > mg or a01 > mg or a10 > mg or a11 > mg):
+                        continue
+                    for X in range(cs[c], ce[c]):
+                        t0 = a00 * wx0[X] + a01 * wx1[X]
+                        t1 = a10 * wx0[X] + a11 * wx1[X]
+                        for Y in range(rs[r], re[r]):
+                            v = t0 * wy0[Y] + t1 * wy1[Y]
+                            if v > t:
+                                na += 1
+                                p = Y * W + X
+                                for k in range(K):
+                                    lab = lay[b, k, p]
+                                    if lab > 0:
+                                        if lab >= L:   # the caller raises
+                                            bad = max(bad, lab)
+                                            continue
+                                        if local[lab] == 0:
+                                            touched[nt] = lab
+                                            nt += 1
+                                        local[lab] += 1
+            if na == 0:
+                continue
+            cnt[b, u] = na
+            for j in range(nw):   # a whole-image label covers every active pixel
+                lab = whole[b, j]
+                if lab > 0:
+                    if lab >= L:
+                        bad = max(bad, lab)
+                        continue
+                    if local[lab] == 0:
+                        touched[nt] = lab
+                        nt += 1
+                    local[lab] += na
+            labs = np.sort(touched[:nt])
+            if per_image and n + nt > cap:
+                while n + nt > cap:
+                    cap *= 2
+                ip2 = np.empty(cap, np.int64)
+                il2 = np.empty(cap, np.int64)
+                iv2 = np.empty(cap, np.int64)
+                ip2[:n] = ip[:n]
+                il2[:n] = il[:n]
+                iv2[:n] = iv[:n]
+                ip, il, iv = ip2, il2, iv2
+            pair = b * U + u
+            for i in range(nt):
+                lab = labs[i]
+                v = local[lab]
+                inter[u, lab] += v
+                if per_image:
+                    ip[n] = pair
+                    il[n] = lab
+                    iv[n] = v
+                    n += 1
+                local[lab] = 0
+    return cnt, inter, ip[:n], il[:n], iv[:n], bad
+
+
+def _label_loop(lay, whole, L):
+    """The label counts ``(B, L)`` of one group of images (see
+    :func:`image_label_counts_cpu`) and a label id beyond the table (0: none)."""
+    B, K, P = lay.shape
+    out = np.zeros((B, L), np.int64)
+    top = 0
+    for b in range(B):
+        row = out[b]
+        for k in range(K):
+            for p in range(P):
+                lab = lay[b, k, p]
+                if lab > 0:
+                    if lab >= L:
+                        return out, lab   # the caller raises
+                    row[lab] += 1
+        for j in range(whole.shape[1]):
+            lab = whole[b, j]
+            if lab > 0:
+                if lab >= L:
+                    return out, lab
+                row[lab] += P   # a whole-image label covers every pixel
+    return out, top
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled():
-    """The compiled kernel, or ``None`` where Numba cannot be imported."""
+    """The compiled loops ``(iou, labels)``, or ``None`` where Numba cannot be imported or
+    compile here."""
     try:
         import numba
     except Exception:   # not installed, or built for another NumPy: the tensor path runs
         return None
     if numba.config.DISABLE_JIT:   # (NUMBA_DISABLE_JIT=1: the loops would run in Python)
         return None
-
     # fastmath off (the default): no reassociation, no fused multiply-add, so every product
     # and sum is rounded to float32 exactly as torch's separate elementwise kernels round it
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def kernel(a, thr, margin, lay, whole, rs, re, wy0, wy1, cs, ce, wx0, wx1, W, L,
-               per_image):
-        B, U, h, w = a.shape
-        K = lay.shape[1]
-        nw = whole.shape[1]
-        cnt = np.zeros((B, U), np.int64)
-        inter = np.zeros((U, L), np.int64)
-        local = np.zeros(L, np.int64)
-        touched = np.empty(L, np.int64)
-        cap = 1024
-        ip = np.empty(cap, np.int64)      # per-image entries: pair, label, count
-        il = np.empty(cap, np.int64)
-        iv = np.empty(cap, np.int64)
-        n = 0
-        bad = 0
-        for b in range(B):
-            for u in range(U):
-                t = thr[u]
-                mg = margin[u]
-                m = a[b, u]
-                na = 0
-                nt = 0
-                for r in range(h):
-                    r1 = r + 1 if r + 1 < h else r
-                    for c in range(w):
-                        c1 = c + 1 if c + 1 < w else c
-                        a00 = m[r, c]
-                        a01 = m[r, c1]
-                        a10 = m[r1, c]
-                        a11 = m[r1, c1]
-                        if not (a00 > mg or a01 > mg or a10 > mg or a11 > mg):
-                            continue
-                        for X in range(cs[c], ce[c]):
-                            t0 = a00 * wx0[X] + a01 * wx1[X]
-                            t1 = a10 * wx0[X] + a11 * wx1[X]
-                            for Y in range(rs[r], re[r]):
-                                v = t0 * wy0[Y] + t1 * wy1[Y]
-                                if v > t:
-                                    na += 1
-                                    p = Y * W + X
-                                    for k in range(K):
-                                        lab = lay[b, k, p]
-                                        if lab > 0:
-                                            if lab >= L:   # the caller raises
-                                                bad = max(bad, lab)
-                                                continue
-                                            if local[lab] == 0:
-                                                touched[nt] = lab
-                                                nt += 1
-                                            local[lab] += 1
-                if na == 0:
-                    continue
-                cnt[b, u] = na
-                for j in range(nw):   # a whole-image label covers every active pixel
-                    lab = whole[b, j]
-                    if lab > 0:
-                        if lab >= L:
-                            bad = max(bad, lab)
-                            continue
-                        if local[lab] == 0:
-                            touched[nt] = lab
-                            nt += 1
-                        local[lab] += na
-                labs = np.sort(touched[:nt])
-                if per_image and n + nt > cap:
-                    while n + nt > cap:
-                        cap *= 2
-                    ip2 = np.empty(cap, np.int64)
-                    il2 = np.empty(cap, np.int64)
-                    iv2 = np.empty(cap, np.int64)
-                    ip2[:n] = ip[:n]
-                    il2[:n] = il[:n]
-                    iv2[:n] = iv[:n]
-                    ip, il, iv = ip2, il2, iv2
-                pair = b * U + u
-                for i in range(nt):
-                    lab = labs[i]
-                    v = local[lab]
-                    inter[u, lab] += v
-                    if per_image:
-                        ip[n] = pair
-                        il[n] = lab
-                        iv[n] = v
-                        n += 1
-                    local[lab] = 0
-        return cnt, inter, ip[:n], il[:n], iv[:n], bad
-
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def label_kernel(lay, whole, L):
-        B, K, P = lay.shape
-        out = np.zeros((B, L), np.int64)
-        top = 0
-        for b in range(B):
-            row = out[b]
-            for k in range(K):
-                for p in range(P):
-                    lab = lay[b, k, p]
-                    if lab > 0:
-                        if lab >= L:
-                            return out, lab   # the caller raises
-                        row[lab] += 1
-            for j in range(whole.shape[1]):
-                lab = whole[b, j]
-                if lab > 0:
-                    if lab >= L:
-                        return out, lab
-                    row[lab] += P   # a whole-image label covers every pixel
-        return out, top
-
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+    iou, labels = jit(_iou_loop), jit(_label_loop)
     try:   # compile (or load from Numba's cache) now: a failure here means the tensor path
         one = np.ones(1, np.int64)
-        kernel(np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32),
-               np.zeros(1, np.float32), np.ones((1, 1, 1), np.int16),
-               np.zeros((1, 0), np.int64), one * 0, one, np.ones(1, np.float32),
-               np.zeros(1, np.float32), one * 0, one, np.ones(1, np.float32),
-               np.zeros(1, np.float32), 1, 2, True)
-        label_kernel(np.ones((1, 1, 1), np.int16), np.zeros((1, 0), np.int64), 2)
+        iou(np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32),
+            np.zeros(1, np.float32), np.ones((1, 1, 1), np.int16), np.zeros((1, 0), np.int64),
+            one * 0, one, np.ones(1, np.float32), np.zeros(1, np.float32), one * 0, one,
+            np.ones(1, np.float32), np.zeros(1, np.float32), 1, 2, True)
+        labels(np.ones((1, 1, 1), np.int16), np.zeros((1, 0), np.int64), 2)
     except Exception:   # pragma: no cover - a Numba that cannot compile here
         return None
-    return kernel, label_kernel
+    return iou, labels
 
 
 def available() -> bool:

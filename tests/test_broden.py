@@ -338,3 +338,28 @@ def test_engine_reads_masks_only_in_the_tally_pass(broden, monkeypatch):
     assert len(calls) == masks_per_pass + probe   # disk: pass 1 reads them, pass 2 the spool
     assert rec.units == disk.units
     assert torch.equal(rec.thresholds["0"], disk.thresholds["0"])
+
+
+def test_labels_alone_equal_the_items_labels_and_decode_no_image(broden, tmp_path,
+                                                                   monkeypatch):
+    """``labels_of`` gives an item's labels as ``item`` does, from the PNGs and from the
+    concept-set cache, without decoding the image (a broken JPEG goes unnoticed there: pass 1
+    reads every image), and batches of them collate without an ``image``."""
+    root, _ = broden
+    monkeypatch.setenv("NEUROPROBE_CACHE", str(tmp_path / "cache"))
+    for cached in (False, True):
+        ds = BrodenDataset(root)
+        if cached:
+            ds.prepare_labels(progress=False)
+        for i in range(len(ds)):
+            whole, alone = ds.item(i, raw_image=True), ds.labels_of(i)
+            assert "image" not in alone and alone["id"] == whole["id"]
+            for k in ("layers", "whole", "categories"):
+                assert torch.equal(alone[k], whole[k]), k
+        monkeypatch.setattr(type(ds), "_decode_image",
+                            lambda self, i: pytest.fail("labels_of decoded an image"))
+        batch = collate([{**ds.labels_of(i), "index": i} for i in range(3)])
+        assert "image" not in batch and batch["layers"].shape[0] == 3
+        assert batch["index"].tolist() == [0, 1, 2]
+        monkeypatch.undo()
+        monkeypatch.setenv("NEUROPROBE_CACHE", str(tmp_path / "cache"))

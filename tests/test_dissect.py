@@ -560,3 +560,70 @@ def test_compiled_tally_and_tensor_tally_give_the_same_run(tmp_path, monkeypatch
     monkeypatch.setattr(T._kernel, "available", lambda: False)
     tensor = run(tmp_path / "tensor")
     assert compiled == tensor
+
+
+def test_maps_kept_in_memory_give_the_run_of_maps_kept_on_disk(tmp_path):
+    """keep="memory": pass 2 reads the labels alone and tallies the maps kept from pass 1;
+    the results equal those of the spool on disk and of a second forward pass, byte for byte,
+    also in skip mode with an unreadable item and after a resume from a checkpoint in pass 1
+    (whose maps are gone: that run recomputes them)."""
+    def files(out):
+        return {name: (out / name).read_bytes()
+                for name in ("units.csv", "scores.npz", "image_counts.npz", "top_images.npz")}
+
+    class Reads(Tiny):
+        """Counts what is read: whole items and labels alone."""
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.items, self.alone = 0, 0
+
+        def item(self, index, **kw):
+            self.items += 1
+            return super().item(index, **kw)
+
+        def labels_of(self, index):   # (not through item: what a cached source does)
+            self.alone += 1
+            out = dict(self[index])
+            del out["image"]
+            return out
+
+    runs = {}
+    for keep in ("disk", "memory", "recompute"):
+        ds = Reads(n=14)
+        dissect(tiny_model(), ds, ["1"], batch_size=4, out_dir=tmp_path / keep, keep=keep,
+                progress=False)
+        runs[keep] = files(tmp_path / keep)
+        if keep == "memory":   # pass 1 reads the 14 items, pass 2 their labels alone
+            assert (ds.items, ds.alone) == (14, 14)
+    assert runs["memory"] == runs["disk"] == runs["recompute"]
+
+    class Broken(Tiny):
+        """Item 5's mask cannot be decoded."""
+        def __getitem__(self, i):
+            if i == 5:
+                from neuroprobe.errors import DataFormatError
+                raise DataFormatError("mask of tiny:5 is truncated")
+            return super().__getitem__(i)
+
+    skipped = {}
+    for keep in ("disk", "memory"):
+        res = dissect(tiny_model(), Broken(n=14), ["1"], batch_size=4, keep=keep,
+                      out_dir=tmp_path / f"skip-{keep}", on_bad_image="skip", progress=False)
+        assert [s["index"] for s in res.skipped] == [5]
+        skipped[keep] = files(tmp_path / f"skip-{keep}")
+    assert skipped["memory"] == skipped["disk"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_record(phase, j):
+        if phase == "record" and j == 1:
+            raise Stop
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        dissect(tiny_model(), Tiny(n=14), ["1"], batch_size=4, out_dir=out, keep="memory",
+                checkpoint_every=1, after_batch=stop_in_record, progress=False)
+    dissect(tiny_model(), Tiny(n=14), ["1"], batch_size=4, out_dir=out, keep="memory",
+            progress=False)
+    assert files(out) == runs["disk"]

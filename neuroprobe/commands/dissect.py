@@ -81,9 +81,10 @@ def register(subparsers) -> None:
                    help="start from scratch even if --out holds a checkpoint of this run")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None,
                    help="autocast the forward pass (GPU)")
-    p.add_argument("--keep", choices=["auto", "disk", "recompute"], default="auto",
-                   help="pass 2 reads pass 1's maps from disk (CPU default) or reruns the model "
-                   "(GPU default)")
+    p.add_argument("--keep", choices=["auto", "disk", "memory", "recompute"], default="auto",
+                   help="where pass 1's maps wait for pass 2: on disk (CPU default), in device "
+                   "memory (GPU default where they fit: pass 2 then reads the labels alone) or "
+                   "nowhere (pass 2 reruns the model)")
     p.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
                    help="an image or mask of the concept set that cannot be decoded: stop the "
                    "run with one line naming the file (default), or skip such images and list "

@@ -195,6 +195,18 @@ class ConceptDataset(torch.utils.data.Dataset):
             out = {"image": out["image"], "id": out["id"]}
         return out
 
+    def labels_of(self, index: int) -> dict:
+        """Item ``index`` without its image: ``{"layers", "whole", "categories", "fixations",
+        "observers", "id"}`` (and ``"instances"`` where the source has them), as
+        :meth:`item` gives them.  This default decodes the image and drops it; sources whose
+        labels can be read alone (the concept-set cache) override it to skip the image.  The
+        dissection's second pass reads items this way when it kept the maps of the first
+        (``keep="memory"``).
+        """
+        out = dict(self.item(index, labels=True, raw_image=True))
+        out.pop("image", None)
+        return out
+
     # -- the concept-set cache (neuroprobe.concepts.cache) --------------------------------
     #: read labels through the concept-set cache where the source has one (``--no-cache``:
     #: set it to False)
@@ -274,7 +286,8 @@ def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> 
     layers to the largest ``K`` (in ``label_dtype``; ``instances``, present when some item has
     them, the same way), ``whole`` with zeros to the longest list;
     ``fixations``, ``observers`` and ``id`` stay lists.  Items without labels
-    (``ConceptDataset.item(i, labels=False)``) give ``{"image", "id"}`` batches.  Items that
+    (``ConceptDataset.item(i, labels=False)``) give ``{"image", "id"}`` batches, items without
+    an image (``ConceptDataset.labels_of(i)``) batches without ``image``.  Items that
     carry their data-set position as ``"index"`` (the dissection engine's reader adds it) give an
     ``int64`` ``index`` tensor.
 
@@ -299,7 +312,8 @@ def collate(samples: Sequence[dict], label_dtype: torch.dtype = torch.int64) -> 
 
 
 def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
-    images = torch.stack([s["image"] for s in samples])
+    # (items read without their image, ConceptDataset.labels_of, give batches without one)
+    images = torch.stack([s["image"] for s in samples]) if "image" in samples[0] else None
     if "layers" not in samples[0]:
         return {"image": images, "id": [s["id"] for s in samples]}
     k = max(s["layers"].shape[0] for s in samples)
@@ -322,6 +336,8 @@ def _collate_items(samples: Sequence[dict], label_dtype: torch.dtype) -> dict:
         "observers": [s.get("observers") for s in samples],
         "id": [s["id"] for s in samples],
     }
+    if images is None:
+        del out["image"]
     if any(s.get("instances") is not None for s in samples):
         top = max(int(s["instances"].max()) if s.get("instances") is not None
                   and s["instances"].numel() else 0 for s in samples)

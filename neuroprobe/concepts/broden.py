@@ -332,16 +332,22 @@ class BrodenDataset(ConceptDataset):
                "id": self.item_id(index)}
         if not labels:
             return out
+        return {"image": out["image"], **self.labels_of(index)}
+
+    def labels_of(self, index: int) -> dict:
+        """See :meth:`ConceptDataset.labels_of`: the labels of row ``index`` (from the
+        concept-set cache where it is attached), no image decoded."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
         got = self.cached_labels(index) or self.decode_labels(index)
         lay, whole, cats = got["layers"], got["whole"], got["categories"]
         return {
-            "image": out["image"],
             "layers": torch.from_numpy(np.ascontiguousarray(lay)),
             "whole": torch.from_numpy(whole),
             "categories": torch.from_numpy(cats),
             "fixations": None,
             "observers": None,
-            "id": out["id"],
+            "id": self.item_id(index),
         }
 
     # -- the concept-set cache (neuroprobe.concepts.cache) ----------------------------------

@@ -110,14 +110,21 @@ class ItemView(torch.utils.data.Dataset):
     in skip mode: an item with a broken mask is found before it counts in a threshold).
     """
 
-    def __init__(self, source, labels: bool, on_bad_image: str = "stop", validate: bool = False):
+    def __init__(self, source, labels: bool, on_bad_image: str = "stop", validate: bool = False,
+                 images: bool = True):
         self.source, self.labels = source, labels
         self.on_bad_image, self.validate = on_bad_image, validate
+        self.images = images
 
     def __len__(self):
         return len(self.source)
 
     def _read(self, index):
+        if not self.images:   # the labels alone (the maps of the item are known already)
+            alone = getattr(self.source, "labels_of", None)
+            out = dict(self.source[index]) if alone is None else alone(index)
+            out.pop("image", None)
+            return out
         item = getattr(self.source, "item", None)
         if item is None:   # a plain dataset of item dicts
             out = self.source[index]
@@ -231,11 +238,12 @@ def _batches(n, batch_size, mine, start, exclude, indices):
                  if i not in exclude]) for j in mine[start:]]
 
 
-def _loader(source, batches, labels, validate, on_bad_image, num_workers, label_dtype, device):
+def _loader(source, batches, labels, validate, on_bad_image, num_workers, label_dtype, device,
+            images=True):
     """``(j, batch)`` for every batch; a batch whose items were all left out is empty
     (``id == []``) and reads nothing."""
     data = torch.utils.data.DataLoader(
-        ItemView(source, labels, on_bad_image, validate),
+        ItemView(source, labels, on_bad_image, validate, images),
         batch_sampler=[b for _, b in batches if b], num_workers=num_workers,
         collate_fn=functools.partial(collate, label_dtype=label_dtype),
         pin_memory=device.type == "cuda")
@@ -267,7 +275,8 @@ class _Cadence:
 def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
              n: int | None = None, indices: Sequence[int] | None = None, batch_size: int = 32,
              device=None, amp: str | None = None, channels_last: bool | None = None,
-             labels: bool = True, validate: bool = False, exclude=frozenset(),
+             labels: bool = True, validate: bool = False, images: bool = True,
+             exclude=frozenset(),
              on_bad_image: str = "stop", num_workers: int = 0, label_dtype=None,
              start: int = 0, dctx=None, spool=None, skipped: list | None = None,
              checkpoint: Callable | None = None, checkpoint_every: int | None = None,
@@ -288,6 +297,8 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
     batch_size, device, amp, channels_last : batching, device (default: the model's), autocast
         (``"bf16"``/``"fp16"``), channels-last inputs (default: on a GPU).
     labels, validate : read the items' labels; read them but hand over images alone.
+    images : read the items' images (``False``, with no model: the labels alone, for a pass over
+        maps kept from an earlier one).
     exclude : data-set indices left out (items an earlier pass could not read).
     on_bad_image : ``"stop"`` or ``"skip"`` (unreadable items listed in ``skipped``, each
         ``{"index", "id", "error", "pass": phase}``).
@@ -319,8 +330,10 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
     if spool is not None:
         items = ((j, spool.read_spool(j)) for j, _ in batches)
     else:
+        if not images and model is not None:
+            raise ValueError("a pass that runs the model needs the images")
         items = _loader(dataset, batches, labels, validate, on_bad_image, num_workers,
-                        label_dtype or torch.int64, device)
+                        label_dtype or torch.int64, device, images)
     count = start + len(batches)
     pbar = _bar(total=count, initial=start, desc=desc or phase, unit="batch",
                 **({} if progress else {"disable": True}))
