@@ -6,7 +6,8 @@ The path of one unit through neuroprobe::
     record   pass 1 (here, one :func:`neuroprobe.engine.run_pass` with a per-batch callback):
              every requested layer in one forward pass per batch; per-unit
              statistics (neuroprobe.stats: Quantile for the IoU threshold, MinMax for region-NSS,
-             TopK images for galleries); on the CPU the maps are kept in a spool on disk
+             TopK images for galleries); on the CPU the maps are kept in a spool on disk, on
+             a GPU in device memory where they fit (see :func:`_keep`)
     tally    pass 2 (here + neuroprobe.tally): thresholds -> active pixels -> (unit, label)
              counts (IoU) or z-scored maps at fixations (region-NSS), in stats.IoUTally/NSSTally;
              with an output folder also the same counts per image (stats.ImageCounts, written as
