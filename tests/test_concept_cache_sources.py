@@ -101,6 +101,18 @@ def coco_fixations(n: int = 6) -> dict:
 
 # -- round trips ----------------------------------------------------------------------------------
 
+def _labels_alone_equal(ds, want, monkeypatch, module):
+    """``labels_of`` reads the cache alone (no image, no label file) and gives every item's
+    labels and id as ``item`` does."""
+    def fail(*a, **k):
+        raise AssertionError("labels_of read an image")
+    with monkeypatch.context() as m:
+        m.setattr(f"{module}.read_image", fail)
+        for i, w in enumerate(want):
+            alone = ds.labels_of(i)
+            assert_items_equal([alone], [{k: v for k, v in w.items() if k != "image"}])
+
+
 def test_eyecrowd_round_trip_with_fixations_and_instances(tmp_path, cache_env, monkeypatch):
     root = make_eyecrowd(tmp_path / "ec")
     ds = eyecrowd(root)
@@ -114,6 +126,7 @@ def test_eyecrowd_round_trip_with_fixations_and_instances(tmp_path, cache_env, m
     _no_decoding(monkeypatch, BoxDataset)
     got = _items(ds)
     assert_items_equal(got, want)
+    _labels_alone_equal(ds, want, monkeypatch, "neuroprobe.concepts.boxes")
     # the engine's way of reading: uint8 images, and no labels in the first pass
     raw = ds.item(1, raw_image=True)
     assert raw["image"].dtype == torch.uint8 and torch.equal(raw["layers"], want[1]["layers"])
@@ -136,6 +149,7 @@ def test_coco_round_trip_with_fixations_and_instances(tmp_path, cache_env, monke
         with monkeypatch.context() as m:
             _no_decoding(m, CocoParts)
             assert_items_equal(_items(ds), want)
+            _labels_alone_equal(ds, want, m, "neuroprobe.concepts.coco")
     # the fixations are part of the key: two caches
     assert len(list((cache_env / "concepts").iterdir())) == 2
 

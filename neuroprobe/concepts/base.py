@@ -198,11 +198,16 @@ class ConceptDataset(torch.utils.data.Dataset):
     def labels_of(self, index: int) -> dict:
         """Item ``index`` without its image: ``{"layers", "whole", "categories", "fixations",
         "observers", "id"}`` (and ``"instances"`` where the source has them), as
-        :meth:`item` gives them.  This default decodes the image and drops it; sources whose
-        labels can be read alone (the concept-set cache) override it to skip the image.  The
+        :meth:`item` gives them.  From the concept-set cache where it holds the item (and the
+        source names items by :meth:`item_id`), no file is read; otherwise the item is read
+        whole and its image dropped (Broden overrides this to decode the masks alone).  The
         dissection's second pass reads items this way when it kept the maps of the first
         (``keep="memory"``).
         """
+        got = self.cached_labels(index)
+        name = self.item_id(index) if got is not None else None
+        if name is not None:
+            return {**self.label_tensors(got), "id": name}
         out = dict(self.item(index, labels=True, raw_image=True))
         out.pop("image", None)
         return out
