@@ -89,6 +89,29 @@ def test_run_pass_images_equal_the_float_items(one_thread):
 
 # -- statistics ------------------------------------------------------------------------------------
 
+def test_one_autotuned_shape_per_pass(monkeypatch):
+    """cuDNN autotuning (where the caller turned it on) is off for the probe's single image
+    and for the short last batch, on for the full batches, and restored afterwards."""
+    from neuroprobe.engine.runner import probe_shapes
+
+    seen = []
+
+    class Watch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            seen.append((len(x), torch.backends.cudnn.benchmark))
+            return self.conv(x)
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    probe_shapes(Watch(), Tiny(n=10), ["conv"], None, "cpu")
+    run_pass(Watch(), Tiny(n=10), ["conv"], lambda acts, batch, j: None, batch_size=4)
+    assert seen == [(1, False), (4, True), (4, True), (2, False)]
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_every_statistic_is_rebuilt_from_its_state():
     torch.manual_seed(0)
     x = torch.randn(50, 3)

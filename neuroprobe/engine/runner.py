@@ -32,8 +32,8 @@ from ..errors import ConceptSetError, DataFormatError, UserError
 from ..hooks import Recorder
 from ..utils import model_device, progress as _bar, release_heap
 
-__all__ = ["run_pass", "forward", "model_input", "probe_shapes", "ItemView", "check_finite",
-           "DATA_ERRORS", "OUTPUT", "CHECKPOINT_SECONDS", "none_readable", "error_line"]
+__all__ = ["run_pass", "forward", "model_input", "no_autotune", "probe_shapes", "ItemView",
+           "check_finite", "DATA_ERRORS", "OUTPUT", "CHECKPOINT_SECONDS", "none_readable", "error_line"]
 
 #: the errors the concept readers raise for an item they cannot decode (a missing, truncated,
 #: undecodable or wrongly sized image or mask, unknown label ids): ``on_bad_image="skip"``
@@ -66,6 +66,22 @@ def forward(model, images, layers, amp=None, device=None) -> dict:
                             hint="choose a layer that the model's forward uses")
         out[name] = calls[-1]
     return out
+
+
+@contextlib.contextmanager
+def no_autotune(active: bool = True):
+    """Run the body without cuDNN's autotuning (``torch.backends.cudnn.benchmark``), then
+    restore it.  Autotuning times every convolution algorithm once per new input shape; a
+    dissection's passes use one batch shape, so only that one is worth it: the probe's single
+    image and the short last batch run cuDNN's heuristic choice instead (seconds of start-up
+    for a deep network on a GPU).  Nothing changes where autotuning is off (the CPU)."""
+    before = torch.backends.cudnn.benchmark
+    if active and before:
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def model_input(images: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
@@ -200,7 +216,8 @@ def probe_shapes(model, dataset, layers, amp, device, on_bad_image="stop",
     if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     try:
-        acts = forward(model, images, layers, amp, device)
+        with no_autotune():   # (one image: no reason to autotune cuDNN for it)
+            acts = forward(model, images, layers, amp, device)
     except UserError:
         raise
     except (RuntimeError, ValueError) as err:
@@ -348,8 +365,10 @@ def run_pass(model, dataset, layers: Sequence[str], on_batch: Callable, *,
             if spool is not None:
                 acts = {k: v.to(device) for k, v in batch["acts"].items()}
             elif model is not None:
-                acts = forward(model, model_input(batch["image"], device, channels_last),
-                               list(layers), amp, device)
+                # a short batch (the last one) is not autotuned: one shape per run
+                with no_autotune(len(batch["id"]) < batch_size):
+                    acts = forward(model, model_input(batch["image"], device, channels_last),
+                                   list(layers), amp, device)
         on_batch(acts, batch, j)
         pbar.update(1)
         done = pos + 1
