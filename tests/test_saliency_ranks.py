@@ -18,14 +18,16 @@ def _maps():
             "constant": np.full((60, 80), 0.5)}
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("name", list(_maps()))
-def test_partial_sort_ranks_and_values_equal_brute_force(name):
+def test_partial_sort_ranks_and_values_equal_brute_force(name, compiled):
     flat = _maps()[name].ravel().copy()
     rng = np.random.default_rng(0)
     v = flat[rng.integers(0, flat.size, 40)]
     lo = np.concatenate([v, v - 3e-7])
     hi = np.concatenate([v, v + 2e-7])
-    part = partial_sort(flat, float(flat.max()), lo, hi, np.empty_like(flat), max_fraction=1.0)
+    part = partial_sort(flat, float(flat.max()), lo, hi, np.empty_like(flat), max_fraction=1.0,
+                        compiled=compiled)
     assert part is not None
     srt = np.sort(flat)
     # queries: the edges, the values and points inside the bands
@@ -47,19 +49,55 @@ def test_partial_sort_ranks_and_values_equal_brute_force(name):
     np.testing.assert_array_equal(part[pos_inside], srt[pos_inside])
 
 
-def test_partial_sort_refuses_outside_and_declines_when_too_many_or_tiny():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_partial_sort_refuses_outside_and_declines_when_too_many_or_tiny(compiled):
     flat = np.random.default_rng(1).random(5000)
     part = partial_sort(flat, float(flat.max()), np.array([0.5]), np.array([0.5]),
-                        np.empty_like(flat))
+                        np.empty_like(flat), compiled=compiled)
     with pytest.raises(ValueError):
         part.searchsorted(np.array([0.9]))
     with pytest.raises(IndexError):
         part[np.array([0])]
     # an interval over most of the pixels: None (the caller sorts everything)
     assert partial_sort(flat, float(flat.max()), np.array([0.0]), np.array([0.9]),
-                        np.empty_like(flat)) is None
+                        np.empty_like(flat), compiled=compiled) is None
+    # the limit is "more than max_fraction": 4,000 values one bucket apart (2**-12 in [1, 2)),
+    # of which 2,000 may be gathered at max_fraction 0.5 and 2,001 may not
+    step = np.random.default_rng(2).permutation(4000) * 2.0 ** -12 + 1.0
+    for k, ok in ((2000, True), (2001, False)):
+        got = partial_sort(step, float(step.max()), np.array([1.0]),
+                           np.array([1.0 + (k - 1) * 2.0 ** -12]), np.empty_like(step),
+                           max_fraction=0.5, compiled=compiled)
+        assert (got is not None) == ok
+        if ok:
+            assert len(got.values) == k
     tiny = flat * 1e-305  # 0.0 would not share bucket 0 with -0.0
-    assert partial_sort(tiny, float(tiny.max()), tiny[:3], tiny[:3], np.empty_like(tiny)) is None
+    assert partial_sort(tiny, float(tiny.max()), tiny[:3], tiny[:3], np.empty_like(tiny),
+                        compiled=compiled) is None
+
+
+@pytest.mark.parametrize("name", list(_maps()))
+def test_compiled_partial_sort_equals_numpy(name):
+    """The compiled pass (one loop over the map) gives the numpy path's flags, counts below
+    the flagged buckets, values and positions, on maps with ties, zeros, signed zeros, a
+    constant and values over many binades; bands that overlap and share buckets."""
+    pytest.importorskip("numba", reason="the compiled partial sort needs Numba")
+    flat = _maps()[name].ravel().copy()
+    rng = np.random.default_rng(4)
+    v = flat[rng.integers(0, flat.size, 60)]
+    lo = np.concatenate([v, v - 3e-7, [0.0]])
+    hi = np.concatenate([v, v + 2e-7, [0.0]])
+    hi_val = float(flat.max())
+    a = partial_sort(flat, hi_val, lo, hi, np.empty_like(flat), max_fraction=1.0)
+    b = partial_sort(flat, hi_val, lo, hi, np.empty_like(flat), max_fraction=1.0,
+                     compiled=False)
+    if a is None or b is None:
+        assert a is None and b is None
+        return
+    np.testing.assert_array_equal(a._flagged, b._flagged)
+    np.testing.assert_array_equal(a._below[a._flagged], b._below[b._flagged])
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.positions, b.positions)
 
 
 @pytest.mark.parametrize("name", list(_maps()) + ["negative", "spread"])
