@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from neuroprobe.saliency import metrics as M
-from neuroprobe.saliency._fused import TINY, density_sums, map_sums
+from neuroprobe.saliency._fused import TINY, Own, Scaled, density_sums, map_sums
 from neuroprobe.saliency._maps import BLOCK, EPS
 from neuroprobe.saliency.groundtruth import _clip_sum, gaussian_density
 
@@ -35,6 +35,57 @@ def test_map_sums_equal_the_whole_array_sums():
         assert _rel(res.sim[1], float(np.minimum(d2, p1).sum())) < 1e-13
     with pytest.raises(ValueError):
         map_sums(flat, mean, None, kl=[p1])
+
+
+def _terms(n, kind):
+    """Arrays for a shared pass: a map of the given kind and two densities (one with zeros)."""
+    rng = np.random.default_rng(7)
+    flat = {"smooth": rng.random(n) ** 3, "ties": np.round(rng.random(n) * 4) / 4,
+            "zeros": np.where(rng.random(n) < 0.6, 0.0, rng.random(n)),
+            "constant": np.full(n, 0.25)}[kind]
+    d1 = rng.random(n) ** 6
+    d1[: n // 3] = 0.0  # a density with zeros (the mit p log p is 0 there)
+    d2 = rng.random(n)
+    d2 /= d2.sum()
+    return flat, d1, d2
+
+
+@pytest.mark.parametrize("n", [BLOCK + 37, 2 * BLOCK, 100])  # a short last block, whole ones, one
+@pytest.mark.parametrize("kind", ["smooth", "ties", "zeros", "constant"])
+def test_compiled_map_sums_equal_numpy(kind, n):
+    """The compiled sums (both protocols' terms as evaluate_image asks for them: densities,
+    distributions formed in the pass, the image's own terms) against the numpy path; ``ss``
+    (NSS's) must be the same number, the others agree to rounding."""
+    pytest.importorskip("numba", reason="the compiled pass needs Numba")
+    flat, d1, d2 = _terms(n, kind)
+    total = float(flat.sum())
+    mean = total / n
+    p1 = Scaled(d1, 1.0 / float(d1.sum()))
+    own = [Own("mit", p1, d1, float(d1.sum()) / n), Own("exact", d2, d2, 1.0 / n),
+           Own(None, d2, d2, 0.5), Own("exact", d1, None, None)]
+    for q in (total, flat / total):  # the density formed in the pass, or given
+        args = (flat, mean, q, [d1, d2], [p1, d2], [(None, p1), (None, d2), (d1, p1)], own)
+        a = map_sums(*args)
+        b = map_sums(*args, compiled=False)
+        assert a.ss == b.ss  # numpy's in both: NSS must not move
+        assert abs(a.csum - b.csum) <= 1e-12 * max(1.0, abs(total))
+        for x, y in zip(a.cross + a.kl + a.sim + a.own + a.gss,
+                        b.cross + b.kl + b.sim + b.own + b.gss):
+            assert abs(x - y) <= 1e-13 * max(abs(y), 1e-300), (x, y)
+        assert a.gss[3] == b.gss[3] == 0.0 and a.own[2] == b.own[2] == 0.0  # not asked for
+
+
+def test_compiled_map_sums_fall_back_where_arrays_do_not_fit():
+    """A read-only or strided array, or more operands than one compiled call takes: the numpy
+    path runs, with the same results."""
+    flat, d1, d2 = _terms(3000, "smooth")
+    ro = d1.copy()
+    ro.flags.writeable = False
+    mean = float(flat.mean())
+    for cross in ([ro], [np.repeat(d2, 2)[::2]], [d1 * k for k in range(1, 9)]):
+        a = map_sums(flat, mean, None, cross)
+        b = map_sums(flat, mean, None, cross, compiled=False)
+        assert a.ss == b.ss and a.cross == b.cross
 
 
 def test_density_sums_equal_the_whole_array_sums():

@@ -1,0 +1,224 @@
+"""The Numba kernels of :mod:`neuroprobe.saliency._kernels` (which documents them and imports
+this module only when they are first used, so that importing neuroprobe does not import Numba).
+
+Module-level functions, so that Numba's on-disk cache (``cache=True``) finds them again in the
+next process (functions defined inside another function and calling each other are compiled
+afresh in every process: two seconds).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._maps import EPS
+
+__all__ = ["bucket_gather", "log_args", "share_block"]
+
+#: The smallest normal float64 (the mit KL's ``p log p`` is taken as ``p log(max(p, TINY))``).
+TINY = float(np.finfo(np.float64).tiny)
+#: Interleaved partial sums per reduction in :func:`share_block` (a multiple of the vector
+#: width; 64 measured as fast as numpy's dot on a block in cache, 8 half as fast).
+LANES = 64
+
+jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+
+@jit
+def bucket_gather(bits, flat, shift, base, qa, qb, n_buckets, out, limit):
+    """AUC-Judd's partial sort in one pass over the map (see
+    :func:`neuroprobe.saliency._ranks.partial_sort`).
+
+    The buckets ``qa[i]..qb[i]`` (inclusive) are flagged; they form runs, and the buckets
+    between two runs a gap.  Each pixel's bucket ``(bits >> shift) - base`` (clipped to
+    ``[0, n_buckets - 1]``) is looked up in one table: a pixel in a flagged bucket is
+    copied to ``out`` (in index order), any other is counted in its gap (four interleaved
+    tables of counts, so that neighbouring pixels in one gap do not wait for each
+    other's increment).  Returns ``(k, flagged, below)``: the number gathered (-1 once it
+    would exceed ``limit``), the flags, and for each flagged bucket the number of pixels
+    below it that were not gathered (0 elsewhere)."""
+    mark = np.zeros(n_buckets + 1, np.int64)
+    for i in range(qa.size):
+        mark[qa[i]] += 1
+        mark[qb[i] + 1] -= 1
+    table = np.empty(n_buckets, np.int32)  # gap index, or -(run + 1) where flagged
+    depth = 0
+    gap = 0
+    inside = False
+    for b in range(n_buckets):
+        depth += mark[b]
+        if depth > 0:
+            table[b] = -(gap + 1)
+            inside = True
+        else:
+            if inside:
+                gap += 1
+                inside = False
+            table[b] = gap
+    cnt = np.zeros((4, gap + 1), np.int64)
+    top = n_buckets - 1
+    k = 0
+    n = bits.size
+    for i in range(n):
+        b = (bits[i] >> shift) - base
+        if b < 0:
+            b = 0
+        elif b > top:
+            b = top
+        g = table[b]
+        if g < 0:
+            if k >= limit:
+                return -1, table < 0, mark
+            out[k] = flat[i]
+            k += 1
+        else:
+            cnt[i & 3, g] += 1
+    # below run r: the pixels of gaps 0..r
+    cum = np.zeros(gap + 1, np.int64)
+    run = 0
+    for g in range(gap + 1):
+        run += cnt[0, g] + cnt[1, g] + cnt[2, g] + cnt[3, g]
+        cum[g] = run
+    flagged = np.zeros(n_buckets, np.bool_)
+    below = np.zeros(n_buckets, np.int64)
+    for b in range(n_buckets):
+        if table[b] < 0:
+            flagged[b] = True
+            below[b] = cum[-table[b] - 1]
+    return k, flagged, below
+
+@jit
+def _affine(x, s, e, out):
+    for j in range(x.size):
+        out[j] = x[j] * s + e
+
+@jit
+def _floor(x, s, lo, out):
+    for j in range(x.size):
+        v = x[j] * s
+        out[j] = v if v > lo else lo
+
+@jit
+def log_args(a, b, qarr, qscale, ops, scales, spec, L):
+    """Write the arguments of the block's logarithms into the rows of ``L`` (length
+    ``b - a``): for each row ``spec[r] = (kind, operand)``: kind 0, ``q + EPS`` of the
+    map's density ``q = qarr * qscale``; kind 1, ``max(p, TINY)``; kind 2, ``p + EPS``,
+    for ``p = ops[operand] * scales[operand]``."""
+    m = b - a
+    for r in range(spec.shape[0]):
+        kind = spec[r, 0]
+        if kind == 0:
+            _affine(qarr[a:b], qscale, EPS, L[r, :m])
+        elif kind == 1:
+            _floor(ops[spec[r, 1]][a:b], scales[spec[r, 1]], TINY, L[r, :m])
+        else:
+            _affine(ops[spec[r, 1]][a:b], scales[spec[r, 1]], EPS, L[r, :m])
+
+@jit
+def _combine(lanes, tail):
+    """The partial sums of one term, combined pairwise (a fixed order)."""
+    w = lanes.size
+    while w > 1:
+        h = w // 2
+        for j in range(h):
+            lanes[j] = lanes[j] + lanes[j + h]
+        if w % 2:
+            lanes[0] = lanes[0] + lanes[w - 1]
+        w = h
+    return lanes[0] + tail
+
+# Each reduction below runs in LANES interleaved partial sums held in a local array (which
+# nothing else can alias, so the compiler vectorises the inner loop), over slices of the
+# block, with the few elements past the last whole row of lanes summed apart.
+@jit
+def _sum(c):
+    lanes = np.zeros(LANES)
+    full = c.size - c.size % LANES
+    for r in range(0, full, LANES):
+        for j in range(LANES):
+            lanes[j] += c[r + j]
+    tail = 0.0
+    for j in range(full, c.size):
+        tail += c[j]
+    return _combine(lanes, tail)
+
+@jit
+def _sum_cx(c, x, sx):
+    lanes = np.zeros(LANES)
+    full = c.size - c.size % LANES
+    for r in range(0, full, LANES):
+        for j in range(LANES):
+            lanes[j] += c[r + j] * (x[r + j] * sx)
+    tail = 0.0
+    for j in range(full, c.size):
+        tail += c[j] * (x[j] * sx)
+    return _combine(lanes, tail)
+
+@jit
+def _sum_xl(x, sx, lg):
+    lanes = np.zeros(LANES)
+    full = x.size - x.size % LANES
+    for r in range(0, full, LANES):
+        for j in range(LANES):
+            lanes[j] += (x[r + j] * sx) * lg[r + j]
+    tail = 0.0
+    for j in range(full, x.size):
+        tail += (x[j] * sx) * lg[j]
+    return _combine(lanes, tail)
+
+@jit
+def _sum_min(x, sx, y, sy):
+    lanes = np.zeros(LANES)
+    full = x.size - x.size % LANES
+    for r in range(0, full, LANES):
+        for j in range(LANES):
+            u = x[r + j] * sx
+            v = y[r + j] * sy
+            lanes[j] += u if u < v else v
+    tail = 0.0
+    for j in range(full, x.size):
+        u = x[j] * sx
+        v = y[j] * sy
+        tail += u if u < v else v
+    return _combine(lanes, tail)
+
+@jit
+def _sum_sq(x, sx, mu):
+    lanes = np.zeros(LANES)
+    full = x.size - x.size % LANES
+    for r in range(0, full, LANES):
+        for j in range(LANES):
+            d = x[r + j] * sx - mu
+            lanes[j] += d * d
+    tail = 0.0
+    for j in range(full, x.size):
+        d = x[j] * sx - mu
+        tail += d * d
+    return _combine(lanes, tail)
+
+@jit
+def share_block(a, b, c, qarr, qscale, ops, scales, spec, param, L, totals):
+    """Add one block's part of each term to ``totals``; ``c`` holds the centred map of
+    the block (``c[j]`` for pixel ``a + j``).  ``spec[t] = (kind, i, k, row)`` with
+    ``X(i) = ops[i] * scales[i]`` (``X(-1)`` the map's density ``qarr * qscale``):
+    kind 0, ``sum(c)``; 1, ``sum(c * X(i))``; 2, ``sum(X(i) * L[row])`` (``L`` holds
+    the logarithms by now); 3, ``sum(min(X(i), X(k)))``; 4, ``sum((X(i) - param[t])**2)``.
+    """
+    m = b - a
+    for t in range(spec.shape[0]):
+        kind = spec[t, 0]
+        i = spec[t, 1]
+        k = spec[t, 2]
+        x = qarr[a:b] if i < 0 else ops[i][a:b]
+        sx = qscale if i < 0 else scales[i]
+        if kind == 0:
+            v = _sum(c[:m])
+        elif kind == 1:
+            v = _sum_cx(c[:m], x, sx)
+        elif kind == 2:
+            v = _sum_xl(x, sx, L[spec[t, 3], :m])
+        elif kind == 3:
+            y = qarr[a:b] if k < 0 else ops[k][a:b]
+            v = _sum_min(x, sx, y, qscale if k < 0 else scales[k])
+        else:
+            v = _sum_sq(x, sx, param[t])
+        totals[t] += v
