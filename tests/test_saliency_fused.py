@@ -113,6 +113,40 @@ def test_clip_sum_clips_in_place_and_sums():
     assert np.array_equal(d, ref) and lo == 0.0 and _rel(total, ref.sum()) < 1e-13
 
 
+@pytest.mark.parametrize("n", [BLOCK + 99, 64, 5])
+def test_compiled_clip_sum_equals_numpy(n):
+    pytest.importorskip("numba", reason="the compiled clip needs Numba")
+    rng = np.random.default_rng(8)
+    d = rng.normal(size=n)
+    d[:3] = [-0.0, 0.0, -1e-300]
+    a, b = d.copy(), d.copy()
+    ta, la = _clip_sum(a)
+    tb, lb = _clip_sum(b, compiled=False)
+    assert np.array_equal(a, b) and la == lb == 0.0 and ta == tb  # numpy's sums, reproduced
+    pos = np.abs(d) + 0.5  # nothing to clip: the minimum is the smallest value
+    assert _clip_sum(pos.copy())[1] == pos.min()
+    nan = d.copy()
+    nan[n // 2] = np.nan  # NaN stays NaN, as np.maximum keeps it
+    assert np.isnan(_clip_sum(nan)[0]) and np.isnan(nan[n // 2])
+
+
+def test_pairwise_sum_is_numpys_sum():
+    pytest.importorskip("numba", reason="the kernels need Numba")
+    from neuroprobe.saliency._kernels_numba import pairwise_sum
+
+    rng = np.random.default_rng(10)
+    for n in (0, 5, 8, 127, 128, 129, 1000, 8193, BLOCK, 3 * BLOCK + 17):
+        a = rng.normal(size=n + 3) * 10.0 ** rng.integers(-8, 8, n + 3)
+        assert pairwise_sum(a, 3, n) == a[3:].sum(), n
+
+
+def test_kernel_eps_is_the_metrics_eps():
+    pytest.importorskip("numba", reason="the kernels need Numba")
+    from neuroprobe.saliency import _kernels_numba
+
+    assert _kernels_numba.EPS == EPS and _kernels_numba.TINY == TINY
+
+
 def test_gaussian_density_normalised_through_its_factors():
     rng = np.random.default_rng(3)
     rows, cols = rng.integers(0, 60, 40), rng.integers(0, 80, 40)

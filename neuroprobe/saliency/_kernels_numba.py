@@ -10,10 +10,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._maps import EPS
 
-__all__ = ["bucket_gather", "log_args", "share_block"]
+__all__ = ["bucket_gather", "clip_sum", "log_args", "pairwise_sum", "rank_sums", "rank_table",
+           "share_block"]
 
+#: MATLAB's eps as the MIT code adds it (= neuroprobe.saliency._maps.EPS; not imported from
+#: there, which would close an import circle through the ground truth).
+EPS = 2.2204e-16
 #: The smallest normal float64 (the mit KL's ``p log p`` is taken as ``p log(max(p, TINY))``).
 TINY = float(np.finfo(np.float64).tiny)
 #: Interleaved partial sums per reduction in :func:`share_block` (a multiple of the vector
@@ -222,3 +225,135 @@ def share_block(a, b, c, qarr, qscale, ops, scales, spec, param, L, totals):
         else:
             v = _sum_sq(x, sx, param[t])
         totals[t] += v
+
+
+@jit
+def rank_table(ubits, shift, base, n_buckets):
+    """For sorted non-negative values (their bit patterns ``ubits``, ascending): ``first[b]``,
+    how many lie in buckets below ``b`` (bucket ``(bits >> shift) - base`` clipped to ``[0,
+    n_buckets - 1]``, as :func:`bucket_gather`), and ``has[b]``, how many lie in ``b``."""
+    first = np.empty(n_buckets, np.int32)
+    has = np.zeros(n_buckets, np.int32)
+    j = 0
+    top = n_buckets - 1
+    for b in range(n_buckets):
+        first[b] = j
+        while j < ubits.size:
+            v = (ubits[j] >> shift) - base
+            v = 0 if v < 0 else (top if v > top else v)
+            if v != b:
+                break
+            j += 1
+        has[b] = j - first[b]
+    return first, has
+
+
+@jit
+def rank_sums(flat, index, u, ucum, ucnt, first, has, shift, base):
+    """For each row ``s`` of ``index`` (flat pixel indices of negatives), ``G[s]``, the sum
+    over its negatives ``x = flat[index[s, j]]`` of the positives above ``x``, and ``E[s]``,
+    of the positives equal to ``x``.  The positives: sorted distinct values ``u`` (``>= 0``)
+    with counts ``ucnt`` and ``ucum[i] = ucnt[:i].sum()``; ``first``/``has``: their
+    :func:`rank_table`.  A negative in a bucket without positives needs one table lookup;
+    one in a bucket with some is compared with those (few) values."""
+    rows, m = index.shape
+    k = ucum[ucum.size - 1]
+    top = first.size - 1
+    g_out = np.zeros(rows, np.int64)
+    e_out = np.zeros(rows, np.int64)
+    bits = flat.view(np.int64)
+    for s in range(rows):
+        g = 0
+        e = 0
+        for j in range(m):
+            p = index[s, j]
+            b = (bits[p] >> shift) - base
+            b = 0 if b < 0 else (top if b > top else b)
+            i = first[b]
+            h = has[b]
+            if h == 0:
+                g += k - ucum[i]
+            else:
+                x = flat[p]
+                while h > 0 and u[i] < x:
+                    i += 1
+                    h -= 1
+                if h > 0 and u[i] == x:
+                    e += ucnt[i]
+                    g += k - ucum[i + 1]
+                else:
+                    g += k - ucum[i]
+        g_out[s] = g
+        e_out[s] = e
+    return g_out, e_out
+
+
+@jit
+def pairwise_sum(a, lo, n):
+    """``a[lo:lo + n].sum()`` as numpy sums a contiguous float64 array (its pairwise
+    summation: eight running sums over runs of at most 128 elements, halves split at a
+    multiple of 8), so the same number to the bit."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    if n <= 128:
+        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+        i = 8
+        m = n - n % 8
+        while i < m:
+            r0 += a[lo + i]
+            r1 += a[lo + i + 1]
+            r2 += a[lo + i + 2]
+            r3 += a[lo + i + 3]
+            r4 += a[lo + i + 4]
+            r5 += a[lo + i + 5]
+            r6 += a[lo + i + 6]
+            r7 += a[lo + i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return pairwise_sum(a, lo, n2) + pairwise_sum(a, lo + n2, n - n2)
+
+
+@jit
+def _clip_min(x):
+    """Clip at 0 in place (NaN stays, as with ``np.maximum(x, 0)``); the minimum after."""
+    lows = np.full(LANES, np.inf)
+    full = x.size - x.size % LANES
+    for r in range(0, full, LANES):
+        for j in range(LANES):
+            v = x[r + j]
+            v = v if (v > 0.0 or v != v) else 0.0
+            x[r + j] = v
+            lows[j] = v if v < lows[j] else lows[j]
+    lo = np.inf
+    for j in range(full, x.size):
+        v = x[j]
+        v = v if (v > 0.0 or v != v) else 0.0
+        x[j] = v
+        lo = v if v < lo else lo
+    for j in range(LANES):
+        lo = lows[j] if lows[j] < lo else lo
+    return lo
+
+
+@jit
+def clip_sum(d, block):
+    """Clip ``d`` at 0 in place block by block; return the sum of the blocks' numpy sums
+    (:func:`pairwise_sum`, added in order: the numbers of the numpy loop) and the minimum."""
+    total = 0.0
+    lo = np.inf
+    for a in range(0, d.size, block):
+        b = min(d.size, a + block)
+        m = _clip_min(d[a:b])
+        lo = m if m < lo else lo
+        total += pairwise_sum(d, a, b - a)
+    return total, lo

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["PartialSort", "partial_sort", "likely_too_many"]
+__all__ = ["PartialSort", "RankTable", "likely_too_many", "partial_sort"]
 
 #: Buckets of the histogram and the bits of the float64 pattern below a bucket's index: 12
 #: mantissa bits per binade, 16 binades below the maximum (smaller values share bucket 0).  On
@@ -153,3 +153,43 @@ def likely_too_many(flat: np.ndarray, lo_edges: np.ndarray, hi_edges: np.ndarray
     inside = (np.searchsorted(sb, qb[last], side="right")
               - np.searchsorted(sb, qa[first], side="left")).sum()
     return bool(inside > max_fraction * len(sample))
+
+
+class RankTable:
+    """Ranks of values among a few positives, for exact ROC areas without sorting negatives.
+
+    ``G`` and ``E`` of :func:`~._roc.auc_exact`'s statistic (per negative: the positives above
+    it, the positives equal to it) are integers, so they can be summed in any order; with the
+    positives' buckets (as :func:`partial_sort` buckets the map) in a table, a negative in a
+    bucket without positives (nearly all) is ranked with one lookup instead of a binary search
+    or a sort.  Needs the compiled kernels and a map with minimum >= 0 and maximum ``hi`` above
+    about 1e-303 (:meth:`make` returns None otherwise; the callers sort then).
+    """
+
+    def __init__(self, kern, pos: np.ndarray, base: int):
+        self._kern = kern
+        self._base = base
+        self.u, self.counts = np.unique(pos, return_counts=True)
+        self.k = len(pos)
+        self._cum = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._first, self._has = kern.rank_table(np.ascontiguousarray(self.u).view(np.int64),
+                                                 SHIFT, base, N_BUCKETS)
+
+    @classmethod
+    def make(cls, pos: np.ndarray, lo: float, hi: float) -> RankTable | None:
+        kern = _kernels.compiled()
+        base = (int(np.float64(hi).view(np.int64)) >> SHIFT) - (N_BUCKETS - 1)
+        if kern is None or not lo >= 0 or base <= 0 or len(pos) == 0:
+            return None
+        return cls(kern, np.asarray(pos, dtype=np.float64), base)
+
+    def sums(self, flat: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(G, E)`` per row of ``index`` (flat pixel indices of the negatives of one set):
+        ``G[s]`` the number of (positive, negative) pairs with the positive above, ``E[s]``
+        of pairs with equal values."""
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        if index.ndim == 1:
+            index = index[None, :]
+        return self._kern.rank_sums(np.ascontiguousarray(flat, dtype=np.float64), index,
+                                    self.u, self._cum, self.counts.astype(np.int64),
+                                    self._first, self._has, SHIFT, self._base)

@@ -70,7 +70,7 @@ from ._maps import (
     resize,
 )
 from ._fused import Own, Scaled, density_sums, map_sums
-from ._ranks import PartialSort, likely_too_many, partial_sort
+from ._ranks import PartialSort, RankTable, likely_too_many, partial_sort
 from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
 from ._workspace import Workspace
 from .groundtruth import (  # noqa: F401
@@ -349,7 +349,18 @@ def _m_auc_borji(sm: Map, gt, protocol, rng, n_splits=100, step=0.1, **_):
     flat = sm.flat
     pos = flat[gt.flat]
     r = rng.integers(0, flat.size, size=(n_splits, len(pos)))
-    return float(auc_exact_splits(pos, flat[r]).mean())
+    table = _exact_ranks(sm, gt)
+    if table is None:
+        return float(auc_exact_splits(pos, flat[r]).mean())
+    # the same exact sums as auc_exact_splits (multiples of 0.5), so the same numbers
+    g, e = table.sums(flat, r)
+    return float(((g + 0.5 * e) / r.shape[1] / len(pos)).mean())
+
+
+def _exact_ranks(sm: Map, gt) -> RankTable | None:
+    """The ranks of the map's values at the ``exact`` fixations (a :class:`~._ranks.RankTable`,
+    shared by AUC-Borji and sAUC), or None where it does not apply (then they sort)."""
+    return sm.get(("rank_table", id(gt)), lambda: RankTable.make(sm.flat[gt.flat], sm.lo, sm.hi))
 
 
 def _m_sauc(sm: Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_):
@@ -363,7 +374,12 @@ def _m_sauc(sm: Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_)
         warnings.warn("no other-image fixations for the shuffled AUC; NaN", RuntimeWarning)
         return float("nan")
     if protocol == "exact":
-        return auc_exact(sm.flat[gt.flat], sm.flat[other.flat])
+        table = _exact_ranks(sm, gt)
+        if table is None:
+            return auc_exact(sm.flat[gt.flat], sm.flat[other.flat])
+        # auc_exact's integer sums, counted without sorting the negatives: the same number
+        g, e = table.sums(sm.flat, other.flat)
+        return float((g[0] + 0.5 * e[0]) / (len(gt.flat) * len(other.flat)))
     rng = _rng(rng)
     sth = sm.minmax_at(gt.unique_flat)
     ind = other.unique_flat
