@@ -182,3 +182,35 @@ def test_rank_table_declines_negative_or_tiny_maps():
     assert RankTable.make(v, -0.1, 1.0) is None  # bit patterns not monotone
     assert RankTable.make(v * 1e-305, 0.0, 1e-305) is None  # 0.0 and -0.0 in other buckets
     assert RankTable.make(v[:0], 0.0, 1.0) is None
+
+
+def _split_counts_ref(keys_t, m, vals, th):
+    picks = np.argpartition(keys_t, m - 1, axis=1)[:, :m].T
+    return (vals[picks][None, :, :] >= th[:, None, None]).sum(axis=1)
+
+
+def test_split_counts_equal_argpartition():
+    """The mit sAUC's compiled selection: the m smallest keys per split, counted at the
+    thresholds, as argpartition picks them; keys crowded above the cut-off (every key read)
+    and a tie at the m-th key (declined: the set is not unique)."""
+    pytest.importorskip("numba", reason="the compiled selection needs Numba")
+    from neuroprobe.saliency._kernels_numba import split_counts
+    from neuroprobe.saliency._roc import thresholds
+
+    rng = np.random.default_rng(11)
+    th = thresholds(0.1)
+    vals = np.round(rng.random(500), 1)  # values on the thresholds too
+    for m in (1, 37, 499):
+        keys = rng.random((20, 500))
+        counts, ok = split_counts(keys, m, vals, th)
+        assert ok
+        np.testing.assert_array_equal(counts, _split_counts_ref(keys, m, vals, th))
+    crowded = 0.9 + 0.1 * rng.random((5, 500))  # nothing below the cut-off
+    counts, ok = split_counts(crowded, 37, vals, th)
+    assert ok
+    np.testing.assert_array_equal(counts, _split_counts_ref(crowded, 37, vals, th))
+    tied = rng.random((3, 500))
+    order = np.argsort(tied[1])
+    tied[1, order[37]] = tied[1, order[36]]  # the 37th and 38th smallest equal
+    assert not split_counts(tied, 37, vals, th)[1]
+    assert split_counts(tied, 38, vals, th)[1]  # both taken: no ambiguity

@@ -357,3 +357,70 @@ def clip_sum(d, block):
         lo = m if m < lo else lo
         total += pairwise_sum(d, a, b - a)
     return total, lo
+
+
+@jit
+def split_counts(keys, m, vals, th):
+    """The mit sAUC's negatives per split, counted at the thresholds.
+
+    For each split ``s`` (a row of ``keys``, uniform numbers in [0, 1), one per candidate
+    negative ``j`` of value ``vals[j]``), the ``m`` candidates with the smallest keys (the
+    set ``np.argpartition`` picks) are the negatives; ``counts[t, s]`` is how many of their
+    values are at or above ``th[t]``.  Per split: the keys below a cut-off a few standard
+    deviations above the expected ``m``-th smallest are gathered (all keys where too few
+    are below), counted into 64 bins of the cut-off's range, and only the bin holding the
+    ``m``-th smallest is sorted.  Returns ``(counts, True)``, or ``(counts, False)`` where
+    keys tie at the ``m``-th value in some split (the set is then not unique; the caller
+    uses ``argpartition``)."""
+    splits, n = keys.shape
+    nb = 64
+    counts = np.zeros((th.size, splits), np.int64)
+    cut0 = m / n + 6.0 * np.sqrt(m) / n
+    cand = np.empty(n)
+    cidx = np.empty(n, np.int64)
+    bins = np.empty(n, np.int64)
+    hist = np.empty(nb, np.int64)
+    edge = np.empty(n)
+    for s in range(splits):
+        row = keys[s]
+        cut = cut0
+        k = 0
+        for j in range(n):  # branch-free compaction
+            v = row[j]
+            cand[k] = v
+            cidx[k] = j
+            k += v < cut
+        if k <= m:  # too few below the cut-off (rare): all of them
+            cut = 1.0
+            for j in range(n):
+                cand[j] = row[j]
+                cidx[j] = j
+            k = n
+        width = cut / nb
+        hist[:] = 0
+        for q in range(k):
+            b = int(cand[q] / width)
+            b = b if b < nb else nb - 1
+            bins[q] = b
+            hist[b] += 1
+        below = 0
+        kb = 0
+        while below + hist[kb] < m:
+            below += hist[kb]
+            kb += 1
+        e = 0
+        for q in range(k):
+            if bins[q] == kb:
+                edge[e] = cand[q]
+                e += 1
+        srt = np.sort(edge[:e])
+        need = m - below
+        kth = srt[need - 1]
+        if need < e and srt[need] == kth:
+            return counts, False
+        for q in range(k):
+            if bins[q] < kb or (bins[q] == kb and cand[q] <= kth):
+                v = vals[cidx[q]]
+                for t in range(th.size):
+                    counts[t, s] += v >= th[t]
+    return counts, True
