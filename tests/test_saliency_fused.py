@@ -207,3 +207,35 @@ def test_metrics_without_a_density_make_none():
         assert not any(k.startswith("dens_") for k in gt.at(p)._cache)
     M.evaluate_image(_maps(shape)["min 0"], gt, ("cc", "nss"))
     assert all("dens_" + p in gt.at(p)._cache for p in M.PROTOCOLS)
+
+
+@pytest.mark.parametrize("name", list(_maps((150, 260))))
+def test_compiled_and_numpy_paths_agree_end_to_end(name, monkeypatch):
+    """Every metric in both protocols with the compiled kernels and without Numba (the numpy
+    code): AUCs, NSS and IG the same numbers, CC, KL and SIM within 1e-13."""
+    pytest.importorskip("numba", reason="the compiled path needs Numba")
+    from neuroprobe.saliency import _kernels
+
+    shape = (150, 260)
+    smap = _maps(shape)[name]
+    rng = np.random.default_rng(12)
+    fix = np.column_stack([rng.uniform(0, 259, 80), rng.uniform(0, 149, 80)])
+    fix[60:65] = fix[:5]  # pixels fixated twice
+    other = M.GroundTruth.from_fixations(rng.uniform(0, 149, (400, 2)), shape)
+
+    def run():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return M.evaluate_image(smap, M.GroundTruth.from_fixations(fix, shape),
+                                    other=other, rng=3)
+
+    fast = run()
+    monkeypatch.setattr(_kernels, "compiled", lambda: None)
+    slow = run()
+    for p in M.PROTOCOLS:
+        for m in M.METRICS:
+            a, b = fast[p][m], slow[p][m]
+            if m in ("auc_judd", "auc_borji", "sauc", "nss", "ig") or np.isnan(b):
+                assert a == b or (np.isnan(a) and np.isnan(b)), (p, m, a, b)
+            else:
+                assert abs(a - b) <= 1e-13 * max(1.0, abs(b)), (p, m, a, b)

@@ -45,7 +45,11 @@ shared by the protocols) is ``neuroprobe.saliency._maps``.  Where several of CC,
 are asked for, one blocked pass over the map and both protocols' densities
 (``neuroprobe.saliency._fused``) gives all their sums, the image's own terms included, with
 every block read once while it is in cache (:func:`_share_map_sums`); a metric asked for alone
-runs its own code, with the same results to about 1e-14.  BLAS runs on one thread inside the
+runs its own code, with the same results to about 1e-14.  The loops over every pixel (the
+partial sort's histogram, the shared pass's sums, the blur's clipping) and the exact and mit
+sAUC's and the exact AUC-Borji's counting are compiled with Numba where it is installed
+(``neuroprobe.saliency._kernels``; the numpy code runs otherwise): AUCs, NSS and IG are the same
+numbers either way, CC, KL and SIM agree to about 1e-14.  BLAS runs on one thread inside the
 metric loops (:func:`blas_single_thread`).  Results equal a literal implementation to about
 1e-14 (the tests compare with brute-force and MATLAB-loop references).
 """
