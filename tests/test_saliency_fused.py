@@ -75,6 +75,21 @@ def test_compiled_map_sums_equal_numpy(kind, n):
         assert a.gss[3] == b.gss[3] == 0.0 and a.own[2] == b.own[2] == 0.0  # not asked for
 
 
+def test_compiled_map_sums_propagate_nan_as_numpy():
+    """A NaN in a given density (a user's map) makes the sums that read it NaN, as
+    np.minimum and the products do in the numpy path; the others stay finite."""
+    pytest.importorskip("numba", reason="the compiled pass needs Numba")
+    flat, d1, d2 = _terms(BLOCK + 70, "smooth")
+    d1[BLOCK + 3] = np.nan
+    total = float(flat.sum())
+    for compiled in (True, False):
+        res = map_sums(flat, total / flat.size, total, [d1, d2], [d1], [(None, d1), (d1, d2),
+                       (d2, d1), (None, d2)], [Own("mit", d1, d1, 0.1)], compiled=compiled)
+        assert np.isnan(res.cross[0]) and np.isfinite(res.cross[1]) and np.isnan(res.kl[0])
+        assert np.isnan(res.sim[:3]).all() and np.isfinite(res.sim[3])
+        assert np.isnan(res.own[0]) and np.isnan(res.gss[0])
+
+
 def test_compiled_map_sums_fall_back_where_arrays_do_not_fit():
     """A read-only or strided array, or more operands than one compiled call takes: the numpy
     path runs, with the same results."""

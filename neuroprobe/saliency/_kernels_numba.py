@@ -98,7 +98,7 @@ def _affine(x, s, e, out):
 def _floor(x, s, lo, out):
     for j in range(x.size):
         v = x[j] * s
-        out[j] = v if v > lo else lo
+        out[j] = v if (v > lo or v != v) else lo  # np.maximum: NaN stays
 
 @jit
 def log_args(a, b, qarr, qscale, ops, scales, spec, L):
@@ -176,12 +176,12 @@ def _sum_min(x, sx, y, sy):
         for j in range(LANES):
             u = x[r + j] * sx
             v = y[r + j] * sy
-            lanes[j] += u if u < v else v
+            lanes[j] += u if (u < v or u != u) else v  # np.minimum: NaN wins
     tail = 0.0
     for j in range(full, x.size):
         u = x[j] * sx
         v = y[j] * sy
-        tail += u if u < v else v
+        tail += u if (u < v or u != u) else v
     return _combine(lanes, tail)
 
 @jit
