@@ -10,7 +10,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-
 __all__ = ["bucket_gather", "clip_sum", "log_args", "pairwise_sum", "rank_sums", "rank_table",
            "share_block"]
 
@@ -89,16 +88,19 @@ def bucket_gather(bits, flat, shift, base, qa, qb, n_buckets, out, limit):
             below[b] = cum[-table[b] - 1]
     return k, flagged, below
 
+
 @jit
 def _affine(x, s, e, out):
     for j in range(x.size):
         out[j] = x[j] * s + e
 
+
 @jit
 def _floor(x, s, lo, out):
     for j in range(x.size):
         v = x[j] * s
-        out[j] = v if (v > lo or v != v) else lo  # np.maximum: NaN stays
+        out[j] = v if (v > lo or np.isnan(v)) else lo  # np.maximum: NaN stays
+
 
 @jit
 def log_args(a, b, qarr, qscale, ops, scales, spec, L):
@@ -116,6 +118,7 @@ def log_args(a, b, qarr, qscale, ops, scales, spec, L):
         else:
             _affine(ops[spec[r, 1]][a:b], scales[spec[r, 1]], EPS, L[r, :m])
 
+
 @jit
 def _combine(lanes, tail):
     """The partial sums of one term, combined pairwise (a fixed order)."""
@@ -128,6 +131,7 @@ def _combine(lanes, tail):
             lanes[0] = lanes[0] + lanes[w - 1]
         w = h
     return lanes[0] + tail
+
 
 # Each reduction below runs in LANES interleaved partial sums held in a local array (which
 # nothing else can alias, so the compiler vectorises the inner loop), over slices of the
@@ -144,6 +148,7 @@ def _sum(c):
         tail += c[j]
     return _combine(lanes, tail)
 
+
 @jit
 def _sum_cx(c, x, sx):
     lanes = np.zeros(LANES)
@@ -155,6 +160,7 @@ def _sum_cx(c, x, sx):
     for j in range(full, c.size):
         tail += c[j] * (x[j] * sx)
     return _combine(lanes, tail)
+
 
 @jit
 def _sum_xl(x, sx, lg):
@@ -168,6 +174,7 @@ def _sum_xl(x, sx, lg):
         tail += (x[j] * sx) * lg[j]
     return _combine(lanes, tail)
 
+
 @jit
 def _sum_min(x, sx, y, sy):
     lanes = np.zeros(LANES)
@@ -176,13 +183,14 @@ def _sum_min(x, sx, y, sy):
         for j in range(LANES):
             u = x[r + j] * sx
             v = y[r + j] * sy
-            lanes[j] += u if (u < v or u != u) else v  # np.minimum: NaN wins
+            lanes[j] += u if (u < v or np.isnan(u)) else v  # np.minimum: NaN wins
     tail = 0.0
     for j in range(full, x.size):
         u = x[j] * sx
         v = y[j] * sy
-        tail += u if (u < v or u != u) else v
+        tail += u if (u < v or np.isnan(u)) else v
     return _combine(lanes, tail)
+
 
 @jit
 def _sum_sq(x, sx, mu):
@@ -197,6 +205,7 @@ def _sum_sq(x, sx, mu):
         d = x[j] * sx - mu
         tail += d * d
     return _combine(lanes, tail)
+
 
 @jit
 def share_block(a, b, c, qarr, qscale, ops, scales, spec, param, L, totals):
@@ -240,7 +249,7 @@ def rank_table(ubits, shift, base, n_buckets):
         first[b] = j
         while j < ubits.size:
             v = (ubits[j] >> shift) - base
-            v = 0 if v < 0 else (top if v > top else v)
+            v = min(max(v, 0), top)
             if v != b:
                 break
             j += 1
@@ -268,7 +277,7 @@ def rank_sums(flat, index, u, ucum, ucnt, first, has, shift, base):
         for j in range(m):
             p = index[s, j]
             b = (bits[p] >> shift) - base
-            b = 0 if b < 0 else (top if b > top else b)
+            b = min(max(b, 0), top)
             i = first[b]
             h = has[b]
             if h == 0:
@@ -331,13 +340,13 @@ def _clip_min(x):
     for r in range(0, full, LANES):
         for j in range(LANES):
             v = x[r + j]
-            v = v if (v > 0.0 or v != v) else 0.0
+            v = v if (v > 0.0 or np.isnan(v)) else 0.0
             x[r + j] = v
             lows[j] = v if v < lows[j] else lows[j]
     lo = np.inf
     for j in range(full, x.size):
         v = x[j]
-        v = v if (v > 0.0 or v != v) else 0.0
+        v = v if (v > 0.0 or np.isnan(v)) else 0.0
         x[j] = v
         lo = v if v < lo else lo
     for j in range(LANES):
