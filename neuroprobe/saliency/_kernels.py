@@ -30,9 +30,9 @@ element-wise operation is rounded as numpy rounds it; only the order of the shar
 differs (64 interleaved partial sums per term, combined pairwise), which moves CC, KL and SIM by
 about 1e-14 at most.
 
-Numba is imported on first use (about 0.15 s, and 0.3 s for its first call in a process; the
-compiled code is cached on disk next to the module); where it is missing, :func:`compiled` is
-None and the callers run their numpy code.
+Numba is imported on first use (about 0.15 s, and 0.15-0.3 s more for its first call in a
+process; the compiled code is cached on disk next to the module, compiled once, about 6 s);
+where it is missing, :func:`compiled` is None and the callers run their numpy code.
 """
 from __future__ import annotations
 
