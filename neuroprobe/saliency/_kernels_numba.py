@@ -33,9 +33,8 @@ def bucket_gather(bits, flat, shift, base, qa, qb, n_buckets, out, limit):
     The buckets ``qa[i]..qb[i]`` (inclusive) are flagged; they form runs, and the buckets
     between two runs a gap.  Each pixel's bucket ``(bits >> shift) - base`` (clipped to
     ``[0, n_buckets - 1]``) is looked up in one table: a pixel in a flagged bucket is
-    copied to ``out`` (in index order), any other is counted in its gap (four interleaved
-    tables of counts, so that neighbouring pixels in one gap do not wait for each
-    other's increment).  Returns ``(k, flagged, below)``: the number gathered (-1 once it
+    copied to ``out`` (in index order), any other is counted in its gap (in four interleaved
+    count tables; one table measured as fast).  Returns ``(k, flagged, below)``: the number gathered (-1 once it
     would exceed ``limit``), the flags, and for each flagged bucket the number of pixels
     below it that were not gathered (0 elsewhere)."""
     mark = np.zeros(n_buckets + 1, np.int64)
