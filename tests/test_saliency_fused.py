@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from neuroprobe.saliency import metrics as M
-from neuroprobe.saliency._fused import TINY, density_sums, map_sums
+from neuroprobe.saliency._fused import TINY, Own, Scaled, density_sums, map_sums
 from neuroprobe.saliency._maps import BLOCK, EPS
 from neuroprobe.saliency.groundtruth import _clip_sum, gaussian_density
 
@@ -37,6 +37,72 @@ def test_map_sums_equal_the_whole_array_sums():
         map_sums(flat, mean, None, kl=[p1])
 
 
+def _terms(n, kind):
+    """Arrays for a shared pass: a map of the given kind and two densities (one with zeros)."""
+    rng = np.random.default_rng(7)
+    flat = {"smooth": rng.random(n) ** 3, "ties": np.round(rng.random(n) * 4) / 4,
+            "zeros": np.where(rng.random(n) < 0.6, 0.0, rng.random(n)),
+            "constant": np.full(n, 0.25)}[kind]
+    d1 = rng.random(n) ** 6
+    d1[: n // 3] = 0.0  # a density with zeros (the mit p log p is 0 there)
+    d2 = rng.random(n)
+    d2 /= d2.sum()
+    return flat, d1, d2
+
+
+@pytest.mark.parametrize("n", [BLOCK + 37, 2 * BLOCK, 100])  # a short last block, whole ones, one
+@pytest.mark.parametrize("kind", ["smooth", "ties", "zeros", "constant"])
+def test_compiled_map_sums_equal_numpy(kind, n):
+    """The compiled sums (both protocols' terms as evaluate_image asks for them: densities,
+    distributions formed in the pass, the image's own terms) against the numpy path; ``ss``
+    (NSS's) must be the same number, the others agree to rounding."""
+    pytest.importorskip("numba", reason="the compiled pass needs Numba")
+    flat, d1, d2 = _terms(n, kind)
+    total = float(flat.sum())
+    mean = total / n
+    p1 = Scaled(d1, 1.0 / float(d1.sum()))
+    own = [Own("mit", p1, d1, float(d1.sum()) / n), Own("exact", d2, d2, 1.0 / n),
+           Own(None, d2, d2, 0.5), Own("exact", d1, None, None)]
+    for q in (total, flat / total):  # the density formed in the pass, or given
+        args = (flat, mean, q, [d1, d2], [p1, d2], [(None, p1), (None, d2), (d1, p1)], own)
+        a = map_sums(*args)
+        b = map_sums(*args, compiled=False)
+        assert a.ss == b.ss  # numpy's in both: NSS must not move
+        assert abs(a.csum - b.csum) <= 1e-12 * max(1.0, abs(total))
+        for x, y in zip(a.cross + a.kl + a.sim + a.own + a.gss,
+                        b.cross + b.kl + b.sim + b.own + b.gss):
+            assert abs(x - y) <= 1e-13 * max(abs(y), 1e-300), (x, y)
+        assert a.gss[3] == b.gss[3] == 0.0 and a.own[2] == b.own[2] == 0.0  # not asked for
+
+
+def test_compiled_map_sums_propagate_nan_as_numpy():
+    """A NaN in a given density (a user's map) makes the sums that read it NaN, as
+    np.minimum and the products do in the numpy path; the others stay finite."""
+    pytest.importorskip("numba", reason="the compiled pass needs Numba")
+    flat, d1, d2 = _terms(BLOCK + 70, "smooth")
+    d1[BLOCK + 3] = np.nan
+    total = float(flat.sum())
+    for compiled in (True, False):
+        res = map_sums(flat, total / flat.size, total, [d1, d2], [d1], [(None, d1), (d1, d2),
+                       (d2, d1), (None, d2)], [Own("mit", d1, d1, 0.1)], compiled=compiled)
+        assert np.isnan(res.cross[0]) and np.isfinite(res.cross[1]) and np.isnan(res.kl[0])
+        assert np.isnan(res.sim[:3]).all() and np.isfinite(res.sim[3])
+        assert np.isnan(res.own[0]) and np.isnan(res.gss[0])
+
+
+def test_compiled_map_sums_fall_back_where_arrays_do_not_fit():
+    """A read-only or strided array, or more operands than one compiled call takes: the numpy
+    path runs, with the same results."""
+    flat, d1, d2 = _terms(3000, "smooth")
+    ro = d1.copy()
+    ro.flags.writeable = False
+    mean = float(flat.mean())
+    for cross in ([ro], [np.repeat(d2, 2)[::2]], [d1 * k for k in range(1, 9)]):
+        a = map_sums(flat, mean, None, cross)
+        b = map_sums(flat, mean, None, cross, compiled=False)
+        assert a.ss == b.ss and a.cross == b.cross
+
+
 def test_density_sums_equal_the_whole_array_sums():
     rng = np.random.default_rng(1)
     n = 3 * BLOCK + 7
@@ -60,6 +126,40 @@ def test_clip_sum_clips_in_place_and_sums():
     ref = np.maximum(d, 0.0)
     total, lo = _clip_sum(d)
     assert np.array_equal(d, ref) and lo == 0.0 and _rel(total, ref.sum()) < 1e-13
+
+
+@pytest.mark.parametrize("n", [BLOCK + 99, 64, 5])
+def test_compiled_clip_sum_equals_numpy(n):
+    pytest.importorskip("numba", reason="the compiled clip needs Numba")
+    rng = np.random.default_rng(8)
+    d = rng.normal(size=n)
+    d[:3] = [-0.0, 0.0, -1e-300]
+    a, b = d.copy(), d.copy()
+    ta, la = _clip_sum(a)
+    tb, lb = _clip_sum(b, compiled=False)
+    assert np.array_equal(a, b) and la == lb == 0.0 and ta == tb  # numpy's sums, reproduced
+    pos = np.abs(d) + 0.5  # nothing to clip: the minimum is the smallest value
+    assert _clip_sum(pos.copy())[1] == pos.min()
+    nan = d.copy()
+    nan[n // 2] = np.nan  # NaN stays NaN, as np.maximum keeps it
+    assert np.isnan(_clip_sum(nan)[0]) and np.isnan(nan[n // 2])
+
+
+def test_pairwise_sum_is_numpys_sum():
+    pytest.importorskip("numba", reason="the kernels need Numba")
+    from neuroprobe.saliency._kernels_numba import pairwise_sum
+
+    rng = np.random.default_rng(10)
+    for n in (0, 5, 8, 127, 128, 129, 1000, 8193, BLOCK, 3 * BLOCK + 17):
+        a = rng.normal(size=n + 3) * 10.0 ** rng.integers(-8, 8, n + 3)
+        assert pairwise_sum(a, 3, n) == a[3:].sum(), n
+
+
+def test_kernel_eps_is_the_metrics_eps():
+    pytest.importorskip("numba", reason="the kernels need Numba")
+    from neuroprobe.saliency import _kernels_numba
+
+    assert _kernels_numba.EPS == EPS and _kernels_numba.TINY == TINY
 
 
 def test_gaussian_density_normalised_through_its_factors():
@@ -122,3 +222,35 @@ def test_metrics_without_a_density_make_none():
         assert not any(k.startswith("dens_") for k in gt.at(p)._cache)
     M.evaluate_image(_maps(shape)["min 0"], gt, ("cc", "nss"))
     assert all("dens_" + p in gt.at(p)._cache for p in M.PROTOCOLS)
+
+
+@pytest.mark.parametrize("name", list(_maps((150, 260))))
+def test_compiled_and_numpy_paths_agree_end_to_end(name, monkeypatch):
+    """Every metric in both protocols with the compiled kernels and without Numba (the numpy
+    code): AUCs, NSS and IG the same numbers, CC, KL and SIM within 1e-13."""
+    pytest.importorskip("numba", reason="the compiled path needs Numba")
+    from neuroprobe.saliency import _kernels
+
+    shape = (150, 260)
+    smap = _maps(shape)[name]
+    rng = np.random.default_rng(12)
+    fix = np.column_stack([rng.uniform(0, 259, 80), rng.uniform(0, 149, 80)])
+    fix[60:65] = fix[:5]  # pixels fixated twice
+    other = M.GroundTruth.from_fixations(rng.uniform(0, 149, (400, 2)), shape)
+
+    def run():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return M.evaluate_image(smap, M.GroundTruth.from_fixations(fix, shape),
+                                    other=other, rng=3)
+
+    fast = run()
+    monkeypatch.setattr(_kernels, "compiled", lambda: None)
+    slow = run()
+    for p in M.PROTOCOLS:
+        for m in M.METRICS:
+            a, b = fast[p][m], slow[p][m]
+            if m in ("auc_judd", "auc_borji", "sauc", "nss", "ig") or np.isnan(b):
+                assert a == b or (np.isnan(a) and np.isnan(b)), (p, m, a, b)
+            else:
+                assert abs(a - b) <= 1e-13 * max(1.0, abs(b)), (p, m, a, b)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernels
 from ._maps import BLOCK, EPS, dot
 
 __all__ = ["MapSums", "Own", "Scaled", "density_sums", "map_sums"]
@@ -79,7 +80,7 @@ def _block(x, a: int, b: int, memo: dict) -> np.ndarray:
 
 
 def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None, cross=(),
-             kl=(), sim=(), own=()) -> MapSums:
+             kl=(), sim=(), own=(), compiled: bool = True) -> MapSums:
     """One blocked pass over the map (and the densities) computing every sum asked for.
 
     Parameters
@@ -102,6 +103,9 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
     own : sequence of :class:`Own`
         The image's own KL term and CC's ``gss`` (per ground truth; computed here where they are
         not cached yet, while the density's blocks are in cache anyway).
+    compiled : bool
+        Every sum but ``ss`` in compiled loops (:func:`_compiled_sums`) where Numba is
+        available; ``ss`` (NSS's, which must not move) is numpy's in both cases.
 
     Returns
     -------
@@ -111,6 +115,9 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
     if q is None and (kl or any(x is None for x, _ in sim)):
         raise ValueError("map_sums: kl terms need the density q")
     out = MapSums(len(cross), len(kl), len(sim), len(own))
+    kern = _kernels.compiled() if compiled else None
+    if kern is not None and _compiled_sums(kern, out, flat, mean, q, cross, kl, sim, own):
+        return out
     work = np.empty(min(n, BLOCK))
     work2 = np.empty(min(n, BLOCK)) if sim else None
     qwork = np.empty(min(n, BLOCK)) if isinstance(q, float) else None
@@ -152,6 +159,82 @@ def map_sums(flat: np.ndarray, mean: float, q: np.ndarray | float | None = None,
     return out
 
 
+#: Operands (distinct arrays and scale factors) one compiled pass takes: a fixed number, so that
+#: one compiled signature serves every call (unused slots repeat the first operand).
+MAX_OPERANDS = 6
+
+
+def _usable(a) -> bool:
+    return (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.ndim == 1
+            and a.flags.c_contiguous and a.flags.writeable)
+
+
+def _compiled_sums(kern, out: MapSums, flat, mean, q, cross, kl, sim, own) -> bool:
+    """:func:`map_sums` with the terms summed by :func:`~._kernels.compiled`'s ``log_args``
+    and ``share_block`` (numpy's log in between); the centred map and ``ss`` stay numpy's
+    (NSS reads ``ss``: the same numbers as the numpy path).  Fills ``out`` and returns True,
+    or returns False (nothing done) where the arrays do not fit the compiled signature."""
+    ops, scales, index = [], [], {}
+
+    def operand(x) -> int:
+        arr, sc = (x.d, x.factor) if isinstance(x, Scaled) else (x, 1.0)
+        key = (id(arr), sc)
+        if key not in index:
+            index[key] = len(ops)
+            ops.append(arr)
+            scales.append(sc)
+        return index[key]
+
+    qarr, qscale = (flat, 1.0 / q) if isinstance(q, float) else (flat if q is None else q, 1.0)
+    rows = [(0, 0)] if kl else []  # log rows: (kind, operand)
+    spec = [(0, 0, 0, 0, 0.0)]  # (kind, i, k, log row, param); the first: sum(c)
+    spec += [(1, operand(d), 0, 0, 0.0) for d in cross]
+    spec += [(2, operand(p), 0, 0, 0.0) for p in kl]
+    spec += [(3, -1 if x is None else operand(x), operand(y), 0, 0.0) for x, y in sim]
+    gss, own_at = [], []
+    for o in own:
+        gss.append(len(spec) if o.mean is not None else None)
+        if o.mean is not None:
+            spec.append((4, operand(o.d), 0, 0, float(o.mean)))
+        own_at.append(len(spec) if o.kind is not None else None)
+        if o.kind is not None:
+            rows.append((1 if o.kind == "mit" else 2, operand(o.p)))
+            spec.append((2, rows[-1][1], 0, len(rows) - 1, 0.0))
+    if len(ops) > MAX_OPERANDS or not all(_usable(a) for a in [flat, qarr, *ops]) \
+            or any(a.size != flat.size for a in [qarr, *ops]):
+        return False
+    ops += [ops[0] if ops else flat] * (MAX_OPERANDS - len(ops))
+    scales += [1.0] * (MAX_OPERANDS - len(scales))
+    n = flat.size
+    m = min(n, BLOCK)
+    work = np.empty(m)
+    L = np.empty((max(1, len(rows)), m))
+    totals = np.zeros(len(spec))
+    spec_i = np.array([t[:4] for t in spec], dtype=np.int64)
+    param = np.array([t[4] for t in spec])
+    rows_i = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    ops_t, scales = tuple(ops), np.array(scales)
+    ss = 0.0
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        c = np.subtract(flat[a:b], mean, out=work[: b - a])
+        ss += dot(c, c)
+        if rows:
+            kern.log_args(a, b, qarr, qscale, ops_t, scales, rows_i, L)
+            lg = L[:, : b - a]
+            np.log(lg, out=lg)
+        kern.share_block(a, b, work, qarr, qscale, ops_t, scales, spec_i, param, L, totals)
+    out.ss, out.csum = ss, float(totals[0])
+    j = 1
+    for lst in (out.cross, out.kl, out.sim):
+        lst[:] = totals[j:j + len(lst)].tolist()
+        j += len(lst)
+    for i in range(len(own)):
+        if gss[i] is not None:
+            out.gss[i] = float(totals[gss[i]])
+        if own_at[i] is not None:
+            out.own[i] = float(totals[own_at[i]])
+    return True
 
 
 def density_sums(d: np.ndarray, *, own: str | None = None, cc: bool = True,

@@ -10,13 +10,18 @@ bucket 0) (monotone in the value for non-negative numbers, so a pixel in a lower
 smaller, one in a higher bucket larger); only the pixels in buckets that an interval of interest
 touches are gathered and sorted.  Counts and values are exactly those of the full sort; where
 the map has negative values (the bit patterns are then not monotone) or the intervals cover many
-pixels (heavy ties), :func:`partial_sort` returns None and the caller sorts everything.
+pixels (heavy ties), :func:`partial_sort` returns None and the caller sorts everything.  The
+histogram and the gathering are one compiled loop where Numba is available
+(:mod:`~neuroprobe.saliency._kernels`: 0.9 ms per 800x600 map against 2.5 ms in numpy), which
+counts only the pixels between the gathered buckets' runs (all that the ranks need).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PartialSort", "partial_sort", "likely_too_many"]
+from . import _kernels
+
+__all__ = ["PartialSort", "RankTable", "likely_too_many", "partial_sort"]
 
 #: Buckets of the histogram and the bits of the float64 pattern below a bucket's index: 12
 #: mantissa bits per binade, 16 binades below the maximum (smaller values share bucket 0).  On
@@ -72,12 +77,16 @@ class PartialSort:
 
 
 def partial_sort(flat: np.ndarray, hi: float, lo_edges: np.ndarray, hi_edges: np.ndarray,
-                 work: np.ndarray, max_fraction: float = 0.125) -> PartialSort | None:
+                 work: np.ndarray, max_fraction: float = 0.125,
+                 compiled: bool = True) -> PartialSort | None:
     """A :class:`PartialSort` of ``flat`` (finite, minimum >= 0, maximum ``hi``) that answers for
     every value in the closed intervals ``[lo_edges[i], hi_edges[i]]``.
 
-    ``work``: a float64 buffer of ``flat``'s size (holds the bucket indices).  Returns None where
-    gathering would take more than ``max_fraction`` of the pixels (sort them all instead).
+    ``work``: a float64 buffer of ``flat``'s size (holds the bucket indices, or the gathered
+    pixels).  Returns None where gathering would take more than ``max_fraction`` of the pixels
+    (sort them all instead).  ``compiled``: count and gather in one compiled loop
+    (:func:`~neuroprobe.saliency._kernels.compiled`) where Numba is available, else with numpy
+    (the same counts and values).
     """
     n = flat.size
     base = (int(np.float64(hi).view(np.int64)) >> SHIFT) - (N_BUCKETS - 1)
@@ -87,6 +96,16 @@ def partial_sort(flat: np.ndarray, hi: float, lo_edges: np.ndarray, hi_edges: np
     # every bucket from an interval's first to its last is gathered
     qa = _bucket_of(lo_edges, base)
     qb = _bucket_of(hi_edges, base)
+    kern = _kernels.compiled() if compiled else None
+    if kern is not None:
+        flat = np.ascontiguousarray(flat, dtype=np.float64)
+        k, flagged, below = kern.bucket_gather(flat.view(np.int64), flat, SHIFT, base, qa, qb,
+                                               N_BUCKETS, work, int(max_fraction * n))
+        if k < 0:
+            return None
+        values = np.sort(work[:k])
+        positions = np.arange(k) + below[_bucket_of(values, base)]
+        return PartialSort(n, base, flagged, below, values, positions)
     mark = np.bincount(qa, minlength=N_BUCKETS + 1) - np.bincount(qb + 1,
                                                                   minlength=N_BUCKETS + 1)
     flagged = np.cumsum(mark[:-1]) > 0
@@ -98,9 +117,9 @@ def partial_sort(flat: np.ndarray, hi: float, lo_edges: np.ndarray, hi_edges: np
     counts[flagged] = 0  # now the pixels that are not gathered
     if n - int(counts.sum()) > max_fraction * n:
         return None
+    values = np.sort(flat[np.flatnonzero(flagged[b])])
     below = np.zeros(N_BUCKETS, dtype=np.int64)
     np.cumsum(counts[:-1], out=below[1:])
-    values = np.sort(flat[np.flatnonzero(flagged[b])])
     positions = np.arange(len(values)) + below[_bucket_of(values, base)]
     return PartialSort(n, base, flagged, below, values, positions)
 
@@ -134,3 +153,43 @@ def likely_too_many(flat: np.ndarray, lo_edges: np.ndarray, hi_edges: np.ndarray
     inside = (np.searchsorted(sb, qb[last], side="right")
               - np.searchsorted(sb, qa[first], side="left")).sum()
     return bool(inside > max_fraction * len(sample))
+
+
+class RankTable:
+    """Ranks of values among a few positives, for exact ROC areas without sorting negatives.
+
+    ``G`` and ``E`` of :func:`~._roc.auc_exact`'s statistic (per negative: the positives above
+    it, the positives equal to it) are integers, so they can be summed in any order; with the
+    positives' buckets (as :func:`partial_sort` buckets the map) in a table, a negative in a
+    bucket without positives (nearly all) is ranked with one lookup instead of a binary search
+    or a sort.  Needs the compiled kernels and a map with minimum >= 0 and maximum ``hi`` above
+    about 1e-303 (:meth:`make` returns None otherwise; the callers sort then).
+    """
+
+    def __init__(self, kern, pos: np.ndarray, base: int):
+        self._kern = kern
+        self._base = base
+        self.u, self.counts = np.unique(pos, return_counts=True)
+        self.k = len(pos)
+        self._cum = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._first, self._has = kern.rank_table(np.ascontiguousarray(self.u).view(np.int64),
+                                                 SHIFT, base, N_BUCKETS)
+
+    @classmethod
+    def make(cls, pos: np.ndarray, lo: float, hi: float) -> RankTable | None:
+        kern = _kernels.compiled()
+        base = (int(np.float64(hi).view(np.int64)) >> SHIFT) - (N_BUCKETS - 1)
+        if kern is None or not lo >= 0 or base <= 0 or len(pos) == 0:
+            return None
+        return cls(kern, np.asarray(pos, dtype=np.float64), base)
+
+    def sums(self, flat: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(G, E)`` per row of ``index`` (flat pixel indices of the negatives of one set):
+        ``G[s]`` the number of (positive, negative) pairs with the positive above, ``E[s]``
+        of pairs with equal values."""
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        if index.ndim == 1:
+            index = index[None, :]
+        return self._kern.rank_sums(np.ascontiguousarray(flat, dtype=np.float64), index,
+                                    self.u, self._cum, self.counts.astype(np.int64),
+                                    self._first, self._has, SHIFT, self._base)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auc_exact", "auc_exact_sorted", "auc_exact_splits", "auc_thresholds", "trapz"]
+__all__ = ["auc_exact", "auc_exact_sorted", "auc_exact_splits", "auc_threshold_counts",
+           "auc_thresholds", "thresholds", "trapz"]
 
 
 def auc_exact(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -58,6 +59,11 @@ def trapz(x, y, axis=-1):
     return fn(y, x, axis=axis)
 
 
+def thresholds(step: float = 0.1) -> np.ndarray:
+    """The MIT ROC thresholds ``0:step:1``, descending."""
+    return np.arange(0, int(round(1 / step)) + 1)[::-1] * step
+
+
 def auc_thresholds(sth: np.ndarray, neg: np.ndarray, step: float = 0.1) -> np.ndarray:
     """MIT ROC at thresholds ``0:step:1`` for one or several splits of negatives.
 
@@ -65,13 +71,24 @@ def auc_thresholds(sth: np.ndarray, neg: np.ndarray, step: float = 0.1) -> np.nd
     MATLAB code stops the thresholds at the split's maximum; thresholds above it only add the
     point (0, 0) again, which leaves the area unchanged, so a fixed ``0:step:1`` is exact.
     """
-    th = np.arange(0, int(round(1 / step)) + 1)[::-1] * step
-    tp = (sth[None, :] >= th[:, None]).mean(axis=1)  # (T,)
+    th = thresholds(step)
     fp = (neg[None, :, :] >= th[:, None, None]).mean(axis=1)  # (T, S)
-    s = neg.shape[1]
+    return _auc_rates(sth, fp, th)
+
+
+def auc_threshold_counts(sth: np.ndarray, counts: np.ndarray, m: int,
+                         step: float = 0.1) -> np.ndarray:
+    """:func:`auc_thresholds` from the counts of negatives at or above each threshold
+    (``counts`` (T, S) of ``m`` negatives per split, thresholds :func:`thresholds`): the
+    false-positive rates ``counts / m`` are the means of the comparisons, the same numbers."""
+    th = thresholds(step)
+    return _auc_rates(sth, counts / m, th)
+
+
+def _auc_rates(sth: np.ndarray, fp: np.ndarray, th: np.ndarray) -> np.ndarray:
+    tp = (sth[None, :] >= th[:, None]).mean(axis=1)  # (T,)
+    s = fp.shape[1]
     tp = np.concatenate([[0.0], tp, [1.0]])
     tp = np.broadcast_to(tp[:, None], (len(tp), s))
     fp = np.concatenate([np.zeros((1, s)), fp, np.ones((1, s))], axis=0)
     return trapz(fp, tp, axis=0)
-
-

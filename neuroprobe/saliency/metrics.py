@@ -45,7 +45,11 @@ shared by the protocols) is ``neuroprobe.saliency._maps``.  Where several of CC,
 are asked for, one blocked pass over the map and both protocols' densities
 (``neuroprobe.saliency._fused``) gives all their sums, the image's own terms included, with
 every block read once while it is in cache (:func:`_share_map_sums`); a metric asked for alone
-runs its own code, with the same results to about 1e-14.  BLAS runs on one thread inside the
+runs its own code, with the same results to about 1e-14.  The loops over every pixel (the
+partial sort's histogram, the shared pass's sums, the blur's clipping) and the exact and mit
+sAUC's and the exact AUC-Borji's counting are compiled with Numba where it is installed
+(``neuroprobe.saliency._kernels``; the numpy code runs otherwise): AUCs, NSS and IG are the same
+numbers either way, CC, KL and SIM agree to about 1e-14.  BLAS runs on one thread inside the
 metric loops (:func:`blas_single_thread`).  Results equal a literal implementation to about
 1e-14 (the tests compare with brute-force and MATLAB-loop references).
 """
@@ -57,6 +61,7 @@ import warnings
 import numpy as np
 
 from ..errors import UserError
+from . import _kernels
 from ._blas import blas_single_thread  # noqa: F401 - re-exported
 from ._maps import (
     EPS,
@@ -70,8 +75,16 @@ from ._maps import (
     resize,
 )
 from ._fused import Own, Scaled, density_sums, map_sums
-from ._ranks import PartialSort, likely_too_many, partial_sort
-from ._roc import auc_exact, auc_exact_sorted, auc_exact_splits, auc_thresholds, trapz
+from ._ranks import PartialSort, RankTable, likely_too_many, partial_sort
+from ._roc import (
+    auc_exact,
+    auc_exact_sorted,
+    auc_exact_splits,
+    auc_threshold_counts,
+    auc_thresholds,
+    thresholds,
+    trapz,
+)
 from ._workspace import Workspace
 from .groundtruth import (  # noqa: F401
     PROTOCOLS,
@@ -349,7 +362,18 @@ def _m_auc_borji(sm: Map, gt, protocol, rng, n_splits=100, step=0.1, **_):
     flat = sm.flat
     pos = flat[gt.flat]
     r = rng.integers(0, flat.size, size=(n_splits, len(pos)))
-    return float(auc_exact_splits(pos, flat[r]).mean())
+    table = _exact_ranks(sm, gt)
+    if table is None:
+        return float(auc_exact_splits(pos, flat[r]).mean())
+    # the same exact sums as auc_exact_splits (multiples of 0.5), so the same numbers
+    g, e = table.sums(flat, r)
+    return float(((g + 0.5 * e) / r.shape[1] / len(pos)).mean())
+
+
+def _exact_ranks(sm: Map, gt) -> RankTable | None:
+    """The ranks of the map's values at the ``exact`` fixations (a :class:`~._ranks.RankTable`,
+    shared by AUC-Borji and sAUC), or None where it does not apply (then they sort)."""
+    return sm.get(("rank_table", id(gt)), lambda: RankTable.make(sm.flat[gt.flat], sm.lo, sm.hi))
 
 
 def _m_sauc(sm: Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_):
@@ -363,17 +387,28 @@ def _m_sauc(sm: Map, gt, protocol, rng, other=None, n_splits=100, step=0.1, **_)
         warnings.warn("no other-image fixations for the shuffled AUC; NaN", RuntimeWarning)
         return float("nan")
     if protocol == "exact":
-        return auc_exact(sm.flat[gt.flat], sm.flat[other.flat])
+        table = _exact_ranks(sm, gt)
+        if table is None:
+            return auc_exact(sm.flat[gt.flat], sm.flat[other.flat])
+        # auc_exact's integer sums, counted without sorting the negatives: the same number
+        g, e = table.sums(sm.flat, other.flat)
+        return float((g[0] + 0.5 * e[0]) / (len(gt.flat) * len(other.flat)))
     rng = _rng(rng)
     sth = sm.minmax_at(gt.unique_flat)
     ind = other.unique_flat
     m = min(len(sth), len(ind))
     keys = rng.random((len(ind), n_splits))
     # the first m of a random permutation per split (MATLAB: randperm); only the set matters
-    # to the ROC, so a partition (linear time) gives what a full argsort would
-    # (partitioned along the contiguous axis of the transposed keys: the same sets, twice as
-    # fast as along axis 0)
-    picks = (np.argpartition(np.ascontiguousarray(keys.T), m - 1, axis=1)[:, :m].T
+    # to the ROC, so a partition (linear time) gives what a full argsort would (along the
+    # contiguous axis of the transposed keys: the same sets, twice as fast as along axis 0);
+    # compiled where Numba is available, counting the picks at the thresholds at once
+    kt = np.ascontiguousarray(keys.T)
+    kern = _kernels.compiled() if m < len(ind) else None
+    if kern is not None:
+        counts, ok = kern.split_counts(kt, m, sm.minmax_at(ind), thresholds(step))
+        if ok:  # no tie at the m-th key (a tie leaves the set to argpartition)
+            return float(auc_threshold_counts(sth, counts, m, step).mean())
+    picks = (np.argpartition(kt, m - 1, axis=1)[:, :m].T
              if m < len(ind) else np.broadcast_to(np.arange(m)[:, None], (m, n_splits)))
     return float(auc_thresholds(sth, sm.minmax_at(ind[picks]), step).mean())
 
