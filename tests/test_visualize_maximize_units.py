@@ -45,8 +45,8 @@ def test_one_batch_equals_one_unit_at_a_time(thresholds):
     a unit's result does not depend on its batch companions (up to float summation order)."""
     model = _tiny()
     units = [0, 3, 5, 7]
-    kw = dict(size=20, steps=12, seed=4, objective="peak", thresholds=thresholds,
-              check_every=4, relu_redirect=True)
+    kw = {"size": 20, "steps": 12, "seed": 4, "objective": "peak", "thresholds": thresholds,
+          "check_every": 4, "relu_redirect": True}
     batched = am.maximize_units(model, "relu2", units, batch_size=4, **kw)
     single = am.maximize_units(model, "relu2", units, batch_size=1, **kw)
     pair = am.maximize_units(model, "relu2", units, batch_size=3, **kw)
